@@ -1,0 +1,87 @@
+//! Command-line flags. Every flag can also come from `SHOAL_<FLAG>` so a compose file can set it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::value::{self, BackendSpec};
+
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about = "HTTP load balancer with built-in gossip membership")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the load balancer.
+    Proxy(ProxyArgs),
+}
+
+/// Flags of `shoal proxy`. Unset flags fall back to the config file, then to defaults.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// TOML file holding any of these settings (flags and env override it).
+    #[arg(long, env = "SHOAL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Address to accept clients on (repeatable) [default: 0.0.0.0:80].
+    #[arg(long, env = "SHOAL_LISTEN", value_name = "ADDR", value_delimiter = ',', value_parser = value::listen_addr)]
+    pub listen: Vec<SocketAddr>,
+    /// Static backend `[NAME=]HOST:PORT` (repeatable); host names are resolved when connecting.
+    #[arg(long, env = "SHOAL_BACKEND", value_name = "BACKEND", value_delimiter = ',', value_parser = value::backend)]
+    pub backend: Vec<BackendSpec>,
+    /// Admin and stats listener [default: 0.0.0.0:1936].
+    #[arg(long, env = "SHOAL_ADMIN", value_name = "ADDR", value_parser = value::listen_addr)]
+    pub admin: Option<SocketAddr>,
+    /// Gossip (UDP) address [default: 0.0.0.0:7946].
+    #[arg(long, env = "SHOAL_GOSSIP", value_name = "ADDR", value_parser = value::listen_addr)]
+    pub gossip: Option<SocketAddr>,
+    /// Data-plane threads, one accept loop each [default: the number of cores].
+    #[arg(long, env = "SHOAL_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+    /// Longest time to receive a whole request head (slowloris guard) [default: 10s].
+    #[arg(long, env = "SHOAL_TIMEOUT_HEAD", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_head: Option<Duration>,
+    /// Longest wait for the next request on a keep-alive client connection [default: 50s].
+    #[arg(long, env = "SHOAL_TIMEOUT_IDLE", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_idle: Option<Duration>,
+    /// Client inactivity while a body is being sent or received [default: 50s].
+    #[arg(long, env = "SHOAL_TIMEOUT_CLIENT", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_client: Option<Duration>,
+    /// Longest time to connect to a backend [default: 5s].
+    #[arg(long, env = "SHOAL_TIMEOUT_CONNECT", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_connect: Option<Duration>,
+    /// Backend inactivity: waiting for a response head or body bytes [default: 50s].
+    #[arg(long, env = "SHOAL_TIMEOUT_SERVER", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_server: Option<Duration>,
+    /// Inactivity in both directions of an upgraded (WebSocket) tunnel [default: 1h].
+    #[arg(long, env = "SHOAL_TIMEOUT_TUNNEL", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_tunnel: Option<Duration>,
+    /// How long an idle pooled backend connection is kept [default: 10s].
+    #[arg(long, env = "SHOAL_TIMEOUT_POOL", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_pool: Option<Duration>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take before exit [default: 8s].
+    #[arg(long, env = "SHOAL_GRACE", value_name = "DURATION", value_parser = value::duration)]
+    pub grace: Option<Duration>,
+    /// Largest request or response head in bytes [default: 16384].
+    #[arg(long, env = "SHOAL_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most header fields in one head [default: 100].
+    #[arg(long, env = "SHOAL_MAX_HEADERS", value_name = "N")]
+    pub max_headers: Option<usize>,
+    /// Most client connections at once; more wait in the listen queue [default: 10000].
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Idle connections kept per backend on each thread [default: 64].
+    #[arg(long, env = "SHOAL_POOL_MAX_IDLE", value_name = "N")]
+    pub pool_max_idle: Option<usize>,
+    /// Access log on stdout in HAProxy's httplog shape: on or off [default: on].
+    #[arg(long, env = "SHOAL_ACCESS_LOG", value_name = "on|off", value_parser = value::switch)]
+    pub access_log: Option<bool>,
+}

@@ -1,0 +1,35 @@
+//! The TOML configuration file: the same settings as the flags, by the same names.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A duration written as `"5s"` or as a number of milliseconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DurationText {
+    Text(String),
+    Millis(u64),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub listen: Option<Spanned<Vec<String>>>,
+    pub backend: Option<Spanned<Vec<String>>>,
+    pub admin: Option<Spanned<String>>,
+    pub gossip: Option<Spanned<String>>,
+    pub threads: Option<Spanned<i64>>,
+    pub timeout_head: Option<Spanned<DurationText>>,
+    pub timeout_idle: Option<Spanned<DurationText>>,
+    pub timeout_client: Option<Spanned<DurationText>>,
+    pub timeout_connect: Option<Spanned<DurationText>>,
+    pub timeout_server: Option<Spanned<DurationText>>,
+    pub timeout_tunnel: Option<Spanned<DurationText>>,
+    pub timeout_pool: Option<Spanned<DurationText>>,
+    pub grace: Option<Spanned<DurationText>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub pool_max_idle: Option<Spanned<i64>>,
+    pub access_log: Option<Spanned<bool>>,
+}

@@ -1,0 +1,227 @@
+//! One typed, validated configuration, whatever its sources: flags, then `SHOAL_*` env, then the TOML file,
+//! then defaults.
+
+mod cli;
+mod file;
+pub mod value;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+use toml::Spanned;
+
+pub use cli::{Cli, Command, ProxyArgs};
+use file::{DurationText, FileConfig};
+pub use value::BackendSpec;
+
+/// Timeouts, named as HAProxy users know them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `timeout http-request`.
+    pub head: Duration,
+    /// `timeout http-keep-alive`.
+    pub idle: Duration,
+    /// `timeout client`.
+    pub client: Duration,
+    /// `timeout connect`.
+    pub connect: Duration,
+    /// `timeout server`.
+    pub server: Duration,
+    /// `timeout tunnel`.
+    pub tunnel: Duration,
+    /// Idle pooled backend connection lifetime.
+    pub pool: Duration,
+    /// Graceful-shutdown budget.
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub pool_max_idle: usize,
+}
+
+/// Everything `shoal proxy` runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub listen: Vec<SocketAddr>,
+    pub backends: Vec<BackendSpec>,
+    pub admin: SocketAddr,
+    pub gossip: SocketAddr,
+    pub threads: usize,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}:{line}: field `{field}`: {message}")]
+    FileField { path: PathBuf, line: usize, field: &'static str, message: String },
+    #[error("`{field}`: {message}")]
+    Field { field: &'static str, message: String },
+}
+
+/// A loaded config file: its parsed values and what is needed to point at a line.
+struct Source {
+    path: PathBuf,
+    text: String,
+    values: FileConfig,
+}
+
+impl Source {
+    fn load(path: &Path) -> Result<Source, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let values = toml::from_str(&text)
+            .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string().trim_end().to_string() })?;
+        Ok(Source { path: path.into(), text, values })
+    }
+
+    fn error(&self, field: &'static str, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        let line = self.text[..span.start.min(self.text.len())].matches('\n').count() + 1;
+        ConfigError::FileField { path: self.path.clone(), line, field, message }
+    }
+
+    /// Converts a file value with `parse`, attributing a failure to its field and line.
+    fn get<R, T>(
+        &self,
+        field: &'static str,
+        value: &Option<Spanned<R>>,
+        parse: impl Fn(&R) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match value {
+            None => Ok(None),
+            Some(v) => parse(v.get_ref()).map(Some).map_err(|m| self.error(field, v.span(), m)),
+        }
+    }
+}
+
+fn file_duration(v: &DurationText) -> Result<Duration, String> {
+    match v {
+        DurationText::Text(s) => value::duration(s),
+        DurationText::Millis(ms) => Ok(Duration::from_millis(*ms)),
+    }
+}
+
+fn file_count(v: &i64) -> Result<usize, String> {
+    usize::try_from(*v).map_err(|_| format!("{v} is not a positive number"))
+}
+
+fn file_list<T>(v: &[String], parse: fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    v.iter().map(|s| parse(s)).collect()
+}
+
+fn in_range(field: &'static str, v: usize, lo: usize, hi: usize) -> Result<usize, ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::Field { field, message: format!("{v} is outside {lo}..={hi}") })
+    }
+}
+
+impl ProxyConfig {
+    /// Merges flags (clap has already applied env) over the file over defaults, then validates.
+    pub fn load(args: &ProxyArgs) -> Result<ProxyConfig, ConfigError> {
+        let src = match &args.config {
+            Some(path) => Some(Source::load(path)?),
+            None => None,
+        };
+        let empty = FileConfig::default();
+        let f = src.as_ref().map_or(&empty, |s| &s.values);
+        // Without a file, `get` never sees a value, so any Source serves as the error context.
+        let nowhere = Source { path: PathBuf::new(), text: String::new(), values: FileConfig::default() };
+        let s = src.as_ref().unwrap_or(&nowhere);
+
+        let dur = |flag: Option<Duration>,
+                   field,
+                   v: &Option<Spanned<DurationText>>,
+                   default|
+         -> Result<Duration, ConfigError> {
+            Ok(flag.or(s.get(field, v, file_duration)?).unwrap_or(default))
+        };
+        let count = |flag: Option<usize>, field, v: &Option<Spanned<i64>>, default| -> Result<usize, ConfigError> {
+            Ok(flag.or(s.get(field, v, file_count)?).unwrap_or(default))
+        };
+        let listen = if args.listen.is_empty() {
+            s.get("listen", &f.listen, |v| file_list(v, value::listen_addr))?
+                .unwrap_or_else(|| vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 80)])
+        } else {
+            args.listen.clone()
+        };
+        let backends = if args.backend.is_empty() {
+            s.get("backend", &f.backend, |v| file_list(v, value::backend))?.unwrap_or_default()
+        } else {
+            args.backend.clone()
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = ProxyConfig {
+            listen,
+            backends,
+            admin: args
+                .admin
+                .or(s.get("admin", &f.admin, |v| value::listen_addr(v))?)
+                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1936)),
+            gossip: args
+                .gossip
+                .or(s.get("gossip", &f.gossip, |v| value::listen_addr(v))?)
+                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946)),
+            threads: in_range("threads", count(args.threads, "threads", &f.threads, cores)?, 1, 1024)?,
+            timeouts: Timeouts {
+                head: dur(args.timeout_head, "timeout-head", &f.timeout_head, Duration::from_secs(10))?,
+                idle: dur(args.timeout_idle, "timeout-idle", &f.timeout_idle, Duration::from_secs(50))?,
+                client: dur(args.timeout_client, "timeout-client", &f.timeout_client, Duration::from_secs(50))?,
+                connect: dur(args.timeout_connect, "timeout-connect", &f.timeout_connect, Duration::from_secs(5))?,
+                server: dur(args.timeout_server, "timeout-server", &f.timeout_server, Duration::from_secs(50))?,
+                tunnel: dur(args.timeout_tunnel, "timeout-tunnel", &f.timeout_tunnel, Duration::from_secs(3600))?,
+                pool: dur(args.timeout_pool, "timeout-pool", &f.timeout_pool, Duration::from_secs(10))?,
+                grace: dur(args.grace, "grace", &f.grace, Duration::from_secs(8))?,
+            },
+            limits: Limits {
+                max_header_bytes: in_range(
+                    "max-header-bytes",
+                    count(args.max_header_bytes, "max-header-bytes", &f.max_header_bytes, 16384)?,
+                    256,
+                    1 << 20,
+                )?,
+                max_headers: in_range(
+                    "max-headers",
+                    count(args.max_headers, "max-headers", &f.max_headers, 100)?,
+                    1,
+                    crate::http::MAX_HEADERS,
+                )?,
+                max_connections: in_range(
+                    "max-connections",
+                    count(args.max_connections, "max-connections", &f.max_connections, 10000)?,
+                    1,
+                    1 << 24,
+                )?,
+                pool_max_idle: count(args.pool_max_idle, "pool-max-idle", &f.pool_max_idle, 64)?,
+            },
+            access_log: args.access_log.or(f.access_log.as_ref().map(|v| *v.get_ref())).unwrap_or(true),
+        };
+        if config.listen.is_empty() {
+            return Err(ConfigError::Field { field: "listen", message: "at least one address is needed".into() });
+        }
+        for (name, t) in [
+            ("timeout-head", config.timeouts.head),
+            ("timeout-idle", config.timeouts.idle),
+            ("timeout-client", config.timeouts.client),
+            ("timeout-connect", config.timeouts.connect),
+            ("timeout-server", config.timeouts.server),
+            ("timeout-tunnel", config.timeouts.tunnel),
+        ] {
+            if t.is_zero() {
+                return Err(ConfigError::Field { field: name, message: "must be more than 0".into() });
+            }
+        }
+        Ok(config)
+    }
+}

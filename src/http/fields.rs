@@ -1,0 +1,237 @@
+//! Header field rules, each a small function with its own tests.
+//!
+//! These decide message framing, so they are strict: anything two parsers could read differently is refused
+//! (RFC 9112 section 6 and RFC 9110 section 8.6).
+
+use super::error::HttpError;
+
+/// `tchar` from RFC 9110 section 5.6.2.
+pub fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+        | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+/// A non-empty run of `tchar`.
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+/// A field value: visible ASCII, obs-text, space and tab only; never CR, LF, NUL or other controls.
+pub fn is_valid_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Optional whitespace trimmed from both ends.
+pub fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The elements of a comma-separated list across every instance of a field, trimmed.
+pub fn list_elements<'a>(values: &'a [&'a [u8]]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    values.iter().flat_map(|v| v.split(|&b| b == b',')).map(trim_ows)
+}
+
+/// Parses every Content-Length instance into one length.
+///
+/// Each element must be 1*DIGIT (no sign, no space inside) without overflow; repeated values are accepted only
+/// when they are all identical (RFC 9110 section 8.6). Returns `None` when the field is absent.
+pub fn content_length(values: &[&[u8]]) -> Result<Option<u64>, HttpError> {
+    let mut found: Option<u64> = None;
+    for element in list_elements(values) {
+        let n = parse_decimal(element).ok_or(HttpError::BadContentLength)?;
+        match found {
+            Some(prev) if prev != n => return Err(HttpError::ConflictingContentLength),
+            _ => found = Some(n),
+        }
+    }
+    Ok(found)
+}
+
+/// 1*DIGIT into a u64, refusing empty input, signs and overflow.
+pub fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// Transfer codings a proxy may pass through without understanding them.
+const KNOWN_CODINGS: &[&[u8]] = &[b"chunked", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"];
+
+/// What a Transfer-Encoding field says about framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferCodings {
+    /// `chunked` is present, exactly once, and last.
+    pub chunked_last: bool,
+    /// The codings as received, normalised to lower case and joined with ", " for forwarding.
+    pub joined: String,
+}
+
+/// Parses every Transfer-Encoding instance.
+///
+/// Refuses empty elements, `chunked` more than once or anywhere but last, and codings nobody knows (501).
+/// A list whose last coding is not chunked is returned with `chunked_last == false`: a request must refuse
+/// it, a response reads to close.
+pub fn transfer_codings(values: &[&[u8]]) -> Result<TransferCodings, HttpError> {
+    let mut joined = String::new();
+    let mut chunked_seen = false;
+    let mut chunked_last = false;
+    for element in list_elements(values) {
+        let name = trim_ows(element.split(|&b| b == b';').next().unwrap_or_default());
+        if !is_token(name) {
+            return Err(HttpError::BadTransferEncoding("empty or invalid coding"));
+        }
+        let lower = name.to_ascii_lowercase();
+        if chunked_seen {
+            return Err(HttpError::BadTransferEncoding("coding after chunked"));
+        }
+        if !KNOWN_CODINGS.contains(&lower.as_slice()) {
+            return Err(HttpError::UnknownTransferCoding);
+        }
+        chunked_seen = lower == b"chunked";
+        chunked_last = chunked_seen;
+        if !is_valid_value(element) {
+            return Err(HttpError::BadTransferEncoding("invalid bytes"));
+        }
+        if !joined.is_empty() {
+            joined.push_str(", ");
+        }
+        joined.push_str(&String::from_utf8_lossy(&element.to_ascii_lowercase()));
+    }
+    if joined.is_empty() {
+        return Err(HttpError::BadTransferEncoding("empty"));
+    }
+    Ok(TransferCodings { chunked_last, joined })
+}
+
+/// The options a Connection field carries.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConnectionOptions {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// Every option named, lower-cased: these fields are hop-by-hop and must not be forwarded.
+    pub named: Vec<Vec<u8>>,
+}
+
+impl ConnectionOptions {
+    pub fn parse(values: &[&[u8]]) -> Self {
+        let mut opts = ConnectionOptions::default();
+        for element in list_elements(values).filter(|e| !e.is_empty()) {
+            let lower = element.to_ascii_lowercase();
+            match lower.as_slice() {
+                b"close" => opts.close = true,
+                b"keep-alive" => opts.keep_alive = true,
+                b"upgrade" => opts.upgrade = true,
+                _ => {}
+            }
+            opts.named.push(lower);
+        }
+        opts
+    }
+
+    /// True when the Connection field lists `name` (compared case-insensitively).
+    pub fn names(&self, name: &[u8]) -> bool {
+        self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Fields that describe one hop only and are never forwarded as received.
+///
+/// Framing fields (Content-Length, Transfer-Encoding) are listed too: the proxy writes its own from the framing
+/// it decided, so a peer can never make the two hops frame a message differently.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: &[&[u8]] = &[
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"transfer-encoding",
+        b"content-length",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Fields whose removal a client's Connection header may never ask for: the proxy relies on them.
+pub fn is_protected(name: &[u8]) -> bool {
+    const PROTECTED: &[&[u8]] = &[b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-port"];
+    PROTECTED.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_accepts_digits_and_identical_repeats() {
+        assert_eq!(content_length(&[b"42"]), Ok(Some(42)));
+        assert_eq!(content_length(&[b"7", b"7"]), Ok(Some(7)));
+        assert_eq!(content_length(&[b"7, 7"]), Ok(Some(7)));
+        assert_eq!(content_length(&[]), Ok(None));
+    }
+
+    #[test]
+    fn content_length_refuses_signs_spaces_overflow_and_conflicts() {
+        for bad in [&b"+5"[..], b"-1", b"5 5", b"0x10", b"", b"18446744073709551616", b"1_0"] {
+            assert_eq!(content_length(&[bad]), Err(HttpError::BadContentLength), "{bad:?}");
+        }
+        assert_eq!(content_length(&[b"5", b"6"]), Err(HttpError::ConflictingContentLength));
+        assert_eq!(content_length(&[b"5, 6"]), Err(HttpError::ConflictingContentLength));
+    }
+
+    #[test]
+    fn transfer_codings_rules() {
+        let ok = transfer_codings(&[b"gzip", b"Chunked"]).unwrap();
+        assert!(ok.chunked_last);
+        assert_eq!(ok.joined, "gzip, chunked");
+        assert!(!transfer_codings(&[b"gzip"]).unwrap().chunked_last);
+        assert!(matches!(transfer_codings(&[b"chunked, chunked"]), Err(HttpError::BadTransferEncoding(_))));
+        assert!(matches!(transfer_codings(&[b"chunked, gzip"]), Err(HttpError::BadTransferEncoding(_))));
+        assert!(matches!(transfer_codings(&[b"chunked,"]), Err(HttpError::BadTransferEncoding(_))));
+        assert_eq!(transfer_codings(&[b"foo, chunked"]), Err(HttpError::UnknownTransferCoding));
+        assert_eq!(transfer_codings(&[b"identity"]), Err(HttpError::UnknownTransferCoding));
+    }
+
+    #[test]
+    fn connection_options() {
+        let o = ConnectionOptions::parse(&[b"Keep-Alive, X-Foo", b" upgrade "]);
+        assert!(o.keep_alive && o.upgrade && !o.close);
+        assert!(o.names(b"x-foo"));
+        assert!(o.names(b"X-FOO"));
+    }
+
+    #[test]
+    fn value_and_token_checks() {
+        assert!(is_token(b"GET"));
+        assert!(!is_token(b"GE T"));
+        assert!(!is_token(b""));
+        assert!(is_valid_value(b"a b\tc\x80"));
+        assert!(!is_valid_value(b"a\rb"));
+        assert!(!is_valid_value(b"a\0b"));
+        assert_eq!(trim_ows(b" \t x \t"), b"x");
+    }
+
+    #[test]
+    fn hop_by_hop_and_protected() {
+        assert!(is_hop_by_hop(b"Connection"));
+        assert!(is_hop_by_hop(b"TE"));
+        assert!(!is_hop_by_hop(b"host"));
+        assert!(is_protected(b"X-Forwarded-For"));
+        assert!(!is_protected(b"x-custom"));
+    }
+}

@@ -1,0 +1,283 @@
+//! Request heads: parsed in place with httparse, then checked against every framing rule.
+
+use super::error::HttpError;
+use super::fields::{self, ConnectionOptions};
+use super::{HeadLimits, Version, MAX_HEADERS};
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head borrowing from the read buffer.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub version: Version,
+    /// Every field in arrival order.
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub body: RequestBody,
+    /// The Transfer-Encoding codings to forward when the body is chunked.
+    pub codings: Option<String>,
+    pub connection: ConnectionOptions,
+    /// The Upgrade value, when the client asked for one on HTTP/1.1 with `Connection: upgrade`.
+    pub upgrade: Option<&'a [u8]>,
+    pub expect_continue: bool,
+    /// The client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    /// Bytes of the buffer the head took.
+    pub head_len: usize,
+}
+
+impl Request<'_> {
+    /// Idempotent methods may be retried on a fresh connection when a reused one fails before answering.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+
+    /// The request line as HAProxy's `%r` prints it.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", self.method, self.target, self.version.as_str())
+    }
+}
+
+/// Parses a request head from the start of `buf`.
+///
+/// `Ok(None)` means the head is not complete yet and `buf` is still within the limits.
+pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<Request<'a>>, HttpError> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let slots = limits.max_headers.min(MAX_HEADERS);
+    let mut req = httparse::Request::new(&mut storage[..slots]);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= limits.max_head_bytes {
+                Err(if memchr_lf(buf) { HttpError::HeadTooLarge } else { HttpError::UriTooLong })
+            } else {
+                Ok(None)
+            };
+        }
+        Err(e) => return Err(classify_parse_error(e, buf)),
+    };
+    if head_len > limits.max_head_bytes {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let method = req.method.unwrap_or_default();
+    let target = req.path.unwrap_or_default();
+    let version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
+    check_method(method)?;
+    check_target(method, target)?;
+
+    let mut headers = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        if !fields::is_token(h.name.as_bytes()) {
+            return Err(HttpError::Malformed("invalid header name"));
+        }
+        if !fields::is_valid_value(h.value) {
+            return Err(HttpError::Malformed("invalid header value"));
+        }
+        headers.push((h.name, h.value));
+    }
+    let values = |name: &str| -> Vec<&'a [u8]> {
+        headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v).collect()
+    };
+
+    match values("host").len() {
+        0 if version == Version::Http11 => return Err(HttpError::MissingHost),
+        0 | 1 => {}
+        _ => return Err(HttpError::RepeatedHost),
+    }
+
+    let te = values("transfer-encoding");
+    let cl = values("content-length");
+    let (body, codings) = if !te.is_empty() {
+        if version == Version::Http10 {
+            return Err(HttpError::BadTransferEncoding("not allowed on HTTP/1.0"));
+        }
+        if !cl.is_empty() {
+            return Err(HttpError::LengthAndTransferEncoding);
+        }
+        let codings = fields::transfer_codings(&te)?;
+        if !codings.chunked_last {
+            return Err(HttpError::BadTransferEncoding("last coding is not chunked"));
+        }
+        (RequestBody::Chunked, Some(codings.joined))
+    } else {
+        match fields::content_length(&cl)? {
+            Some(0) | None => (RequestBody::None, None),
+            Some(n) => (RequestBody::Length(n), None),
+        }
+    };
+
+    let connection = ConnectionOptions::parse(&values("connection"));
+    let keep_alive = match version {
+        Version::Http11 => !connection.close,
+        Version::Http10 => connection.keep_alive && !connection.close,
+    };
+    let upgrade = match values("upgrade").as_slice() {
+        [value] if connection.upgrade && version == Version::Http11 => Some(*value),
+        _ => None,
+    };
+    let expect_continue = version == Version::Http11
+        && values("expect").iter().any(|v| fields::trim_ows(v).eq_ignore_ascii_case(b"100-continue"));
+
+    Ok(Some(Request {
+        method,
+        target,
+        version,
+        headers,
+        body,
+        codings,
+        connection,
+        upgrade,
+        expect_continue,
+        keep_alive,
+        head_len,
+    }))
+}
+
+fn memchr_lf(buf: &[u8]) -> bool {
+    buf.contains(&b'\n')
+}
+
+/// Tells an unsupported version (505) apart from plain garbage (400).
+fn classify_parse_error(e: httparse::Error, buf: &[u8]) -> HttpError {
+    match e {
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders,
+        httparse::Error::Token => HttpError::BadMethod,
+        httparse::Error::Version if looks_like_other_version(buf) => HttpError::UnsupportedVersion,
+        httparse::Error::Version => HttpError::Malformed("invalid version"),
+        httparse::Error::HeaderName => HttpError::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => HttpError::Malformed("invalid header value"),
+        httparse::Error::NewLine => HttpError::Malformed("invalid line ending"),
+        _ => HttpError::Malformed("invalid request line"),
+    }
+}
+
+/// True when the request line ends in a well-formed `HTTP/d.d` that is not 1.0 or 1.1.
+fn looks_like_other_version(buf: &[u8]) -> bool {
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    match line.rsplit(|&b| b == b' ').next() {
+        Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor]) => major.is_ascii_digit() && minor.is_ascii_digit(),
+        _ => false,
+    }
+}
+
+fn check_method(method: &str) -> Result<(), HttpError> {
+    if !fields::is_token(method.as_bytes()) {
+        return Err(HttpError::BadMethod);
+    }
+    if method == "CONNECT" {
+        return Err(HttpError::MethodNotImplemented);
+    }
+    Ok(())
+}
+
+/// origin-form, absolute-form, or `*` for OPTIONS; visible ASCII only.
+fn check_target(method: &str, target: &str) -> Result<(), HttpError> {
+    let bytes = target.as_bytes();
+    if bytes.is_empty() || !bytes.iter().all(|&b| (0x21..0x7f).contains(&b)) {
+        return Err(HttpError::BadTarget);
+    }
+    let ok = match bytes[0] {
+        b'/' => true,
+        b'*' => bytes.len() == 1 && method == "OPTIONS",
+        _ => match target.find("://") {
+            Some(i) if i > 0 => target[..i].bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)),
+            _ => false,
+        },
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(HttpError::BadTarget)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HeadLimits {
+        HeadLimits { max_head_bytes: 8192, max_headers: 100 }
+    }
+
+    fn parse(raw: &[u8]) -> Result<Option<Request<'_>>, HttpError> {
+        parse_request(raw, &limits())
+    }
+
+    #[test]
+    fn simple_get() {
+        let r = parse(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        assert_eq!((r.method, r.target, r.version), ("GET", "/a?b", Version::Http11));
+        assert_eq!(r.body, RequestBody::None);
+        assert!(r.keep_alive);
+    }
+
+    #[test]
+    fn partial_and_limits() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        let small = HeadLimits { max_head_bytes: 16, max_headers: 100 };
+        assert_eq!(parse_request(b"GET /aaaaaaaaaaaaaaaaaaaaaaa", &small).unwrap_err(), HttpError::UriTooLong);
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: xxxxxxxx", &small).unwrap_err(), HttpError::HeadTooLarge);
+        let few = HeadLimits { max_head_bytes: 8192, max_headers: 2 };
+        let many = b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n";
+        assert_eq!(parse_request(many, &few).unwrap_err(), HttpError::TooManyHeaders);
+    }
+
+    #[test]
+    fn framing_choices() {
+        let r = parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.body, RequestBody::Length(5));
+        let r = parse(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.body, RequestBody::Chunked);
+        assert_eq!(r.codings.as_deref(), Some("gzip, chunked"));
+    }
+
+    #[test]
+    fn refusals() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus, chunked\r\n\r\n", 501),
+            (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+            (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
+            (b"GET nope HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 501),
+            (b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ];
+        for (raw, status) in cases {
+            let err = parse(raw).expect_err(&String::from_utf8_lossy(raw));
+            assert_eq!(err.status(), *status, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn connection_semantics() {
+        let r = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!r.keep_alive);
+        let r = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
+        assert!(r.keep_alive);
+        let r = parse(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        assert!(!r.keep_alive);
+        let r =
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.upgrade, Some(&b"websocket"[..]));
+        let r =
+            parse(b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").unwrap().unwrap();
+        assert!(r.expect_continue);
+    }
+}

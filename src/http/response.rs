@@ -1,0 +1,138 @@
+//! Response heads from a backend: parsed in place, framing decided per RFC 9112 section 6.3.
+
+use super::error::HttpError;
+use super::fields::{self, ConnectionOptions};
+use super::{HeadLimits, Version, MAX_HEADERS};
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    None,
+    Length(u64),
+    Chunked,
+    /// Read until the backend closes.
+    UntilClose,
+}
+
+#[derive(Debug)]
+pub struct Response<'a> {
+    pub version: Version,
+    pub status: u16,
+    pub reason: &'a str,
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub body: ResponseBody,
+    /// Transfer-Encoding codings to forward when the body is chunked.
+    pub codings: Option<String>,
+    pub connection: ConnectionOptions,
+    /// The backend keeps the connection open after this response.
+    pub keep_alive: bool,
+    pub head_len: usize,
+}
+
+/// Parses a response head; `request_is_head` says the request was HEAD, whose answer has no body.
+pub fn parse_response<'a>(
+    buf: &'a [u8],
+    limits: &HeadLimits,
+    request_is_head: bool,
+) -> Result<Option<Response<'a>>, HttpError> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let slots = limits.max_headers.min(MAX_HEADERS);
+    let mut resp = httparse::Response::new(&mut storage[..slots]);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => return Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(_) => return Err(HttpError::Malformed("invalid response head")),
+    };
+    let status = resp.code.unwrap_or_default();
+    if !(100..=999).contains(&status) {
+        return Err(HttpError::Malformed("invalid status"));
+    }
+    let version = if resp.version == Some(0) { Version::Http10 } else { Version::Http11 };
+    let mut headers = Vec::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        if !fields::is_token(h.name.as_bytes()) || !fields::is_valid_value(h.value) {
+            return Err(HttpError::Malformed("invalid header"));
+        }
+        headers.push((h.name, h.value));
+    }
+    let values = |name: &str| -> Vec<&'a [u8]> {
+        headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v).collect()
+    };
+    let connection = ConnectionOptions::parse(&values("connection"));
+    let te = values("transfer-encoding");
+    let (body, codings) = if request_is_head || (100..200).contains(&status) || status == 204 || status == 304 {
+        (ResponseBody::None, None)
+    } else if !te.is_empty() && version == Version::Http11 {
+        // Transfer-Encoding overrides Content-Length in a response (RFC 9112 section 6.3 rule 3).
+        let codings = fields::transfer_codings(&te)?;
+        if codings.chunked_last {
+            (ResponseBody::Chunked, Some(codings.joined))
+        } else {
+            (ResponseBody::UntilClose, Some(codings.joined))
+        }
+    } else {
+        match fields::content_length(&values("content-length"))? {
+            Some(n) => (ResponseBody::Length(n), None),
+            None => (ResponseBody::UntilClose, None),
+        }
+    };
+    let keep_alive = body != ResponseBody::UntilClose
+        && match version {
+            Version::Http11 => !connection.close,
+            Version::Http10 => connection.keep_alive && !connection.close,
+        };
+    Ok(Some(Response {
+        version,
+        status,
+        reason: resp.reason.unwrap_or_default(),
+        headers,
+        body,
+        codings,
+        connection,
+        keep_alive,
+        head_len,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], head: bool) -> Response<'_> {
+        parse_response(raw, &HeadLimits { max_head_bytes: 8192, max_headers: 100 }, head).unwrap().unwrap()
+    }
+
+    #[test]
+    fn framing() {
+        assert_eq!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false).body, ResponseBody::Length(3));
+        assert_eq!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).body, ResponseBody::None);
+        assert_eq!(parse(b"HTTP/1.1 204 No\r\n\r\n", false).body, ResponseBody::None);
+        assert_eq!(parse(b"HTTP/1.1 304 NM\r\nContent-Length: 9\r\n\r\n", false).body, ResponseBody::None);
+        assert_eq!(parse(b"HTTP/1.1 100 Continue\r\n\r\n", false).body, ResponseBody::None);
+        let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", false);
+        assert_eq!(r.body, ResponseBody::Chunked);
+        let r = parse(b"HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!(r.body, ResponseBody::UntilClose);
+        assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn persistence() {
+        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false).keep_alive);
+        assert!(!parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false).keep_alive);
+        assert!(!parse(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false).keep_alive);
+        assert!(parse(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", false).keep_alive);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let l = HeadLimits { max_head_bytes: 8192, max_headers: 100 };
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", &l, false).is_err());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", &l, false).is_err()
+        );
+        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", &l, false).is_err());
+    }
+}

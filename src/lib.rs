@@ -1,0 +1,9 @@
+//! shoal: an HTTP/1.1 load balancer with built-in gossip membership.
+//!
+//! Data flows one way: the backend set ([`balance`]) is published as a snapshot that the per-core data plane
+//! ([`proxy`]) reads; framing rules live in [`http`], independent of sockets.
+
+pub mod balance;
+pub mod config;
+pub mod http;
+pub mod proxy;

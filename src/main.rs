@@ -1,0 +1,50 @@
+//! The `shoal` command: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mimalloc::MiMalloc;
+use shoal::config::{Cli, Command, ProxyConfig};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_diagnostics();
+    match cli.command {
+        Command::Proxy(args) => {
+            let config = match ProxyConfig::load(&args) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("shoal: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if args.check {
+                println!("configuration is valid:\n{config:#?}");
+                return ExitCode::SUCCESS;
+            }
+            match shoal::proxy::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shoal: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Diagnostics go to stderr (stdout carries the access log); `SHOAL_LOG` sets the filter, `info` by default.
+fn init_diagnostics() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
+}

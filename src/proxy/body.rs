@@ -1,0 +1,169 @@
+//! Streams a message body from one socket to another, framed as decided from the head.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+use crate::http::chunked::{ChunkedDecoder, Emit};
+use crate::http::request::RequestBody;
+use crate::http::response::ResponseBody;
+use crate::http::HttpError;
+
+/// Largest read while streaming a body: large reads matter for big responses.
+const BODY_READ: usize = 64 * 1024;
+
+/// Where the body ends.
+pub enum Framer {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+impl Framer {
+    pub fn for_request(body: RequestBody, max_trailer_bytes: usize) -> Framer {
+        match body {
+            RequestBody::None | RequestBody::Length(0) => Framer::Done,
+            RequestBody::Length(n) => Framer::Length(n),
+            RequestBody::Chunked => Framer::Chunked(ChunkedDecoder::new(Emit::Chunked, max_trailer_bytes)),
+        }
+    }
+
+    pub fn for_response(body: ResponseBody, dechunk: bool, max_trailer_bytes: usize) -> Framer {
+        let emit = if dechunk { Emit::Payload } else { Emit::Chunked };
+        match body {
+            ResponseBody::None | ResponseBody::Length(0) => Framer::Done,
+            ResponseBody::Length(n) => Framer::Length(n),
+            ResponseBody::Chunked => Framer::Chunked(ChunkedDecoder::new(emit, max_trailer_bytes)),
+            ResponseBody::UntilClose => Framer::UntilClose,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        match self {
+            Framer::Done => true,
+            Framer::Chunked(d) => d.is_done(),
+            _ => false,
+        }
+    }
+}
+
+/// Which side failed, so the caller can answer with the right status and termination state.
+#[derive(Debug, Error)]
+pub enum BodyError {
+    #[error("source read: {0}")]
+    SrcRead(io::Error),
+    #[error("source closed before the body ended")]
+    SrcClosed,
+    #[error("source timed out")]
+    SrcTimeout,
+    #[error("destination write: {0}")]
+    DstWrite(io::Error),
+    #[error("destination timed out")]
+    DstTimeout,
+    #[error("{0}")]
+    Framing(HttpError),
+}
+
+/// Bytes of `buf` that belong to the body are forwarded first; then the source is read until the framer ends.
+/// Bytes beyond the body stay in `buf` (a pipelined request, or a backend's protocol fault).
+pub async fn forward<R, W>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    dst: &mut W,
+    framer: &mut Framer,
+    src_idle: Duration,
+    dst_idle: Duration,
+) -> Result<u64, BodyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut sent = 0u64;
+    let mut scratch = Vec::new();
+    loop {
+        if !buf.is_empty() {
+            let (consumed, out): (usize, &[u8]) = match framer {
+                Framer::Done => return Ok(sent),
+                Framer::Length(left) => {
+                    let take = (*left).min(buf.len() as u64) as usize;
+                    *left -= take as u64;
+                    (take, &buf[..take])
+                }
+                Framer::UntilClose => (buf.len(), &buf[..]),
+                Framer::Chunked(decoder) => {
+                    scratch.clear();
+                    let n = decoder.feed(buf, &mut scratch).map_err(BodyError::Framing)?;
+                    (n, &scratch[..])
+                }
+            };
+            if !out.is_empty() {
+                write(dst, out, dst_idle).await?;
+                sent += out.len() as u64;
+            }
+            buf.advance(consumed);
+            if matches!(framer, Framer::Length(0)) {
+                *framer = Framer::Done;
+            }
+        }
+        if framer.is_done() {
+            return Ok(sent);
+        }
+        let want = match framer {
+            Framer::Length(left) => (*left).min(BODY_READ as u64) as usize,
+            _ => BODY_READ,
+        };
+        buf.reserve(want.max(4096));
+        match timeout(src_idle, src.read_buf(buf)).await {
+            Err(_) => return Err(BodyError::SrcTimeout),
+            Ok(Err(e)) => return Err(BodyError::SrcRead(e)),
+            Ok(Ok(0)) if matches!(framer, Framer::UntilClose) => {
+                *framer = Framer::Done;
+                let _ = timeout(dst_idle, dst.flush()).await;
+                return Ok(sent);
+            }
+            Ok(Ok(0)) => return Err(BodyError::SrcClosed),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn write<W: AsyncWrite + Unpin>(dst: &mut W, bytes: &[u8], idle: Duration) -> Result<(), BodyError> {
+    match timeout(idle, dst.write_all(bytes)).await {
+        Err(_) => Err(BodyError::DstTimeout),
+        Ok(Err(e)) => Err(BodyError::DstWrite(e)),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// Writes `head` then `body` with as few system calls as the kernel allows (one, usually).
+pub async fn write_head_and_body<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    head: &[u8],
+    body: &[u8],
+    idle: Duration,
+) -> Result<(), BodyError> {
+    let all = async {
+        let (mut h, mut b) = (head, body);
+        while !h.is_empty() || !b.is_empty() {
+            let slices = [io::IoSlice::new(h), io::IoSlice::new(b)];
+            let n = dst.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            let from_head = n.min(h.len());
+            h = &h[from_head..];
+            b = &b[n - from_head..];
+        }
+        Ok(())
+    };
+    match timeout(idle, all).await {
+        Err(_) => Err(BodyError::DstTimeout),
+        Ok(Err(e)) => Err(BodyError::DstWrite(e)),
+        Ok(Ok(())) => Ok(()),
+    }
+}

@@ -1,0 +1,178 @@
+//! One client connection: read each request head within the head timeout, refuse what is malformed, and hand
+//! each request to [`exchange`] in turn, so pipelined requests are answered in order.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use super::access_log::{self, Record};
+use super::exchange::{self, Plan};
+use super::refusal;
+use super::worker::Worker;
+use crate::http::request::parse_request;
+use crate::http::rewrite::{self, Forwarded};
+use crate::http::HeadLimits;
+
+/// After a refusal, how long unread client bytes are drained so the answer is not lost to a reset.
+const LINGER: Duration = Duration::from_secs(1);
+
+pub struct Client {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    /// Bytes read but not yet consumed; empty (and unallocated) while the connection is idle.
+    pub buf: BytesMut,
+}
+
+/// When a request began, for the log timers.
+#[derive(Clone, Copy)]
+pub struct Started {
+    pub at: SystemTime,
+    pub instant: Instant,
+    pub head_done: Instant,
+}
+
+enum Head {
+    Ready(Plan, Vec<u8>, Started),
+    Refuse(u16, String, Started),
+    /// The client went away or stayed silent; nothing to answer.
+    Gone,
+}
+
+pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut client = Client { stream, peer, local_port, buf: BytesMut::new() };
+    let timeouts = worker.shared.config.timeouts;
+    let mut first = true;
+    loop {
+        if client.buf.is_empty() {
+            worker.buffers.put(std::mem::take(&mut client.buf));
+            let wait = if first { timeouts.head } else { timeouts.idle };
+            if !wait_readable(worker, &client.stream, wait).await {
+                break;
+            }
+            client.buf = worker.buffers.get();
+        }
+        first = false;
+        match read_head(worker, &mut client).await {
+            Head::Gone => break,
+            Head::Refuse(status, reason, started) => {
+                refuse(worker, &mut client, status, &reason, started).await;
+                break;
+            }
+            Head::Ready(plan, head, started) => {
+                if !exchange::run(worker, &mut client, plan, head, started).await {
+                    break;
+                }
+            }
+        }
+        if worker.is_shutting_down() {
+            break;
+        }
+    }
+    client.buf.clear();
+    worker.buffers.put(client.buf);
+}
+
+/// Waits for the first byte of the next request without holding a buffer. False: close the connection.
+async fn wait_readable(worker: &Worker, stream: &TcpStream, wait: Duration) -> bool {
+    let stop = worker.shutdown_started();
+    if worker.is_shutting_down() {
+        return false;
+    }
+    tokio::select! {
+        _ = stop => false,
+        r = timeout(wait, stream.readable()) => matches!(r, Ok(Ok(()))),
+    }
+}
+
+async fn read_head(worker: &Worker, client: &mut Client) -> Head {
+    let config = &worker.shared.config;
+    let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
+    let mut started: Option<Started> = None;
+    let mut deadline = Instant::now() + config.timeouts.head;
+    loop {
+        if !client.buf.is_empty() {
+            let s = *started.get_or_insert_with(|| {
+                let now = Instant::now();
+                deadline = now + config.timeouts.head;
+                Started { at: SystemTime::now(), instant: now, head_done: now }
+            });
+            match parse_request(&client.buf, &limits) {
+                Ok(Some(req)) => {
+                    let started = Started { head_done: Instant::now(), ..s };
+                    let fwd = Forwarded { client_ip: client.peer.ip().to_canonical(), port: client.local_port };
+                    let mut head = Vec::with_capacity(req.head_len + 128);
+                    rewrite::upstream_request(&req, &fwd, &mut head);
+                    let plan = Plan::new(&req, worker.log_enabled());
+                    let len = req.head_len;
+                    client.buf.advance(len);
+                    return Head::Ready(plan, head, started);
+                }
+                Ok(None) => {}
+                Err(e) => return Head::Refuse(e.status(), e.to_string(), s),
+            }
+        }
+        client.buf.reserve(4096);
+        match timeout_at(deadline, client.stream.read_buf(&mut client.buf)).await {
+            Err(_) => {
+                return match started {
+                    Some(s) => Head::Refuse(408, "request head not received in time".into(), s),
+                    None => Head::Gone,
+                };
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Gone,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Answers with a canned status, logs it, and closes without losing the answer.
+async fn refuse(worker: &Worker, client: &mut Client, status: u16, reason: &str, started: Started) {
+    tracing::info!("refused request from {}: {status} {reason}", client.peer);
+    let bytes = refusal::response(status);
+    let term = if status == 408 { *b"cR" } else { *b"PR" };
+    let elapsed = started.instant.elapsed().as_millis() as i64;
+    worker.log(|out| {
+        access_log::format(
+            &Record {
+                client: client.peer,
+                accepted: started.at,
+                server: None,
+                timers: [-1, -1, -1, -1, elapsed],
+                status,
+                bytes: bytes.len() as u64,
+                termination: term,
+                active: worker.active_connections(),
+                retries: 0,
+                line: None,
+            },
+            out,
+        )
+    });
+    let timeouts = worker.shared.config.timeouts;
+    let _ = timeout(timeouts.client, client.stream.write_all(bytes)).await;
+    close_gracefully(&mut client.stream).await;
+}
+
+/// Half-closes and drains what the peer still sends, briefly: closing with unread bytes would send a reset that
+/// can destroy the response before the client reads it.
+pub async fn close_gracefully(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0usize;
+        while total < 1 << 20 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = timeout(LINGER, drain).await;
+}

@@ -1,0 +1,416 @@
+//! One request and its response: choose a backend, send the head, stream the request body while relaying the
+//! response, then decide whether either connection can be reused.
+//!
+//! The request body and the response are driven concurrently: a backend may answer 100 Continue before the
+//! body is sent, or answer early (say 413) without reading it. A connect failure is retried once on another
+//! backend; a reused pooled connection that closes before answering is retried once on a fresh one when the
+//! request is idempotent and carried no body.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::time::{timeout, Instant};
+
+use super::access_log::{self, Record};
+use super::body::{self, BodyError, Framer};
+use super::client::{close_gracefully, Client, Started};
+use super::upstream::{self, ConnectError, Upstream};
+use super::worker::Worker;
+use super::{refusal, tunnel};
+use crate::balance::Backend;
+use crate::http::request::{Request, RequestBody};
+use crate::http::response::{parse_response, ResponseBody};
+use crate::http::rewrite::{self, Delivery};
+use crate::http::{HeadLimits, HttpError, Version};
+
+/// What the exchange needs to remember of the request head once its bytes are gone.
+pub struct Plan {
+    body: RequestBody,
+    is_head: bool,
+    http10: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    retryable: bool,
+    line: Option<String>,
+}
+
+impl Plan {
+    pub fn new(req: &Request<'_>, keep_line: bool) -> Plan {
+        Plan {
+            body: req.body,
+            is_head: req.is_head(),
+            http10: req.version == Version::Http10,
+            keep_alive: req.keep_alive,
+            upgrade: req.upgrade.is_some(),
+            retryable: req.body == RequestBody::None && req.is_idempotent() && req.upgrade.is_none(),
+            line: keep_line.then(|| req.line()),
+        }
+    }
+}
+
+/// How a transfer failed, deciding the status (if the response has not started) and `%tsc`.
+enum Failure {
+    /// The backend closed or reset before sending a byte of response.
+    NoResponse,
+    ServerTimeout,
+    BadResponse(HttpError),
+    /// The client's request body was malformed, cut or too slow.
+    RequestBody(BodyError),
+    /// Writing to the client failed: nobody to answer.
+    ClientGone,
+    /// The response was under way when the backend failed: the client connection can only be closed.
+    AbortedMidResponse([u8; 2]),
+}
+
+struct Relayed {
+    status: u16,
+    bytes: u64,
+    close_client: bool,
+    reuse_upstream: bool,
+    upgraded: bool,
+}
+
+/// Runs one exchange; returns whether the client connection stays open for another request.
+pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec<u8>, started: Started) -> bool {
+    let config = &worker.shared.config;
+    let mut log = LogState { started, server: None, connected: None, responded: None, retries: 0 };
+    let mut avoid: Option<Arc<Backend>> = None;
+    let mut fresh_only = false;
+    let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
+    loop {
+        let Some(backend) = worker.pick_backend(avoid.as_ref()) else {
+            return answer(worker, client, &plan, &log, 503, *b"SC").await;
+        };
+        log.server = Some(backend.clone());
+        let mut up = match acquire(worker, &backend, fresh_only).await {
+            Ok(up) => up,
+            Err(e) => {
+                tracing::warn!("server {} ({}:{}): {e}", backend.name, backend.host, backend.port);
+                if log.retries == 0 {
+                    log.retries += 1;
+                    avoid = Some(backend);
+                    continue;
+                }
+                let term = if matches!(e, ConnectError::Timeout) { *b"sC" } else { *b"SC" };
+                return answer(worker, client, &plan, &log, 503, term).await;
+            }
+        };
+        log.connected = Some(Instant::now());
+        let mut up_buf = worker.buffers.get();
+        let result = transfer(worker, client, &plan, &head, &mut framer, &mut up, &mut up_buf, &mut log).await;
+        match result {
+            Err(Failure::NoResponse) if up.reused && plan.retryable && log.retries < 2 => {
+                up_buf.clear();
+                worker.buffers.put(up_buf);
+                log.retries += 1;
+                fresh_only = true;
+                continue;
+            }
+            Ok(relayed) if relayed.upgraded => {
+                let moved = tunnel::run(
+                    &mut client.stream,
+                    &mut client.buf,
+                    &mut up.stream,
+                    &mut up_buf,
+                    config.timeouts.tunnel,
+                )
+                .await;
+                log_line(worker, client, &plan, &log, 101, relayed.bytes + moved, *b"--");
+                return false;
+            }
+            Ok(relayed) => {
+                up_buf.clear();
+                worker.buffers.put(up_buf);
+                if relayed.reuse_upstream && !worker.is_shutting_down() {
+                    worker.pool.borrow_mut().checkin(up);
+                }
+                log_line(worker, client, &plan, &log, relayed.status, relayed.bytes, *b"--");
+                return !relayed.close_client;
+            }
+            Err(failure) => {
+                up_buf.clear();
+                worker.buffers.put(up_buf);
+                drop(up);
+                return fail(worker, client, &plan, &log, failure).await;
+            }
+        }
+    }
+}
+
+/// A pooled connection to `backend` when one is alive, else a new one.
+async fn acquire(worker: &Worker, backend: &Backend, fresh_only: bool) -> Result<Upstream, ConnectError> {
+    if !fresh_only {
+        if let Ok(addr) = backend.address(false).await {
+            if let Some(up) = worker.pool.borrow_mut().checkout(addr) {
+                return Ok(up);
+            }
+        }
+    }
+    upstream::connect(backend, worker.shared.config.timeouts.connect).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn transfer(
+    worker: &Worker,
+    client: &mut Client,
+    plan: &Plan,
+    head: &[u8],
+    framer: &mut Framer,
+    up: &mut Upstream,
+    up_buf: &mut BytesMut,
+    log: &mut LogState,
+) -> Result<Relayed, Failure> {
+    let t = worker.shared.config.timeouts;
+    let (mut cr, mut cw) = client.stream.split();
+    let cbuf = &mut client.buf;
+    let (mut ur, mut uw) = up.stream.split();
+
+    let initial = match framer {
+        Framer::Length(left) => {
+            let take = (*left).min(cbuf.len() as u64);
+            *left -= take;
+            take as usize
+        }
+        _ => 0,
+    };
+    if body::write_head_and_body(&mut uw, head, &cbuf[..initial], t.server).await.is_err() {
+        return Err(Failure::NoResponse);
+    }
+    cbuf.advance(initial);
+    if matches!(framer, Framer::Length(0)) {
+        *framer = Framer::Done;
+    }
+
+    let request_done = Cell::new(framer.is_done());
+    let response_started = Cell::new(false);
+    let send_body = async {
+        if framer.is_done() {
+            return Ok(());
+        }
+        body::forward(&mut cr, cbuf, &mut uw, framer, t.client, t.server).await.map(|_| ())
+    };
+    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_started);
+    tokio::pin!(send_body, relay);
+    let mut body_finished = request_done.get();
+    let outcome = loop {
+        tokio::select! {
+            sent = &mut send_body, if !body_finished => {
+                body_finished = true;
+                match sent {
+                    Ok(()) => request_done.set(true),
+                    // The backend stopped reading: it may still have answered early, so keep relaying.
+                    Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => {}
+                    Err(e) if !response_started.get() => break Err(Failure::RequestBody(e)),
+                    Err(_) => break Err(Failure::AbortedMidResponse(*b"CD")),
+                }
+            }
+            relayed = &mut relay => break relayed,
+        }
+    };
+    if outcome.is_ok() || response_started.get() {
+        log.responded.get_or_insert_with(Instant::now);
+    }
+    outcome
+}
+
+/// Reads response heads (relaying interim 1xx), then the final head and body, to the client.
+async fn relay_response<R, W>(
+    worker: &Worker,
+    plan: &Plan,
+    ur: &mut R,
+    up_buf: &mut BytesMut,
+    cw: &mut W,
+    request_done: &Cell<bool>,
+    response_started: &Cell<bool>,
+) -> Result<Relayed, Failure>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let config = &worker.shared.config;
+    let t = config.timeouts;
+    let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
+    let mut continue_relayed = false;
+    let mut interim_seen = false;
+    loop {
+        let parsed = loop {
+            match parse_response(up_buf, &limits, plan.is_head) {
+                Ok(Some(resp)) => break resp,
+                Ok(None) => {}
+                Err(e) => return Err(Failure::BadResponse(e)),
+            }
+            up_buf.reserve(4096);
+            match timeout(t.server, ur.read_buf(up_buf)).await {
+                Err(_) => return Err(Failure::ServerTimeout),
+                Ok(Ok(0)) | Ok(Err(_)) if up_buf.is_empty() && !interim_seen => return Err(Failure::NoResponse),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(Failure::BadResponse(HttpError::Malformed("closed mid-head"))),
+                Ok(Ok(_)) => {}
+            }
+        };
+        let status = parsed.status;
+        let head_len = parsed.head_len;
+        if (100..200).contains(&status) && status != 101 {
+            interim_seen = true;
+            // 1xx are for HTTP/1.1 clients only, and one 100 Continue is enough.
+            let repeated_continue = status == 100 && continue_relayed;
+            if !plan.http10 && !repeated_continue {
+                let mut out = Vec::with_capacity(head_len);
+                rewrite::client_response(
+                    &parsed,
+                    &Delivery { close: false, dechunk: false, http10_keep_alive: false, upgrade: false },
+                    &mut out,
+                );
+                continue_relayed |= status == 100;
+                drop(parsed);
+                write_client(cw, &out, &[], t.client).await?;
+            }
+            up_buf.advance(head_len);
+            continue;
+        }
+        if status == 101 && !plan.upgrade {
+            return Err(Failure::BadResponse(HttpError::Malformed("101 without an upgrade request")));
+        }
+        let upgraded = status == 101;
+        let dechunk = plan.http10 && parsed.body == ResponseBody::Chunked;
+        let close_client = !plan.keep_alive
+            || upgraded
+            || parsed.body == ResponseBody::UntilClose
+            || dechunk
+            || !request_done.get()
+            || worker.is_shutting_down();
+        let delivery = Delivery {
+            close: close_client,
+            dechunk,
+            http10_keep_alive: plan.http10 && !close_client,
+            upgrade: upgraded,
+        };
+        let mut out = Vec::with_capacity(head_len + 32);
+        rewrite::client_response(&parsed, &delivery, &mut out);
+        let server_keeps = parsed.keep_alive;
+        let mut framer = Framer::for_response(parsed.body, dechunk, config.limits.max_header_bytes);
+        drop(parsed);
+        up_buf.advance(head_len);
+
+        let initial = match &mut framer {
+            Framer::Length(left) => {
+                let take = (*left).min(up_buf.len() as u64);
+                *left -= take;
+                take as usize
+            }
+            _ => 0,
+        };
+        response_started.set(true);
+        write_client(cw, &out, &up_buf[..initial], t.client).await?;
+        up_buf.advance(initial);
+        if matches!(framer, Framer::Length(0)) {
+            framer = Framer::Done;
+        }
+        let mut bytes = (out.len() + initial) as u64;
+        if upgraded {
+            return Ok(Relayed { status, bytes, close_client: true, reuse_upstream: false, upgraded });
+        }
+        match body::forward(ur, up_buf, cw, &mut framer, t.server, t.client).await {
+            Ok(n) => bytes += n,
+            Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => return Err(Failure::ClientGone),
+            Err(BodyError::SrcTimeout) => return Err(Failure::AbortedMidResponse(*b"sD")),
+            Err(BodyError::Framing(_)) => return Err(Failure::AbortedMidResponse(*b"PD")),
+            Err(_) => return Err(Failure::AbortedMidResponse(*b"SD")),
+        }
+        let reuse_upstream = server_keeps && up_buf.is_empty() && request_done.get();
+        return Ok(Relayed { status, bytes, close_client, reuse_upstream, upgraded: false });
+    }
+}
+
+async fn write_client<W: tokio::io::AsyncWrite + Unpin>(
+    cw: &mut W,
+    head: &[u8],
+    body: &[u8],
+    idle: std::time::Duration,
+) -> Result<(), Failure> {
+    body::write_head_and_body(cw, head, body, idle).await.map_err(|_| Failure::ClientGone)
+}
+
+/// Turns a failure into the client's answer (if it can still get one) and a log line.
+async fn fail(worker: &Worker, client: &mut Client, plan: &Plan, log: &LogState, failure: Failure) -> bool {
+    let (status, term) = match failure {
+        Failure::NoResponse => (502, *b"SH"),
+        Failure::ServerTimeout => (504, *b"sH"),
+        Failure::BadResponse(e) => {
+            tracing::warn!("bad response from {}: {e}", log.server_name());
+            (502, *b"PH")
+        }
+        Failure::RequestBody(BodyError::Framing(e)) => {
+            tracing::info!("refused request body from {}: {e}", client.peer);
+            (e.status(), *b"PD")
+        }
+        Failure::RequestBody(BodyError::SrcTimeout) => (408, *b"cD"),
+        Failure::RequestBody(_) | Failure::ClientGone => {
+            log_line(worker, client, plan, log, 0, 0, *b"CD");
+            return false;
+        }
+        Failure::AbortedMidResponse(term) => {
+            log_line(worker, client, plan, log, 0, 0, term);
+            return false;
+        }
+    };
+    answer(worker, client, plan, log, status, term).await
+}
+
+/// Sends a canned status and closes.
+async fn answer(worker: &Worker, client: &mut Client, plan: &Plan, log: &LogState, status: u16, term: [u8; 2]) -> bool {
+    let bytes = refusal::response(status);
+    use tokio::io::AsyncWriteExt;
+    let _ = timeout(worker.shared.config.timeouts.client, client.stream.write_all(bytes)).await;
+    log_line(worker, client, plan, log, refusal::status_of(bytes), bytes.len() as u64, term);
+    close_gracefully(&mut client.stream).await;
+    false
+}
+
+/// Times and server for the log line.
+struct LogState {
+    started: Started,
+    server: Option<Arc<Backend>>,
+    connected: Option<Instant>,
+    responded: Option<Instant>,
+    retries: u32,
+}
+
+impl LogState {
+    fn server_name(&self) -> &str {
+        self.server.as_deref().map_or("<NOSRV>", |b| b.name.as_str())
+    }
+}
+
+fn log_line(worker: &Worker, client: &Client, plan: &Plan, log: &LogState, status: u16, bytes: u64, term: [u8; 2]) {
+    if !worker.log_enabled() {
+        return;
+    }
+    let ms =
+        |from: Instant, to: Option<Instant>| to.map_or(-1, |t| t.saturating_duration_since(from).as_millis() as i64);
+    let s = log.started;
+    let t_req = ms(s.instant, Some(s.head_done));
+    let t_connect = ms(s.head_done, log.connected);
+    let t_response = log.connected.map_or(-1, |c| ms(c, log.responded));
+    let t_total = ms(s.instant, Some(Instant::now()));
+    let server = log.connected.and(log.server.as_deref()).map(|b| b.name.as_str());
+    worker.log(|out| {
+        access_log::format(
+            &Record {
+                client: client.peer,
+                accepted: s.at,
+                server,
+                timers: [t_req, 0, t_connect, t_response, t_total],
+                status,
+                bytes,
+                termination: term,
+                active: worker.active_connections(),
+                retries: log.retries,
+                line: plan.line.as_deref(),
+            },
+            out,
+        )
+    });
+}

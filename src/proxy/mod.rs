@@ -1,0 +1,106 @@
+//! The data plane: listeners, client connections, the upstream pool and forwarding.
+//!
+//! `run` binds every listener up front (so a bad address fails the start), starts one [`worker`] thread per
+//! core, and turns SIGTERM/SIGINT into a graceful stop: listeners close, in-flight requests finish within
+//! the grace period, then the process exits 0.
+
+mod access_log;
+mod body;
+mod buffers;
+mod client;
+mod exchange;
+mod listener;
+mod refusal;
+mod tunnel;
+mod upstream;
+mod worker;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::balance::{self, Backend, BackendSet, SharedBackends};
+use crate::config::ProxyConfig;
+
+/// State every data-plane thread reads. Only snapshots and relaxed counters live here.
+pub struct Shared {
+    pub config: ProxyConfig,
+    pub backends: SharedBackends,
+    pub shutdown: watch::Receiver<bool>,
+    pub log: Option<access_log::Sink>,
+    /// Client connections open across all threads (`%ac` in the log).
+    pub connections: AtomicUsize,
+}
+
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("cannot listen: {0}")]
+    Listen(std::io::Error),
+    #[error("cannot start: {0}")]
+    Start(std::io::Error),
+}
+
+pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
+    listener::raise_fd_limit();
+    let (per_thread, bound) = listener::bind_all(&config.listen, config.threads).map_err(ProxyError::Listen)?;
+    for addr in &bound {
+        tracing::info!("listening on {addr}");
+    }
+    if config.backends.is_empty() {
+        tracing::warn!("no backend configured: every request is answered 503");
+    }
+    tracing::info!(
+        "admin ({}) and gossip ({}) are not served yet: they arrive with the admin and cluster work",
+        config.admin,
+        config.gossip
+    );
+    let backends =
+        balance::shared(BackendSet { servers: config.backends.iter().map(|b| Arc::new(Backend::new(b))).collect() });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (log, log_thread) = if config.access_log {
+        let (sink, handle) = access_log::Sink::start().map_err(ProxyError::Start)?;
+        (Some(sink), Some(handle))
+    } else {
+        (None, None)
+    };
+    let threads = config.threads;
+    let shared = Arc::new(Shared { config, backends, shutdown: stop_rx, log, connections: AtomicUsize::new(0) });
+    let mut workers = Vec::with_capacity(threads);
+    for (id, listeners) in per_thread.into_iter().enumerate() {
+        let shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("shoal-w{id}"))
+            .spawn(move || worker::run(id, shared, listeners))
+            .map_err(ProxyError::Start)?;
+        workers.push(handle);
+    }
+    drop(shared);
+
+    wait_for_stop_signal().map_err(ProxyError::Start)?;
+    tracing::info!("stopping: no new connections, finishing requests in flight");
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.join();
+    }
+    if let Some(handle) = log_thread {
+        let _ = handle.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn wait_for_stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    })
+}

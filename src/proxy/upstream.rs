@@ -1,0 +1,108 @@
+//! Backend connections: connecting with a timeout, and a per-thread pool of idle keep-alive connections.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::balance::Backend;
+
+/// A connection to one backend.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    /// Taken from the pool rather than freshly connected: the backend may have closed it meanwhile.
+    pub reused: bool,
+    idle_since: Instant,
+}
+
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("cannot resolve: {0}")]
+    Resolve(io::Error),
+    #[error("connect: {0}")]
+    Refused(io::Error),
+    #[error("connect timed out")]
+    Timeout,
+}
+
+/// Connects to `backend`; after a failure the backend's name is resolved again for the next attempt.
+pub async fn connect(backend: &Backend, limit: Duration) -> Result<Upstream, ConnectError> {
+    let addr = backend.address(false).await.map_err(ConnectError::Resolve)?;
+    let result = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            return Ok(Upstream { stream, addr, reused: false, idle_since: Instant::now() });
+        }
+        Ok(Err(e)) => ConnectError::Refused(e),
+        Err(_) => ConnectError::Timeout,
+    };
+    let _ = backend.address(true).await;
+    Err(result)
+}
+
+/// Idle connections of one thread, by backend address, most recently used first out.
+pub struct Pool {
+    idle: HashMap<SocketAddr, Vec<Upstream>>,
+    max_idle: usize,
+    ttl: Duration,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, ttl: Duration) -> Pool {
+        Pool { idle: HashMap::new(), max_idle, ttl }
+    }
+
+    /// A live idle connection to `addr`, dropping dead or expired ones on the way.
+    pub fn checkout(&mut self, addr: SocketAddr) -> Option<Upstream> {
+        let list = self.idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(mut up) = list.pop() {
+            if now.duration_since(up.idle_since) < self.ttl && still_idle(&up.stream) {
+                up.reused = true;
+                return Some(up);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection after a fully framed exchange.
+    pub fn checkin(&mut self, mut up: Upstream) {
+        let list = self.idle.entry(up.addr).or_default();
+        if list.len() < self.max_idle {
+            up.idle_since = Instant::now();
+            list.push(up);
+        }
+    }
+
+    /// Drops connections the backend closed or that outlived the pool timeout.
+    pub fn sweep(&mut self) {
+        let now = Instant::now();
+        let ttl = self.ttl;
+        for list in self.idle.values_mut() {
+            list.retain(|up| now.duration_since(up.idle_since) < ttl && still_idle(&up.stream));
+        }
+        self.idle.retain(|_, list| !list.is_empty());
+    }
+}
+
+/// An idle keep-alive connection must have nothing to read: a FIN, a reset or stray bytes all disqualify it.
+///
+/// Readiness comes from the reactor, so the common case costs no system call; only a connection the reactor
+/// has marked readable is probed with a read.
+fn still_idle(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! One data-plane thread: a current-thread tokio runtime with its own listeners, upstream pool, buffers,
+//! balancing cursor and log buffer. Nothing here is shared with other threads except read-only snapshots.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::LocalSet;
+
+use arc_swap::Cache;
+
+use super::buffers::Buffers;
+use super::upstream::Pool;
+use super::{client, Shared};
+use crate::balance::{Backend, BackendSet, RoundRobin, SharedBackends};
+
+/// Flush the thread's log buffer at least this often, and whenever it grows past `LOG_BATCH`.
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(200);
+const LOG_BATCH: usize = 32 * 1024;
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub pool: RefCell<Pool>,
+    balancer: RoundRobin,
+    /// This thread's view of the backend set, refreshed only when a new set is published.
+    backends: RefCell<Cache<SharedBackends, Arc<BackendSet>>>,
+    pub buffers: Buffers,
+    log: RefCell<Vec<u8>>,
+    connections: Cell<usize>,
+    max_connections: usize,
+    connection_closed: Notify,
+    shutting_down: Cell<bool>,
+    shutdown: Notify,
+}
+
+impl Worker {
+    fn new(id: usize, shared: Arc<Shared>) -> Worker {
+        let c = &shared.config;
+        Worker {
+            pool: RefCell::new(Pool::new(c.limits.pool_max_idle, c.timeouts.pool)),
+            balancer: RoundRobin::new(id),
+            backends: RefCell::new(Cache::new(shared.backends.clone())),
+            buffers: Buffers::new(c.limits.max_header_bytes.max(16 * 1024), 1024),
+            log: RefCell::new(Vec::new()),
+            connections: Cell::new(0),
+            max_connections: c.limits.max_connections.div_ceil(c.threads),
+            connection_closed: Notify::new(),
+            shutting_down: Cell::new(false),
+            shutdown: Notify::new(),
+            shared,
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Resolves when shutdown starts. Create it before checking [`Worker::is_shutting_down`] to miss nothing.
+    pub fn shutdown_started(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shutdown.notified()
+    }
+
+    /// The next server by the balancing algorithm, avoiding `avoid` when another exists.
+    pub fn pick_backend(&self, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
+        let mut cache = self.backends.borrow_mut();
+        self.balancer.pick(cache.load(), avoid)
+    }
+
+    pub fn log_enabled(&self) -> bool {
+        self.shared.log.is_some()
+    }
+
+    /// Appends a line through `write` and sends the batch once it is large.
+    pub fn log(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.shared.log.is_none() {
+            return;
+        }
+        let mut buf = self.log.borrow_mut();
+        write(&mut buf);
+        if buf.len() >= LOG_BATCH {
+            drop(buf);
+            self.flush_log();
+        }
+    }
+
+    fn flush_log(&self) {
+        let batch = std::mem::take(&mut *self.log.borrow_mut());
+        if let (false, Some(sink)) = (batch.is_empty(), &self.shared.log) {
+            sink.send(batch);
+        }
+    }
+
+    pub fn active_connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a client connection for as long as it lives, however its task ends.
+struct ConnectionGuard(Rc<Worker>);
+
+impl ConnectionGuard {
+    fn new(worker: Rc<Worker>) -> ConnectionGuard {
+        worker.connections.set(worker.connections.get() + 1);
+        worker.shared.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(worker)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let w = &self.0;
+        w.connections.set(w.connections.get() - 1);
+        w.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        w.connection_closed.notify_waiters();
+    }
+}
+
+/// Runs one data-plane thread until shutdown has drained its connections (or the grace period ends).
+pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("thread {id}: cannot start runtime: {e}");
+            return;
+        }
+    };
+    let local = LocalSet::new();
+    local.block_on(&runtime, async move {
+        let worker = Rc::new(Worker::new(id, shared));
+        tokio::task::spawn_local(housekeeping(worker.clone()));
+        for l in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::task::spawn_local(accept_loop(worker.clone(), l));
+                }
+                Err(e) => tracing::error!("thread {id}: listener: {e}"),
+            }
+        }
+        let mut signal = worker.shared.shutdown.clone();
+        let _ = signal.wait_for(|stop| *stop).await;
+        worker.shutting_down.set(true);
+        worker.shutdown.notify_waiters();
+        let grace = worker.shared.config.timeouts.grace;
+        let drained = async {
+            while worker.connections.get() > 0 {
+                let closed = worker.connection_closed.notified();
+                if worker.connections.get() == 0 {
+                    break;
+                }
+                closed.await;
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!("thread {id}: grace period over with {} connections open", worker.connections.get());
+        }
+        worker.flush_log();
+    });
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    loop {
+        let stop = worker.shutdown_started();
+        if worker.is_shutting_down() {
+            return;
+        }
+        if worker.connections.get() >= worker.max_connections {
+            let closed = worker.connection_closed.notified();
+            tokio::select! {
+                _ = closed => continue,
+                _ = stop => return,
+            }
+        }
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let guard = ConnectionGuard::new(worker.clone());
+                tokio::task::spawn_local(async move {
+                    client::serve(&guard.0, stream, peer).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off rather than spin; the queue keeps the clients.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn housekeeping(worker: Rc<Worker>) {
+    let mut ticks = 0u32;
+    loop {
+        tokio::time::sleep(LOG_FLUSH_EVERY).await;
+        worker.flush_log();
+        ticks += 1;
+        if ticks * (LOG_FLUSH_EVERY.as_millis() as u32) >= HOUSEKEEPING_EVERY.as_millis() as u32 {
+            ticks = 0;
+            worker.pool.borrow_mut().sweep();
+        }
+    }
+}
