@@ -112,7 +112,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<Re
         (RequestBody::Chunked, Some(codings.joined))
     } else {
         match fields::content_length(&cl)? {
-            Some(0) | None => (RequestBody::None, None),
+            None => (RequestBody::None, None),
             Some(n) => (RequestBody::Length(n), None),
         }
     };
@@ -162,12 +162,16 @@ fn classify_parse_error(e: httparse::Error, buf: &[u8]) -> HttpError {
     }
 }
 
-/// True when the request line ends in a well-formed `HTTP/d.d` that is not 1.0 or 1.1.
+/// True when the request line is `METHOD SP TARGET SP HTTP/d.d` with a version other than 1.0 or 1.1.
 fn looks_like_other_version(buf: &[u8]) -> bool {
-    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len());
-    let line = &buf[..line_end];
-    match line.rsplit(|&b| b == b' ').next() {
-        Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor]) => major.is_ascii_digit() && minor.is_ascii_digit(),
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let rest = &buf[start..];
+    let line_end = rest.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(rest.len());
+    let parts: Vec<&[u8]> = rest[..line_end].split(|&b| b == b' ').collect();
+    match parts.as_slice() {
+        [_, _, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]] => {
+            major.is_ascii_digit() && minor.is_ascii_digit() && !(*major == b'1' && (*minor == b'0' || *minor == b'1'))
+        }
         _ => false,
     }
 }
@@ -258,6 +262,8 @@ mod tests {
             (b"GET nope HTTP/1.1\r\nHost: x\r\n\r\n", 400),
             (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 501),
             (b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (b"GET /\r\n\r\n", 400),
         ];
         for (raw, status) in cases {
             let err = parse(raw).expect_err(&String::from_utf8_lossy(raw));

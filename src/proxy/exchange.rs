@@ -44,7 +44,9 @@ impl Plan {
             http10: req.version == Version::Http10,
             keep_alive: req.keep_alive,
             upgrade: req.upgrade.is_some(),
-            retryable: req.body == RequestBody::None && req.is_idempotent() && req.upgrade.is_none(),
+            retryable: matches!(req.body, RequestBody::None | RequestBody::Length(0))
+                && req.is_idempotent()
+                && req.upgrade.is_none(),
             line: keep_line.then(|| req.line()),
         }
     }

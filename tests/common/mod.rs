@@ -1,0 +1,456 @@
+//! Test harness: the real `shoal` binary, scripted backends on real sockets, and a small HTTP reader written
+//! independently of the crate's parser so the tests do not merely agree with the code under test.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any single wait on an event; tests never sleep for a fixed time.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Lines collected from a child's output, with a condition variable to wait for one.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Lines {
+    fn collect(self, out: impl Read + Send + 'static) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cv) = &*self.0;
+                lock.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+    }
+
+    /// Waits until a line satisfies `pred` and returns it.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let (lock, cv) = &*self.0;
+        let deadline = Instant::now() + WAIT;
+        let mut lines = lock.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("timed out waiting for {what}; lines so far:\n{}", lines.join("\n")));
+            lines = cv.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Waits until at least `n` lines satisfy `pred`.
+    pub fn wait_count(&self, what: &str, n: usize, pred: impl Fn(&str) -> bool) {
+        let (lock, cv) = &*self.0;
+        let deadline = Instant::now() + WAIT;
+        let mut lines = lock.lock().unwrap();
+        while lines.iter().filter(|l| pred(l)).count() < n {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("timed out waiting for {n} x {what}; lines so far:\n{}", lines.join("\n")));
+            lines = cv.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0 .0.lock().unwrap().clone()
+    }
+}
+
+/// A running `shoal proxy`.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+pub fn shoal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+impl Proxy {
+    /// Starts `shoal proxy` on an ephemeral loopback port with `args`, and waits until it listens.
+    pub fn start(args: &[&str]) -> Proxy {
+        Self::start_with(args, &[])
+    }
+
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let mut cmd = shoal();
+        cmd.arg("proxy").args(["--listen", "127.0.0.1:0", "--threads", "2"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start shoal");
+        let stdout = Lines::default();
+        let stderr = Lines::default();
+        stdout.clone().collect(child.stdout.take().unwrap());
+        stderr.clone().collect(child.stderr.take().unwrap());
+        let line = stderr.wait_for("listening line", |l| l.contains("listening on "));
+        let addr = line.rsplit("listening on ").next().unwrap().trim().parse().unwrap();
+        Proxy { child, addr, stdout, stderr }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit (bounded) and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "shoal did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The access log line that mentions `needle`.
+    pub fn log_line(&self, needle: &str) -> String {
+        self.stdout.wait_for(needle, |l| l.contains(needle))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP message as the test reads it.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// Start line and header lines, without the final blank line.
+    pub head: String,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+    /// Every byte of the message exactly as it arrived.
+    pub raw: Vec<u8>,
+}
+
+impl Message {
+    pub fn status(&self) -> u16 {
+        self.head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    pub fn start_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+
+    /// Every value of header `name`, case-insensitively.
+    pub fn headers(&self, name: &str) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers(name).into_iter().next()
+    }
+
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A buffered connection with message framing.
+pub struct Wire {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Wire {
+    pub fn connect(addr: SocketAddr) -> Wire {
+        let stream = TcpStream::connect(addr).expect("connect");
+        Wire::new(stream)
+    }
+
+    pub fn new(stream: TcpStream) -> Wire {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Wire { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads more bytes; false at EOF or on error.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads one head (through the blank line); `None` at EOF.
+    pub fn read_head(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                return Some(self.take(i + 4));
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    fn read_exact_raw(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill() {
+                return None;
+            }
+        }
+        Some(self.take(n))
+    }
+
+    fn read_line_raw(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                return Some(self.take(i + 2));
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads a chunked body, returning (raw bytes, payload).
+    fn read_chunked(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let mut raw = Vec::new();
+        let mut payload = Vec::new();
+        loop {
+            let line = self.read_line_raw()?;
+            raw.extend_from_slice(&line);
+            let text = String::from_utf8_lossy(&line);
+            let size = usize::from_str_radix(text.trim().split(';').next().unwrap().trim(), 16).ok()?;
+            if size == 0 {
+                loop {
+                    let t = self.read_line_raw()?;
+                    raw.extend_from_slice(&t);
+                    if t == b"\r\n" {
+                        return Some((raw, payload));
+                    }
+                }
+            }
+            let data = self.read_exact_raw(size + 2)?;
+            payload.extend_from_slice(&data[..size]);
+            raw.extend_from_slice(&data);
+        }
+    }
+
+    fn read_to_end_raw(&mut self) -> Vec<u8> {
+        while self.fill() {}
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Reads one request as a server would.
+    pub fn read_request(&mut self) -> Option<Message> {
+        let head = self.read_head()?;
+        let mut msg = message_from_head(head);
+        self.read_body(&mut msg, false, true)?;
+        Some(msg)
+    }
+
+    /// Reads one response; `to_head` says the request was HEAD.
+    pub fn read_response(&mut self, to_head: bool) -> Option<Message> {
+        let head = self.read_head()?;
+        let mut msg = message_from_head(head);
+        self.read_body(&mut msg, to_head, false)?;
+        Some(msg)
+    }
+
+    fn read_body(&mut self, msg: &mut Message, to_head: bool, is_request: bool) -> Option<()> {
+        let status = msg.status();
+        let bodiless = to_head || (!is_request && ((100..200).contains(&status) || status == 204 || status == 304));
+        if bodiless {
+            return Some(());
+        }
+        let chunked = msg.headers("transfer-encoding").iter().any(|v| v.to_ascii_lowercase().ends_with("chunked"));
+        if chunked {
+            let (raw, payload) = self.read_chunked()?;
+            msg.raw.extend_from_slice(&raw);
+            msg.body = payload;
+        } else if let Some(n) = msg.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            let body = self.read_exact_raw(n)?;
+            msg.raw.extend_from_slice(&body);
+            msg.body = body;
+        } else if !is_request {
+            let body = self.read_to_end_raw();
+            msg.raw.extend_from_slice(&body);
+            msg.body = body;
+        }
+        Some(())
+    }
+
+    /// Everything until the peer closes (bounded by the read timeout).
+    pub fn read_all(&mut self) -> Vec<u8> {
+        self.read_to_end_raw()
+    }
+
+    /// True when the peer has closed: reading yields EOF (a reset counts too).
+    pub fn is_closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill()
+    }
+
+    pub fn shutdown_write(&self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+fn message_from_head(head: Vec<u8>) -> Message {
+    let text = String::from_utf8_lossy(&head[..head.len() - 4]).into_owned();
+    Message { head: text, body: Vec::new(), raw: head }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One request on a fresh connection; returns the response.
+pub fn request(addr: SocketAddr, raw: &[u8]) -> Message {
+    let mut w = Wire::connect(addr);
+    w.send(raw);
+    let head = raw.starts_with(b"HEAD ");
+    w.read_response(head).expect("a response")
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Message {
+    request(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+}
+
+type Handler = dyn Fn(&Message) -> Vec<u8> + Send + Sync;
+
+/// A test backend on an ephemeral loopback port.
+pub struct Backend {
+    pub addr: SocketAddr,
+    received: Arc<(Mutex<Vec<Message>>, Condvar)>,
+    pub connections: Arc<AtomicUsize>,
+    stop: mpsc::Sender<()>,
+}
+
+impl Backend {
+    /// An HTTP/1.1 keep-alive server answering each request with `handler`'s bytes, recording every request.
+    pub fn http(handler: impl Fn(&Message) -> Vec<u8> + Send + Sync + 'static) -> Backend {
+        let handler: Arc<Handler> = Arc::new(handler);
+        Self::raw(move |stream, received| {
+            let mut w = Wire::new(stream);
+            while let Some(req) = w.read_request() {
+                let reply = handler(&req);
+                record(received, req);
+                if w.stream.write_all(&reply).is_err() {
+                    return;
+                }
+                if find(&reply, b"\r\n\r\n").is_some_and(|i| {
+                    String::from_utf8_lossy(&reply[..i]).to_ascii_lowercase().contains("connection: close")
+                }) {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Answers every request `200` with a body naming the request path.
+    pub fn echo_path() -> Backend {
+        Backend::http(|req| {
+            let path = req.start_line().split(' ').nth(1).unwrap_or("").to_string();
+            ok(&path)
+        })
+    }
+
+    /// A backend whose connections are handled by `f`, which may record messages itself.
+    pub fn raw(f: impl Fn(TcpStream, &Arc<(Mutex<Vec<Message>>, Condvar)>) + Send + Sync + 'static) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<(Mutex<Vec<Message>>, Condvar)> = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let f = Arc::new(f);
+        let (rec, conns) = (received.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.try_recv().is_ok() {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (f, rec) = (f.clone(), rec.clone());
+                std::thread::spawn(move || f(stream, &rec));
+            }
+        });
+        Backend { addr, received, connections, stop }
+    }
+
+    pub fn arg(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Waits until `n` requests have arrived and returns all of them.
+    pub fn wait_requests(&self, n: usize) -> Vec<Message> {
+        let (lock, cv) = &*self.received;
+        let deadline = Instant::now() + WAIT;
+        let mut got = lock.lock().unwrap();
+        while got.len() < n {
+            let left = deadline.checked_duration_since(Instant::now()).expect("backend requests");
+            got = cv.wait_timeout(got, left).unwrap().0;
+        }
+        got.clone()
+    }
+
+    pub fn requests(&self) -> Vec<Message> {
+        self.received.0.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.received.0.lock().unwrap().clear();
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+pub fn record(received: &Arc<(Mutex<Vec<Message>>, Condvar)>, msg: Message) {
+    let (lock, cv) = &**received;
+    lock.lock().unwrap().push(msg);
+    cv.notify_all();
+}
+
+/// `200 OK` with a text body.
+pub fn ok(body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// A port with nothing listening on it.
+pub fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
