@@ -82,7 +82,10 @@ impl Proxy {
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Proxy {
         let mut cmd = shoal();
-        cmd.arg("proxy").args(["--listen", "127.0.0.1:0", "--threads", "2"]).args(args);
+        cmd.arg("proxy").args(["--listen", "127.0.0.1:0"]).args(args);
+        if !args.contains(&"--threads") {
+            cmd.args(["--threads", "2"]);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

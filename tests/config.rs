@@ -1,0 +1,105 @@
+//! Configuration from flags, `SHOAL_*` environment variables and a TOML file; errors name the field.
+
+mod common;
+
+use std::io::Write;
+
+use common::{shoal, Backend, Proxy};
+
+fn check(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = shoal();
+    cmd.arg("proxy").arg("--check").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn file(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+mod tempfile_path {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A file removed when dropped.
+    pub struct TempPath(pub PathBuf);
+
+    impl TempPath {
+        pub fn with(text: &str) -> TempPath {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let path = std::env::temp_dir().join(format!("shoal-test-{}-{n}.toml", std::process::id()));
+            std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+            TempPath(path)
+        }
+
+        pub fn arg(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn file_env_and_flags_merge_in_order() {
+    let f =
+        file("listen = [\"127.0.0.1:8001\"]\nbackend = [\"a=10.0.0.1:80\"]\nthreads = 3\ntimeout-connect = \"2s\"\n");
+    let (ok, out, err) = check(&["--config", f.arg(), "--threads", "1"], &[("SHOAL_TIMEOUT_CONNECT", "750ms")]);
+    assert!(ok, "{err}");
+    assert!(out.contains("127.0.0.1:8001"), "file value used: {out}");
+    assert!(out.contains("threads: 1,"), "flag beats file: {out}");
+    assert!(out.contains("connect: 750ms"), "env beats file: {out}");
+    let (ok, out, _) = check(&[], &[("SHOAL_BACKEND", "s1=web1:3000,s2=web2:3000")]);
+    assert!(ok && out.contains("\"web1\"") && out.contains("\"web2\""), "{out}");
+}
+
+#[test]
+fn bad_values_name_the_field_and_line() {
+    let f = file("threads = 2\n\ntimeout-server = \"5x\"\n");
+    let (ok, _, err) = check(&["--config", f.arg()], &[]);
+    assert!(!ok);
+    assert!(err.contains(":3: field `timeout-server`") && err.contains("unknown unit"), "{err}");
+
+    let f = file("listen = [\"0.0.0.0:80\"]\nbakend = [\"x:1\"]\n");
+    let (ok, _, err) = check(&["--config", f.arg()], &[]);
+    assert!(!ok && err.contains("bakend") && err.contains("line 2"), "unknown field: {err}");
+
+    let f = file("max-headers = 1000\n");
+    let (ok, _, err) = check(&["--config", f.arg()], &[]);
+    assert!(!ok && err.contains("max-headers"), "{err}");
+
+    let (ok, _, err) = check(&["--backend", "web"], &[]);
+    assert!(!ok && err.contains("--backend"), "{err}");
+    let (ok, _, err) = check(&[], &[("SHOAL_TIMEOUT_IDLE", "soon")]);
+    assert!(!ok && err.contains("--timeout-idle"), "{err}");
+    let (ok, _, err) = check(&["--config", "/nonexistent/shoal.toml"], &[]);
+    assert!(!ok && err.contains("/nonexistent/shoal.toml"), "{err}");
+}
+
+#[test]
+fn env_configures_a_running_proxy() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start_with(&[], &[("SHOAL_BACKEND", &backend.arg()), ("SHOAL_ACCESS_LOG", "off")]);
+    assert_eq!(common::get(proxy.addr, "/env").body_str(), "/env");
+}
+
+#[test]
+fn an_address_in_use_fails_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = shoal().args(["proxy", "--listen", &taken.local_addr().unwrap().to_string()]).output().unwrap();
+    // SO_REUSEPORT lets two shoal processes share a port, but not a socket bound without it.
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bind"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,215 @@
+//! Message framing through the proxy in both directions: Content-Length, chunked (extensions, trailers),
+//! close-delimited, bodiless responses, interim 1xx, HTTP/1.0 clients, and large streamed bodies.
+
+mod common;
+
+use std::io::Write;
+
+use common::{record, Backend, Proxy, Wire};
+
+/// A backend that answers each request path with a canned response.
+fn canned() -> Backend {
+    Backend::raw(|stream, received| {
+        let mut w = Wire::new(stream);
+        while let Some(req) = w.read_request() {
+            let path = req.start_line().split(' ').nth(1).unwrap_or("").to_string();
+            record(received, req);
+            let reply: &[u8] = match path.as_str() {
+                "/length" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+                "/close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close",
+                "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+                "/204" => b"HTTP/1.1 204 No Content\r\n\r\n",
+                "/304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+                "/103" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                "/hop" => b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n",
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            };
+            if w.stream.write_all(reply).is_err() || path == "/close" {
+                return;
+            }
+        }
+    })
+}
+
+fn send(proxy: &Proxy, w: &mut Wire, method: &str, path: &str) -> common::Message {
+    w.send(format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    w.read_response(method == "HEAD").unwrap_or_else(|| panic!("{method} {path}: no response via {}", proxy.addr))
+}
+
+#[test]
+fn response_framing_modes_on_one_connection() {
+    let backend = canned();
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+
+    let r = send(&proxy, &mut w, "GET", "/length");
+    assert_eq!((r.status(), r.body_str().as_str()), (200, "hello"));
+
+    let r = send(&proxy, &mut w, "GET", "/chunked");
+    assert_eq!(r.body_str(), "hello world");
+    let raw = String::from_utf8_lossy(&r.raw);
+    assert!(
+        raw.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"),
+        "extensions dropped, trailers kept: {raw}"
+    );
+
+    let r = send(&proxy, &mut w, "HEAD", "/head");
+    assert_eq!(r.header("content-length").as_deref(), Some("1234"), "HEAD keeps the length and has no body");
+
+    let r = send(&proxy, &mut w, "GET", "/204");
+    assert_eq!((r.status(), r.body.len()), (204, 0));
+    let r = send(&proxy, &mut w, "GET", "/304");
+    assert_eq!((r.status(), r.body.len()), (304, 0));
+
+    // An interim 1xx reaches an HTTP/1.1 client, then the final answer.
+    w.send(b"GET /103 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let early = w.read_response(false).unwrap();
+    assert_eq!(early.status(), 103);
+    assert_eq!(early.header("link").as_deref(), Some("</s.css>"));
+    let fin = w.read_response(false).unwrap();
+    assert_eq!((fin.status(), fin.body_str().as_str()), (200, "ok"));
+
+    let r = send(&proxy, &mut w, "GET", "/hop");
+    assert!(r.header("x-secret").is_none() && r.header("keep-alive").is_none(), "hop-by-hop removed: {}", r.head);
+    assert_eq!(r.header("x-kept").as_deref(), Some("2"));
+
+    // Still the same client connection; a close-delimited body ends it.
+    let r = send(&proxy, &mut w, "GET", "/close");
+    assert_eq!(r.body_str(), "until close");
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(w.is_closed());
+}
+
+#[test]
+fn http10_client_gets_chunked_bodies_unchunked() {
+    let backend = canned();
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"GET /chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let all = String::from_utf8(w.read_all()).unwrap();
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(!all.to_ascii_lowercase().contains("transfer-encoding"), "{all}");
+    assert!(all.contains("Connection: close\r\n") && all.ends_with("\r\n\r\nhello world"), "{all}");
+
+    // Keep-alive for HTTP/1.0 with a length-delimited answer is announced explicitly.
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"GET /length HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = w.read_response(false).unwrap();
+    assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
+    w.send(b"GET /length HTTP/1.0\r\n\r\n");
+    let r = w.read_response(false).unwrap();
+    assert_eq!((r.body_str().as_str(), r.header("connection").as_deref()), ("hello", Some("close")));
+}
+
+/// Echoes the request body length and a checksum, so a large body can be verified without a copy.
+fn summing_backend() -> Backend {
+    Backend::http(|req| {
+        let sum: u64 = req.body.iter().map(|&b| u64::from(b)).sum();
+        let text = format!("{} {}", req.body.len(), sum);
+        if req.start_line().contains("/big") {
+            let body = vec![b'x'; 3 << 20];
+            let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            out.extend_from_slice(&body);
+            return out;
+        }
+        common::ok(&text)
+    })
+}
+
+#[test]
+fn large_bodies_stream_both_ways() {
+    let backend = summing_backend();
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let body: Vec<u8> = (0..(2 << 20)).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
+
+    let mut w = Wire::connect(proxy.addr);
+    let mut req = format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    req.extend_from_slice(&body);
+    w.send(&req);
+    assert_eq!(w.read_response(false).unwrap().body_str(), format!("{} {sum}", body.len()));
+
+    // The same body chunked, in uneven chunks.
+    let mut chunked = b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.chunks(77_777) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    w.send(&chunked);
+    assert_eq!(w.read_response(false).unwrap().body_str(), format!("{} {sum}", body.len()));
+
+    w.send(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = w.read_response(false).unwrap();
+    assert_eq!(r.body.len(), 3 << 20);
+    assert!(r.body.iter().all(|&b| b == b'x'));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let backend = Backend::http(|req| {
+        let path = req.start_line().split(' ').nth(1).unwrap_or("").to_string();
+        common::ok(&path)
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+    let mut batch = Vec::new();
+    for i in 0..8 {
+        batch.extend_from_slice(format!("GET /p{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    batch.extend_from_slice(
+        b"POST /p8 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabcGET /p9 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    w.send(&batch);
+    for i in 0..10 {
+        let r = w.read_response(false).unwrap();
+        assert_eq!(r.body_str(), format!("/p{i}"));
+    }
+}
+
+#[test]
+fn expect_100_continue_is_relayed_once() {
+    let backend = Backend::raw(|stream, received| {
+        let mut w = Wire::new(stream);
+        let Some(head) = w.read_head() else { return };
+        // Two interim answers: the client must see one.
+        w.send(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n");
+        let mut msg = common::Message { head: String::from_utf8_lossy(&head).into_owned(), ..Default::default() };
+        let mut body = [0u8; 5];
+        std::io::Read::read_exact(&mut w.stream, &mut body).unwrap();
+        msg.body = body.to_vec();
+        record(received, msg);
+        w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    let interim = w.read_response(false).unwrap();
+    assert_eq!(interim.status(), 100);
+    w.send(b"hello");
+    let fin = w.read_response(false).unwrap();
+    assert_eq!((fin.status(), fin.body_str().as_str()), (200, "done"), "exactly one 100 Continue before the answer");
+    let got = backend.wait_requests(1);
+    assert!(got[0].head.contains("Expect: 100-continue"), "the expectation is forwarded: {}", got[0].head);
+    assert_eq!(got[0].body, b"hello");
+}
+
+#[test]
+fn early_final_answer_to_expect_closes_without_waiting_for_the_body() {
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n");
+        }
+        let _ = w.read_all();
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n");
+    let r = w.read_response(false).unwrap();
+    assert_eq!(r.status(), 417);
+    assert_eq!(r.header("connection").as_deref(), Some("close"), "the unread body makes the connection unusable");
+    assert!(w.is_closed());
+}

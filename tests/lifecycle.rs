@@ -1,0 +1,183 @@
+//! Connection lifecycle: WebSocket tunnels with half-close, every timeout, graceful shutdown, the access log.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use common::{record, Backend, Proxy, Wire};
+
+/// Accepts a WebSocket upgrade, echoes until the proxy half-closes, then says "bye" and closes.
+fn websocket_echo() -> Backend {
+    Backend::raw(|stream, received| {
+        let mut w = Wire::new(stream);
+        let Some(req) = w.read_request() else { return };
+        let upgrade = req.header("upgrade").unwrap_or_default();
+        record(received, req);
+        if upgrade != "websocket" {
+            w.send(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
+        w.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n");
+        let mut buf = [0u8; 1024];
+        loop {
+            match w.stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => w.stream.write_all(&buf[..n]).unwrap(),
+            }
+        }
+        // The client's half-close reached us; our direction is still open.
+        let _ = w.stream.write_all(b"bye");
+    })
+}
+
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\
+Sec-WebSocket-Version: 13\r\n\r\n";
+
+#[test]
+fn websocket_echo_through_the_tunnel_with_half_close() {
+    let backend = websocket_echo();
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(UPGRADE);
+    let head = w.read_response(true).unwrap();
+    assert_eq!(head.status(), 101);
+    assert_eq!(head.header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(head.header("connection").as_deref(), Some("upgrade"));
+    let forwarded = &backend.wait_requests(1)[0];
+    assert_eq!(forwarded.header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(forwarded.header("connection").as_deref(), Some("upgrade"));
+
+    for msg in ["ping", "a longer frame of bytes"] {
+        w.send(msg.as_bytes());
+        let mut got = vec![0u8; msg.len()];
+        w.stream.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg.as_bytes());
+    }
+    w.shutdown_write();
+    assert_eq!(w.read_all(), b"bye", "the other direction stays open after our half-close");
+}
+
+#[test]
+fn upgrade_refused_by_the_backend_stays_http() {
+    let backend = websocket_echo();
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n");
+    let r = w.read_response(false).unwrap();
+    assert_eq!(r.status(), 426);
+    assert!(r.header("upgrade").is_none());
+}
+
+#[test]
+fn tunnel_idle_timeout_closes_both_sides() {
+    let backend = websocket_echo();
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-tunnel", "300ms"]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(UPGRADE);
+    assert_eq!(w.read_response(true).unwrap().status(), 101);
+    assert!(w.is_closed(), "an idle tunnel is closed by the proxy");
+}
+
+#[test]
+fn slow_request_head_gets_408() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-head", "300ms"]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"GET /slowloris HTTP/1.1\r\nHost: t\r\n");
+    let r = w.read_response(false).unwrap();
+    assert_eq!(r.status(), 408);
+    assert!(w.is_closed());
+    assert!(backend.requests().is_empty());
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-idle", "300ms"]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"GET /once HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(w.read_response(false).unwrap().status(), 200);
+    assert!(w.is_closed(), "closed after the idle timeout, without a response");
+}
+
+#[test]
+fn silent_new_connection_is_closed_without_a_response() {
+    let proxy = Proxy::start(&["--timeout-head", "300ms"]);
+    let mut w = Wire::connect(proxy.addr);
+    assert!(w.read_all().is_empty());
+}
+
+#[test]
+fn stalled_request_body_gets_408() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-client", "300ms"]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"POST /stall HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
+    let r = w.read_response(false).unwrap();
+    assert_eq!(r.status(), 408);
+    assert!(proxy.log_line("/stall").contains(" cD-- "));
+}
+
+#[test]
+fn graceful_shutdown_finishes_requests_in_flight() {
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(gate));
+    let backend = Backend::raw(move |stream, received| {
+        let mut w = Wire::new(stream);
+        while let Some(req) = w.read_request() {
+            let slow = req.start_line().contains("/slow");
+            record(received, req);
+            if slow {
+                gate.lock().unwrap().recv_timeout(common::WAIT).expect("test releases the response");
+            }
+            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
+        }
+    });
+    let mut proxy = Proxy::start(&["--backend", &backend.arg(), "--grace", "5s"]);
+    // An idle keep-alive client is closed at shutdown; a client mid-request gets its answer.
+    let mut idle = Wire::connect(proxy.addr);
+    idle.send(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(idle.read_response(false).unwrap().status(), 200);
+
+    let mut busy = Wire::connect(proxy.addr);
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    backend.wait_requests(2);
+    proxy.signal(libc::SIGTERM);
+    proxy.stderr.wait_for("stop notice", |l| l.contains("stopping"));
+    assert!(idle.is_closed(), "idle connections are closed at shutdown");
+    release.send(()).unwrap();
+    let r = busy.read_response(false).unwrap();
+    assert_eq!((r.status(), r.body_str().as_str()), (200, "done"));
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    let status = proxy.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(std::net::TcpStream::connect(proxy.addr).is_err(), "nothing listens after exit");
+}
+
+#[test]
+fn access_log_has_the_httplog_shape() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &format!("s1={}", backend.arg())]);
+    common::get(proxy.addr, "/logged?q=1");
+    let line = proxy.log_line("/logged");
+    // 127.0.0.1:PORT [27/Nov/2026:21:05:48.123] shoal nodes/s1 0/0/0/1/1 200 NN - - ---- 1/1/0/0/0 0/0 "GET ..."
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert!(fields[0].starts_with("127.0.0.1:"), "{line}");
+    assert!(fields[1].starts_with('[') && fields[1].ends_with(']') && fields[1].len() == 26, "{line}");
+    assert_eq!(&fields[2..4], ["shoal", "nodes/s1"], "{line}");
+    assert_eq!(fields[4].split('/').count(), 5, "timers: {line}");
+    assert!(fields[4].split('/').all(|t| t.parse::<i64>().is_ok_and(|v| v >= 0)), "{line}");
+    assert_eq!(fields[5], "200");
+    assert!(fields[6].parse::<u64>().unwrap() > 0);
+    assert_eq!(&fields[7..10], ["-", "-", "----"], "{line}");
+    assert!(line.ends_with("0/0 \"GET /logged?q=1 HTTP/1.1\""), "{line}");
+
+    let quiet = Proxy::start(&["--backend", &backend.arg(), "--access-log", "off"]);
+    common::get(quiet.addr, "/unlogged");
+    common::get(proxy.addr, "/marker");
+    proxy.log_line("/marker");
+    assert!(quiet.stdout.all().is_empty(), "no access log when switched off");
+}

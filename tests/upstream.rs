@@ -1,0 +1,141 @@
+//! The backend side: pooled connection reuse and eviction, retries, and the 502/503/504 answers.
+
+mod common;
+
+use std::io::Write;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use common::{dead_port, record, Backend, Proxy, Wire};
+
+#[test]
+fn keep_alive_connections_are_pooled_and_reused() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "1"]);
+    for i in 0..20 {
+        // A new client connection each time: only the backend side is pooled.
+        assert_eq!(common::get(proxy.addr, &format!("/{i}")).body_str(), format!("/{i}"));
+    }
+    assert_eq!(backend.wait_requests(20).len(), 20);
+    assert_eq!(backend.connection_count(), 1, "one pooled backend connection serves every request");
+}
+
+/// Answers one request per connection, then closes it without saying so, as a backend whose keep-alive
+/// timeout expired would. Each close is reported on `closed`.
+fn closes_after_each(closed: mpsc::Sender<()>, garbage: bool) -> Backend {
+    let closed = Arc::new(Mutex::new(closed));
+    Backend::raw(move |stream, received| {
+        let mut w = Wire::new(stream);
+        if let Some(req) = w.read_request() {
+            record(received, req);
+            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            if garbage {
+                // Bytes nobody asked for make the idle connection unusable too.
+                w.send(b"HTTP/1.1 200 OK\r\n");
+                w.stream.flush().unwrap();
+            }
+        }
+        drop(w);
+        let _ = closed.lock().unwrap().send(());
+    })
+}
+
+#[test]
+fn idle_connections_the_backend_closed_are_not_used() {
+    for garbage in [false, true] {
+        let (tx, rx) = mpsc::channel();
+        let backend = closes_after_each(tx, garbage);
+        let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "1"]);
+        for i in 0..5 {
+            let r = common::request(
+                proxy.addr,
+                format!("POST /{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx").as_bytes(),
+            );
+            assert_eq!(r.status(), 200, "request {i} (garbage: {garbage})");
+            rx.recv_timeout(common::WAIT).expect("backend closed its side");
+        }
+        assert_eq!(backend.connection_count(), 5, "each request needed a fresh connection");
+    }
+}
+
+#[test]
+fn a_refused_connect_is_retried_on_another_backend() {
+    let live = Backend::echo_path();
+    let dead = dead_port().to_string();
+    let proxy = Proxy::start(&["--backend", &format!("dead={dead}"), "--backend", &format!("live={}", live.arg())]);
+    for i in 0..10 {
+        assert_eq!(common::get(proxy.addr, &format!("/r{i}")).status(), 200);
+    }
+    let line = proxy.stdout.wait_for("a retried request", |l| l.contains(" nodes/live ") && l.contains("/0/0/1 0/0 "));
+    assert!(line.contains(" 200 "), "{line}");
+}
+
+#[test]
+fn no_backend_is_503() {
+    let proxy = Proxy::start(&[]);
+    let r = common::get(proxy.addr, "/");
+    assert_eq!(r.status(), 503);
+    let dead = dead_port().to_string();
+    let proxy = Proxy::start(&["--backend", &dead]);
+    assert_eq!(common::get(proxy.addr, "/").status(), 503);
+    proxy.log_line("shoal/<NOSRV>");
+}
+
+#[test]
+fn garbage_or_silence_from_a_backend_is_502() {
+    for reply in [&b"SSH-2.0-OpenSSH_9\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", b""] {
+        let reply = reply.to_vec();
+        let backend = Backend::raw(move |stream, _| {
+            let mut w = Wire::new(stream);
+            if w.read_head().is_some() {
+                w.send(&reply);
+            }
+        });
+        let proxy = Proxy::start(&["--backend", &backend.arg()]);
+        let r = common::get(proxy.addr, "/");
+        assert_eq!(r.status(), 502, "reply {:?}", String::from_utf8_lossy(&reply_of(&r)));
+    }
+}
+
+fn reply_of(m: &common::Message) -> Vec<u8> {
+    m.raw.clone()
+}
+
+#[test]
+fn a_backend_that_does_not_answer_in_time_is_504() {
+    let (release, wait) = mpsc::channel::<()>();
+    let wait = Arc::new(Mutex::new(wait));
+    let backend = Backend::raw(move |stream, _| {
+        let mut w = Wire::new(stream);
+        let _ = w.read_head();
+        let _ = wait.lock().unwrap().recv_timeout(common::WAIT);
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-server", "200ms"]);
+    let r = common::get(proxy.addr, "/slow");
+    assert_eq!(r.status(), 504);
+    assert!(proxy.log_line("/slow").contains(" sH-- "), "server-timeout termination state");
+    drop(release);
+}
+
+#[test]
+fn a_backend_dying_mid_body_closes_the_client_connection() {
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial");
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n");
+    let all = String::from_utf8(w.read_all()).unwrap();
+    assert!(all.starts_with("HTTP/1.1 200 OK") && all.ends_with("partial"), "{all}");
+    assert!(proxy.log_line("/cut").contains(" SD-- "));
+}
+
+#[test]
+fn backend_names_are_resolved() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &format!("web=localhost:{}", backend.addr.port())]);
+    assert_eq!(common::get(proxy.addr, "/named").body_str(), "/named");
+}
