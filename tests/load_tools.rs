@@ -55,7 +55,12 @@ impl Drop for Nginx {
 }
 
 fn which(tool: &str) -> String {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", &format!("{}/.cargo/bin", std::env::var("HOME").unwrap_or_default())] {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/usr/local/bin",
+        &format!("{}/.cargo/bin", std::env::var("HOME").unwrap_or_default()),
+    ] {
         let p = format!("{dir}/{tool}");
         if std::path::Path::new(&p).exists() {
             return p;
@@ -88,9 +93,23 @@ fn curl_wrk_and_oha_through_shoal_to_nginx() {
 
     let body = run(Command::new(which("curl")).args(["-sS", "--fail", &url]));
     assert_eq!(body, "hello from nginx\n");
-    let big = run(Command::new(which("curl")).args(["-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}", &format!("{url}big")]));
+    let big = run(Command::new(which("curl")).args([
+        "-sS",
+        "--fail",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &format!("{url}big"),
+    ]));
     assert_eq!(big, (1 << 20).to_string());
-    let posted = run(Command::new(which("curl")).args(["-sS", "--fail", "--data-binary", &"p".repeat(100_000), &format!("{url}echo")]));
+    let posted = run(Command::new(which("curl")).args([
+        "-sS",
+        "--fail",
+        "--data-binary",
+        &"p".repeat(100_000),
+        &format!("{url}echo"),
+    ]));
     assert_eq!(posted, "posted\n");
     let old = run(Command::new(which("curl")).args(["-sS", "--fail", "--http1.0", &url]));
     assert_eq!(old, "hello from nginx\n");
@@ -105,7 +124,8 @@ fn curl_wrk_and_oha_through_shoal_to_nginx() {
         .unwrap_or_else(|| panic!("no request count in:\n{wrk}"));
     assert!(requests > 1000, "wrk made only {requests} requests:\n{wrk}");
 
-    let oha = run(Command::new(which("oha")).args(["-n", "5000", "-c", "16", "--no-tui", "--output-format", "json", &url]));
+    let oha =
+        run(Command::new(which("oha")).args(["-n", "5000", "-c", "16", "--no-tui", "--output-format", "json", &url]));
     let compact: String = oha.split_whitespace().collect();
     assert!(compact.contains("\"successRate\":1.0,"), "oha success rate:\n{oha}");
     assert!(compact.contains("\"statusCodeDistribution\":{\"200\":5000}"), "all 5000 answered 200:\n{oha}");

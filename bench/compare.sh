@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of shoal, HAProxy and nginx as HTTP proxies in front of the same nginx backend.
+#
+#   bench/compare.sh                 # full run: every scenario, 1 and 2 threads, 3 alternating runs
+#   DURATION=5 RUNS=3 bench/compare.sh
+#   SCENARIOS="small close" THREADS=1 bench/compare.sh
+#
+# Installs what it needs (HAProxy, nginx, wrk from Debian; oha from crates.io), builds shoal in release mode,
+# prints a table and writes it to bench/RESULTS.md. Every load is bounded in time (DURATION seconds) or count.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/bench/out}
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-3}
+THREADS=${THREADS:-"1 2"}
+PROXIES=${PROXIES:-"shoal haproxy nginx"}
+SCENARIOS=${SCENARIOS:-"small close 1mib post64k idle10k"}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+BACKEND_PORT=18100
+PROXY_PORT=18080
+export PATH="$HOME/.cargo/bin:$PATH"
+
+install() {
+  local missing=()
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v python3 >/dev/null || missing+=(python3)
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  command -v oha >/dev/null || cargo install oha --locked --version 1.16.0
+  (cd "$ROOT" && cargo build --release --quiet)
+}
+
+wait_port() {
+  local port=$1 i
+  for i in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on $port" >&2
+  return 1
+}
+
+# The pid and its children (nginx workers).
+pid_tree() { echo "$1"; pgrep -P "$1" || true; }
+
+cpu_ticks() {
+  local total=0 p t
+  for p in $(pid_tree "$1"); do
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+
+# Peak (VmHWM) or current (VmRSS) resident memory of the tree, in KiB.
+mem_kib() {
+  local field=$2 total=0 p v
+  for p in $(pid_tree "$1"); do
+    v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+
+write_backend() {
+  mkdir -p "$OUT/backend/www"
+  printf 'hello world\n' >"$OUT/backend/www/index.html"
+  head -c 1048576 /dev/zero | tr '\0' 'x' >"$OUT/backend/www/1m"
+  cat >"$OUT/backend/nginx.conf" <<CONF
+daemon off; worker_processes 1; pid $OUT/backend/nginx.pid; error_log $OUT/backend/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  client_body_temp_path $OUT/backend/body; proxy_temp_path $OUT/backend/proxy;
+  fastcgi_temp_path $OUT/backend/fcgi; uwsgi_temp_path $OUT/backend/uwsgi; scgi_temp_path $OUT/backend/scgi;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT backlog=4096; root $OUT/backend/www;
+    location /upload { client_max_body_size 1m; client_body_buffer_size 128k; return 200 "ok\n"; }
+  }
+}
+CONF
+}
+
+# Writes the proxy's config for $2 threads and starts it; prints its pid.
+start_proxy() {
+  local proxy=$1 threads=$2 dir="$OUT/$1"
+  mkdir -p "$dir"
+  case $proxy in
+    shoal)
+      "$ROOT/target/release/shoal" proxy --listen "127.0.0.1:$PROXY_PORT" --backend "s1=127.0.0.1:$BACKEND_PORT" \
+        --threads "$threads" --access-log off --max-connections 12000 >"$dir/out.log" 2>&1 &
+      ;;
+    haproxy)
+      cat >"$dir/haproxy.cfg" <<CONF
+global
+  nbthread $threads
+  maxconn 12000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 50s
+  timeout server 50s
+  option http-keep-alive
+  option forwardfor
+frontend fe
+  bind 127.0.0.1:$PROXY_PORT
+  maxconn 12000
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Port %[dst_port]
+  default_backend nodes
+backend nodes
+  server s1 127.0.0.1:$BACKEND_PORT
+CONF
+      haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
+      ;;
+    nginx)
+      cat >"$dir/nginx.conf" <<CONF
+daemon off; worker_processes $threads; worker_rlimit_nofile 20000; pid $dir/nginx.pid; error_log $dir/error.log;
+events { worker_connections 12000; }
+http {
+  access_log off; keepalive_requests 1000000; keepalive_timeout 50s;
+  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
+  upstream nodes { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$PROXY_PORT reuseport backlog=4096;
+    client_max_body_size 1m; client_body_buffer_size 128k;
+    location / {
+      proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto http; proxy_set_header X-Forwarded-Port \$server_port;
+    }
+  }
+}
+CONF
+      nginx -c "$dir/nginx.conf" -p "$dir" >"$dir/out.log" 2>&1 &
+      ;;
+    direct) echo 0; return ;;
+  esac
+  local pid=$!
+  wait_port "$PROXY_PORT"
+  echo "$pid"
+}
+
+stop_proxy() {
+  [ "$1" = 0 ] && return
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# wrk's latency figure in milliseconds.
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else if (v ~ /s$/) {sub(/s$/,"",v); print v*1000} else print v}' <<<"$1"; }
+
+# Runs one timed load; prints "rps p50_ms p99_ms errors".
+load() {
+  local scenario=$1 port=$2 log=$3
+  case $scenario in
+    small) wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/" >"$log" ;;
+    1mib) wrk -t1 -c8 -d"${DURATION}s" --latency "http://127.0.0.1:$port/1m" >"$log" ;;
+    post64k) wrk -t1 -c16 -d"${DURATION}s" --latency -s "$ROOT/bench/post64k.lua" "http://127.0.0.1:$port/upload" >"$log" ;;
+    close)
+      oha -z "${DURATION}s" -c 64 --disable-keepalive --no-tui --output-format json "http://127.0.0.1:$port/" >"$log"
+      python3 - "$log" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+codes = d.get("statusCodeDistribution", {})
+errors = sum(d.get("errorDistribution", {}).values()) + sum(v for k, v in codes.items() if k != "200")
+lat = d["latencyPercentiles"]
+print(f'{d["summary"]["requestsPerSec"]:.0f} {lat["p50"]*1000:.3f} {lat["p99"]*1000:.3f} {errors}')
+PY
+      return
+      ;;
+  esac
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' "$log")
+  p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$log")")
+  p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$log")")
+  errors=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$log")
+  echo "$rps $p50 $p99 $errors"
+}
+
+# Opens IDLE_CONNS keep-alive connections, each answered once; prints "0 - - failures" plus memory columns.
+idle() {
+  local pid=$1 port=$2 log=$3 base fifo
+  base=$(mem_kib "$pid" VmRSS)
+  fifo="$OUT/idle.fifo"
+  rm -f "$fifo"; mkfifo "$fifo"
+  python3 "$ROOT/bench/idle_conns.py" 127.0.0.1 "$port" -n "$IDLE_CONNS" --hold 120 <"$fifo" >"$log" 2>&1 &
+  local client=$!
+  exec 4>"$fifo"
+  local i
+  for i in $(seq 1 1200); do grep -q '^ready' "$log" && break; sleep 0.1; done
+  local held peak failed
+  held=$(mem_kib "$pid" VmRSS)
+  peak=$(mem_kib "$pid" VmHWM)
+  failed=$(awk '/^ready/ {print $4}' "$log")
+  echo >&4; exec 4>&-
+  wait "$client" || true
+  rm -f "$fifo"
+  echo "$base $held $peak ${failed:-$IDLE_CONNS}"
+}
+
+machine() {
+  echo "- CPU: $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2}'), $(nproc) cores; $(free -g | awk '/Mem:/ {print $2}') GiB RAM"
+  echo "- Kernel: $(uname -r); $(. /etc/os-release && echo "$PRETTY_NAME")"
+  echo "- $(haproxy -v | head -1 | cut -d' ' -f1-3); $(nginx -v 2>&1 | cut -d' ' -f3); wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2); $(oha --version)"
+  echo "- shoal $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+dirty'), release build"
+}
+
+main() {
+  install
+  mkdir -p "$OUT"
+  write_backend
+  nginx -c "$OUT/backend/nginx.conf" -p "$OUT/backend" &
+  local backend=$!
+  trap 'kill -TERM '"$backend"' 2>/dev/null || true' EXIT
+  wait_port "$BACKEND_PORT"
+  local raw="$OUT/raw.tsv"
+  printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\n' >"$raw"
+  local run threads scenario proxy pid t0 t1 res
+  for run in $(seq 1 "$RUNS"); do
+    for scenario in $SCENARIOS; do
+      for threads in $THREADS; do
+        local order=$PROXIES
+        [ "$scenario" != idle10k ] && [ "$threads" = "$(echo "$THREADS" | awk '{print $1}')" ] && order="direct $PROXIES"
+        for proxy in $order; do
+          pid=$(start_proxy "$proxy" "$threads")
+          local port=$PROXY_PORT
+          [ "$proxy" = direct ] && port=$BACKEND_PORT && pid=$backend
+          echo "run $run: $scenario, $threads thread(s), $proxy" >&2
+          if [ "$scenario" = idle10k ]; then
+            read -r base held peak failed < <(idle "$pid" "$port" "$OUT/last.log")
+            printf '%s\t%s\t%s\t%s\t0\t-\t-\t%s\t0\t%s\t%s\t%s\n' "$scenario" "$threads" "$proxy" "$run" "$failed" "$peak" "$base" "$held" >>"$raw"
+          else
+            # Warm up pools and caches, then measure.
+            DURATION=1 load "$scenario" "$port" "$OUT/warmup.log" >/dev/null
+            t0=$(cpu_ticks "$pid")
+            res=$(load "$scenario" "$port" "$OUT/last.log")
+            t1=$(cpu_ticks "$pid")
+            local cpu peak
+            cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz}')
+            peak=$(mem_kib "$pid" VmHWM)
+            read -r rps p50 p99 errors <<<"$res"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\n' "$scenario" "$threads" "$proxy" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$peak" >>"$raw"
+          fi
+          [ "$proxy" != direct ] && stop_proxy "$pid"
+        done
+      done
+    done
+  done
+  python3 "$ROOT/bench/summarize.py" "$raw" "$DURATION" "$RUNS" "$IDLE_CONNS" "$(machine)" | tee "$ROOT/bench/RESULTS.md"
+}
+
+main "$@"

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Opens N keep-alive connections to a proxy, sends one GET on each, reads the answer, and keeps them all open.
+
+Prints "ready" once every connection has been answered, then waits for a line on stdin (or at most --hold
+seconds) before closing them. The caller measures the proxy's memory while they are held.
+"""
+import argparse
+import asyncio
+import sys
+
+
+async def one(host, port, request, opened, failures):
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        if length:
+            await reader.readexactly(length)
+        opened.append(writer)
+    except Exception as e:  # noqa: BLE001 - counted and reported
+        failures.append(repr(e))
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("host")
+    ap.add_argument("port", type=int)
+    ap.add_argument("-n", type=int, default=10000)
+    ap.add_argument("--hold", type=float, default=120)
+    a = ap.parse_args()
+    request = f"GET / HTTP/1.1\r\nHost: {a.host}\r\n\r\n".encode()
+    opened, failures = [], []
+    batch = 500
+    for start in range(0, a.n, batch):
+        await asyncio.gather(*(one(a.host, a.port, request, opened, failures) for _ in range(start, min(a.n, start + batch))))
+    print(f"ready {len(opened)} open, {len(failures)} failed", flush=True)
+    if failures:
+        print("first failure:", failures[0], file=sys.stderr, flush=True)
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), a.hold)
+    except asyncio.TimeoutError:
+        pass
+    for w in opened:
+        w.close()
+
+
+asyncio.run(main())

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Turns bench/compare.sh's raw runs into the Markdown table: medians per (scenario, threads, proxy), and the
+ratio of each proxy to HAProxy at the same thread count."""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+raw, duration, runs, idle_conns, machine = sys.argv[1:6]
+rows = list(csv.DictReader(open(raw), delimiter="\t"))
+groups = defaultdict(list)
+for r in rows:
+    groups[(r["scenario"], r["threads"], r["proxy"])].append(r)
+
+
+def med(rs, key):
+    vals = [float(r[key]) for r in rs if r[key] not in ("-", "")]
+    return statistics.median(vals) if vals else None
+
+
+TITLES = {
+    "small": "Small GETs, keep-alive, 64 connections (wrk -t1 -c64)",
+    "close": "New connection per request, 64 concurrent (oha --disable-keepalive -c64)",
+    "1mib": "1 MiB responses, keep-alive, 8 connections (wrk -t1 -c8)",
+    "post64k": "64 KiB POST uploads, keep-alive, 16 connections (wrk -t1 -c16)",
+}
+
+out = ["# Benchmark results", "", "Produced by `bench/compare.sh`; medians of %s alternating runs of %s s each." % (runs, duration), ""]
+out += ["Machine:", "", machine, ""]
+scenarios = []
+for r in rows:
+    if r["scenario"] not in scenarios:
+        scenarios.append(r["scenario"])
+for sc in scenarios:
+    if sc == "idle10k":
+        out += ["## %s idle keep-alive connections (one request each, then held)" % idle_conns, ""]
+        out += ["| threads | proxy | failed | RSS before (MiB) | RSS held (MiB) | per connection (KiB) | peak RSS (MiB) | peak vs HAProxy |",
+                "|---|---|---|---|---|---|---|---|"]
+        for (s, th, px), rs in sorted(groups.items()):
+            if s != sc:
+                continue
+            base, held, peak = med(rs, "idle_base_kib"), med(rs, "idle_held_kib"), med(rs, "peak_rss_kib")
+            hp = med(groups.get((s, th, "haproxy"), []), "peak_rss_kib")
+            ratio = "%.2fx" % (peak / hp) if hp and peak else "-"
+            per = (held - base) / int(idle_conns)
+            out.append("| %s | %s | %d | %.1f | %.1f | %.2f | %.1f | %s |" % (
+                th, px, med(rs, "errors"), base / 1024, held / 1024, per, peak / 1024, ratio))
+        out.append("")
+        continue
+    out += ["## " + TITLES.get(sc, sc), ""]
+    out += ["| threads | proxy | requests/s | vs HAProxy | p50 ms | p99 ms | CPU s | CPU us/req | peak RSS MiB | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted(k for k in groups if k[0] == sc)
+    order = {"direct": 0, "shoal": 1, "haproxy": 2, "nginx": 3}
+    keys.sort(key=lambda k: (int(k[1]), order.get(k[2], 9)))
+    for (s, th, px) in keys:
+        rs = groups[(s, th, px)]
+        rps, p50, p99, cpu, rss, err = (med(rs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_s", "peak_rss_kib", "errors"))
+        hp = med(groups.get((s, th, "haproxy"), []), "rps")
+        ratio = "%.2fx" % (rps / hp) if hp and rps and px != "haproxy" else ("1.00x" if px == "haproxy" else "-")
+        us = (cpu / (rps * float(duration)) * 1e6) if rps and cpu and px != "direct" else None
+        label = "backend direct" if px == "direct" else px
+        out.append("| %s | %s | %.0f | %s | %.2f | %.2f | %s | %s | %s | %d |" % (
+            th, label, rps, ratio, p50, p99,
+            "%.2f" % cpu if px != "direct" else "-",
+            "%.1f" % us if us else "-",
+            "%.1f" % (rss / 1024) if px != "direct" else "-",
+            err))
+    out.append("")
+print("\n".join(out))
