@@ -100,6 +100,9 @@ start_proxy() {
 global
   nbthread $threads
   maxconn 12000
+  # The hard fd limit (20000 here) is below HAProxy's 2-per-connection budget for maxconn 12000; idle client
+  # connections need one each, so run with the limit HAProxy can get instead of refusing to start.
+  no strict-limits
 defaults
   mode http
   timeout connect 5s
