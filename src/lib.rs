@@ -3,7 +3,9 @@
 //! Data flows one way: the backend set ([`balance`]) is published as a snapshot that the per-core data plane
 //! ([`proxy`]) reads; framing rules live in [`http`], independent of sockets.
 
+pub mod agent;
 pub mod balance;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod proxy;

@@ -1,10 +1,11 @@
 //! The `shoal` command: parses the command line and hands over to the library.
 
+use std::fmt::Display;
 use std::process::ExitCode;
 
 use clap::Parser;
 use mimalloc::MiMalloc;
-use shoal::config::{Cli, Command, ProxyConfig};
+use shoal::config::{AgentConfig, Cli, Command, ProxyConfig};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -13,25 +14,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_diagnostics();
     match cli.command {
-        Command::Proxy(args) => {
-            let config = match ProxyConfig::load(&args) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("shoal: configuration error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if args.check {
+        Command::Proxy(args) => match ProxyConfig::load(&args) {
+            Err(e) => config_error(e),
+            Ok(config) if args.check => {
                 println!("configuration is valid:\n{config:#?}");
-                return ExitCode::SUCCESS;
+                ExitCode::SUCCESS
             }
-            match shoal::proxy::run(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("shoal: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            Ok(config) => finish(shoal::proxy::run(config)),
+        },
+        Command::Agent(args) => match AgentConfig::load(&args) {
+            Err(e) => config_error(e),
+            Ok(config) => finish(shoal::agent::run(config)),
+        },
+    }
+}
+
+fn config_error(e: impl Display) -> ExitCode {
+    eprintln!("shoal: configuration error: {e}");
+    ExitCode::from(2)
+}
+
+fn finish<E: Display>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -18,7 +18,51 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the load balancer.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
+    /// Run beside a backend's app: join the cluster and advertise the app's address.
+    Agent(Box<AgentArgs>),
+}
+
+/// Gossip flags shared by `proxy` and `agent`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Gossip (UDP) address [default: 0.0.0.0:7946].
+    #[arg(long, env = "SHOAL_GOSSIP", value_name = "ADDR", value_parser = value::listen_addr)]
+    pub gossip: Option<SocketAddr>,
+    /// A member to join through, `HOST:PORT` (repeatable); retried with backoff until it answers.
+    #[arg(long, env = "SHOAL_JOIN", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// The IP other members reach this node at [default: the bound IP, or the first non-loopback one].
+    #[arg(long, env = "SHOAL_ADVERTISE", value_name = "IP")]
+    pub advertise: Option<std::net::IpAddr>,
+    /// Shared secret authenticating every gossip packet (like Serf's -encrypt).
+    #[arg(long, env = "SHOAL_CLUSTER_KEY", value_name = "KEY", hide_env_values = true)]
+    pub cluster_key: Option<String>,
+    /// How often a random member is probed [default: 500ms].
+    #[arg(long, env = "SHOAL_PROBE_PERIOD", value_name = "DURATION", value_parser = value::duration)]
+    pub probe_period: Option<Duration>,
+    /// How long a direct probe may take before indirect probes start [default: 150ms].
+    #[arg(long, env = "SHOAL_PROBE_RTT", value_name = "DURATION", value_parser = value::duration)]
+    pub probe_rtt: Option<Duration>,
+    /// How long a suspect member has to refute before it is declared down [default: 1s].
+    #[arg(long, env = "SHOAL_SUSPECT_TIMEOUT", value_name = "DURATION", value_parser = value::duration)]
+    pub suspect_timeout: Option<Duration>,
+}
+
+/// Flags of `shoal agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The app's HTTP address, `HOST:PORT`; `0.0.0.0:PORT` advertises the node's own IP.
+    #[arg(long, env = "SHOAL_SERVICE", value_name = "HOST:PORT")]
+    pub service: String,
+    /// Node name shown in logs and stats [default: the advertised gossip address].
+    #[arg(long, env = "SHOAL_NAME", value_name = "NAME", default_value = "")]
+    pub name: String,
+    /// Relative share of traffic.
+    #[arg(long, env = "SHOAL_WEIGHT", value_name = "W", default_value_t = 100)]
+    pub weight: u16,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// Flags of `shoal proxy`. Unset flags fall back to the config file, then to defaults.
@@ -39,9 +83,8 @@ pub struct ProxyArgs {
     /// Admin and stats listener [default: 0.0.0.0:1936].
     #[arg(long, env = "SHOAL_ADMIN", value_name = "ADDR", value_parser = value::listen_addr)]
     pub admin: Option<SocketAddr>,
-    /// Gossip (UDP) address [default: 0.0.0.0:7946].
-    #[arg(long, env = "SHOAL_GOSSIP", value_name = "ADDR", value_parser = value::listen_addr)]
-    pub gossip: Option<SocketAddr>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Data-plane threads, one accept loop each [default: the number of cores].
     #[arg(long, env = "SHOAL_THREADS", value_name = "N")]
     pub threads: Option<usize>,

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
+
+use crate::cluster::ClusterConfig;
 use toml::Spanned;
 
-pub use cli::{Cli, Command, ProxyArgs};
+pub use cli::{AgentArgs, Cli, ClusterArgs, Command, ProxyArgs};
 use file::{DurationText, FileConfig};
 pub use value::BackendSpec;
 
@@ -51,7 +53,7 @@ pub struct ProxyConfig {
     pub listen: Vec<SocketAddr>,
     pub backends: Vec<BackendSpec>,
     pub admin: SocketAddr,
-    pub gossip: SocketAddr,
+    pub cluster: ClusterConfig,
     pub threads: usize,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -127,6 +129,84 @@ fn in_range(field: &'static str, v: usize, lo: usize, hi: usize) -> Result<usize
     }
 }
 
+fn default_gossip() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946)
+}
+
+/// The gossip settings from flags over the file over defaults.
+fn cluster_config(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<ClusterConfig, ConfigError> {
+    let dur =
+        |flag: Option<Duration>, field, v: &Option<Spanned<DurationText>>, default| -> Result<Duration, ConfigError> {
+            Ok(flag.or(s.get(field, v, file_duration)?).unwrap_or(default))
+        };
+    let config = ClusterConfig {
+        bind: args.gossip.or(s.get("gossip", &f.gossip, |v| value::listen_addr(v))?).unwrap_or_else(default_gossip),
+        advertise: match args.advertise {
+            Some(ip) => Some(ip),
+            None => {
+                s.get("advertise", &f.advertise, |v| v.parse().map_err(|_| format!("{v:?} is not an IP address")))?
+            }
+        },
+        join: if args.join.is_empty() {
+            s.get("join", &f.join, |v| Ok(v.clone()))?.unwrap_or_default()
+        } else {
+            args.join.clone()
+        },
+        key: args.cluster_key.clone().or(s.get("cluster-key", &f.cluster_key, |v| Ok(v.clone()))?),
+        probe_period: dur(args.probe_period, "probe-period", &f.probe_period, Duration::from_millis(500))?,
+        probe_rtt: dur(args.probe_rtt, "probe-rtt", &f.probe_rtt, Duration::from_millis(150))?,
+        suspect_timeout: dur(args.suspect_timeout, "suspect-timeout", &f.suspect_timeout, Duration::from_secs(1))?,
+    };
+    check_cluster(&config)?;
+    Ok(config)
+}
+
+fn check_cluster(c: &ClusterConfig) -> Result<(), ConfigError> {
+    if c.probe_rtt.is_zero() || c.probe_rtt >= c.probe_period {
+        return Err(ConfigError::Field {
+            field: "probe-rtt",
+            message: "must be above 0 and below probe-period".into(),
+        });
+    }
+    if c.suspect_timeout.is_zero() {
+        return Err(ConfigError::Field { field: "suspect-timeout", message: "must be more than 0".into() });
+    }
+    if let Some(bad) =
+        c.join.iter().find(|j| j.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
+    {
+        return Err(ConfigError::Field { field: "join", message: format!("{bad:?} is not HOST:PORT") });
+    }
+    Ok(())
+}
+
+/// Everything `shoal agent` runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub service: SocketAddr,
+    pub name: String,
+    pub weight: u16,
+    pub cluster: ClusterConfig,
+}
+
+impl AgentConfig {
+    pub fn load(args: &AgentArgs) -> Result<AgentConfig, ConfigError> {
+        let nowhere = Source { path: PathBuf::new(), text: String::new(), values: FileConfig::default() };
+        let service = std::net::ToSocketAddrs::to_socket_addrs(args.service.as_str())
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ConfigError::Field {
+            field: "service",
+            message: format!("{:?} is not a reachable HOST:PORT", args.service),
+        })?;
+        Ok(AgentConfig {
+            service,
+            name: args.name.clone(),
+            weight: args.weight,
+            cluster: cluster_config(&args.cluster, &nowhere, &nowhere.values)?,
+        })
+    }
+}
+
 impl ProxyConfig {
     /// Merges flags (clap has already applied env) over the file over defaults, then validates.
     pub fn load(args: &ProxyArgs) -> Result<ProxyConfig, ConfigError> {
@@ -169,10 +249,7 @@ impl ProxyConfig {
                 .admin
                 .or(s.get("admin", &f.admin, |v| value::listen_addr(v))?)
                 .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1936)),
-            gossip: args
-                .gossip
-                .or(s.get("gossip", &f.gossip, |v| value::listen_addr(v))?)
-                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946)),
+            cluster: cluster_config(&args.cluster, s, f)?,
             threads: in_range("threads", count(args.threads, "threads", &f.threads, cores)?, 1, 1024)?,
             timeouts: Timeouts {
                 head: dur(args.timeout_head, "timeout-head", &f.timeout_head, Duration::from_secs(10))?,

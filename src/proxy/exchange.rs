@@ -3,8 +3,9 @@
 //!
 //! The request body and the response are driven concurrently: a backend may answer 100 Continue before the
 //! body is sent, or answer early (say 413) without reading it. A connect failure is retried once on another
-//! backend; a reused pooled connection that closes before answering is retried once on a fresh one when the
-//! request is idempotent and carried no body.
+//! backend. An idempotent request without a body whose connection closes before any response byte is retried
+//! too (RFC 9110 section 9.2.2): on a fresh connection if the closed one was reused from the pool, else on
+//! another backend.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -103,11 +104,17 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
         let mut up_buf = worker.buffers.get();
         let result = transfer(worker, client, &plan, &head, &mut framer, &mut up, &mut up_buf, &mut log).await;
         match result {
-            Err(Failure::NoResponse) if up.reused && plan.retryable && log.retries < 2 => {
+            Err(Failure::NoResponse) if plan.retryable && log.retries < 2 => {
                 up_buf.clear();
                 worker.buffers.put(up_buf);
                 log.retries += 1;
-                fresh_only = true;
+                // A reused connection may just have timed out at the backend: try a fresh one. A fresh one
+                // that closed without answering points at a dying backend: try another.
+                if up.reused {
+                    fresh_only = true;
+                } else {
+                    avoid = log.server.clone();
+                }
                 continue;
             }
             Ok(relayed) if relayed.upgraded => {

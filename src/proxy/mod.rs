@@ -22,7 +22,8 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::balance::{self, Backend, BackendSet, SharedBackends};
-use crate::config::ProxyConfig;
+use crate::cluster::{self, Announce, NodeId, Role};
+use crate::config::{BackendSpec, ProxyConfig};
 
 /// State every data-plane thread reads. Only snapshots and relaxed counters live here.
 pub struct Shared {
@@ -51,13 +52,15 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     if config.backends.is_empty() {
         tracing::warn!("no backend configured: every request is answered 503");
     }
-    tracing::info!(
-        "admin ({}) and gossip ({}) are not served yet: they arrive with the admin and cluster work",
-        config.admin,
-        config.gossip
-    );
-    let backends =
-        balance::shared(BackendSet { servers: config.backends.iter().map(|b| Arc::new(Backend::new(b))).collect() });
+    tracing::info!("admin ({}) is not served yet: it arrives with the admin work", config.admin);
+    let statics: Vec<Arc<Backend>> = config.backends.iter().map(|b| Arc::new(Backend::new(b))).collect();
+    let backends = balance::shared(BackendSet { servers: statics.clone() });
+    let cluster = cluster::start(
+        &config.cluster,
+        Announce { role: Role::Proxy, service: None, weight: 0, name: String::new() },
+        membership_to_backends(statics, backends.clone()),
+    )
+    .map_err(ProxyError::Listen)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (log, log_thread) = if config.access_log {
         let (sink, handle) = access_log::Sink::start().map_err(ProxyError::Start)?;
@@ -81,6 +84,7 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     wait_for_stop_signal().map_err(ProxyError::Start)?;
     tracing::info!("stopping: no new connections, finishing requests in flight");
     let _ = stop_tx.send(true);
+    cluster.leave(std::time::Duration::from_secs(1));
     for w in workers {
         let _ = w.join();
     }
@@ -91,7 +95,23 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     Ok(())
 }
 
-fn wait_for_stop_signal() -> std::io::Result<()> {
+/// Turns each membership change into a new backend-set snapshot: the static backends, then every live
+/// backend member's advertised service.
+fn membership_to_backends(statics: Vec<Arc<Backend>>, backends: SharedBackends) -> cluster::MembershipListener {
+    Box::new(move |members: &[NodeId]| {
+        let mut servers = statics.clone();
+        for m in members.iter().filter(|m| m.role == Role::Backend) {
+            let Some(service) = m.service else { continue };
+            let spec = BackendSpec { name: m.name.clone(), host: service.ip().to_string(), port: service.port() };
+            servers.push(Arc::new(Backend::new(&spec)));
+        }
+        let count = servers.len();
+        backends.store(Arc::new(BackendSet { servers }));
+        tracing::info!("backend set now has {count} servers");
+    })
+}
+
+pub fn wait_for_stop_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {

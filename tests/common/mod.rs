@@ -86,6 +86,9 @@ impl Proxy {
         if !args.contains(&"--threads") {
             cmd.args(["--threads", "2"]);
         }
+        if !args.contains(&"--gossip") {
+            cmd.args(["--gossip", "127.0.0.1:0"]);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -97,6 +100,11 @@ impl Proxy {
         let line = stderr.wait_for("listening line", |l| l.contains("listening on "));
         let addr = line.rsplit("listening on ").next().unwrap().trim().parse().unwrap();
         Proxy { child, addr, stdout, stderr }
+    }
+
+    /// The gossip address the proxy advertises.
+    pub fn gossip(&self) -> String {
+        gossip_of(&self.stderr)
     }
 
     pub fn signal(&self, sig: i32) {
@@ -123,6 +131,49 @@ impl Proxy {
 }
 
 impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gossip_of(stderr: &Lines) -> String {
+    let line = stderr.wait_for("gossip line", |l| l.contains("advertised as "));
+    line.rsplit("advertised as ").next().unwrap().trim().to_string()
+}
+
+/// A running `shoal agent`.
+pub struct Agent {
+    pub child: Child,
+    pub stderr: Lines,
+}
+
+impl Agent {
+    pub fn start(service: &str, join: &str, extra: &[&str]) -> Agent {
+        let mut child = shoal()
+            .args(["agent", "--service", service, "--gossip", "127.0.0.1:0", "--join", join])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        let stderr = Lines::default();
+        stderr.clone().collect(child.stderr.take().unwrap());
+        gossip_of(&stderr);
+        Agent { child, stderr }
+    }
+
+    pub fn gossip(&self) -> String {
+        gossip_of(&self.stderr)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,150 @@
+//! Gossip membership with real processes on loopback: agents join through any member, traffic follows
+//! membership, start order does not matter, and the cluster key keeps strangers out.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Agent, Backend, Proxy, WAIT};
+
+/// Polls GET / until it answers 200 from a backend (bounded); returns how long routing took.
+fn wait_routed(proxy: &Proxy, body_contains: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = common::get(proxy.addr, "/");
+        if r.status() == 200 && r.body_str().contains(body_contains) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < WAIT, "never routed to {body_contains}: last {}", r.status());
+        std::thread::yield_now();
+    }
+}
+
+fn named_backend(name: &'static str) -> Backend {
+    Backend::http(move |_| common::ok(name))
+}
+
+#[test]
+fn an_agent_joins_then_leaves_and_traffic_follows() {
+    let app = named_backend("app-a");
+    let proxy = Proxy::start(&[]);
+    assert_eq!(common::get(proxy.addr, "/").status(), 503, "no backend before the join");
+    let agent = Agent::start(&app.arg(), &proxy.gossip(), &["--name", "a"]);
+    let took = wait_routed(&proxy, "app-a");
+    eprintln!("join to first routed request: {took:?}");
+    proxy.stderr.wait_for("member up", |l| l.contains("member up: a "));
+
+    agent.signal(libc::SIGTERM);
+    proxy.stderr.wait_for("member down", |l| l.contains("member down: a "));
+    proxy.stderr.wait_for("empty backend set", |l| l.contains("backend set now has 0 servers"));
+    assert_eq!(common::get(proxy.addr, "/").status(), 503, "a member that left gets no traffic");
+}
+
+#[test]
+fn a_wrong_cluster_key_is_ignored() {
+    let app = named_backend("keyed");
+    let proxy = Proxy::start(&["--cluster-key", "right"]);
+    let _stranger = Agent::start(&app.arg(), &proxy.gossip(), &["--cluster-key", "wrong", "--name", "stranger"]);
+    proxy.stderr.wait_for("rejected packets", |l| l.contains("failing authentication"));
+    assert_eq!(common::get(proxy.addr, "/").status(), 503);
+    let _friend = Agent::start(&app.arg(), &proxy.gossip(), &["--cluster-key", "right", "--name", "friend"]);
+    wait_routed(&proxy, "keyed");
+    assert!(proxy.stderr.all().iter().all(|l| !l.contains("member up: stranger")));
+}
+
+#[test]
+fn start_order_does_not_matter() {
+    let app = named_backend("early");
+    // The agent starts first, joining a proxy that does not exist yet.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gossip = format!("127.0.0.1:{port}");
+    let _agent = Agent::start(&app.arg(), &gossip, &["--name", "early"]);
+    let proxy = Proxy::start(&["--gossip", &gossip]);
+    wait_routed(&proxy, "early");
+    // The proxy restarts under the running agent: a new identity on the same address is found again.
+    drop(proxy);
+    let proxy = Proxy::start(&["--gossip", &gossip]);
+    wait_routed(&proxy, "early");
+    // A second proxy joining through the first sees the same backend.
+    let second = Proxy::start(&["--join", &gossip]);
+    wait_routed(&second, "early");
+}
+
+/// A real app process that can be killed: Python's http.server serving a file naming it.
+struct App {
+    child: Child,
+    port: u16,
+    _dir: std::path::PathBuf,
+}
+
+impl App {
+    fn start(name: &str) -> App {
+        let port = common::dead_port().port();
+        let dir = std::env::temp_dir().join(format!("shoal-app-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), name).unwrap();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "-d", dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "app did not start");
+            std::thread::yield_now();
+        }
+        App { child, port, _dir: dir }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+#[test]
+fn a_killed_node_leaves_rotation_without_failed_requests() {
+    let proxy = Proxy::start(&["--access-log", "off"]);
+    let mut doomed_app = App::start("doomed");
+    let survivor_app = App::start("survivor");
+    let mut doomed = Agent::start(&doomed_app.addr(), &proxy.gossip(), &["--name", "doomed"]);
+    let _survivor = Agent::start(&survivor_app.addr(), &proxy.gossip(), &["--name", "survivor"]);
+    wait_routed(&proxy, "doomed");
+    wait_routed(&proxy, "survivor");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), proxy.addr);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + WAIT;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let r = common::get(addr, "/");
+                let counter = if r.status() == 200 { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let killed = Instant::now();
+    doomed.child.kill().unwrap();
+    doomed_app.child.kill().unwrap();
+    let _ = (doomed.child.wait(), doomed_app.child.wait());
+    proxy.stderr.wait_for("failure detected", |l| l.contains("member down: doomed "));
+    eprintln!("kill to removal: {:?}", killed.elapsed());
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    assert!(ok.load(Ordering::SeqCst) > 0);
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed while the dead node was still a member");
+    assert_eq!(common::get(proxy.addr, "/").body_str(), "survivor");
+}
