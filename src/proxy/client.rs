@@ -62,11 +62,13 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         match read_head(worker, &mut client).await {
             Head::Gone => break,
             Head::Refuse(status, reason, started) => {
-                refuse(worker, &mut client, status, &reason, started).await;
+                Box::pin(refuse(worker, &mut client, status, &reason, started)).await;
                 break;
             }
             Head::Ready(plan, head, started) => {
-                if !exchange::run(worker, &mut client, plan, head, started).await {
+                // Boxed so the connection's task stays small while idle: the exchange's state (several KiB of
+                // nested futures) exists only while a request is in flight.
+                if !Box::pin(exchange::run(worker, &mut client, plan, head, started)).await {
                     break;
                 }
             }
@@ -165,7 +167,8 @@ async fn refuse(worker: &Worker, client: &mut Client, status: u16, reason: &str,
 pub async fn close_gracefully(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
     let drain = async {
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would sit inside every connection's future, idle or not.
+        let mut sink = vec![0u8; 4096];
         let mut total = 0usize;
         while total < 1 << 20 {
             match stream.read(&mut sink).await {
