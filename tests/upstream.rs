@@ -68,6 +68,11 @@ fn a_refused_connect_is_retried_on_another_backend() {
     }
     let line = proxy.stdout.wait_for("a retried request", |l| l.contains(" nodes/live ") && l.contains("/0/0/1 0/0 "));
     assert!(line.contains(" 200 "), "{line}");
+    // After the first failure the dead server is ejected on every thread: later requests go straight to the
+    // live one instead of paying for a retry each time.
+    proxy.stdout.wait_count("all ten requests", 10, |l| l.contains(" nodes/live ") && l.contains(" 200 "));
+    let retried = proxy.stdout.all().iter().filter(|l| l.contains("/0/0/1 0/0 ")).count();
+    assert!(retried <= 2, "{retried} requests retried: the failed server should have been ejected");
 }
 
 #[test]

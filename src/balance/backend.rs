@@ -2,6 +2,8 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ pub struct Backend {
     pub host: String,
     pub port: u16,
     resolved: ArcSwapOption<SocketAddr>,
+    /// Until when (Unix ms) this server is skipped after a failed connect; 0 when it is not.
+    ejected_until: AtomicU64,
 }
 
 impl Backend {
@@ -28,7 +32,19 @@ impl Backend {
             host: spec.host.clone(),
             port: spec.port,
             resolved: ArcSwapOption::new(literal),
+            ejected_until: AtomicU64::new(0),
         }
+    }
+
+    /// Skips this server on every thread for `period` after a refused or timed-out connect, so requests stop
+    /// paying for a retry while gossip or a health check has not yet noticed the failure.
+    pub fn eject(&self, period: Duration) {
+        self.ejected_until.store(unix_ms() + period.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && unix_ms() < until
     }
 
     fn is_literal(&self) -> bool {
@@ -49,4 +65,8 @@ impl Backend {
         self.resolved.store(Some(Arc::new(addr)));
         Ok(addr)
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -38,13 +38,13 @@ pub struct ClusterArgs {
     /// Shared secret authenticating every gossip packet (like Serf's -encrypt).
     #[arg(long, env = "SHOAL_CLUSTER_KEY", value_name = "KEY", hide_env_values = true)]
     pub cluster_key: Option<String>,
-    /// How often a random member is probed [default: 500ms].
+    /// How often a random member is probed [default: 400ms].
     #[arg(long, env = "SHOAL_PROBE_PERIOD", value_name = "DURATION", value_parser = value::duration)]
     pub probe_period: Option<Duration>,
-    /// How long a direct probe may take before indirect probes start [default: 150ms].
+    /// How long a direct probe may take before indirect probes start [default: 120ms].
     #[arg(long, env = "SHOAL_PROBE_RTT", value_name = "DURATION", value_parser = value::duration)]
     pub probe_rtt: Option<Duration>,
-    /// How long a suspect member has to refute before it is declared down [default: 1s].
+    /// How long a suspect member has to refute before it is declared down [default: 800ms].
     #[arg(long, env = "SHOAL_SUSPECT_TIMEOUT", value_name = "DURATION", value_parser = value::duration)]
     pub suspect_timeout: Option<Duration>,
 }

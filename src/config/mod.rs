@@ -153,9 +153,9 @@ fn cluster_config(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<Clus
             args.join.clone()
         },
         key: args.cluster_key.clone().or(s.get("cluster-key", &f.cluster_key, |v| Ok(v.clone()))?),
-        probe_period: dur(args.probe_period, "probe-period", &f.probe_period, Duration::from_millis(500))?,
-        probe_rtt: dur(args.probe_rtt, "probe-rtt", &f.probe_rtt, Duration::from_millis(150))?,
-        suspect_timeout: dur(args.suspect_timeout, "suspect-timeout", &f.suspect_timeout, Duration::from_secs(1))?,
+        probe_period: dur(args.probe_period, "probe-period", &f.probe_period, Duration::from_millis(400))?,
+        probe_rtt: dur(args.probe_rtt, "probe-rtt", &f.probe_rtt, Duration::from_millis(120))?,
+        suspect_timeout: dur(args.suspect_timeout, "suspect-timeout", &f.suspect_timeout, Duration::from_millis(800))?,
     };
     check_cluster(&config)?;
     Ok(config)

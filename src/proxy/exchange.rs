@@ -26,6 +26,9 @@ use crate::http::response::{parse_response, ResponseBody};
 use crate::http::rewrite::{self, Delivery};
 use crate::http::{HeadLimits, HttpError, Version};
 
+/// How long a server whose connect failed is skipped by every thread.
+const EJECT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the exchange needs to remember of the request head once its bytes are gone.
 pub struct Plan {
     body: RequestBody,
@@ -91,6 +94,7 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
             Ok(up) => up,
             Err(e) => {
                 tracing::warn!("server {} ({}:{}): {e}", backend.name, backend.host, backend.port);
+                backend.eject(EJECT_FOR);
                 if log.retries == 0 {
                     log.retries += 1;
                     avoid = Some(backend);
