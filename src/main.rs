@@ -24,7 +24,10 @@ fn main() -> ExitCode {
         },
         Command::Agent(args) => match AgentConfig::load(&args) {
             Err(e) => config_error(e),
-            Ok(config) => finish(shoal::agent::run(config)),
+            Ok(config) => match shoal::agent::run(config) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => finish::<std::io::Error>(Err(e)),
+            },
         },
     }
 }

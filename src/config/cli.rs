@@ -63,6 +63,9 @@ pub struct AgentArgs {
     pub weight: u16,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// The app to supervise: started, restarted when it exits, stopped last (everything after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Flags of `shoal proxy`. Unset flags fall back to the config file, then to defaults.

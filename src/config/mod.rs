@@ -186,6 +186,8 @@ pub struct AgentConfig {
     pub name: String,
     pub weight: u16,
     pub cluster: ClusterConfig,
+    /// The app to supervise, if any.
+    pub command: Vec<String>,
 }
 
 impl AgentConfig {
@@ -203,6 +205,7 @@ impl AgentConfig {
             name: args.name.clone(),
             weight: args.weight,
             cluster: cluster_config(&args.cluster, &nowhere, &nowhere.values)?,
+            command: args.command.clone(),
         })
     }
 }

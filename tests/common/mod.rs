@@ -171,6 +171,17 @@ impl Agent {
         // SAFETY: kill(2) on our own child's pid with a valid signal number.
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "agent did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Agent {
