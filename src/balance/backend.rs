@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -22,6 +22,8 @@ pub struct Backend {
     resolved: ArcSwapOption<SocketAddr>,
     /// Until when (Unix ms) this server is skipped after a failed connect; 0 when it is not.
     ejected_until: AtomicU64,
+    /// Requests currently using this server, on any thread.
+    in_flight: AtomicUsize,
 }
 
 impl Backend {
@@ -33,6 +35,7 @@ impl Backend {
             port: spec.port,
             resolved: ArcSwapOption::new(literal),
             ejected_until: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -45,6 +48,16 @@ impl Backend {
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && unix_ms() < until
+    }
+
+    /// Counts a request against this server until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     fn is_literal(&self) -> bool {
@@ -69,4 +82,19 @@ impl Backend {
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A request in flight to a server (see [`Backend::enter`]).
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -5,13 +5,15 @@
 //! lock. Picking state such as the round-robin cursor is per thread.
 
 mod backend;
+mod membership;
 mod round_robin;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use backend::Backend;
+pub use backend::{Backend, InFlight};
+pub use membership::ClusterBackends;
 pub use round_robin::RoundRobin;
 
 /// An immutable snapshot of the servers that may receive traffic.

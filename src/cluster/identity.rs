@@ -35,25 +35,42 @@ pub struct NodeId {
     /// Where a backend serves HTTP; `None` for a proxy.
     pub service: Option<SocketAddr>,
     pub weight: u16,
+    /// The node health-checks its service: route to it only once it has said it is healthy.
+    pub checked: bool,
     /// Wall-clock milliseconds at start: strictly increasing across restarts on one address.
     pub generation: u64,
     pub name: String,
 }
 
 impl NodeId {
-    pub fn new(gossip: SocketAddr, role: Role, service: Option<SocketAddr>, weight: u16, name: &str) -> NodeId {
+    pub fn new(
+        gossip: SocketAddr,
+        role: Role,
+        service: Option<SocketAddr>,
+        weight: u16,
+        checked: bool,
+        name: &str,
+    ) -> NodeId {
         let generation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
         let mut name = name.to_string();
         while name.len() > MAX_NAME {
             name.pop();
         }
-        NodeId { gossip, role, service, weight, generation, name }
+        NodeId { gossip, role, service, weight, checked, generation, name }
     }
 
     /// A stand-in for a seed known only by its gossip address: foca accepts an announce when the address
     /// matches, whatever the rest says.
     pub fn seed(gossip: SocketAddr) -> NodeId {
-        NodeId { gossip, role: Role::Proxy, service: None, weight: 0, generation: 0, name: String::new() }
+        NodeId {
+            gossip,
+            role: Role::Proxy,
+            service: None,
+            weight: 0,
+            checked: false,
+            generation: 0,
+            name: String::new(),
+        }
     }
 }
 
@@ -82,7 +99,7 @@ mod tests {
     #[test]
     fn newer_generation_wins_and_names_are_bounded() {
         let addr: SocketAddr = "10.0.0.1:7946".parse().unwrap();
-        let a = NodeId::new(addr, Role::Backend, None, 100, &"n".repeat(50));
+        let a = NodeId::new(addr, Role::Backend, None, 100, false, &"n".repeat(50));
         assert_eq!(a.name.len(), MAX_NAME);
         let b = a.renew().unwrap();
         assert!(b.win_addr_conflict(&a) && !a.win_addr_conflict(&b));

@@ -6,6 +6,7 @@
 mod auth;
 mod identity;
 mod node;
+mod state;
 mod timers;
 
 use std::io;
@@ -16,9 +17,18 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub use identity::{NodeId, Role};
+pub use state::{Member, NodeState};
 
-/// Called on the gossip thread with every live member (this node excluded) after each change.
-pub type MembershipListener = Box<dyn FnMut(&[NodeId]) + Send>;
+/// What the rest of the program learns from gossip, called on the gossip thread.
+pub trait Membership: Send + 'static {
+    /// Every live member (this node excluded), after each change of membership or state.
+    fn changed(&mut self, members: &[Member]);
+
+    /// Whether requests to `node` are still in flight here (a proxy acknowledges a drain only once none are).
+    fn busy_with(&self, _node: &NodeId) -> bool {
+        false
+    }
+}
 
 /// How a node joins and probes the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,11 +56,14 @@ pub struct Announce {
     pub role: Role,
     pub service: Option<SocketAddr>,
     pub weight: u16,
+    /// The service is health-checked: no traffic before the first passing check.
+    pub checked: bool,
     pub name: String,
+    pub tags: Vec<(String, String)>,
 }
 
 /// Binds the gossip socket (so a bad address fails the start) and runs the node on its own thread.
-pub fn start(config: &ClusterConfig, me: Announce, listener: MembershipListener) -> io::Result<Cluster> {
+pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membership>) -> io::Result<Cluster> {
     let socket = std::net::UdpSocket::bind(config.bind)
         .map_err(|e| io::Error::new(e.kind(), format!("gossip bind {}: {e}", config.bind)))?;
     socket.set_nonblocking(true)?;
@@ -63,7 +76,8 @@ pub fn start(config: &ClusterConfig, me: Announce, listener: MembershipListener)
     let advertised = SocketAddr::new(ip, bound.port());
     let service = me.service.map(|s| if s.ip().is_unspecified() { SocketAddr::new(ip, s.port()) } else { s });
     let name = if me.name.is_empty() { advertised.to_string() } else { me.name };
-    let id = NodeId::new(advertised, me.role, service, me.weight, &name);
+    let id = NodeId::new(advertised, me.role, service, me.weight, me.checked, &name);
+    let state = NodeState { healthy: !me.checked, draining: false, weight: me.weight, tags: me.tags };
     let auth_open = config.key.is_none();
     tracing::info!("gossip on {bound}, advertised as {advertised}");
     if auth_open {
@@ -78,7 +92,7 @@ pub fn start(config: &ClusterConfig, me: Announce, listener: MembershipListener)
         };
         runtime.block_on(async move {
             match tokio::net::UdpSocket::from_std(socket) {
-                Ok(socket) => node::Node::new(&config, id, socket, listener).run(rx).await,
+                Ok(socket) => node::Node::new(&config, id, state, socket, membership).run(rx).await,
                 Err(e) => tracing::error!("gossip socket: {e}"),
             }
         });
@@ -87,6 +101,18 @@ pub fn start(config: &ClusterConfig, me: Announce, listener: MembershipListener)
 }
 
 impl Cluster {
+    /// Publishes a new state (health, weight, tags) for this node.
+    pub fn set_state(&self, state: NodeState) {
+        let _ = self.commands.send(node::Command::SetState(state));
+    }
+
+    /// Announces draining; the answer comes once every live proxy has acknowledged (true) or after `within`.
+    pub fn drain(&self, within: Duration) -> oneshot::Receiver<bool> {
+        let (done, answer) = oneshot::channel();
+        let _ = self.commands.send(node::Command::Drain(within, done));
+        answer
+    }
+
     /// Tells the cluster this node leaves, and waits (bounded) until the message is sent.
     pub fn leave(mut self, within: Duration) {
         let (done, wait) = oneshot::channel();

@@ -61,6 +61,27 @@ pub struct AgentArgs {
     /// Relative share of traffic.
     #[arg(long, env = "SHOAL_WEIGHT", value_name = "W", default_value_t = 100)]
     pub weight: u16,
+    /// A `KEY=VALUE` tag gossiped with this node (repeatable), as Serf's `-tag`.
+    #[arg(long = "tag", env = "SHOAL_TAG", value_name = "K=V", value_delimiter = ',', value_parser = value::tag)]
+    pub tags: Vec<(String, String)>,
+    /// Health-check the service with an HTTP request to this path; traffic only while it passes.
+    #[arg(long, env = "SHOAL_CHECK_PATH", value_name = "PATH")]
+    pub check_path: Option<String>,
+    /// Method of the health check (HAProxy's `option httpchk` uses HEAD).
+    #[arg(long, env = "SHOAL_CHECK_METHOD", value_name = "METHOD", default_value = "HEAD")]
+    pub check_method: String,
+    /// Time between health checks (also each check's timeout).
+    #[arg(long, env = "SHOAL_CHECK_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = value::duration)]
+    pub check_interval: Duration,
+    /// Consecutive passes to become healthy again.
+    #[arg(long, env = "SHOAL_RISE", value_name = "N", default_value_t = 2)]
+    pub rise: u32,
+    /// Consecutive failures to become unhealthy.
+    #[arg(long, env = "SHOAL_FALL", value_name = "N", default_value_t = 3)]
+    pub fall: u32,
+    /// On SIGTERM, longest wait for the proxies to stop sending requests before leaving anyway.
+    #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = value::duration)]
+    pub drain_timeout: Duration,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// The app to supervise: started, restarted when it exits, stopped last (everything after `--`).

@@ -185,6 +185,9 @@ pub struct AgentConfig {
     pub service: SocketAddr,
     pub name: String,
     pub weight: u16,
+    pub tags: Vec<(String, String)>,
+    pub check: Option<crate::agent::health::CheckConfig>,
+    pub drain_timeout: Duration,
     pub cluster: ClusterConfig,
     /// The app to supervise, if any.
     pub command: Vec<String>,
@@ -204,6 +207,24 @@ impl AgentConfig {
             service,
             name: args.name.clone(),
             weight: args.weight,
+            tags: args.tags.clone(),
+            check: match &args.check_path {
+                None => None,
+                Some(path) if !path.starts_with('/') => {
+                    return Err(ConfigError::Field {
+                        field: "check-path",
+                        message: format!("{path:?} must start with /"),
+                    })
+                }
+                Some(path) => Some(crate::agent::health::CheckConfig {
+                    method: args.check_method.clone(),
+                    path: path.clone(),
+                    interval: args.check_interval,
+                    rise: args.rise,
+                    fall: args.fall,
+                }),
+            },
+            drain_timeout: args.drain_timeout,
             cluster: cluster_config(&args.cluster, &nowhere, &nowhere.values)?,
             command: args.command.clone(),
         })

@@ -59,6 +59,14 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A `KEY=VALUE` tag.
+pub fn tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains(char::is_whitespace) => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
 /// `on`/`off` and the usual boolean spellings.
 pub fn switch(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {

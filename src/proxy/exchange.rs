@@ -20,7 +20,7 @@ use super::client::{close_gracefully, Client, Started};
 use super::upstream::{self, ConnectError, Upstream};
 use super::worker::Worker;
 use super::{refusal, tunnel};
-use crate::balance::Backend;
+use crate::balance::{Backend, InFlight};
 use crate::http::request::{Request, RequestBody};
 use crate::http::response::{parse_response, ResponseBody};
 use crate::http::rewrite::{self, Delivery};
@@ -85,11 +85,14 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
     let mut avoid: Option<Arc<Backend>> = None;
     let mut fresh_only = false;
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
+    let mut _in_flight: Option<InFlight>;
     loop {
         let Some(backend) = worker.pick_backend(avoid.as_ref()) else {
             return answer(worker, client, &plan, &log, 503, *b"SC").await;
         };
         log.server = Some(backend.clone());
+        // Counted from the pick on, so a draining server is acknowledged only once nothing here uses it.
+        _in_flight = Some(backend.enter());
         let mut up = match acquire(worker, &backend, fresh_only).await {
             Ok(up) => up,
             Err(e) => {

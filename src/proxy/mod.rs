@@ -21,9 +21,9 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::balance::{self, Backend, BackendSet, SharedBackends};
-use crate::cluster::{self, Announce, NodeId, Role};
-use crate::config::{BackendSpec, ProxyConfig};
+use crate::balance::{self, Backend, BackendSet, ClusterBackends, SharedBackends};
+use crate::cluster::{self, Announce, Role};
+use crate::config::ProxyConfig;
 
 /// State every data-plane thread reads. Only snapshots and relaxed counters live here.
 pub struct Shared {
@@ -57,8 +57,8 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     let backends = balance::shared(BackendSet { servers: statics.clone() });
     let cluster = cluster::start(
         &config.cluster,
-        Announce { role: Role::Proxy, service: None, weight: 0, name: String::new() },
-        membership_to_backends(statics, backends.clone()),
+        Announce { role: Role::Proxy, service: None, weight: 0, checked: false, name: String::new(), tags: Vec::new() },
+        Box::new(ClusterBackends::new(statics, backends.clone())),
     )
     .map_err(ProxyError::Listen)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -93,22 +93,6 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Turns each membership change into a new backend-set snapshot: the static backends, then every live
-/// backend member's advertised service.
-fn membership_to_backends(statics: Vec<Arc<Backend>>, backends: SharedBackends) -> cluster::MembershipListener {
-    Box::new(move |members: &[NodeId]| {
-        let mut servers = statics.clone();
-        for m in members.iter().filter(|m| m.role == Role::Backend) {
-            let Some(service) = m.service else { continue };
-            let spec = BackendSpec { name: m.name.clone(), host: service.ip().to_string(), port: service.port() };
-            servers.push(Arc::new(Backend::new(&spec)));
-        }
-        let count = servers.len();
-        backends.store(Arc::new(BackendSet { servers }));
-        tracing::info!("backend set now has {count} servers");
-    })
 }
 
 pub fn wait_for_stop_signal() -> std::io::Result<()> {

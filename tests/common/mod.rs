@@ -422,8 +422,9 @@ impl Backend {
         Self::raw(move |stream, received| {
             let mut w = Wire::new(stream);
             while let Some(req) = w.read_request() {
+                // Recorded on arrival, before the handler runs (it may block).
+                record(received, req.clone());
                 let reply = handler(&req);
-                record(received, req);
                 if w.stream.write_all(&reply).is_err() {
                     return;
                 }

@@ -1,0 +1,186 @@
+//! Changing member metadata (health, draining, weight, tags) and drain acknowledgements, carried as foca
+//! custom broadcasts. Each update is versioned per node and generation, so a newer one replaces an older one
+//! everywhere and a stale copy is never re-sent.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::identity::NodeId;
+
+/// What a node says about itself beyond its identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The agent's health check passes (always true without one).
+    pub healthy: bool,
+    /// The node is leaving: send it no new requests.
+    pub draining: bool,
+    pub weight: u16,
+    pub tags: Vec<(String, String)>,
+}
+
+impl Default for NodeState {
+    fn default() -> Self {
+        NodeState { healthy: true, draining: false, weight: 100, tags: Vec::new() }
+    }
+}
+
+/// A live member and its latest state, if it has announced one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub state: Option<NodeState>,
+}
+
+impl Member {
+    /// A backend receives new requests only while healthy and not draining; a health-checked one only once a
+    /// state broadcast has said it is healthy.
+    pub fn is_routable(&self) -> bool {
+        match &self.state {
+            Some(s) => s.healthy && !s.draining,
+            None => !self.id.checked,
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.draining)
+    }
+
+    pub fn weight(&self) -> u16 {
+        self.state.as_ref().map_or(self.id.weight, |s| s.weight)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Broadcast {
+    State {
+        node: SocketAddr,
+        generation: u64,
+        version: u64,
+        state: NodeState,
+    },
+    /// `proxy` has stopped routing to `node` (as of `version`) and has nothing in flight to it.
+    DrainAck {
+        proxy: SocketAddr,
+        node: SocketAddr,
+        generation: u64,
+        version: u64,
+    },
+}
+
+/// Identifies a broadcast for foca's dissemination backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    kind: u8,
+    from: SocketAddr,
+    about: SocketAddr,
+    order: (u64, u64),
+}
+
+impl foca::Invalidates for Key {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.from == other.from && self.about == other.about && self.order >= other.order
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("undecodable custom broadcast")]
+pub struct BadBroadcast;
+
+/// Everything learnt from broadcasts, shared between foca's handler and the node task (same thread).
+#[derive(Default)]
+pub struct Table {
+    /// node -> (generation, version, state)
+    pub states: HashMap<SocketAddr, (u64, u64, NodeState)>,
+    /// (proxy, node) -> (generation, version) acknowledged
+    pub acks: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
+    /// Set when something new arrived; the node clears it after telling its listener.
+    pub changed: bool,
+}
+
+impl Table {
+    /// The known state of `id`'s current generation.
+    pub fn state_of(&self, id: &NodeId) -> Option<&NodeState> {
+        match self.states.get(&id.gossip) {
+            Some((generation, _, state)) if *generation == id.generation => Some(state),
+            _ => None,
+        }
+    }
+
+    /// Whether `proxy` acknowledged draining `node` at `version` or later.
+    pub fn acked(&self, proxy: SocketAddr, node: &NodeId, version: u64) -> bool {
+        self.acks.get(&(proxy, node.gossip)).is_some_and(|&(g, v)| g == node.generation && v >= version)
+    }
+
+    fn apply(&mut self, b: Broadcast) -> Option<Key> {
+        match b {
+            Broadcast::State { node, generation, version, state } => {
+                let newer = self.states.get(&node).is_none_or(|&(g, v, _)| (generation, version) > (g, v));
+                if !newer {
+                    return None;
+                }
+                self.states.insert(node, (generation, version, state));
+                self.changed = true;
+                Some(Key { kind: 0, from: node, about: node, order: (generation, version) })
+            }
+            Broadcast::DrainAck { proxy, node, generation, version } => {
+                let newer = self.acks.get(&(proxy, node)).is_none_or(|&o| (generation, version) > o);
+                if !newer {
+                    return None;
+                }
+                self.acks.insert((proxy, node), (generation, version));
+                self.changed = true;
+                Some(Key { kind: 1, from: proxy, about: node, order: (generation, version) })
+            }
+        }
+    }
+}
+
+/// foca's side of the table.
+pub struct Handler(pub Rc<RefCell<Table>>);
+
+impl foca::BroadcastHandler<NodeId> for Handler {
+    type Key = Key;
+    type Error = BadBroadcast;
+
+    fn receive_item(&mut self, data: &[u8], _sender: Option<&NodeId>) -> Result<Option<Key>, BadBroadcast> {
+        let b: Broadcast = postcard::from_bytes(data).map_err(|_| BadBroadcast)?;
+        Ok(self.0.borrow_mut().apply(b))
+    }
+}
+
+pub fn encode(b: &Broadcast) -> Vec<u8> {
+    postcard::to_allocvec(b).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foca::{BroadcastHandler, Invalidates};
+
+    #[test]
+    fn newer_versions_win_and_stale_ones_stop_spreading() {
+        let table = Rc::new(RefCell::new(Table::default()));
+        let mut h = Handler(table.clone());
+        let node: SocketAddr = "10.0.0.2:7946".parse().unwrap();
+        let v = |version, draining| {
+            encode(&Broadcast::State {
+                node,
+                generation: 5,
+                version,
+                state: NodeState { draining, ..Default::default() },
+            })
+        };
+        let k2 = h.receive_item(&v(2, true), None).unwrap().expect("new");
+        assert!(h.receive_item(&v(1, false), None).unwrap().is_none(), "older is dropped");
+        assert!(h.receive_item(&v(2, true), None).unwrap().is_none(), "a repeat is not re-spread");
+        let k3 = h.receive_item(&v(3, false), None).unwrap().expect("newer");
+        assert!(k3.invalidates(&k2) && !k2.invalidates(&k3));
+        assert!(!table.borrow().states[&node].2.draining);
+        assert!(h.receive_item(b"\xff\xff", None).is_err());
+    }
+}
