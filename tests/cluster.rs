@@ -148,3 +148,61 @@ fn a_killed_node_leaves_rotation_without_failed_requests() {
     assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed while the dead node was still a member");
     assert_eq!(common::get(proxy.addr, "/").body_str(), "survivor");
 }
+
+/// Waits until the file at `path` holds a line satisfying `pred`.
+fn wait_file_line(path: &std::path::Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| pred(l)) {
+            return l.to_string();
+        }
+        assert!(start.elapsed() < WAIT, "no {what} in {}:\n{text}", path.display());
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn on_event_handlers_get_serf_style_lines() {
+    let log = std::env::temp_dir().join(format!("shoal-events-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let handler = format!(
+        "while IFS= read -r line; do printf '%s\\t%s\\n' \"$SHOAL_EVENT\" \"$line\"; done >> {}",
+        log.display()
+    );
+    let proxy = Proxy::start(&["--on-event", &handler]);
+    let app = named_backend("ev");
+    let agent = Agent::start(&app.arg(), &proxy.gossip(), &["--name", "ev1", "--tag", "role=web", "--tag", "dc=lab"]);
+    wait_file_line(&log, "join", |l| l.starts_with("member-join\tev1\t127.0.0.1\tbackend\t"));
+    wait_file_line(&log, "tags", |l| l.ends_with("ev1\t127.0.0.1\tbackend\trole=web,dc=lab"));
+
+    agent.signal(libc::SIGTERM);
+    wait_file_line(&log, "leave", |l| l.starts_with("member-leave\tev1\t127.0.0.1\tbackend"));
+
+    let mut doomed = Agent::start(&app.arg(), &proxy.gossip(), &["--name", "ev2"]);
+    wait_file_line(&log, "second join", |l| l.starts_with("member-join\tev2\t"));
+    doomed.child.kill().unwrap();
+    let _ = doomed.child.wait();
+    wait_file_line(&log, "failure", |l| l.starts_with("member-failed\tev2\t127.0.0.1\tbackend"));
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn a_restart_on_the_same_address_replaces_the_old_identity() {
+    let old_app = named_backend("old-app");
+    let new_app = named_backend("new-app");
+    let proxy = Proxy::start(&[]);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gossip = format!("127.0.0.1:{port}");
+    let mut first = Agent::start(&old_app.arg(), &proxy.gossip(), &["--gossip", &gossip, "--name", "node"]);
+    wait_routed(&proxy, "old-app");
+    // Killed without a word, and back at once on the same address with a new service: the newer generation
+    // wins, so the old app (still up here) gets nothing more.
+    first.child.kill().unwrap();
+    let _ = first.child.wait();
+    let _second = Agent::start(&new_app.arg(), &proxy.gossip(), &["--gossip", &gossip, "--name", "node"]);
+    wait_routed(&proxy, "new-app");
+    for _ in 0..6 {
+        assert_eq!(common::get(proxy.addr, "/").body_str(), "new-app");
+    }
+}

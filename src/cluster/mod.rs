@@ -4,6 +4,7 @@
 //! as the full list of live members; the proxy turns that into a new backend-set snapshot.
 
 mod auth;
+mod events;
 mod identity;
 mod node;
 mod state;
@@ -41,6 +42,8 @@ pub struct ClusterConfig {
     pub probe_period: Duration,
     pub probe_rtt: Duration,
     pub suspect_timeout: Duration,
+    /// Shell command run on membership events, as Serf's event handlers.
+    pub on_event: Option<String>,
 }
 
 /// A running gossip node.
@@ -84,6 +87,7 @@ pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membershi
         tracing::warn!("no cluster key: gossip is unauthenticated (set --cluster-key or SHOAL_CLUSTER_KEY)");
     }
     let (tx, rx) = mpsc::unbounded_channel();
+    let hook = config.on_event.clone().map(events::EventHook::start).transpose()?;
     let config = config.clone();
     let thread = std::thread::Builder::new().name("shoal-gossip".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -92,7 +96,7 @@ pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membershi
         };
         runtime.block_on(async move {
             match tokio::net::UdpSocket::from_std(socket) {
-                Ok(socket) => node::Node::new(&config, id, state, socket, membership).run(rx).await,
+                Ok(socket) => node::Node::new(&config, id, state, socket, membership, hook).run(rx).await,
                 Err(e) => tracing::error!("gossip socket: {e}"),
             }
         });

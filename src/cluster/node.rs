@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
 use super::auth::PacketAuth;
+use super::events::{EventHook, EventKind};
 use super::identity::{NodeId, Role};
 use super::state::{self, Broadcast, Handler, Member, NodeState, Table};
 use super::timers::TimerHeap;
@@ -61,6 +62,9 @@ pub struct Node {
     table: Rc<RefCell<Table>>,
     seeds: Vec<Seed>,
     membership: Box<dyn Membership>,
+    hook: Option<EventHook>,
+    /// What each member looked like when the hook last heard of it, to spot updates.
+    reported: HashMap<SocketAddr, Member>,
     drain: Option<PendingDrain>,
     recheck: Option<Instant>,
     rejected: u64,
@@ -74,6 +78,7 @@ impl Node {
         state: NodeState,
         socket: UdpSocket,
         membership: Box<dyn Membership>,
+        hook: Option<EventHook>,
     ) -> Node {
         let mut swim = foca::Config::new_lan(std::num::NonZeroU32::new(32).expect("non-zero"));
         swim.probe_period = config.probe_period;
@@ -99,6 +104,8 @@ impl Node {
                 .map(|spec| Seed { spec: spec.clone(), next_try: now, backoff: FIRST_JOIN_BACKOFF })
                 .collect(),
             membership,
+            hook,
+            reported: HashMap::new(),
             drain: None,
             recheck: None,
             rejected: 0,
@@ -150,6 +157,13 @@ impl Node {
     }
 
     async fn leave(mut self, done: Option<oneshot::Sender<()>>) {
+        // Say so first, so members report a leave rather than a failure.
+        if !self.state.draining {
+            self.state.draining = true;
+            self.broadcast_state();
+            let _ = self.foca.gossip(&mut self.runtime);
+            self.flush().await;
+        }
         if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
             tracing::debug!("leave: {e}");
         }
@@ -243,6 +257,7 @@ impl Node {
         changed |= std::mem::take(&mut self.table.borrow_mut().changed);
         if changed {
             let members = self.live_members();
+            self.report_events(&members);
             self.membership.changed(&members);
         }
         if changed || self.recheck.is_none() {
@@ -259,6 +274,29 @@ impl Node {
         while let Some((after, timer)) = self.runtime.to_schedule() {
             self.timers.push(now + after, timer);
         }
+    }
+
+    /// Compares the live members with what the hook last heard, and emits join, leave, failed and update.
+    fn report_events(&mut self, members: &[Member]) {
+        let Some(hook) = &self.hook else { return };
+        for m in members {
+            match self.reported.get(&m.id.gossip) {
+                None => hook.emit(EventKind::Join, m.clone()),
+                Some(old) if old.id.generation != m.id.generation => {
+                    hook.emit(EventKind::Failed, old.clone());
+                    hook.emit(EventKind::Join, m.clone());
+                }
+                Some(old) if old.state != m.state => hook.emit(EventKind::Update, m.clone()),
+                Some(_) => {}
+            }
+        }
+        for (addr, old) in &self.reported {
+            if !members.iter().any(|m| m.id.gossip == *addr) {
+                let left = self.table.borrow().state_of(&old.id).is_some_and(|s| s.draining);
+                hook.emit(if left { EventKind::Leave } else { EventKind::Failed }, old.clone());
+            }
+        }
+        self.reported = members.iter().map(|m| (m.id.gossip, m.clone())).collect();
     }
 
     fn live_members(&self) -> Vec<Member> {

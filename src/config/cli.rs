@@ -47,6 +47,10 @@ pub struct ClusterArgs {
     /// How long a suspect member has to refute before it is declared down [default: 800ms].
     #[arg(long, env = "SHOAL_SUSPECT_TIMEOUT", value_name = "DURATION", value_parser = value::duration)]
     pub suspect_timeout: Option<Duration>,
+    /// Shell command run on member-join/-leave/-failed/-update, with SHOAL_EVENT set and one
+    /// `name<TAB>address<TAB>role<TAB>tags` line per member on stdin, as Serf handlers receive.
+    #[arg(long, env = "SHOAL_ON_EVENT", value_name = "CMD")]
+    pub on_event: Option<String>,
 }
 
 /// Flags of `shoal agent`.

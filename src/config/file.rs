@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub probe_period: Option<Spanned<DurationText>>,
     pub probe_rtt: Option<Spanned<DurationText>>,
     pub suspect_timeout: Option<Spanned<DurationText>>,
+    pub on_event: Option<Spanned<String>>,
     pub threads: Option<Spanned<i64>>,
     pub timeout_head: Option<Spanned<DurationText>>,
     pub timeout_idle: Option<Spanned<DurationText>>,

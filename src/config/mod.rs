@@ -156,6 +156,7 @@ fn cluster_config(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<Clus
         probe_period: dur(args.probe_period, "probe-period", &f.probe_period, Duration::from_millis(400))?,
         probe_rtt: dur(args.probe_rtt, "probe-rtt", &f.probe_rtt, Duration::from_millis(120))?,
         suspect_timeout: dur(args.suspect_timeout, "suspect-timeout", &f.suspect_timeout, Duration::from_millis(800))?,
+        on_event: args.on_event.clone().or(s.get("on-event", &f.on_event, |v| Ok(v.clone()))?),
     };
     check_cluster(&config)?;
     Ok(config)

@@ -150,13 +150,12 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(service: &str, join: &str, extra: &[&str]) -> Agent {
-        let mut child = shoal()
-            .args(["agent", "--service", service, "--gossip", "127.0.0.1:0", "--join", join])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start agent");
+        let mut cmd = shoal();
+        cmd.args(["agent", "--service", service, "--join", join]);
+        if !extra.contains(&"--gossip") {
+            cmd.args(["--gossip", "127.0.0.1:0"]);
+        }
+        let mut child = cmd.args(extra).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start agent");
         let stderr = Lines::default();
         stderr.clone().collect(child.stderr.take().unwrap());
         gossip_of(&stderr);
