@@ -7,5 +7,7 @@ pub mod agent;
 pub mod balance;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod proxy;
+pub mod webapp;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use mimalloc::MiMalloc;
 use shoal::config::{AgentConfig, Cli, Command, ProxyConfig};
+use shoal::demo::{self, DemoConfig};
+use shoal::webapp::{self, WebappConfig};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -22,6 +24,18 @@ fn main() -> ExitCode {
             }
             Ok(config) => finish(shoal::proxy::run(config)),
         },
+        Command::Webapp(a) => finish(webapp::run(WebappConfig { listen: a.listen, name: a.name, tag: a.tag })),
+        Command::Demo(a) => {
+            if a.nodes == 0 || a.nodes > 64 {
+                return config_error("`nodes`: must be 1 to 64");
+            }
+            finish(demo::run(DemoConfig {
+                listen: a.listen,
+                nodes: a.nodes,
+                first_port: a.first_port,
+                gossip_port: a.gossip_port,
+            }))
+        }
         Command::Agent(args) => match AgentConfig::load(&args) {
             Err(e) => config_error(e),
             Ok(config) => match shoal::agent::run(config) {

@@ -21,6 +21,39 @@ pub enum Command {
     Proxy(Box<ProxyArgs>),
     /// Run beside a backend's app: join the cluster and advertise the app's address.
     Agent(Box<AgentArgs>),
+    /// A demo backend standing in for the lab's Node webapp.
+    Webapp(WebappArgs),
+    /// A proxy and three webapp nodes joining it by gossip, on this machine.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebappArgs {
+    /// Address to serve on.
+    #[arg(long, env = "SHOAL_LISTEN", value_name = "ADDR", default_value = "0.0.0.0:3000", value_parser = value::listen_addr)]
+    pub listen: SocketAddr,
+    /// Reported as `host` [default: the host name].
+    #[arg(long, env = "SHOAL_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Reported as `tag` when set.
+    #[arg(long, env = "SHOAL_TAG", value_name = "TAG")]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo's proxy accepts clients.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = value::listen_addr)]
+    pub listen: SocketAddr,
+    /// How many webapp nodes to start.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub nodes: usize,
+    /// Port of the first node's webapp (the others follow); 0 picks free ports.
+    #[arg(long, value_name = "PORT", default_value_t = 3001)]
+    pub first_port: u16,
+    /// The proxy's gossip port, on 127.0.0.1.
+    #[arg(long, value_name = "PORT", default_value_t = 7946)]
+    pub gossip_port: u16,
 }
 
 /// Gossip flags shared by `proxy` and `agent`.

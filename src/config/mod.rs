@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::cluster::ClusterConfig;
 use toml::Spanned;
 
-pub use cli::{AgentArgs, Cli, ClusterArgs, Command, ProxyArgs};
+pub use cli::{AgentArgs, Cli, ClusterArgs, Command, DemoArgs, ProxyArgs, WebappArgs};
 use file::{DurationText, FileConfig};
 pub use value::BackendSpec;
 

@@ -17,6 +17,11 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
 
 impl Lines {
+    /// Collects the lines of `out` (a child's stdout or stderr) in the background.
+    pub fn collect_from(self, out: impl Read + Send + 'static) {
+        self.collect(out)
+    }
+
     fn collect(self, out: impl Read + Send + 'static) {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {

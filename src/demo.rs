@@ -1,0 +1,99 @@
+//! `shoal demo`: one command that shows the whole product on one machine: a proxy, then N nodes, each an
+//! agent supervising a `shoal webapp`, joining by gossip. All are child processes of this binary. Ctrl-C
+//! drains the nodes, stops the proxy, and exits.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub struct DemoConfig {
+    pub listen: SocketAddr,
+    pub nodes: usize,
+    /// First app port; 0 picks free ports.
+    pub first_port: u16,
+    pub gossip_port: u16,
+}
+
+pub fn run(config: DemoConfig) -> std::io::Result<()> {
+    let exe = std::env::current_exe()?;
+    let seed = format!("127.0.0.1:{}", config.gossip_port);
+    let mut proxy = Command::new(&exe)
+        .args(["proxy", "--listen", &config.listen.to_string(), "--gossip", &seed, "--admin", "127.0.0.1:1936"])
+        .spawn()?;
+    let mut agents: Vec<Child> = Vec::new();
+    for i in 1..=config.nodes {
+        let port = if config.first_port == 0 { free_port()? } else { config.first_port + (i as u16 - 1) };
+        let service = format!("127.0.0.1:{port}");
+        let name = format!("s{i}");
+        let agent = Command::new(&exe)
+            .args(["agent", "--service", &service, "--gossip", "127.0.0.1:0", "--join", &seed, "--name", &name])
+            .args(["--check-path", "/", "--check-interval", "1s", "--"])
+            .arg(&exe)
+            .args(["webapp", "--listen", &service, "--name", &name])
+            .spawn()?;
+        agents.push(agent);
+    }
+    let url = format!("http://{}/", config.listen);
+    match wait_all_nodes(config.listen, config.nodes, Duration::from_secs(15)) {
+        Ok(()) => println!("shoal demo ready: {} nodes behind {url}", config.nodes),
+        Err(seen) => println!("shoal demo: only {seen} of {} nodes answer yet behind {url}", config.nodes),
+    }
+    println!("  curl -i {url}                                  # round robin across the nodes");
+    println!("  curl -i -c /tmp/jar -b /tmp/jar {url}          # sessionViews counts per node");
+    println!("  curl -X POST -d '{{\"delay\":500}}' {url}delay     # slow the next node down");
+    println!("Ctrl-C drains the nodes and stops everything.");
+    let _ = std::io::stdout().flush();
+
+    crate::proxy::wait_for_stop_signal()?;
+    for a in &agents {
+        signal(a, libc::SIGTERM);
+    }
+    for a in &mut agents {
+        let _ = a.wait();
+    }
+    signal(&proxy, libc::SIGTERM);
+    let _ = proxy.wait();
+    Ok(())
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls GET / through the proxy until `n` distinct nodes have answered; Err carries how many did.
+fn wait_all_nodes(proxy: SocketAddr, n: usize, within: Duration) -> Result<(), usize> {
+    let deadline = Instant::now() + within;
+    let mut seen = HashSet::new();
+    while Instant::now() < deadline {
+        if let Some(host) = fetch_host(proxy) {
+            seen.insert(host);
+            if seen.len() >= n {
+                return Ok(());
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Err(seen.len())
+}
+
+/// The `host` field of one `GET /` answer.
+fn fetch_host(proxy: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&proxy, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    if !text.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let host = text.split("\"host\":\"").nth(1)?.split('"').next()?;
+    Some(host.to_string())
+}

@@ -1,0 +1,89 @@
+//! `shoal webapp` behaves as the lab's Node app, and `shoal demo` brings up a proxy with three nodes that
+//! answer through it, then stops cleanly on Ctrl-C.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use common::{dead_port, shoal, Lines, Wire, WAIT};
+
+#[test]
+fn webapp_answers_like_the_lab_app() {
+    let mut child = shoal()
+        .args(["webapp", "--listen", "127.0.0.1:0", "--name", "w1", "--tag", "blue"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Lines::default();
+    let line = {
+        let s = stderr.clone();
+        s.collect_from(child.stderr.take().unwrap());
+        stderr.wait_for("listening", |l| l.contains("webapp listening on "))
+    };
+    let addr = line.rsplit("listening on ").next().unwrap().trim().parse().unwrap();
+
+    let mut w = Wire::connect(addr);
+    w.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let first = w.read_response(false).unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.header("x-backend-ip").as_deref(), Some("127.0.0.1"));
+    let body = first.body_str();
+    for field in
+        ["\"hello\":\"world!\"", "\"ip\":\"127.0.0.1\"", "\"host\":\"w1\"", "\"tag\":\"blue\"", "\"sessionViews\":1"]
+    {
+        assert!(body.contains(field), "{field} in {body}");
+    }
+    let cookie = first.header("set-cookie").expect("a session cookie");
+    let session = cookie.split(';').next().unwrap().to_string();
+    assert!(session.starts_with("NODESESSID="), "{cookie}");
+
+    w.send(format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {session}\r\n\r\n").as_bytes());
+    let second = w.read_response(false).unwrap();
+    assert!(second.body_str().contains("\"sessionViews\":2"), "{}", second.body_str());
+    assert!(second.header("set-cookie").is_none());
+
+    w.send(b"POST /delay HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{\"delay\": 100}");
+    let r = w.read_response(false).unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.body_str().contains("100ms"), "{}", r.body_str());
+    w.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(w.read_response(false).unwrap().status(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn demo_brings_up_three_nodes_and_stops_on_ctrl_c() {
+    let listen = dead_port();
+    let gossip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = shoal()
+        .args(["demo", "--listen", &listen.to_string(), "--first-port", "0", "--gossip-port", &gossip.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = Lines::default();
+    stdout.clone().collect_from(child.stdout.take().unwrap());
+    stdout.wait_for("ready line", |l| l.starts_with("shoal demo ready: 3 nodes"));
+    let hosts: std::collections::HashSet<String> = (0..9)
+        .map(|_| {
+            let body = common::get(listen, "/").body_str();
+            body.split("\"host\":\"").nth(1).unwrap().split('"').next().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(hosts.len(), 3, "round robin over three nodes: {hosts:?}");
+
+    // SAFETY: kill(2) on our own child's pid with a valid signal number.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(std::net::TcpStream::connect(listen).is_err(), "the demo's proxy is gone");
+}
