@@ -161,7 +161,7 @@ async fn hello(
     if let Some(tag) = &app.tag {
         let _ = write!(json, ",\"tag\":\"{}\"", escape(tag));
     }
-    let _ = write!(json, ",\"sessionViews\":{views},\"id\":\"{id}\"}}\n");
+    let _ = writeln!(json, ",\"sessionViews\":{views},\"id\":\"{id}\"}}");
     let mut extra = vec![format!("X-Backend-Ip: {ip}")];
     if fresh {
         extra.push(format!("Set-Cookie: NODESESSID={id}; Path=/; HttpOnly"));
