@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Node churn, measured: how fast a joining node gets traffic and a dead one leaves rotation.
+
+shoal: a proxy, a stable node, then N trials of: start a webapp and its agent, time until a request through the
+proxy is answered by it (join-to-traffic); SIGKILL agent and webapp, time until the proxy logs the member down
+(failure-to-removal). HAProxy: the same webapps as static servers with `check inter 2s fall 3 rise 2`; SIGKILL
+the webapp, time until HAProxy logs the server DOWN, then restart it and wait until it is UP again.
+
+Usage: bench/churn.py [TRIALS] (default 20). Needs target/release/shoal and haproxy. Prints a Markdown table.
+"""
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHOAL = os.path.join(ROOT, "target", "release", "shoal")
+BOUND = 20.0  # seconds: no single wait may take longer
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Proc:
+    """A child whose stderr lines are kept with the monotonic time they arrived."""
+
+    def __init__(self, argv):
+        self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self.cv = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stderr:
+            with self.cv:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self.cv.notify_all()
+
+    def wait_line(self, pred, after=0.0):
+        deadline = time.monotonic() + BOUND
+        with self.cv:
+            while True:
+                for t, line in self.lines:
+                    if t >= after and pred(line):
+                        return t
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no matching line; last: %s" % self.lines[-5:])
+                self.cv.wait(left)
+
+    def kill(self):
+        self.p.kill()
+        self.p.wait()
+
+    def term(self):
+        self.p.terminate()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def get(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return data.decode("latin-1")
+    except OSError:
+        return ""
+
+
+def webapp(port, name):
+    app = Proc([SHOAL, "webapp", "--listen", "127.0.0.1:%d" % port, "--name", name])
+    app.wait_line(lambda l: "webapp listening" in l)
+    return app
+
+
+def shoal_trials(n):
+    port, gossip = free_port(), free_port(socket.SOCK_DGRAM)
+    seed = "127.0.0.1:%d" % gossip
+    proxy = Proc([SHOAL, "proxy", "--listen", "127.0.0.1:%d" % port, "--gossip", seed, "--access-log", "off"])
+    proxy.wait_line(lambda l: "listening on" in l)
+    stable_port = free_port()
+    stable = webapp(stable_port, "stable")
+    stable_agent = Proc([SHOAL, "agent", "--service", "127.0.0.1:%d" % stable_port, "--gossip", "127.0.0.1:0",
+                         "--join", seed, "--name", "stable"])
+    joins, removals = [], []
+    try:
+        for i in range(n):
+            name = "t%d" % i
+            app_port = free_port()
+            app = webapp(app_port, name)
+            t0 = time.monotonic()
+            agent = Proc([SHOAL, "agent", "--service", "127.0.0.1:%d" % app_port, "--gossip", "127.0.0.1:0",
+                          "--join", seed, "--name", name])
+            while '"host":"%s"' % name not in get(port):
+                if time.monotonic() - t0 > BOUND:
+                    raise TimeoutError("node %s never routed" % name)
+            joins.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            agent.kill()
+            app.kill()
+            t1 = proxy.wait_line(lambda l: ("member down: %s " % name) in l, after=t0)
+            removals.append(t1 - t0)
+            print("shoal trial %d: join %.1f ms, removal %.0f ms" % (i, joins[-1] * 1000, removals[-1] * 1000),
+                  file=sys.stderr)
+    finally:
+        stable_agent.term()
+        stable.term()
+        proxy.term()
+    return joins, removals
+
+
+def haproxy_trials(n):
+    port, victim_port, stable_port = free_port(), free_port(), free_port()
+    cfg = tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False)
+    cfg.write("""global
+  maxconn 1000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 50s
+  timeout server 50s
+  option httpchk HEAD /
+frontend fe
+  bind 127.0.0.1:%d
+  default_backend nodes
+backend nodes
+  server victim 127.0.0.1:%d check inter 2s fall 3 rise 2
+  server stable 127.0.0.1:%d check inter 2s fall 3 rise 2
+""" % (port, victim_port, stable_port))
+    cfg.close()
+    stable = webapp(stable_port, "stable")
+    victim = webapp(victim_port, "victim")
+    haproxy = Proc(["haproxy", "-db", "-f", cfg.name])
+    removals = []
+    try:
+        deadline = time.monotonic() + BOUND
+        while '"host":"victim"' not in get(port):
+            if time.monotonic() > deadline:
+                raise TimeoutError("haproxy never routed to the victim")
+        for i in range(n):
+            t0 = time.monotonic()
+            victim.kill()
+            t1 = haproxy.wait_line(lambda l: "nodes/victim is DOWN" in l, after=t0)
+            removals.append(t1 - t0)
+            print("haproxy trial %d: removal %.0f ms" % (i, removals[-1] * 1000), file=sys.stderr)
+            up_from = time.monotonic()
+            victim = webapp(victim_port, "victim")
+            haproxy.wait_line(lambda l: "nodes/victim is UP" in l, after=up_from)
+    finally:
+        victim.term()
+        stable.term()
+        haproxy.term()
+        os.unlink(cfg.name)
+    return removals
+
+
+def ms(values):
+    return "%.0f ms" % (statistics.median(values) * 1000), "%.0f ms" % (max(values) * 1000)
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    joins, removals = shoal_trials(n)
+    h_removals = haproxy_trials(n)
+    rows = [
+        ("shoal: join to first routed request", joins, "agent started, proxy already running"),
+        ("shoal: SIGKILL to removal", removals, "probe 400ms / RTT 120ms / suspect 800ms (defaults)"),
+        ("HAProxy 2.6: SIGKILL to DOWN", h_removals, "check inter 2s fall 3 rise 2"),
+    ]
+    print("| measurement (%d trials) | median | max | settings |" % n)
+    print("|---|---|---|---|")
+    for name, values, note in rows:
+        med, mx = ms(values)
+        print("| %s | %s | %s | %s |" % (name, med, mx, note))
+    print("\nHAProxy has no join: a new server needs a config rewrite and a reload (the lab's Serf handlers).")
+
+
+main()
