@@ -107,6 +107,10 @@ impl Proxy {
         Proxy { child, addr, stdout, stderr }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The gossip address the proxy advertises.
     pub fn gossip(&self) -> String {
         gossip_of(&self.stderr)
