@@ -30,7 +30,8 @@ impl Buffers {
     pub fn put(&self, b: BytesMut) {
         debug_assert!(b.is_empty());
         let mut free = self.free.borrow_mut();
-        if b.capacity() >= self.size / 2 && free.len() < self.keep {
+        // Buffers that grew for a body are not kept: an idle thread should not sit on 64 KiB blocks.
+        if (self.size / 2..=self.size * 4).contains(&b.capacity()) && free.len() < self.keep {
             free.push(b);
         }
     }

@@ -47,11 +47,11 @@ enum Head {
 pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut client = Client { stream, peer, local_port, buf: BytesMut::new() };
-    let timeouts = worker.shared.config.timeouts;
     let mut first = true;
     loop {
         if client.buf.is_empty() {
             worker.buffers.put(std::mem::take(&mut client.buf));
+            let timeouts = &worker.shared.config.timeouts;
             let wait = if first { timeouts.head } else { timeouts.idle };
             if !wait_readable(worker, &client.stream, wait).await {
                 break;
@@ -59,7 +59,8 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             client.buf = worker.buffers.get();
         }
         first = false;
-        match read_head(worker, &mut client).await {
+        // Boxed, like the exchange below: only the wait for the next request lives in the idle task.
+        match Box::pin(read_head(worker, &mut client)).await {
             Head::Gone => break,
             Head::Refuse(status, reason, started) => {
                 Box::pin(refuse(worker, &mut client, status, &reason, started)).await;

@@ -23,7 +23,9 @@ const LOG_FLUSH_EVERY: Duration = Duration::from_millis(200);
 const LOG_BATCH: usize = 32 * 1024;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 /// Free read buffers kept per thread for the next busy connection; beyond this they go back to the allocator.
-const IDLE_BUFFERS: usize = 64;
+const IDLE_BUFFERS: usize = 32;
+/// A read buffer's starting size: enough for typical heads; it grows for large heads and bodies.
+const BUFFER_SIZE: usize = 4096;
 
 pub struct Worker {
     pub shared: Arc<Shared>,
@@ -47,7 +49,7 @@ impl Worker {
             pool: RefCell::new(Pool::new(c.limits.pool_max_idle, c.timeouts.pool)),
             balancer: RoundRobin::new(id),
             backends: RefCell::new(Cache::new(shared.backends.clone())),
-            buffers: Buffers::new(c.limits.max_header_bytes.max(16 * 1024), IDLE_BUFFERS),
+            buffers: Buffers::new(BUFFER_SIZE, IDLE_BUFFERS),
             log: RefCell::new(Vec::new()),
             connections: Cell::new(0),
             max_connections: c.limits.max_connections.div_ceil(c.threads),
