@@ -37,3 +37,15 @@ fn signals_are_forwarded_and_stop_ends_with_the_childs_status() {
     assert!(left < stopped, "the agent leaves the cluster before stopping the app");
     proxy.stderr.wait_for("member gone", |l| l.contains("member down: sup "));
 }
+
+#[test]
+fn the_app_does_not_outlive_a_killed_agent() {
+    let app = Backend::echo_path();
+    let proxy = Proxy::start(&[]);
+    let script = "trap 'echo child-got-term >&2; exit 0' TERM; echo ready >&2; while :; do sleep 0.05; done";
+    let mut agent = Agent::start(&app.arg(), &proxy.gossip(), &["--", "sh", "-c", script]);
+    agent.stderr.wait_for("child ready", |l| l == "ready");
+    agent.child.kill().unwrap();
+    let _ = agent.child.wait();
+    agent.stderr.wait_for("the orphaned app told to stop", |l| l == "child-got-term");
+}

@@ -29,7 +29,19 @@ impl Supervisor {
 
     fn spawn(&mut self) {
         let Some((program, args)) = self.argv.split_first() else { return };
-        match Command::new(program).args(args).kill_on_drop(true).spawn() {
+        let mut command = Command::new(program);
+        command.args(args).kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches only the child's own attributes, as pre_exec requires.
+        // A SIGKILLed agent cannot stop its app, so the kernel does: the app gets SIGTERM when the agent dies.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        match command.spawn() {
             Ok(child) => {
                 tracing::info!("child started: {} (pid {})", self.argv.join(" "), child.id().unwrap_or(0));
                 self.child = Some(child);
