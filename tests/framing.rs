@@ -119,8 +119,15 @@ fn summing_backend() -> Backend {
 
 #[test]
 fn large_bodies_stream_both_ways() {
+    // Above the threshold bodies go through splice(2); with 0 through the buffer: both must agree.
+    for splice_min in ["65536", "0"] {
+        large_bodies_with(&["--splice-min", splice_min]);
+    }
+}
+
+fn large_bodies_with(args: &[&str]) {
     let backend = summing_backend();
-    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let proxy = Proxy::start(&[&["--backend", &backend.arg()][..], args].concat());
     let body: Vec<u8> = (0..(2 << 20)).map(|i| (i % 251) as u8).collect();
     let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
 

@@ -144,3 +144,21 @@ fn backend_names_are_resolved() {
     let proxy = Proxy::start(&["--backend", &format!("web=localhost:{}", backend.addr.port())]);
     assert_eq!(common::get(proxy.addr, "/named").body_str(), "/named");
 }
+
+#[test]
+fn a_backend_dying_mid_way_through_a_spliced_body_closes_the_client() {
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+            w.send(&vec![b'z'; 300_000]);
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--splice-min", "65536"]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"GET /big-cut HTTP/1.1\r\nHost: t\r\n\r\n");
+    let all = w.read_all();
+    let head_end = common::find(&all, b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(all.len() - head_end, 300_000, "every byte the backend sent, then the close");
+    assert!(proxy.log_line("/big-cut").contains(" SD-- "));
+}

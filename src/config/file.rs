@@ -38,5 +38,6 @@ pub struct FileConfig {
     pub max_headers: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub pool_max_idle: Option<Spanned<i64>>,
+    pub splice_min: Option<Spanned<i64>>,
     pub access_log: Option<Spanned<bool>>,
 }

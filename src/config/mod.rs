@@ -45,6 +45,8 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_connections: usize,
     pub pool_max_idle: usize,
+    /// Smallest Content-Length body moved with splice(2); 0 = never.
+    pub splice_min: u64,
 }
 
 /// Everything `shoal proxy` runs with.
@@ -306,6 +308,7 @@ impl ProxyConfig {
                     1 << 24,
                 )?,
                 pool_max_idle: count(args.pool_max_idle, "pool-max-idle", &f.pool_max_idle, 64)?,
+                splice_min: count(args.splice_min.map(|v| v as usize), "splice-min", &f.splice_min, 0)? as u64,
             },
             access_log: args.access_log.or(f.access_log.as_ref().map(|v| *v.get_ref())).unwrap_or(true),
         };

@@ -132,7 +132,7 @@ where
     }
 }
 
-async fn write<W: AsyncWrite + Unpin>(dst: &mut W, bytes: &[u8], idle: Duration) -> Result<(), BodyError> {
+pub async fn write<W: AsyncWrite + Unpin>(dst: &mut W, bytes: &[u8], idle: Duration) -> Result<(), BodyError> {
     match timeout(idle, dst.write_all(bytes)).await {
         Err(_) => Err(BodyError::DstTimeout),
         Ok(Err(e)) => Err(BodyError::DstWrite(e)),

@@ -11,7 +11,10 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use bytes::{Buf, BytesMut};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::{timeout, Instant};
 
 use super::access_log::{self, Record};
@@ -19,7 +22,7 @@ use super::body::{self, BodyError, Framer};
 use super::client::{close_gracefully, Client, Started};
 use super::upstream::{self, ConnectError, Upstream};
 use super::worker::Worker;
-use super::{refusal, tunnel};
+use super::{refusal, splice, tunnel};
 use crate::balance::{Backend, InFlight};
 use crate::http::request::{Request, RequestBody};
 use crate::http::response::{parse_response, ResponseBody};
@@ -205,7 +208,7 @@ async fn transfer(
         if framer.is_done() {
             return Ok(());
         }
-        body::forward(&mut cr, cbuf, &mut uw, framer, t.client, t.server).await.map(|_| ())
+        forward(worker, &mut cr, cbuf, &mut uw, framer, t.client, t.server).await.map(|_| ())
     };
     let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_started);
     tokio::pin!(send_body, relay);
@@ -231,20 +234,45 @@ async fn transfer(
     outcome
 }
 
+/// Streams a body: Content-Length bodies of at least `--splice-min` bytes with splice(2) once the bytes
+/// already buffered are sent, everything else through the buffer.
+async fn forward(
+    worker: &Worker,
+    src: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    dst: &mut WriteHalf<'_>,
+    framer: &mut Framer,
+    src_idle: Duration,
+    dst_idle: Duration,
+) -> Result<u64, BodyError> {
+    let splice_min = worker.shared.config.limits.splice_min;
+    if let Framer::Length(left) = framer {
+        if splice_min > 0 && *left >= splice_min {
+            let take = (*left).min(buf.len() as u64) as usize;
+            if take > 0 {
+                body::write(dst, &buf[..take], dst_idle).await?;
+                buf.advance(take);
+                *left -= take as u64;
+            }
+            let moved =
+                splice::forward_length(&worker.pipes, src.as_ref(), dst.as_ref(), *left, src_idle, dst_idle).await?;
+            *framer = Framer::Done;
+            return Ok(take as u64 + moved);
+        }
+    }
+    body::forward(src, buf, dst, framer, src_idle, dst_idle).await
+}
+
 /// Reads response heads (relaying interim 1xx), then the final head and body, to the client.
-async fn relay_response<R, W>(
+async fn relay_response(
     worker: &Worker,
     plan: &Plan,
-    ur: &mut R,
+    ur: &mut ReadHalf<'_>,
     up_buf: &mut BytesMut,
-    cw: &mut W,
+    cw: &mut WriteHalf<'_>,
     request_done: &Cell<bool>,
     response_started: &Cell<bool>,
-) -> Result<Relayed, Failure>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
+) -> Result<Relayed, Failure> {
     use tokio::io::AsyncReadExt;
     let config = &worker.shared.config;
     let t = config.timeouts;
@@ -328,7 +356,7 @@ where
         if upgraded {
             return Ok(Relayed { status, bytes, close_client: true, reuse_upstream: false, upgraded });
         }
-        match body::forward(ur, up_buf, cw, &mut framer, t.server, t.client).await {
+        match forward(worker, ur, up_buf, cw, &mut framer, t.server, t.client).await {
             Ok(n) => bytes += n,
             Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => return Err(Failure::ClientGone),
             Err(BodyError::SrcTimeout) => return Err(Failure::AbortedMidResponse(*b"sD")),

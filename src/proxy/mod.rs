@@ -11,6 +11,7 @@ mod client;
 mod exchange;
 mod listener;
 mod refusal;
+mod splice;
 mod tunnel;
 mod upstream;
 mod worker;

@@ -14,6 +14,7 @@ use tokio::task::LocalSet;
 use arc_swap::Cache;
 
 use super::buffers::Buffers;
+use super::splice::Pipes;
 use super::upstream::Pool;
 use super::{client, Shared};
 use crate::balance::{Backend, BackendSet, RoundRobin, SharedBackends};
@@ -26,6 +27,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 const IDLE_BUFFERS: usize = 32;
 /// A read buffer's starting size: enough for typical heads; it grows for large heads and bodies.
 const BUFFER_SIZE: usize = 4096;
+/// Free pipes kept per thread for splice(2) transfers (two descriptors each).
+const IDLE_PIPES: usize = 16;
 
 pub struct Worker {
     pub shared: Arc<Shared>,
@@ -34,6 +37,7 @@ pub struct Worker {
     /// This thread's view of the backend set, refreshed only when a new set is published.
     backends: RefCell<Cache<SharedBackends, Arc<BackendSet>>>,
     pub buffers: Buffers,
+    pub pipes: Pipes,
     log: RefCell<Vec<u8>>,
     connections: Cell<usize>,
     max_connections: usize,
@@ -50,6 +54,7 @@ impl Worker {
             balancer: RoundRobin::new(id),
             backends: RefCell::new(Cache::new(shared.backends.clone())),
             buffers: Buffers::new(BUFFER_SIZE, IDLE_BUFFERS),
+            pipes: Pipes::new(IDLE_PIPES),
             log: RefCell::new(Vec::new()),
             connections: Cell::new(0),
             max_connections: c.limits.max_connections.div_ceil(c.threads),

@@ -1,0 +1,150 @@
+//! Zero-copy forwarding of Content-Length bodies with splice(2): socket -> pipe -> socket, the bytes never
+//! copied into user space. Used above a size threshold (`--splice-min`), where it beats a copy; smaller bodies,
+//! chunked bodies and bytes already read into a buffer take the copy path.
+//!
+//! A pipe may hold data across an await (the destination was not writable), so each transfer borrows its own
+//! pipe from a per-thread pool instead of sharing one.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::body::BodyError;
+
+/// Pipe size asked for; the kernel may grant less (its limit is in /proc/sys/fs/pipe-max-size).
+const PIPE_SIZE: i32 = 1 << 20;
+
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 writes two descriptors into the array we pass; on success we own both.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on a descriptor we own; failure leaves the default size, which we then read back.
+        let capacity = unsafe {
+            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        Ok(Pipe { read, write, capacity: usize::try_from(capacity).unwrap_or(65_536).max(4096) })
+    }
+}
+
+/// Idle pipes of one thread.
+pub struct Pipes {
+    free: RefCell<Vec<Pipe>>,
+    keep: usize,
+}
+
+impl Pipes {
+    pub fn new(keep: usize) -> Pipes {
+        Pipes { free: RefCell::new(Vec::new()), keep }
+    }
+
+    fn get(&self) -> io::Result<Pipe> {
+        match self.free.borrow_mut().pop() {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Takes back an empty pipe; one that may still hold bytes is closed instead.
+    fn put(&self, pipe: Pipe) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < self.keep {
+            free.push(pipe);
+        }
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both are open descriptors owned by live objects for the duration of the call; null offsets
+    // mean "current position", which is what sockets and pipes require.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Moves exactly `len` body bytes from `src` to `dst`.
+pub async fn forward_length(
+    pipes: &Pipes,
+    src: &TcpStream,
+    dst: &TcpStream,
+    len: u64,
+    src_idle: Duration,
+    dst_idle: Duration,
+) -> Result<u64, BodyError> {
+    let pipe = pipes.get().map_err(BodyError::SrcRead)?;
+    let result = pump(&pipe, src, dst, len, src_idle, dst_idle).await;
+    if result.is_ok() {
+        pipes.put(pipe);
+    }
+    result
+}
+
+async fn pump(
+    pipe: &Pipe,
+    src: &TcpStream,
+    dst: &TcpStream,
+    len: u64,
+    src_idle: Duration,
+    dst_idle: Duration,
+) -> Result<u64, BodyError> {
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let mut remaining = len;
+    while remaining > 0 {
+        let want = remaining.min(pipe.capacity as u64) as usize;
+        let filled = loop {
+            match src.try_io(Interest::READABLE, || splice(src_fd, pipe.write.as_raw_fd(), want)) {
+                Ok(0) => return Err(BodyError::SrcClosed),
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match timeout(src_idle, src.readable()).await {
+                    Err(_) => return Err(BodyError::SrcTimeout),
+                    Ok(Err(e)) => return Err(BodyError::SrcRead(e)),
+                    Ok(Ok(())) => {}
+                },
+                Err(e) => return Err(BodyError::SrcRead(e)),
+            }
+        };
+        remaining -= filled as u64;
+        let mut in_pipe = filled;
+        while in_pipe > 0 {
+            match dst.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), dst_fd, in_pipe)) {
+                Ok(0) => return Err(BodyError::DstWrite(io::ErrorKind::WriteZero.into())),
+                Ok(n) => in_pipe -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match timeout(dst_idle, dst.writable()).await {
+                    Err(_) => return Err(BodyError::DstTimeout),
+                    Ok(Err(e)) => return Err(BodyError::DstWrite(e)),
+                    Ok(Ok(())) => {}
+                },
+                Err(e) => return Err(BodyError::DstWrite(e)),
+            }
+        }
+    }
+    Ok(len)
+}
