@@ -103,3 +103,28 @@ fn an_address_in_use_fails_the_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bind"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn pinned_threads_run_on_one_cpu_each() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "2", "--pin-cpus", "on"]);
+    proxy.stderr.wait_count("both threads pinned", 2, |l| l.contains("pinned to CPU"));
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", proxy.pid())).unwrap();
+    let mut pinned = Vec::new();
+    for task in tasks {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        if name.starts_with("shoal-w") {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let list = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
+            pinned.push(list.split_whitespace().nth(1).unwrap().to_string());
+        }
+    }
+    pinned.sort();
+    assert_eq!(pinned.len(), 2, "two data-plane threads");
+    assert!(pinned.iter().all(|l| !l.contains('-') && !l.contains(',')), "one CPU each: {pinned:?}");
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        assert_ne!(pinned[0], pinned[1], "different CPUs");
+    }
+    assert_eq!(common::get(proxy.addr, "/pinned").body_str(), "/pinned");
+}

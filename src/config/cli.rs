@@ -149,6 +149,9 @@ pub struct ProxyArgs {
     /// Data-plane threads, one accept loop each [default: the number of cores].
     #[arg(long, env = "SHOAL_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+    /// Pin data-plane thread N to CPU N (modulo the CPUs this process may use): on or off [default: off].
+    #[arg(long, env = "SHOAL_PIN_CPUS", value_name = "on|off", value_parser = value::switch)]
+    pub pin_cpus: Option<bool>,
     /// Longest time to receive a whole request head (slowloris guard) [default: 10s].
     #[arg(long, env = "SHOAL_TIMEOUT_HEAD", value_name = "DURATION", value_parser = value::duration)]
     pub timeout_head: Option<Duration>,

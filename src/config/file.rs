@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub suspect_timeout: Option<Spanned<DurationText>>,
     pub on_event: Option<Spanned<String>>,
     pub threads: Option<Spanned<i64>>,
+    pub pin_cpus: Option<Spanned<bool>>,
     pub timeout_head: Option<Spanned<DurationText>>,
     pub timeout_idle: Option<Spanned<DurationText>>,
     pub timeout_client: Option<Spanned<DurationText>>,

@@ -57,6 +57,7 @@ pub struct ProxyConfig {
     pub admin: SocketAddr,
     pub cluster: ClusterConfig,
     pub threads: usize,
+    pub pin_cpus: bool,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub access_log: bool,
@@ -278,6 +279,7 @@ impl ProxyConfig {
                 .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1936)),
             cluster: cluster_config(&args.cluster, s, f)?,
             threads: in_range("threads", count(args.threads, "threads", &f.threads, cores)?, 1, 1024)?,
+            pin_cpus: args.pin_cpus.or(f.pin_cpus.as_ref().map(|v| *v.get_ref())).unwrap_or(false),
             timeouts: Timeouts {
                 head: dur(args.timeout_head, "timeout-head", &f.timeout_head, Duration::from_secs(10))?,
                 idle: dur(args.timeout_idle, "timeout-idle", &f.timeout_idle, Duration::from_secs(50))?,

@@ -129,8 +129,32 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Pins the calling thread to the `id`-th CPU this process may run on.
+fn pin_to_cpu(id: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity/sched_setaffinity read and write only the set we pass,
+    // and pid 0 means the calling thread.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return tracing::warn!("thread {id}: cannot read CPU affinity");
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &allowed)).collect();
+        let Some(&cpu) = cpus.get(id % cpus.len().max(1)) else { return };
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) == 0 {
+            tracing::info!("thread {id} pinned to CPU {cpu}");
+        } else {
+            tracing::warn!("thread {id}: cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 /// Runs one data-plane thread until shutdown has drained its connections (or the grace period ends).
 pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+    if shared.config.pin_cpus {
+        pin_to_cpu(id);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
