@@ -260,7 +260,10 @@ main() {
       done
     done
   done
-  python3 "$ROOT/bench/summarize.py" "$raw" "$DURATION" "$RUNS" "$IDLE_CONNS" "$(machine)" | tee "$RESULTS"
+  # Described before tee truncates RESULTS.md, which would otherwise make the tree look modified.
+  local description
+  description=$(machine)
+  python3 "$ROOT/bench/summarize.py" "$raw" "$DURATION" "$RUNS" "$IDLE_CONNS" "$description" | tee "$RESULTS"
 }
 
 main "$@"
