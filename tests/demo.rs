@@ -3,10 +3,8 @@
 
 mod common;
 
+use common::{dead_port, shoal, Lines, Process, Wire};
 use std::process::Stdio;
-use std::time::Instant;
-
-use common::{dead_port, shoal, Lines, Wire, WAIT};
 
 #[test]
 fn webapp_answers_like_the_lab_app() {
@@ -74,16 +72,9 @@ fn demo_brings_up_three_nodes_and_stops_on_ctrl_c() {
         .collect();
     assert_eq!(hosts.len(), 3, "round robin over three nodes: {hosts:?}");
 
-    // SAFETY: kill(2) on our own child's pid with a valid signal number.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "demo did not stop");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let mut demo = Process(child);
+    demo.signal(libc::SIGINT);
+    let status = demo.wait_exit();
     assert!(status.success(), "{status:?}");
     assert!(std::net::TcpStream::connect(listen).is_err(), "the demo's proxy is gone");
 }

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::{Lines, WAIT};
+use common::{Lines, Process, WAIT};
 
 /// A network namespace, deleted on drop.
 struct Netns(String);
@@ -50,20 +50,11 @@ fn ip(args: &[&str]) {
     assert!(status.success(), "ip {args:?} failed: this test needs root");
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command) -> (Killed, Lines) {
+fn spawn(cmd: &mut Command) -> (Process, Lines) {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
     let lines = Lines::default();
     lines.clone().collect_from(child.stderr.take().unwrap());
-    (Killed(child), lines)
+    (Process(child), lines)
 }
 
 fn wait_body(ns: &Netns, url: &str, needle: &str) {

@@ -110,16 +110,8 @@ pub async fn stop_signal() {
     }
 }
 
+/// Blocks the calling thread until SIGTERM or SIGINT.
 pub fn wait_for_stop_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        Ok(())
-    })
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(stop_signal());
+    Ok(())
 }

@@ -123,11 +123,9 @@ async fn pump(
             match src.try_io(Interest::READABLE, || splice(src_fd, pipe.write.as_raw_fd(), want)) {
                 Ok(0) => return Err(BodyError::SrcClosed),
                 Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match timeout(src_idle, src.readable()).await {
-                    Err(_) => return Err(BodyError::SrcTimeout),
-                    Ok(Err(e)) => return Err(BodyError::SrcRead(e)),
-                    Ok(Ok(())) => {}
-                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready(src.readable(), src_idle)
+                    .await
+                    .map_err(|e| e.map_or(BodyError::SrcTimeout, BodyError::SrcRead))?,
                 Err(e) => return Err(BodyError::SrcRead(e)),
             }
         };
@@ -137,14 +135,24 @@ async fn pump(
             match dst.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), dst_fd, in_pipe)) {
                 Ok(0) => return Err(BodyError::DstWrite(io::ErrorKind::WriteZero.into())),
                 Ok(n) => in_pipe -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match timeout(dst_idle, dst.writable()).await {
-                    Err(_) => return Err(BodyError::DstTimeout),
-                    Ok(Err(e)) => return Err(BodyError::DstWrite(e)),
-                    Ok(Ok(())) => {}
-                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready(dst.writable(), dst_idle)
+                    .await
+                    .map_err(|e| e.map_or(BodyError::DstTimeout, BodyError::DstWrite))?,
                 Err(e) => return Err(BodyError::DstWrite(e)),
             }
         }
     }
     Ok(len)
+}
+
+/// Awaits socket readiness within `idle`: `Err(None)` on timeout, `Err(Some(e))` on an error.
+async fn ready(
+    readiness: impl std::future::Future<Output = io::Result<()>>,
+    idle: Duration,
+) -> Result<(), Option<io::Error>> {
+    match timeout(idle, readiness).await {
+        Err(_) => Err(None),
+        Ok(Err(e)) => Err(Some(e)),
+        Ok(Ok(())) => Ok(()),
+    }
 }

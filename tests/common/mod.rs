@@ -67,9 +67,51 @@ impl Lines {
     }
 }
 
+/// A child process that is killed when dropped.
+pub struct Process(pub Child);
+
+impl Process {
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit (bounded) and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process {} did not exit", self.0.id());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `shoal proxy`.
 pub struct Proxy {
-    child: Child,
+    child: Process,
     pub addr: SocketAddr,
     pub stdout: Lines,
     pub stderr: Lines,
@@ -104,7 +146,7 @@ impl Proxy {
         stderr.clone().collect(child.stderr.take().unwrap());
         let line = stderr.wait_for("listening line", |l| l.contains("listening on "));
         let addr = line.rsplit("listening on ").next().unwrap().trim().parse().unwrap();
-        Proxy { child, addr, stdout, stderr }
+        Proxy { child: Process(child), addr, stdout, stderr }
     }
 
     pub fn pid(&self) -> u32 {
@@ -117,32 +159,16 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.child.signal(sig)
     }
 
-    /// Waits for the process to exit (bounded) and returns its status.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "shoal did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.child.wait_exit()
     }
 
     /// The access log line that mentions `needle`.
     pub fn log_line(&self, needle: &str) -> String {
         self.stdout.wait_for(needle, |l| l.contains(needle))
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -153,7 +179,7 @@ fn gossip_of(stderr: &Lines) -> String {
 
 /// A running `shoal agent`.
 pub struct Agent {
-    pub child: Child,
+    pub child: Process,
     pub stderr: Lines,
 }
 
@@ -168,7 +194,7 @@ impl Agent {
         let stderr = Lines::default();
         stderr.clone().collect(child.stderr.take().unwrap());
         gossip_of(&stderr);
-        Agent { child, stderr }
+        Agent { child: Process(child), stderr }
     }
 
     pub fn gossip(&self) -> String {
@@ -176,26 +202,11 @@ impl Agent {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.child.signal(sig)
     }
 
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "agent did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait_exit()
     }
 }
 
