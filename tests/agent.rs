@@ -49,3 +49,14 @@ fn the_app_does_not_outlive_a_killed_agent() {
     let _ = agent.child.wait();
     agent.stderr.wait_for("the orphaned app told to stop", |l| l == "child-got-term");
 }
+
+#[test]
+fn an_agent_runs_event_handlers_too() {
+    let app = Backend::echo_path();
+    let proxy = Proxy::start(&[]);
+    let handler = "while IFS= read -r line; do printf 'event %s %s\\n' \"$SHOAL_EVENT\" \"$line\" >&2; done";
+    let agent = Agent::start(&app.arg(), &proxy.gossip(), &["--name", "watcher", "--on-event", handler]);
+    agent
+        .stderr
+        .wait_for("the proxy seen joining", |l| l.starts_with("event member-join ") && l.ends_with("\tbalancer\t"));
+}

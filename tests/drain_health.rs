@@ -115,3 +115,44 @@ fn sigterm_drains_with_no_failed_request() {
     assert!(ok.load(Ordering::SeqCst) > 0);
     assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during the drain");
 }
+
+#[test]
+fn a_drain_waits_for_every_proxy() {
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(gate));
+    let app = Backend::http(move |req| {
+        if req.start_line().contains("/slow") {
+            gate.lock().unwrap().recv_timeout(WAIT).expect("released");
+        }
+        common::ok("d")
+    });
+    let first = Proxy::start(&["--access-log", "off"]);
+    let second = Proxy::start(&["--access-log", "off", "--join", &first.gossip()]);
+    let mut agent = Agent::start(&app.arg(), &first.gossip(), &["--name", "d", "--drain-timeout", "10s"]);
+    for p in [&first, &second] {
+        p.stderr.wait_for("the node in each set", |l| l.contains("backend set now has 1 servers"));
+        p.stderr.wait_for("the other proxy", |l| l.contains("(Proxy)"));
+    }
+    // A request in flight through the second proxy only.
+    let slow = std::thread::spawn({
+        let addr = second.addr;
+        move || common::get(addr, "/slow")
+    });
+    let start = Instant::now();
+    while !app.requests().iter().any(|r| r.start_line().contains("/slow")) {
+        assert!(start.elapsed() < WAIT, "the slow request never arrived");
+        std::thread::yield_now();
+    }
+    agent.signal(libc::SIGTERM);
+    for p in [&first, &second] {
+        p.stderr.wait_for("the node out of each set", |l| l.contains("backend set now has 0 servers"));
+    }
+    assert!(
+        !agent.stderr.all().iter().any(|l| l.contains("drained")),
+        "drained while the second proxy still had a request in flight"
+    );
+    release.send(()).unwrap();
+    assert_eq!(slow.join().unwrap().status(), 200);
+    agent.stderr.wait_for("both acknowledged", |l| l.contains("drained: 2 proxies acknowledged"));
+    assert!(agent.wait_exit().success());
+}
