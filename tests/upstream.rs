@@ -162,3 +162,26 @@ fn a_backend_dying_mid_way_through_a_spliced_body_closes_the_client() {
     assert_eq!(all.len() - head_end, 300_000, "every byte the backend sent, then the close");
     assert!(proxy.log_line("/big-cut").contains(" SD-- "));
 }
+
+#[test]
+fn a_backend_that_never_accepts_times_out_on_connect() {
+    // A listener that never accepts, with its tiny queue already full: the kernel drops further SYNs, so a
+    // connect hangs until the proxy's connect timeout.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    let proxy = Proxy::start(&["--backend", &format!("stuck={addr}"), "--timeout-connect", "300ms"]);
+    let r = common::get(proxy.addr, "/stuck");
+    assert_eq!(r.status(), 503);
+    assert!(proxy.log_line("/stuck").contains(" sC-- "), "connect-timeout termination state");
+    assert!(proxy.stderr.all().iter().any(|l| l.contains("connect timed out")));
+    drop(fillers);
+}
