@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use common::{Agent, Backend, Proxy, WAIT};
@@ -52,15 +52,7 @@ fn traffic_only_while_the_health_check_passes() {
 
 #[test]
 fn sigterm_drains_with_no_failed_request() {
-    let (release, gate) = mpsc::channel::<()>();
-    let gate = Arc::new(Mutex::new(gate));
-    let a = Backend::http(move |req| {
-        if req.start_line().contains("/slow") {
-            gate.lock().unwrap().recv_timeout(WAIT).expect("released");
-            return common::ok("a-slow");
-        }
-        common::ok("a")
-    });
+    let (a, release) = Backend::gated("a-slow", "a");
     let b = Backend::http(|_| common::ok("b"));
     let proxy = Proxy::start(&["--access-log", "off"]);
     let mut agent_a = Agent::start(&a.arg(), &proxy.gossip(), &["--name", "a", "--drain-timeout", "10s"]);
@@ -118,14 +110,7 @@ fn sigterm_drains_with_no_failed_request() {
 
 #[test]
 fn a_drain_waits_for_every_proxy() {
-    let (release, gate) = mpsc::channel::<()>();
-    let gate = Arc::new(Mutex::new(gate));
-    let app = Backend::http(move |req| {
-        if req.start_line().contains("/slow") {
-            gate.lock().unwrap().recv_timeout(WAIT).expect("released");
-        }
-        common::ok("d")
-    });
+    let (app, release) = Backend::gated("d", "d");
     let first = Proxy::start(&["--access-log", "off"]);
     let second = Proxy::start(&["--access-log", "off", "--join", &first.gossip()]);
     let mut agent = Agent::start(&app.arg(), &first.gossip(), &["--name", "d", "--drain-timeout", "10s"]);

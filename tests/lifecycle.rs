@@ -3,8 +3,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
 use common::{record, Backend, Proxy, Wire};
 
@@ -123,19 +121,7 @@ fn stalled_request_body_gets_408() {
 
 #[test]
 fn graceful_shutdown_finishes_requests_in_flight() {
-    let (release, gate) = mpsc::channel::<()>();
-    let gate = Arc::new(Mutex::new(gate));
-    let backend = Backend::raw(move |stream, received| {
-        let mut w = Wire::new(stream);
-        while let Some(req) = w.read_request() {
-            let slow = req.start_line().contains("/slow");
-            record(received, req);
-            if slow {
-                gate.lock().unwrap().recv_timeout(common::WAIT).expect("test releases the response");
-            }
-            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
-        }
-    });
+    let (backend, release) = Backend::gated("done", "done");
     let mut proxy = Proxy::start(&["--backend", &backend.arg(), "--grace", "5s"]);
     // An idle keep-alive client is closed at shutdown; a client mid-request gets its answer.
     let mut idle = Wire::connect(proxy.addr);

@@ -50,10 +50,10 @@ impl Backend {
         until != 0 && unix_ms() < until
     }
 
-    /// Counts a request against this server until the guard drops.
-    pub fn enter(self: &Arc<Self>) -> InFlight {
+    /// Counts a request against this server until the guard drops; the guard keeps the server.
+    pub fn enter(self: Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     pub fn in_flight(&self) -> usize {

@@ -66,7 +66,10 @@ pub struct Node {
     /// What each member looked like when the hook last heard of it, to spot updates.
     reported: HashMap<SocketAddr, Member>,
     drain: Option<PendingDrain>,
+    /// When pending drain acknowledgements are next re-evaluated.
     recheck: Option<Instant>,
+    /// Drains must be re-evaluated at the next flush even if membership did not change.
+    reevaluate: bool,
     rejected: u64,
     wire: Vec<u8>,
 }
@@ -108,6 +111,7 @@ impl Node {
             reported: HashMap::new(),
             drain: None,
             recheck: None,
+            reevaluate: false,
             rejected: 0,
             wire: Vec::with_capacity(1500),
         };
@@ -137,7 +141,10 @@ impl Node {
                     }
                 }
                 _ = sleep_until(next_seed) => self.join_seeds().await,
-                _ = sleep_until(next_check) => self.recheck = None,
+                _ = sleep_until(next_check) => {
+                    self.recheck = None;
+                    self.reevaluate = true;
+                }
                 command = commands.recv() => match command {
                     Some(Command::SetState(state)) => {
                         self.state = NodeState { draining: self.state.draining, ..state };
@@ -148,6 +155,7 @@ impl Node {
                         self.broadcast_state();
                         tracing::info!("draining: waiting for every proxy to stop sending requests");
                         self.drain = Some(PendingDrain { version: self.version, deadline: Instant::now() + within, done });
+                        self.reevaluate = true;
                     }
                     Some(Command::Leave(done)) => return self.leave(Some(done)).await,
                     None => return self.leave(None).await,
@@ -260,7 +268,7 @@ impl Node {
             self.report_events(&members);
             self.membership.changed(&members);
         }
-        if changed || self.recheck.is_none() {
+        if changed || std::mem::take(&mut self.reevaluate) {
             self.acknowledge_drains();
             self.finish_drain();
         }

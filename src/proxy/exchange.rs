@@ -88,31 +88,32 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
     let mut avoid: Option<Arc<Backend>> = None;
     let mut fresh_only = false;
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
-    let mut _in_flight: Option<InFlight>;
     loop {
-        let Some(backend) = worker.pick_backend(avoid.as_ref()) else {
+        let Some(picked) = worker.pick_backend(avoid.as_ref()) else {
             return answer(worker, client, &plan, &log, 503, *b"SC").await;
         };
-        log.server = Some(backend.clone());
         // Counted from the pick on, so a draining server is acknowledged only once nothing here uses it.
-        _in_flight = Some(backend.enter());
-        let mut up = match acquire(worker, &backend, fresh_only).await {
+        let backend = log.server.insert(picked.enter()).backend();
+        let mut up = match acquire(worker, backend, fresh_only).await {
             Ok(up) => up,
             Err(e) => {
                 tracing::warn!("server {} ({}:{}): {e}", backend.name, backend.host, backend.port);
                 backend.eject(EJECT_FOR);
                 if log.retries == 0 {
                     log.retries += 1;
-                    avoid = Some(backend);
+                    avoid = Some(backend.clone());
                     continue;
                 }
                 let term = if matches!(e, ConnectError::Timeout) { *b"sC" } else { *b"SC" };
                 return answer(worker, client, &plan, &log, 503, term).await;
             }
         };
-        log.connected = Some(Instant::now());
+        if worker.log_enabled() {
+            log.connected = Some(Instant::now());
+        }
         let mut up_buf = worker.buffers.get();
-        let result = transfer(worker, client, &plan, &head, &mut framer, &mut up, &mut up_buf, &mut log).await;
+        let result =
+            transfer(worker, client, &plan, &head, &mut framer, &mut up, &mut up_buf, &mut log.responded).await;
         match result {
             Err(Failure::NoResponse) if plan.retryable && log.retries < 2 => {
                 up_buf.clear();
@@ -123,7 +124,7 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
                 if up.reused {
                     fresh_only = true;
                 } else {
-                    avoid = log.server.clone();
+                    avoid = Some(backend.clone());
                 }
                 continue;
             }
@@ -179,7 +180,7 @@ async fn transfer(
     framer: &mut Framer,
     up: &mut Upstream,
     up_buf: &mut BytesMut,
-    log: &mut LogState,
+    responded: &mut Option<Instant>,
 ) -> Result<Relayed, Failure> {
     let t = worker.shared.config.timeouts;
     let (mut cr, mut cw) = client.stream.split();
@@ -228,8 +229,8 @@ async fn transfer(
             relayed = &mut relay => break relayed,
         }
     };
-    if outcome.is_ok() || response_started.get() {
-        log.responded.get_or_insert_with(Instant::now);
+    if worker.log_enabled() && (outcome.is_ok() || response_started.get()) {
+        responded.get_or_insert_with(Instant::now);
     }
     outcome
 }
@@ -416,7 +417,8 @@ async fn answer(worker: &Worker, client: &mut Client, plan: &Plan, log: &LogStat
 /// Times and server for the log line.
 struct LogState {
     started: Started,
-    server: Option<Arc<Backend>>,
+    /// The server in use, counted as in flight while the exchange holds it.
+    server: Option<InFlight>,
     connected: Option<Instant>,
     responded: Option<Instant>,
     retries: u32,
@@ -424,7 +426,7 @@ struct LogState {
 
 impl LogState {
     fn server_name(&self) -> &str {
-        self.server.as_deref().map_or("<NOSRV>", |b| b.name.as_str())
+        self.server.as_ref().map_or("<NOSRV>", |f| f.backend().name.as_str())
     }
 }
 
@@ -439,7 +441,7 @@ fn log_line(worker: &Worker, client: &Client, plan: &Plan, log: &LogState, statu
     let t_connect = ms(s.head_done, log.connected);
     let t_response = log.connected.map_or(-1, |c| ms(c, log.responded));
     let t_total = ms(s.instant, Some(Instant::now()));
-    let server = log.connected.and(log.server.as_deref()).map(|b| b.name.as_str());
+    let server = log.connected.and(log.server.as_ref()).map(|f| f.backend().name.as_str());
     worker.log(|out| {
         access_log::format(
             &Record {

@@ -464,6 +464,21 @@ impl Backend {
         })
     }
 
+    /// Answers `/slow` with `slow_body` only once the returned sender releases it (or drops), everything else
+    /// with `body` at once: a request that stays in flight for as long as a test needs.
+    pub fn gated(slow_body: &'static str, body: &'static str) -> (Backend, mpsc::Sender<()>) {
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let backend = Backend::http(move |req| {
+            if req.start_line().contains("/slow") {
+                let _ = gate.lock().unwrap().recv_timeout(WAIT);
+                return ok(slow_body);
+            }
+            ok(body)
+        });
+        (backend, release)
+    }
+
     /// A backend whose connections are handled by `f`, which may record messages itself.
     pub fn raw(f: impl Fn(TcpStream, &Arc<(Mutex<Vec<Message>>, Condvar)>) + Send + Sync + 'static) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
