@@ -17,6 +17,7 @@ pub struct DemoConfig {
 }
 
 pub fn run(config: DemoConfig) -> std::io::Result<()> {
+    let stop = crate::signals::BlockingStop::install()?;
     let exe = std::env::current_exe()?;
     let seed = format!("127.0.0.1:{}", config.gossip_port);
     let mut proxy = Command::new(&exe)
@@ -46,7 +47,7 @@ pub fn run(config: DemoConfig) -> std::io::Result<()> {
     println!("Ctrl-C drains the nodes and stops everything.");
     let _ = std::io::stdout().flush();
 
-    crate::proxy::wait_for_stop_signal()?;
+    stop.wait();
     for a in &agents {
         signal(a, libc::SIGTERM);
     }

@@ -10,4 +10,5 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod proxy;
+pub mod signals;
 pub mod webapp;

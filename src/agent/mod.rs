@@ -7,10 +7,11 @@ mod supervise;
 
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cluster::{self, Announce, Cluster, Member, Membership, NodeState, Role};
 use crate::config::AgentConfig;
+use crate::signals::StopSignals;
 use health::{CheckConfig, Verdicts};
 use supervise::Supervisor;
 
@@ -27,7 +28,29 @@ impl Membership for Quiet {
 const CHILD_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs until told to stop; returns the process exit code.
+/// The signals an agent handles, installed before anything starts: until then a SIGHUP or SIGTERM would take
+/// the default action and kill the agent (and, through PR_SET_PDEATHSIG, its app).
+struct Signals {
+    stop: StopSignals,
+    hup: Signal,
+    usr1: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            stop: StopSignals::install()?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
 pub fn run(config: AgentConfig) -> std::io::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut signals = runtime.block_on(async { Signals::install() })?;
     let node = cluster::start(
         &config.cluster,
         Announce {
@@ -41,24 +64,17 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
         Box::new(Quiet),
     )?;
     tracing::info!("agent for {} running", config.service);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut child =
         (!config.command.is_empty()).then(|| runtime.block_on(async { Supervisor::start(config.command.clone()) }));
     runtime.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut usr1 = signal(SignalKind::user_defined1())?;
-        let mut usr2 = signal(SignalKind::user_defined2())?;
         let mut verdicts = config.check.as_ref().map(|c| Verdicts::new(c.rise, c.fall));
         let mut next_check = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => forward(&child, libc::SIGHUP),
-                _ = usr1.recv() => forward(&child, libc::SIGUSR1),
-                _ = usr2.recv() => forward(&child, libc::SIGUSR2),
+                _ = signals.stop.recv() => break,
+                _ = signals.hup.recv() => forward(&child, libc::SIGHUP),
+                _ = signals.usr1.recv() => forward(&child, libc::SIGUSR1),
+                _ = signals.usr2.recv() => forward(&child, libc::SIGUSR2),
                 status = exited(&mut child) => {
                     if let Some(c) = child.as_mut() {
                         c.restart(status).await;

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::balance::{self, Backend, BackendSet, ClusterBackends, SharedBackends};
 use crate::cluster::{self, Announce, Role};
 use crate::config::ProxyConfig;
+use crate::signals::BlockingStop;
 
 /// State every data-plane thread reads. Only snapshots and relaxed counters live here.
 pub struct Shared {
@@ -45,6 +46,7 @@ pub enum ProxyError {
 }
 
 pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
+    let stop = BlockingStop::install().map_err(ProxyError::Start)?;
     listener::raise_fd_limit();
     let (per_thread, bound) = listener::bind_all(&config.listen, config.threads).map_err(ProxyError::Listen)?;
     for addr in &bound {
@@ -82,7 +84,7 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     }
     drop(shared);
 
-    wait_for_stop_signal().map_err(ProxyError::Start)?;
+    stop.wait();
     tracing::info!("stopping: no new connections, finishing requests in flight");
     let _ = stop_tx.send(true);
     cluster.leave(std::time::Duration::from_secs(1));
@@ -93,25 +95,5 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         let _ = handle.join();
     }
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// Resolves on the first SIGTERM or SIGINT (never, if the handlers cannot be installed).
-pub async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
-
-/// Blocks the calling thread until SIGTERM or SIGINT.
-pub fn wait_for_stop_signal() -> std::io::Result<()> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(stop_signal());
     Ok(())
 }

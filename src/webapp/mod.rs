@@ -38,6 +38,7 @@ pub fn run(config: WebappConfig) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
+        let mut stop = crate::signals::StopSignals::install()?;
         let listener = TcpListener::bind(config.listen).await?;
         tracing::info!("webapp listening on {}", listener.local_addr()?);
         let app = Rc::new(App {
@@ -46,8 +47,6 @@ pub fn run(config: WebappConfig) -> std::io::Result<()> {
             delay_ms: Cell::new(0),
             sessions: RefCell::new(HashMap::new()),
         });
-        let stop = crate::proxy::stop_signal();
-        tokio::pin!(stop);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -55,7 +54,7 @@ pub fn run(config: WebappConfig) -> std::io::Result<()> {
                         tokio::task::spawn_local(serve(app.clone(), stream));
                     }
                 }
-                _ = &mut stop => return Ok(()),
+                _ = stop.recv() => return Ok(()),
             }
         }
     })
