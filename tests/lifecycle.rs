@@ -36,8 +36,18 @@ Sec-WebSocket-Version: 13\r\n\r\n";
 
 #[test]
 fn websocket_echo_through_the_tunnel_with_half_close() {
+    // With --splice-min 1 each direction switches to splice(2) after its first byte; 0 copies throughout.
+    for splice_min in ["0", "1"] {
+        echo_through_tunnel(&["--splice-min", splice_min]);
+    }
+}
+
+fn echo_through_tunnel(flags: &[&str]) {
     let backend = websocket_echo();
-    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let backend_arg = backend.arg();
+    let mut args = vec!["--backend", backend_arg.as_str()];
+    args.extend_from_slice(flags);
+    let proxy = Proxy::start(&args);
     let mut w = Wire::connect(proxy.addr);
     w.send(UPGRADE);
     let head = w.read_response(true).unwrap();
@@ -52,10 +62,20 @@ fn websocket_echo_through_the_tunnel_with_half_close() {
         w.send(msg.as_bytes());
         let mut got = vec![0u8; msg.len()];
         w.stream.read_exact(&mut got).unwrap();
-        assert_eq!(got, msg.as_bytes());
+        assert_eq!(got, msg.as_bytes(), "{flags:?}");
     }
+    // Bulk both ways at once: written from another thread, since the echo fills the buffers of both directions.
+    let bulk: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut writer = w.stream.try_clone().unwrap();
+    let sent = bulk.clone();
+    let sender = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    let mut got = vec![0u8; bulk.len()];
+    w.stream.read_exact(&mut got).unwrap();
+    sender.join().unwrap();
+    assert!(got == bulk, "4 MiB echoed intact through the tunnel ({flags:?})");
+
     w.shutdown_write();
-    assert_eq!(w.read_all(), b"bye", "the other direction stays open after our half-close");
+    assert_eq!(w.read_all(), b"bye", "the other direction stays open after our half-close ({flags:?})");
 }
 
 #[test]

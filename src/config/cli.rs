@@ -185,7 +185,8 @@ pub struct ProxyArgs {
     /// Most client connections at once; more wait in the listen queue [default: 10000].
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Content-Length bodies at least this large are moved with splice(2), without a copy; 0 disables it.
+    /// Content-Length bodies at least this large, and each tunnel direction once it has carried this many
+    /// bytes, are moved with splice(2), without a copy; 0 disables it.
     /// Off by default: on loopback it measured slower than copying (bench/README.md) [default: 0].
     #[arg(long, env = "SHOAL_SPLICE_MIN", value_name = "BYTES")]
     pub splice_min: Option<u64>,

@@ -135,6 +135,7 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
                     &mut up.stream,
                     &mut up_buf,
                     config.timeouts.tunnel,
+                    tunnel::Splicing { pipes: &worker.pipes, min: config.limits.splice_min },
                 )
                 .await;
                 log_line(worker, client, &plan, &log, 101, relayed.bytes + moved, *b"--");

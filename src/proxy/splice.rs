@@ -100,14 +100,14 @@ pub async fn forward_length(
     dst_idle: Duration,
 ) -> Result<u64, BodyError> {
     let pipe = pipes.get().map_err(BodyError::SrcRead)?;
-    let result = pump(&pipe, src, dst, len, src_idle, dst_idle).await;
+    let result = pump_length(&pipe, src, dst, len, src_idle, dst_idle).await;
     if result.is_ok() {
         pipes.put(pipe);
     }
     result
 }
 
-async fn pump(
+async fn pump_length(
     pipe: &Pipe,
     src: &TcpStream,
     dst: &TcpStream,
@@ -115,44 +115,64 @@ async fn pump(
     src_idle: Duration,
     dst_idle: Duration,
 ) -> Result<u64, BodyError> {
-    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     let mut remaining = len;
     while remaining > 0 {
         let want = remaining.min(pipe.capacity as u64) as usize;
-        let filled = loop {
-            match src.try_io(Interest::READABLE, || splice(src_fd, pipe.write.as_raw_fd(), want)) {
-                Ok(0) => return Err(BodyError::SrcClosed),
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready(src.readable(), src_idle)
-                    .await
-                    .map_err(|e| e.map_or(BodyError::SrcTimeout, BodyError::SrcRead))?,
-                Err(e) => return Err(BodyError::SrcRead(e)),
-            }
+        let filled = match timeout(src_idle, fill(pipe, src, want)).await {
+            Err(_) => return Err(BodyError::SrcTimeout),
+            Ok(Err(e)) => return Err(BodyError::SrcRead(e)),
+            Ok(Ok(0)) => return Err(BodyError::SrcClosed),
+            Ok(Ok(n)) => n,
         };
         remaining -= filled as u64;
-        let mut in_pipe = filled;
-        while in_pipe > 0 {
-            match dst.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), dst_fd, in_pipe)) {
-                Ok(0) => return Err(BodyError::DstWrite(io::ErrorKind::WriteZero.into())),
-                Ok(n) => in_pipe -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready(dst.writable(), dst_idle)
-                    .await
-                    .map_err(|e| e.map_or(BodyError::DstTimeout, BodyError::DstWrite))?,
-                Err(e) => return Err(BodyError::DstWrite(e)),
-            }
+        match timeout(dst_idle, drain(pipe, dst, filled)).await {
+            Err(_) => return Err(BodyError::DstTimeout),
+            Ok(Err(e)) => return Err(BodyError::DstWrite(e)),
+            Ok(Ok(())) => {}
         }
     }
     Ok(len)
 }
 
-/// Awaits socket readiness within `idle`: `Err(None)` on timeout, `Err(Some(e))` on an error.
-async fn ready(
-    readiness: impl std::future::Future<Output = io::Result<()>>,
-    idle: Duration,
-) -> Result<(), Option<io::Error>> {
-    match timeout(idle, readiness).await {
-        Err(_) => Err(None),
-        Ok(Err(e)) => Err(Some(e)),
-        Ok(Ok(())) => Ok(()),
+/// Copies `src` to `dst` through a pipe until `src` ends (returns `Ok` with the bytes moved) or either side
+/// fails. No timeout of its own: a tunnel's idle limit covers both directions at once. `moved` is called
+/// after every delivery, so the caller can count bytes and note activity.
+pub async fn tunnel(pipes: &Pipes, src: &TcpStream, dst: &TcpStream, mut moved: impl FnMut(usize)) -> io::Result<()> {
+    let pipe = pipes.get()?;
+    loop {
+        let filled = fill(&pipe, src, pipe.capacity).await?;
+        if filled == 0 {
+            break;
+        }
+        drain(&pipe, dst, filled).await?;
+        moved(filled);
     }
+    // Only an empty pipe is reused: an error above may have left bytes in it.
+    pipes.put(pipe);
+    Ok(())
+}
+
+/// Splices up to `want` bytes from `src` into the empty `pipe` once `src` is readable; 0 means end of stream.
+async fn fill(pipe: &Pipe, src: &TcpStream, want: usize) -> io::Result<usize> {
+    let (src_fd, pipe_fd) = (src.as_raw_fd(), pipe.write.as_raw_fd());
+    loop {
+        match src.try_io(Interest::READABLE, || splice(src_fd, pipe_fd, want)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.readable().await?,
+            other => return other,
+        }
+    }
+}
+
+/// Splices the `n` bytes in `pipe` to `dst`, waiting for `dst` to be writable as often as needed.
+async fn drain(pipe: &Pipe, dst: &TcpStream, mut n: usize) -> io::Result<()> {
+    let (pipe_fd, dst_fd) = (pipe.read.as_raw_fd(), dst.as_raw_fd());
+    while n > 0 {
+        match dst.try_io(Interest::WRITABLE, || splice(pipe_fd, dst_fd, n)) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(sent) => n -= sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

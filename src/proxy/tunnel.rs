@@ -1,13 +1,25 @@
 //! Byte tunnel after a 101 Switching Protocols: both directions copied, each half-closed on its own EOF, the
 //! whole tunnel ended after `idle` without traffic either way. Returns the bytes sent to the client.
+//!
+//! A direction that has carried `splice_min` bytes (when that is not 0) switches from copying through its
+//! buffer to splice(2): a tunnel that turns out to be bulk traffic stops paying for two copies per byte.
 
 use std::cell::Cell;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
+
+use super::splice::{self, Pipes};
+
+/// How the tunnel moves bytes: the per-thread pipes, and after how many bytes a direction starts splicing.
+pub struct Splicing<'a> {
+    pub pipes: &'a Pipes,
+    pub min: u64,
+}
 
 pub async fn run(
     client: &mut TcpStream,
@@ -15,23 +27,24 @@ pub async fn run(
     server: &mut TcpStream,
     server_buf: &mut BytesMut,
     idle: Duration,
+    splicing: Splicing<'_>,
 ) -> u64 {
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
-    let last = Cell::new(Instant::now());
+    let activity = Activity { last: Cell::new(Instant::now()) };
     let to_server = Cell::new(0u64);
     let to_client = Cell::new(0u64);
     let pumps = async {
         tokio::join!(
-            pump(&mut cr, client_buf, &mut sw, &last, &to_server),
-            pump(&mut sr, server_buf, &mut cw, &last, &to_client)
+            pump(&mut cr, client_buf, &mut sw, &activity, &to_server, &splicing),
+            pump(&mut sr, server_buf, &mut cw, &activity, &to_client, &splicing)
         )
     };
     let watchdog = async {
         loop {
-            let deadline = last.get() + idle;
+            let deadline = activity.last.get() + idle;
             sleep_until(deadline).await;
-            if last.get() + idle <= Instant::now() {
+            if activity.last.get() + idle <= Instant::now() {
                 return;
             }
         }
@@ -43,20 +56,40 @@ pub async fn run(
     to_client.get()
 }
 
+/// When either direction last moved bytes.
+struct Activity {
+    last: Cell<Instant>,
+}
+
+impl Activity {
+    fn moved(&self, moved: &Cell<u64>, n: usize) {
+        moved.set(moved.get() + n as u64);
+        self.last.set(Instant::now());
+    }
+}
+
 /// Copies until EOF or error, then half-closes the destination so the peer sees the EOF too.
-async fn pump<R, W>(src: &mut R, buf: &mut BytesMut, dst: &mut W, last: &Cell<Instant>, moved: &Cell<u64>)
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+async fn pump(
+    src: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    dst: &mut WriteHalf<'_>,
+    activity: &Activity,
+    moved: &Cell<u64>,
+    splicing: &Splicing<'_>,
+) {
     loop {
         if !buf.is_empty() {
             if dst.write_all(buf).await.is_err() {
                 return;
             }
-            moved.set(moved.get() + buf.len() as u64);
+            activity.moved(moved, buf.len());
             buf.clear();
-            last.set(Instant::now());
+        }
+        if splicing.min > 0 && moved.get() >= splicing.min {
+            let spliced = splice::tunnel(splicing.pipes, src.as_ref(), dst.as_ref(), |n| activity.moved(moved, n));
+            // Either way the destination learns that nothing more comes this way.
+            let _ = spliced.await;
+            break;
         }
         buf.reserve(16 * 1024);
         match src.read_buf(buf).await {
