@@ -15,7 +15,7 @@ RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 THREADS=${THREADS:-"1 2"}
-PROXIES=${PROXIES:-"shoal haproxy nginx"}
+PROXIES=${PROXIES:-"shoal shoal-splice haproxy nginx"}
 SCENARIOS=${SCENARIOS:-"small close 1mib post64k idle10k"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 BACKEND_PORT=18100
@@ -92,9 +92,12 @@ start_proxy() {
   local proxy=$1 threads=$2 dir="$OUT/$1"
   mkdir -p "$dir"
   case $proxy in
-    shoal)
+    shoal | shoal-splice)
+      # shoal-splice: the same with splice(2) for bodies of 64 KiB and more, to measure that threshold.
+      local splice=0
+      [ "$proxy" = shoal-splice ] && splice=65536
       "$ROOT/target/release/shoal" proxy --listen "127.0.0.1:$PROXY_PORT" --backend "s1=127.0.0.1:$BACKEND_PORT" \
-        --threads "$threads" --access-log off --max-connections 12000 >"$dir/out.log" 2>&1 &
+        --threads "$threads" --access-log off --max-connections 12000 --splice-min "$splice" >"$dir/out.log" 2>&1 &
       ;;
     haproxy)
       cat >"$dir/haproxy.cfg" <<CONF
@@ -236,6 +239,8 @@ main() {
         local order=$PROXIES
         [ "$scenario" != idle10k ] && [ "$threads" = "$(echo "$THREADS" | awk '{print $1}')" ] && order="direct $PROXIES"
         for proxy in $order; do
+          # Only bodies of 64 KiB and more are spliced: elsewhere shoal-splice would be shoal again.
+          if [ "$proxy" = shoal-splice ] && [ "$scenario" != 1mib ] && [ "$scenario" != post64k ]; then continue; fi
           pid=$(start_proxy "$proxy" "$threads")
           local port=$PROXY_PORT
           [ "$proxy" = direct ] && port=$BACKEND_PORT && pid=$backend

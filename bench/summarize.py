@@ -51,7 +51,7 @@ for sc in scenarios:
     out += ["| threads | proxy | requests/s | vs HAProxy | p50 ms | p99 ms | CPU s | CPU us/req | peak RSS MiB | errors |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted(k for k in groups if k[0] == sc)
-    order = {"direct": 0, "shoal": 1, "haproxy": 2, "nginx": 3}
+    order = {"direct": 0, "shoal": 1, "shoal-splice": 2, "haproxy": 3, "nginx": 4}
     keys.sort(key=lambda k: (int(k[1]), order.get(k[2], 9)))
     for (s, th, px) in keys:
         rs = groups[(s, th, px)]
