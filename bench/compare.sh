@@ -58,6 +58,9 @@ cpu_ticks() {
   echo "$total"
 }
 
+# CPU seconds between two cpu_ticks readings.
+seconds() { awk -v a="$1" -v b="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz}'; }
+
 # Peak (VmHWM) or current (VmRSS) resident memory of the tree, in KiB.
 mem_kib() {
   local field=$2 total=0 p v
@@ -164,16 +167,27 @@ stop_proxy() {
 # wrk's latency figure in milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else if (v ~ /s$/) {sub(/s$/,"",v); print v*1000} else print v}' <<<"$1"; }
 
-# Runs one timed load; prints "rps p50_ms p99_ms errors".
-load() {
+# Starts the load generator for one timed load, its output to $3.
+generate() {
   local scenario=$1 port=$2 log=$3
   case $scenario in
     small) wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/" >"$log" ;;
     1mib) wrk -t1 -c8 -d"${DURATION}s" --latency "http://127.0.0.1:$port/1m" >"$log" ;;
     post64k) wrk -t1 -c16 -d"${DURATION}s" --latency -s "$ROOT/bench/post64k.lua" "http://127.0.0.1:$port/upload" >"$log" ;;
+    close) oha -z "${DURATION}s" -c 64 --disable-keepalive --no-tui --output-format json "http://127.0.0.1:$port/" >"$log" ;;
+  esac
+}
+
+# Runs one timed load; prints "rps p50_ms p99_ms errors client_cpu_s", the last being the CPU time the load
+# generator itself used (user + system), so the table can show how the two cores were shared.
+load() {
+  local scenario=$1 port=$2 log=$3 client_cpu
+  local TIMEFORMAT='%3U %3S'
+  { time generate "$scenario" "$port" "$log"; } 2>"$log.cpu"
+  client_cpu=$(awk '{printf "%.2f", $1 + $2}' "$log.cpu")
+  case $scenario in
     close)
-      oha -z "${DURATION}s" -c 64 --disable-keepalive --no-tui --output-format json "http://127.0.0.1:$port/" >"$log"
-      python3 - "$log" <<'PY'
+      python3 - "$log" "$client_cpu" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 codes = d.get("statusCodeDistribution", {})
@@ -181,7 +195,7 @@ codes = d.get("statusCodeDistribution", {})
 errors = sum(v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k)
 errors += sum(v for k, v in codes.items() if k != "200")
 lat = d["latencyPercentiles"]
-print(f'{d["summary"]["requestsPerSec"]:.0f} {lat["p50"]*1000:.3f} {lat["p99"]*1000:.3f} {errors}')
+print(f'{d["summary"]["requestsPerSec"]:.0f} {lat["p50"]*1000:.3f} {lat["p99"]*1000:.3f} {errors} {sys.argv[2]}')
 PY
       return
       ;;
@@ -191,7 +205,7 @@ PY
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$log")")
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$log")")
   errors=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$log")
-  echo "$rps $p50 $p99 $errors"
+  echo "$rps $p50 $p99 $errors $client_cpu"
 }
 
 # Opens IDLE_CONNS keep-alive connections, each answered once; prints "0 - - failures" plus memory columns.
@@ -231,8 +245,8 @@ main() {
   trap 'kill -TERM '"$backend"' 2>/dev/null || true' EXIT
   wait_port "$BACKEND_PORT"
   local raw="$OUT/raw.tsv"
-  printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\n' >"$raw"
-  local run threads scenario proxy pid t0 t1 res
+  printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\tclient_cpu_s\tbackend_cpu_s\n' >"$raw"
+  local run threads scenario proxy pid t0 t1 b0 b1 res
   for run in $(seq 1 "$RUNS"); do
     for scenario in $SCENARIOS; do
       for threads in $THREADS; do
@@ -247,18 +261,21 @@ main() {
           echo "run $run: $scenario, $threads thread(s), $proxy" >&2
           if [ "$scenario" = idle10k ]; then
             read -r base held peak failed < <(idle "$pid" "$port" "$OUT/last.log")
-            printf '%s\t%s\t%s\t%s\t0\t-\t-\t%s\t0\t%s\t%s\t%s\n' "$scenario" "$threads" "$proxy" "$run" "$failed" "$peak" "$base" "$held" >>"$raw"
+            printf '%s\t%s\t%s\t%s\t0\t-\t-\t%s\t0\t%s\t%s\t%s\t-\t-\n' "$scenario" "$threads" "$proxy" "$run" "$failed" "$peak" "$base" "$held" >>"$raw"
           else
             # Warm up pools and caches, then measure.
             DURATION=1 load "$scenario" "$port" "$OUT/warmup.log" >/dev/null
             t0=$(cpu_ticks "$pid")
+            b0=$(cpu_ticks "$backend")
             res=$(load "$scenario" "$port" "$OUT/last.log")
             t1=$(cpu_ticks "$pid")
-            local cpu peak
-            cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz}')
+            b1=$(cpu_ticks "$backend")
+            local cpu backend_cpu peak
+            cpu=$(seconds "$t0" "$t1")
+            backend_cpu=$(seconds "$b0" "$b1")
             peak=$(mem_kib "$pid" VmHWM)
-            read -r rps p50 p99 errors <<<"$res"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\n' "$scenario" "$threads" "$proxy" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$peak" >>"$raw"
+            read -r rps p50 p99 errors client_cpu <<<"$res"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t%s\t%s\n' "$scenario" "$threads" "$proxy" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$peak" "$client_cpu" "$backend_cpu" >>"$raw"
           fi
           [ "$proxy" != direct ] && stop_proxy "$pid"
         done

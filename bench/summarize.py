@@ -27,6 +27,7 @@ TITLES = {
 
 out = ["# Benchmark results", "", "Produced by `bench/compare.sh`; medians of %s alternating runs of %s s each." % (runs, duration), ""]
 out += ["Machine:", "", machine, ""]
+ORDER = {"direct": 0, "shoal": 1, "shoal-splice": 2, "haproxy": 3, "nginx": 4}
 scenarios = []
 for r in rows:
     if r["scenario"] not in scenarios:
@@ -51,8 +52,7 @@ for sc in scenarios:
     out += ["| threads | proxy | requests/s | vs HAProxy | p50 ms | p99 ms | CPU s | CPU us/req | peak RSS MiB | errors |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted(k for k in groups if k[0] == sc)
-    order = {"direct": 0, "shoal": 1, "shoal-splice": 2, "haproxy": 3, "nginx": 4}
-    keys.sort(key=lambda k: (int(k[1]), order.get(k[2], 9)))
+    keys.sort(key=lambda k: (int(k[1]), ORDER.get(k[2], 9)))
     for (s, th, px) in keys:
         rs = groups[(s, th, px)]
         rps, p50, p99, cpu, rss, err = (med(rs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_s", "peak_rss_kib", "errors"))
@@ -67,4 +67,22 @@ for sc in scenarios:
             "%.1f" % (rss / 1024) if px != "direct" else "-",
             err))
     out.append("")
+out += ["## How the two cores were shared", "",
+        "CPU microseconds per request of the load generator, the backend and the proxy (medians), their sum, and",
+        "how many of the machine's cores the three kept busy. The proxy's share is all any proxy can change.", "",
+        "| scenario | threads | proxy | requests/s | generator us/req | backend us/req | proxy us/req | total us/req | cores busy |",
+        "|---|---|---|---|---|---|---|---|---|"]
+for (s, th, px) in sorted((k for k in groups if k[0] != "idle10k"),
+                          key=lambda k: (scenarios.index(k[0]), int(k[1]), ORDER.get(k[2], 9))):
+    rs = groups[(s, th, px)]
+    rps, cpu, client, backend = (med(rs, k) for k in ("rps", "cpu_s", "client_cpu_s", "backend_cpu_s"))
+    if not rps or client is None or backend is None:
+        continue
+    per = lambda sec: sec / (rps * float(duration)) * 1e6
+    proxy_cpu = 0.0 if px == "direct" else cpu
+    total = client + backend + proxy_cpu
+    out.append("| %s | %s | %s | %.0f | %.1f | %.1f | %s | %.1f | %.2f |" % (
+        s, th, "backend direct" if px == "direct" else px, rps, per(client), per(backend),
+        "-" if px == "direct" else "%.1f" % per(proxy_cpu), per(total), total / float(duration)))
+out.append("")
 print("\n".join(out))
