@@ -40,6 +40,7 @@ fn cases() -> Vec<Case> {
         // Accepted, normalised on the way.
         ok("simple GET", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", GET),
         ok("absolute-form target", "GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n", "GET http://a/x HTTP/1.1\r\nHost: a\r\n{xf}\r\n"),
+        ok("HTTP/1.2 served as HTTP/1.1 (RFC 9110 2.5)", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", GET),
         ok("leading empty line ignored", "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", GET),
         ok("bare LF endings re-written with CRLF", "GET / HTTP/1.1\nHost: a\n\n", GET),
         ok("OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "OPTIONS * HTTP/1.1\r\nHost: a\r\n{xf}\r\n"),
@@ -189,6 +190,7 @@ fn cases() -> Vec<Case> {
         refused("target not origin-form", "GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         refused("HTTP/0.9 request", "GET /\r\n\r\n", 400),
         refused("lower-case version", "GET / http/1.1\r\nHost: a\r\n\r\n", 400),
+        refused("two-digit minor version", "GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400),
         refused("HTTP/2.0 request line", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
         refused("HTTP/3.0 request line", "GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505),
         refused("CONNECT is not proxied", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 501),

@@ -148,6 +148,24 @@ fn memchr_lf(buf: &[u8]) -> bool {
     buf.contains(&b'\n')
 }
 
+/// Rewrites a request line's `HTTP/1.2`..`HTTP/1.9` to `HTTP/1.1` in place, once the line is complete.
+///
+/// RFC 9110 section 2.5: a higher minor version of a major version we implement is processed as the highest
+/// minor version we implement (nginx and HAProxy do the same); httparse knows only 1.0 and 1.1, so the digit
+/// is changed before it parses. Anything else is left for the parser to accept or refuse.
+pub fn lower_minor_version(buf: &mut [u8]) {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let Some(line_len) = buf[start..].iter().position(|&b| b == b'\n') else { return };
+    let line = &mut buf[start..start + line_len];
+    let line = match line {
+        [rest @ .., b'\r'] => rest,
+        _ => line,
+    };
+    if let [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor @ b'2'..=b'9'] = line {
+        *minor = b'1';
+    }
+}
+
 /// Tells an unsupported version (505) apart from plain garbage (400).
 fn classify_parse_error(e: httparse::Error, buf: &[u8]) -> HttpError {
     match e {
@@ -245,6 +263,25 @@ mod tests {
         let r = parse(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(r.body, RequestBody::Chunked);
         assert_eq!(r.codings.as_deref(), Some("gzip, chunked"));
+    }
+
+    #[test]
+    fn higher_minor_versions_are_read_as_1_1() {
+        let cases: &[(&str, &str)] = &[
+            ("GET / HTTP/1.2\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            ("\r\nGET / HTTP/1.9\nHost: a\n\n", "\r\nGET / HTTP/1.1\nHost: a\n\n"),
+            // Not HTTP/1.x with one minor digit, or the line is not complete: untouched.
+            ("GET / HTTP/1.10\r\nHost: a\r\n\r\n", "GET / HTTP/1.10\r\nHost: a\r\n\r\n"),
+            ("GET / HTTP/2.0\r\n\r\n", "GET / HTTP/2.0\r\n\r\n"),
+            ("GET / HTTP/1.2", "GET / HTTP/1.2"),
+            ("GET /HTTP/1.2\r\n", "GET /HTTP/1.2\r\n"),
+            ("GET / HTTP/1.1\r\nX: HTTP/1.2\r\n\r\n", "GET / HTTP/1.1\r\nX: HTTP/1.2\r\n\r\n"),
+        ];
+        for (raw, want) in cases {
+            let mut buf = raw.as_bytes().to_vec();
+            lower_minor_version(&mut buf);
+            assert_eq!(String::from_utf8_lossy(&buf), *want, "{raw:?}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::access_log::{self, Record};
 use super::exchange::{self, Plan};
 use super::refusal;
 use super::worker::Worker;
-use crate::http::request::parse_request;
+use crate::http::request::{lower_minor_version, parse_request};
 use crate::http::rewrite::{self, Forwarded};
 use crate::http::HeadLimits;
 
@@ -106,6 +106,7 @@ async fn read_head(worker: &Worker, client: &mut Client) -> Head {
                 deadline = now + config.timeouts.head;
                 Started { at: SystemTime::now(), instant: now, head_done: now }
             });
+            lower_minor_version(&mut client.buf);
             match parse_request(&client.buf, &limits) {
                 Ok(Some(req)) => {
                     let started = Started { head_done: Instant::now(), ..s };
