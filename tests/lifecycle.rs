@@ -1,4 +1,5 @@
-//! Connection lifecycle: WebSocket tunnels with half-close, every timeout, graceful shutdown, the access log.
+//! Connection lifecycle: WebSocket tunnels with half-close, every timeout, graceful shutdown, the access log,
+//! the connection limit.
 
 mod common;
 
@@ -186,4 +187,31 @@ fn access_log_has_the_httplog_shape() {
     common::get(proxy.addr, "/marker");
     proxy.log_line("/marker");
     assert!(quiet.stdout.all().is_empty(), "no access log when switched off");
+}
+
+#[test]
+fn connections_over_max_connections_wait_in_the_listen_queue() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "1", "--max-connections", "2"]);
+    let mut held: Vec<Wire> = (0..2)
+        .map(|i| {
+            let mut w = Wire::connect(proxy.addr);
+            w.send(format!("GET /held{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            assert_eq!(w.read_response(false).unwrap().status(), 200);
+            w
+        })
+        .collect();
+
+    // The kernel completes the handshake, but shoal does not accept a third connection while two are open.
+    let mut waiting = Wire::connect(proxy.addr);
+    waiting.send(b"GET /waiting HTTP/1.1\r\nHost: t\r\n\r\n");
+    waiting.stream.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    assert!(waiting.read_response(false).is_none(), "a third connection is served while two are open");
+    assert_eq!(backend.requests().len(), 2);
+
+    // One closes: the waiting connection is accepted and its request answered.
+    drop(held.remove(0));
+    waiting.stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let r = waiting.read_response(false).expect("served once a slot frees up");
+    assert_eq!((r.status(), r.body_str().as_str()), (200, "/waiting"));
 }
