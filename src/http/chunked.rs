@@ -64,15 +64,14 @@ impl ChunkedDecoder {
                         Some(i) => {
                             self.line.extend_from_slice(&rest[..=i]);
                             pos += i + 1;
+                            self.check_size_line_length()?;
                             self.finish_size_line(out)?;
                         }
                         None => {
                             self.line.extend_from_slice(rest);
                             pos = input.len();
+                            self.check_size_line_length()?;
                         }
-                    }
-                    if self.line.len() > MAX_SIZE_LINE {
-                        return Err(HttpError::BadChunk("size line too long"));
                     }
                 }
                 State::Data(remaining) => {
@@ -125,6 +124,14 @@ impl ChunkedDecoder {
         Ok(pos)
     }
 
+    /// Checked whether or not the line is complete, so the answer does not depend on how the bytes arrived.
+    fn check_size_line_length(&self) -> Result<(), HttpError> {
+        if self.line.len() > MAX_SIZE_LINE {
+            return Err(HttpError::BadChunk("size line too long"));
+        }
+        Ok(())
+    }
+
     fn finish_size_line(&mut self, out: &mut Vec<u8>) -> Result<(), HttpError> {
         let line = std::mem::take(&mut self.line);
         let body = line.strip_suffix(b"\r\n").ok_or(HttpError::BadChunk("size line must end with CRLF"))?;
@@ -147,12 +154,13 @@ impl ChunkedDecoder {
             Ok(httparse::Status::Complete((_, fields))) => fields,
             _ => return Err(HttpError::BadChunk("malformed trailer section")),
         };
+        // Checked even when the trailers are dropped, so a body is refused or not whatever the next hop is.
+        if fields.iter().any(|f| !fields::is_valid_value(f.value)) {
+            return Err(HttpError::BadChunk("malformed trailer field"));
+        }
         if self.emit == Emit::Chunked {
             out.extend_from_slice(b"0\r\n");
             for f in fields.iter() {
-                if !fields::is_valid_value(f.value) {
-                    return Err(HttpError::BadChunk("malformed trailer field"));
-                }
                 if fields::is_hop_by_hop(f.name.as_bytes()) || f.name.eq_ignore_ascii_case("host") {
                     continue;
                 }
@@ -296,6 +304,18 @@ mod tests {
             let mut d = ChunkedDecoder::new(Emit::Chunked, 1024);
             assert!(d.feed(c, &mut Vec::new()).is_err(), "{}", String::from_utf8_lossy(c));
         }
+    }
+
+    #[test]
+    fn long_size_line_refused_however_it_arrives() {
+        let mut input = b"1".to_vec();
+        input.extend(std::iter::repeat_n(b";a=b".as_slice(), 1100).flatten());
+        input.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+        // Whole: it was accepted once (the limit was only checked while the line was incomplete).
+        let mut whole = ChunkedDecoder::new(Emit::Chunked, 1024);
+        assert!(whole.feed(&input, &mut Vec::new()).is_err());
+        let mut pieces = ChunkedDecoder::new(Emit::Chunked, 1024);
+        assert!(input.chunks(100).map(|c| pieces.feed(c, &mut Vec::new())).any(|r| r.is_err()));
     }
 
     #[test]
