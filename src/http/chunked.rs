@@ -199,9 +199,11 @@ fn check_extensions(mut ext: &[u8]) -> Result<(), HttpError> {
         }
     };
     loop {
+        let before = ext.len();
         skip_bws(&mut ext);
         if ext.is_empty() {
-            return Ok(());
+            // Whitespace is allowed only before a ';' (the grammar's BWS): "5 " is refused, as llhttp does.
+            return if ext.len() == before { Ok(()) } else { Err(BAD) };
         }
         let [b';', rest @ ..] = ext else { return Err(BAD) };
         ext = rest;
@@ -294,6 +296,8 @@ mod tests {
             b"-1\r\n",
             b"0x5\r\nhello\r\n",
             b"5 ;\r\nhello\r\n",
+            b"5 \r\nhello\r\n",
+            b"5;a=b\t\r\nhello\r\n",
             b"5;\r\nhello\r\n",
             b"5;a=\"x\r\n",
             b"5;a\x01\r\n",
