@@ -252,3 +252,18 @@ fn junk_udp_neither_crashes_nor_grows_a_node() {
         }
     }
 }
+
+#[test]
+fn weights_from_agents_share_traffic() {
+    let heavy = named_backend("heavy");
+    let light = named_backend("light");
+    // One thread: one round-robin cursor, so the shares are exact over whole cycles.
+    let proxy = Proxy::start(&["--threads", "1"]);
+    let _a = Agent::start(&heavy.arg(), &proxy.gossip(), &["--name", "heavy", "--weight", "300"]);
+    let _b = Agent::start(&light.arg(), &proxy.gossip(), &["--name", "light", "--weight", "100"]);
+    proxy.stderr.wait_for("both members in the set", |l| l.contains("backend set now has 2 servers"));
+    let bodies: Vec<String> = (0..400).map(|_| common::get(proxy.addr, "/").body_str()).collect();
+    let heavy_share = bodies.iter().filter(|b| *b == "heavy").count();
+    let light_share = bodies.iter().filter(|b| *b == "light").count();
+    assert_eq!((heavy_share, light_share), (300, 100), "weights 300:100 over 400 requests");
+}

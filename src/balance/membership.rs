@@ -1,5 +1,5 @@
 //! Turns gossip membership into backend-set snapshots: the static backends, then every live backend member
-//! that is routable (healthy, not draining).
+//! that is routable (healthy, not draining), each with its announced weight.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,6 +8,9 @@ use std::sync::Arc;
 use super::{Backend, BackendSet, SharedBackends};
 use crate::cluster::{Member, Membership, NodeId, Role};
 use crate::config::BackendSpec;
+
+/// Static `--backend` servers weigh as much as an agent with the default `--weight`.
+const STATIC_WEIGHT: u16 = 100;
 
 pub struct ClusterBackends {
     statics: Vec<Arc<Backend>>,
@@ -28,7 +31,7 @@ impl Membership for ClusterBackends {
         let backends: Vec<&Member> =
             members.iter().filter(|m| m.id.role == Role::Backend && m.id.service.is_some()).collect();
         self.known.retain(|key, _| backends.iter().any(|m| (m.id.gossip, m.id.generation) == *key));
-        let mut servers = self.statics.clone();
+        let mut servers: Vec<(Arc<Backend>, u16)> = self.statics.iter().map(|b| (b.clone(), STATIC_WEIGHT)).collect();
         for m in backends {
             let Some(service) = m.id.service else { continue };
             let backend = self.known.entry((m.id.gossip, m.id.generation)).or_insert_with(|| {
@@ -37,11 +40,12 @@ impl Membership for ClusterBackends {
                 Arc::new(Backend::new(&spec))
             });
             if m.is_routable() {
-                servers.push(backend.clone());
+                servers.push((backend.clone(), m.weight()));
             }
         }
-        let count = servers.len();
-        self.shared.store(Arc::new(BackendSet { servers }));
+        let set = BackendSet::weighted(servers);
+        let count = set.servers.len();
+        self.shared.store(Arc::new(set));
         tracing::info!("backend set now has {count} servers");
     }
 

@@ -2,7 +2,8 @@
 //!
 //! The set is published as an immutable snapshot ([`BackendSet`]) behind an `ArcSwap`: writers (static
 //! configuration today, gossip membership later) swap in a new set; each data-plane thread loads it without a
-//! lock. Picking state such as the round-robin cursor is per thread.
+//! lock. The weighted round-robin cycle is computed once per snapshot; picking state such as the cursor into it
+//! is per thread.
 
 mod backend;
 mod membership;
@@ -16,10 +17,66 @@ pub use backend::{Backend, InFlight};
 pub use membership::ClusterBackends;
 pub use round_robin::RoundRobin;
 
+/// The longest weighted round-robin cycle; larger weight sums are scaled down to it (every server keeps a
+/// place), so rebuilding a set and walking its cycle stay cheap whatever weights the members announce.
+const MAX_CYCLE: u64 = 4096;
+
 /// An immutable snapshot of the servers that may receive traffic.
 #[derive(Debug, Default)]
 pub struct BackendSet {
     pub servers: Vec<Arc<Backend>>,
+    /// Round-robin order as indexes into `servers`: each server as often as its weight, interleaved.
+    cycle: Vec<usize>,
+}
+
+impl BackendSet {
+    /// Servers with their relative weights (HAProxy's `weight`); a weight of 0 keeps a server out of rotation.
+    pub fn weighted(servers: Vec<(Arc<Backend>, u16)>) -> BackendSet {
+        let servers: Vec<_> = servers.into_iter().filter(|(_, w)| *w > 0).collect();
+        let weights: Vec<u64> = servers.iter().map(|(_, w)| u64::from(*w)).collect();
+        BackendSet { cycle: smooth_cycle(&weights), servers: servers.into_iter().map(|(b, _)| b).collect() }
+    }
+
+    /// Servers sharing traffic equally.
+    pub fn equal(servers: Vec<Arc<Backend>>) -> BackendSet {
+        BackendSet::weighted(servers.into_iter().map(|b| (b, 1)).collect())
+    }
+
+    /// The round-robin order, as indexes into `servers`.
+    pub fn cycle(&self) -> &[usize] {
+        &self.cycle
+    }
+}
+
+/// Smooth weighted round robin (nginx's): each step every server gains its weight, the richest is picked and
+/// pays the total. Weights 5,1,1 give a a b a c a a rather than a a a a a b c, so no server gets a burst.
+fn smooth_cycle(weights: &[u64]) -> Vec<usize> {
+    let divisor = weights.iter().fold(0, |a, &w| gcd(a, w)).max(1);
+    let mut weights: Vec<u64> = weights.iter().map(|w| w / divisor).collect();
+    let sum: u64 = weights.iter().sum();
+    if sum > MAX_CYCLE {
+        weights = weights.iter().map(|w| (w * MAX_CYCLE / sum).max(1)).collect();
+    }
+    let total: i64 = weights.iter().sum::<u64>() as i64;
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, w) in current.iter_mut().zip(&weights) {
+                *c += *w as i64;
+            }
+            let best = (0..current.len()).fold(0, |best, i| if current[i] > current[best] { i } else { best });
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// The shared, swappable handle every thread reads snapshots from.
@@ -27,4 +84,22 @@ pub type SharedBackends = Arc<ArcSwap<BackendSet>>;
 
 pub fn shared(set: BackendSet) -> SharedBackends {
     Arc::new(ArcSwap::from_pointee(set))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_cycle_interleaves_by_weight() {
+        assert_eq!(smooth_cycle(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_cycle(&[300, 100]), [0, 0, 1, 0], "reduced by the common divisor");
+        assert_eq!(smooth_cycle(&[1, 1, 1]), [0, 1, 2]);
+        assert!(smooth_cycle(&[]).is_empty());
+        let big = smooth_cycle(&[65535, 65534, 1]);
+        assert!(big.len() as u64 <= MAX_CYCLE + 3, "capped: {}", big.len());
+        assert!(big.contains(&2), "a small weight keeps a place after scaling");
+        let count = |i| big.iter().filter(|&&x| x == i).count();
+        assert!(count(0) >= count(1) && count(1) > 1000);
+    }
 }

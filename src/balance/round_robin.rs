@@ -1,4 +1,5 @@
-//! Round robin with a per-thread cursor: no shared counter on the request path.
+//! Weighted round robin with a per-thread cursor into the snapshot's cycle: no shared counter on the request
+//! path.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -15,14 +16,16 @@ impl RoundRobin {
         RoundRobin { next: Cell::new(start) }
     }
 
-    /// The next server, skipping `avoid` (one that just failed) and ejected servers while another exists.
+    /// The next server in the set's weighted cycle, skipping `avoid` (one that just failed) and ejected
+    /// servers while another exists.
     pub fn pick(&self, set: &BackendSet, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
-        let n = set.servers.len();
+        let cycle = set.cycle();
+        let n = cycle.len();
         let mut fallback = None;
         for _ in 0..n {
             let i = self.next.get() % n;
-            self.next.set(i.wrapping_add(1));
-            let candidate = &set.servers[i];
+            self.next.set(i + 1);
+            let candidate = &set.servers[cycle[i]];
             if avoid.is_some_and(|a| Arc::ptr_eq(a, candidate)) {
                 continue;
             }
@@ -42,12 +45,21 @@ mod tests {
     use super::*;
     use crate::config::value::backend;
 
+    fn server(port: usize) -> Arc<Backend> {
+        Arc::new(Backend::new(&backend(&format!("127.0.0.1:{port}")).unwrap()))
+    }
+
     fn set(n: usize) -> BackendSet {
-        BackendSet {
-            servers: (0..n)
-                .map(|i| Arc::new(Backend::new(&backend(&format!("127.0.0.1:{}", 1000 + i)).unwrap())))
-                .collect(),
-        }
+        BackendSet::equal((0..n).map(|i| server(1000 + i)).collect())
+    }
+
+    #[test]
+    fn follows_weights_and_skips_weight_zero() {
+        let s = BackendSet::weighted(vec![(server(1), 200), (server(2), 0), (server(3), 100)]);
+        let rr = RoundRobin::new(0);
+        let ports: Vec<_> = (0..6).map(|_| rr.pick(&s, None).unwrap().port).collect();
+        assert_eq!(ports, [1, 3, 1, 1, 3, 1]);
+        assert!(RoundRobin::new(0).pick(&BackendSet::weighted(vec![(server(1), 0)]), None).is_none());
     }
 
     #[test]

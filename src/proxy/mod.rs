@@ -57,7 +57,7 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     }
     tracing::info!("admin ({}) is not served yet: it arrives with the admin work", config.admin);
     let statics: Vec<Arc<Backend>> = config.backends.iter().map(|b| Arc::new(Backend::new(b))).collect();
-    let backends = balance::shared(BackendSet { servers: statics.clone() });
+    let backends = balance::shared(BackendSet::equal(statics.clone()));
     let cluster = cluster::start(
         &config.cluster,
         Announce { role: Role::Proxy, service: None, weight: 0, checked: false, name: String::new(), tags: Vec::new() },
