@@ -14,14 +14,16 @@ pub struct DemoConfig {
     /// First app port; 0 picks free ports.
     pub first_port: u16,
     pub gossip_port: u16,
+    pub admin_port: u16,
 }
 
 pub fn run(config: DemoConfig) -> std::io::Result<()> {
     let stop = crate::signals::BlockingStop::install()?;
     let exe = std::env::current_exe()?;
     let seed = format!("127.0.0.1:{}", config.gossip_port);
+    let admin = format!("127.0.0.1:{}", config.admin_port);
     let mut proxy = Command::new(&exe)
-        .args(["proxy", "--listen", &config.listen.to_string(), "--gossip", &seed, "--admin", "127.0.0.1:1936"])
+        .args(["proxy", "--listen", &config.listen.to_string(), "--gossip", &seed, "--admin", &admin])
         .spawn()?;
     let mut agents: Vec<Child> = Vec::new();
     for i in 1..=config.nodes {
@@ -44,6 +46,9 @@ pub fn run(config: DemoConfig) -> std::io::Result<()> {
     println!("  curl -i {url}                                  # round robin across the nodes");
     println!("  curl -i -c /tmp/jar -b /tmp/jar {url}          # sessionViews counts per node");
     println!("  curl -X POST -d '{{\"delay\":500}}' {url}delay     # slow the next node down");
+    if config.admin_port != 0 {
+        println!("  curl http://{admin}/;csv                     # HAProxy-style stats (the page: /)");
+    }
     println!("Ctrl-C drains the nodes and stops everything.");
     let _ = std::io::stdout().flush();
 

@@ -3,6 +3,7 @@
 //! Data flows one way: the backend set ([`balance`]) is published as a snapshot that the per-core data plane
 //! ([`proxy`]) reads; framing rules live in [`http`], independent of sockets.
 
+pub mod admin;
 pub mod agent;
 pub mod balance;
 pub mod cluster;

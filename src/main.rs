@@ -34,6 +34,7 @@ fn main() -> ExitCode {
                 nodes: a.nodes,
                 first_port: a.first_port,
                 gossip_port: a.gossip_port,
+                admin_port: a.admin_port,
             }))
         }
         Command::Agent(args) => match AgentConfig::load(&args) {

@@ -56,7 +56,17 @@ fn demo_brings_up_three_nodes_and_stops_on_ctrl_c() {
     let listen = dead_port();
     let gossip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = shoal()
-        .args(["demo", "--listen", &listen.to_string(), "--first-port", "0", "--gossip-port", &gossip.to_string()])
+        .args([
+            "demo",
+            "--listen",
+            &listen.to_string(),
+            "--first-port",
+            "0",
+            "--gossip-port",
+            &gossip.to_string(),
+            "--admin-port",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
 
+use super::counters::PerThread;
 use crate::config::BackendSpec;
 
 /// A server requests can be sent to.
@@ -24,10 +25,13 @@ pub struct Backend {
     ejected_until: AtomicU64,
     /// Requests currently using this server, on any thread.
     in_flight: AtomicUsize,
+    /// What happened to requests sent here, per data-plane thread.
+    pub counters: PerThread,
 }
 
 impl Backend {
-    pub fn new(spec: &BackendSpec) -> Backend {
+    /// A server counted by `threads` data-plane threads.
+    pub fn new(spec: &BackendSpec, threads: usize) -> Backend {
         let literal = spec.host.parse::<IpAddr>().ok().map(|ip| Arc::new(SocketAddr::new(ip, spec.port)));
         Backend {
             name: spec.name.clone(),
@@ -36,6 +40,7 @@ impl Backend {
             resolved: ArcSwapOption::new(literal),
             ejected_until: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            counters: PerThread::new(threads),
         }
     }
 

@@ -18,11 +18,13 @@ pub struct ClusterBackends {
     /// One `Backend` per member generation, kept while the member lives so its in-flight count survives
     /// the set being rebuilt (a draining member is out of the set but still counted here).
     known: HashMap<(SocketAddr, u64), Arc<Backend>>,
+    /// Data-plane threads, each with its own counter slot in every backend.
+    threads: usize,
 }
 
 impl ClusterBackends {
-    pub fn new(statics: Vec<Arc<Backend>>, shared: SharedBackends) -> ClusterBackends {
-        ClusterBackends { statics, shared, known: HashMap::new() }
+    pub fn new(statics: Vec<Arc<Backend>>, shared: SharedBackends, threads: usize) -> ClusterBackends {
+        ClusterBackends { statics, shared, known: HashMap::new(), threads }
     }
 }
 
@@ -31,13 +33,14 @@ impl Membership for ClusterBackends {
         let backends: Vec<&Member> =
             members.iter().filter(|m| m.id.role == Role::Backend && m.id.service.is_some()).collect();
         self.known.retain(|key, _| backends.iter().any(|m| (m.id.gossip, m.id.generation) == *key));
+        let threads = self.threads;
         let mut servers: Vec<(Arc<Backend>, u16)> = self.statics.iter().map(|b| (b.clone(), STATIC_WEIGHT)).collect();
         for m in backends {
             let Some(service) = m.id.service else { continue };
             let backend = self.known.entry((m.id.gossip, m.id.generation)).or_insert_with(|| {
                 let spec =
                     BackendSpec { name: m.id.name.clone(), host: service.ip().to_string(), port: service.port() };
-                Arc::new(Backend::new(&spec))
+                Arc::new(Backend::new(&spec, threads))
             });
             if m.is_routable() {
                 servers.push((backend.clone(), m.weight()));

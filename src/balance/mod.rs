@@ -6,6 +6,7 @@
 //! is per thread.
 
 mod backend;
+pub mod counters;
 mod membership;
 mod round_robin;
 
@@ -25,6 +26,8 @@ const MAX_CYCLE: u64 = 4096;
 #[derive(Debug, Default)]
 pub struct BackendSet {
     pub servers: Vec<Arc<Backend>>,
+    /// Each server's weight, in the order of `servers`.
+    pub weights: Vec<u16>,
     /// Round-robin order as indexes into `servers`: each server as often as its weight, interleaved.
     cycle: Vec<usize>,
 }
@@ -33,8 +36,9 @@ impl BackendSet {
     /// Servers with their relative weights (HAProxy's `weight`); a weight of 0 keeps a server out of rotation.
     pub fn weighted(servers: Vec<(Arc<Backend>, u16)>) -> BackendSet {
         let servers: Vec<_> = servers.into_iter().filter(|(_, w)| *w > 0).collect();
-        let weights: Vec<u64> = servers.iter().map(|(_, w)| u64::from(*w)).collect();
-        BackendSet { cycle: smooth_cycle(&weights), servers: servers.into_iter().map(|(b, _)| b).collect() }
+        let weights: Vec<u16> = servers.iter().map(|(_, w)| *w).collect();
+        let cycle = smooth_cycle(&weights.iter().map(|&w| u64::from(w)).collect::<Vec<_>>());
+        BackendSet { cycle, weights, servers: servers.into_iter().map(|(b, _)| b).collect() }
     }
 
     /// Servers sharing traffic equally.

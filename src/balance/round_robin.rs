@@ -46,7 +46,7 @@ mod tests {
     use crate::config::value::backend;
 
     fn server(port: usize) -> Arc<Backend> {
-        Arc::new(Backend::new(&backend(&format!("127.0.0.1:{port}")).unwrap()))
+        Arc::new(Backend::new(&backend(&format!("127.0.0.1:{port}")).unwrap(), 1))
     }
 
     fn set(n: usize) -> BackendSet {

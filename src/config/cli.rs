@@ -54,6 +54,9 @@ pub struct DemoArgs {
     /// The proxy's gossip port, on 127.0.0.1.
     #[arg(long, value_name = "PORT", default_value_t = 7946)]
     pub gossip_port: u16,
+    /// The proxy's stats page, CSV and metrics port, on 127.0.0.1; 0 picks a free port.
+    #[arg(long, value_name = "PORT", default_value_t = 1936)]
+    pub admin_port: u16,
 }
 
 /// Gossip flags shared by `proxy` and `agent`.

@@ -140,6 +140,8 @@ async fn read_head(worker: &Worker, client: &mut Client) -> Head {
 async fn refuse(worker: &Worker, client: &mut Client, status: u16, reason: &str, started: Started) {
     tracing::info!("refused request from {}: {status} {reason}", client.peer);
     let bytes = refusal::response(status);
+    worker.frontend().refused();
+    worker.frontend().response(status, bytes.len() as u64);
     let term = if status == 408 { *b"cR" } else { *b"PR" };
     let elapsed = started.instant.elapsed().as_millis() as i64;
     worker.log(|out| {

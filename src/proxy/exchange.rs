@@ -84,7 +84,8 @@ struct Relayed {
 /// Runs one exchange; returns whether the client connection stays open for another request.
 pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec<u8>, started: Started) -> bool {
     let config = &worker.shared.config;
-    let mut log = LogState { started, server: None, connected: None, responded: None, retries: 0 };
+    let mut log =
+        LogState { started, server: None, reached_server: false, connected: None, responded: None, retries: 0 };
     let mut avoid: Option<Arc<Backend>> = None;
     let mut fresh_only = false;
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
@@ -98,6 +99,7 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
             Ok(up) => up,
             Err(e) => {
                 tracing::warn!("server {} ({}:{}): {e}", backend.name, backend.host, backend.port);
+                backend.counters.slot(worker.id).connect_error();
                 backend.eject(EJECT_FOR);
                 if log.retries == 0 {
                     log.retries += 1;
@@ -108,6 +110,7 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
                 return answer(worker, client, &plan, &log, 503, term).await;
             }
         };
+        log.reached_server = true;
         if worker.log_enabled() {
             log.connected = Some(Instant::now());
         }
@@ -119,6 +122,7 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
                 up_buf.clear();
                 worker.buffers.put(up_buf);
                 log.retries += 1;
+                backend.counters.slot(worker.id).retry();
                 // A reused connection may just have timed out at the backend: try a fresh one. A fresh one
                 // that closed without answering points at a dying backend: try another.
                 if up.reused {
@@ -381,6 +385,16 @@ async fn write_client<W: tokio::io::AsyncWrite + Unpin>(
 
 /// Turns a failure into the client's answer (if it can still get one) and a log line.
 async fn fail(worker: &Worker, client: &mut Client, plan: &Plan, log: &LogState, failure: Failure) -> bool {
+    let server_failed = matches!(
+        failure,
+        Failure::NoResponse
+            | Failure::ServerTimeout
+            | Failure::BadResponse(_)
+            | Failure::AbortedMidResponse([b'S' | b's' | b'P', _])
+    );
+    if let (true, Some(server)) = (server_failed, &log.server) {
+        server.backend().counters.slot(worker.id).response_error();
+    }
     let (status, term) = match failure {
         Failure::NoResponse => (502, *b"SH"),
         Failure::ServerTimeout => (504, *b"sH"),
@@ -420,6 +434,8 @@ struct LogState {
     started: Started,
     /// The server in use, counted as in flight while the exchange holds it.
     server: Option<InFlight>,
+    /// A connection to the server was made (counted against it whether or not the log is on).
+    reached_server: bool,
     connected: Option<Instant>,
     responded: Option<Instant>,
     retries: u32,
@@ -431,7 +447,14 @@ impl LogState {
     }
 }
 
+/// Counts the exchange's outcome and writes its log line: every exchange ends here exactly once.
 fn log_line(worker: &Worker, client: &Client, plan: &Plan, log: &LogState, status: u16, bytes: u64, term: [u8; 2]) {
+    worker.frontend().response(status, bytes);
+    if let (true, Some(server)) = (log.reached_server, &log.server) {
+        let slot = server.backend().counters.slot(worker.id);
+        slot.session();
+        slot.response(status, bytes);
+    }
     if !worker.log_enabled() {
         return;
     }

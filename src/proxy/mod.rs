@@ -22,6 +22,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::balance::counters::PerThread;
 use crate::balance::{self, Backend, BackendSet, ClusterBackends, SharedBackends};
 use crate::cluster::{self, Announce, Role};
 use crate::config::ProxyConfig;
@@ -35,6 +36,10 @@ pub struct Shared {
     pub log: Option<access_log::Sink>,
     /// Client connections open across all threads (`%ac` in the log).
     pub connections: AtomicUsize,
+    /// The frontend's counters, one slot per thread.
+    pub frontend: PerThread,
+    /// When the proxy started, for the stats page.
+    pub started: std::time::SystemTime,
 }
 
 #[derive(Debug, Error)]
@@ -55,13 +60,14 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     if config.backends.is_empty() {
         tracing::warn!("no backend configured: every request is answered 503");
     }
-    tracing::info!("admin ({}) is not served yet: it arrives with the admin work", config.admin);
-    let statics: Vec<Arc<Backend>> = config.backends.iter().map(|b| Arc::new(Backend::new(b))).collect();
+    let admin = std::net::TcpListener::bind(config.admin).map_err(ProxyError::Listen)?;
+    let threads = config.threads;
+    let statics: Vec<Arc<Backend>> = config.backends.iter().map(|b| Arc::new(Backend::new(b, threads))).collect();
     let backends = balance::shared(BackendSet::equal(statics.clone()));
     let cluster = cluster::start(
         &config.cluster,
         Announce { role: Role::Proxy, service: None, weight: 0, checked: false, name: String::new(), tags: Vec::new() },
-        Box::new(ClusterBackends::new(statics, backends.clone())),
+        Box::new(ClusterBackends::new(statics, backends.clone(), threads)),
     )
     .map_err(ProxyError::Listen)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -71,8 +77,16 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     } else {
         (None, None)
     };
-    let threads = config.threads;
-    let shared = Arc::new(Shared { config, backends, shutdown: stop_rx, log, connections: AtomicUsize::new(0) });
+    let shared = Arc::new(Shared {
+        config,
+        backends,
+        shutdown: stop_rx,
+        log,
+        connections: AtomicUsize::new(0),
+        frontend: PerThread::new(threads),
+        started: std::time::SystemTime::now(),
+    });
+    crate::admin::start(admin, shared.clone()).map_err(ProxyError::Start)?;
     let mut workers = Vec::with_capacity(threads);
     for (id, listeners) in per_thread.into_iter().enumerate() {
         let shared = shared.clone();

@@ -17,6 +17,7 @@ use super::buffers::Buffers;
 use super::splice::Pipes;
 use super::upstream::Pool;
 use super::{client, Shared};
+use crate::balance::counters::Slot;
 use crate::balance::{Backend, BackendSet, RoundRobin, SharedBackends};
 
 /// Flush the thread's log buffer at least this often, and whenever it grows past `LOG_BATCH`.
@@ -31,6 +32,8 @@ const BUFFER_SIZE: usize = 4096;
 const IDLE_PIPES: usize = 16;
 
 pub struct Worker {
+    /// This thread's index: its slot in every per-thread counter.
+    pub id: usize,
     pub shared: Arc<Shared>,
     pub pool: RefCell<Pool>,
     balancer: RoundRobin,
@@ -50,6 +53,7 @@ impl Worker {
     fn new(id: usize, shared: Arc<Shared>) -> Worker {
         let c = &shared.config;
         Worker {
+            id,
             pool: RefCell::new(Pool::new(c.limits.pool_max_idle, c.timeouts.pool)),
             balancer: RoundRobin::new(id),
             backends: RefCell::new(Cache::new(shared.backends.clone())),
@@ -63,6 +67,11 @@ impl Worker {
             shutdown: Notify::new(),
             shared,
         }
+    }
+
+    /// This thread's slot of the frontend counters.
+    pub fn frontend(&self) -> &Slot {
+        self.shared.frontend.slot(self.id)
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -215,6 +224,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                worker.frontend().session();
                 let guard = ConnectionGuard::new(worker.clone());
                 tokio::task::spawn_local(async move {
                     client::serve(&guard.0, stream, peer).await;

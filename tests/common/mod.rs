@@ -136,6 +136,9 @@ impl Proxy {
         if !args.contains(&"--gossip") {
             cmd.args(["--gossip", "127.0.0.1:0"]);
         }
+        if !args.contains(&"--admin") {
+            cmd.args(["--admin", "127.0.0.1:0"]);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -156,6 +159,12 @@ impl Proxy {
     /// The gossip address the proxy advertises.
     pub fn gossip(&self) -> String {
         gossip_of(&self.stderr)
+    }
+
+    /// Where the admin endpoints (stats page, CSV, metrics) are served.
+    pub fn admin(&self) -> SocketAddr {
+        let line = self.stderr.wait_for("admin line", |l| l.contains("admin on "));
+        line.rsplit("admin on ").next().unwrap().trim().parse().unwrap()
     }
 
     pub fn signal(&self, sig: i32) {

@@ -1,0 +1,104 @@
+//! The admin side on its own thread, away from the data plane: HAProxy's stats page (`/`), its CSV
+//! (`/;csv`, what HAProxy exporters and scripts read) and Prometheus metrics (`/metrics`), all from the
+//! per-thread counters summed at read time.
+
+mod csv;
+mod page;
+mod prometheus;
+mod stats;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::http::request::parse_request;
+use crate::http::HeadLimits;
+use crate::proxy::Shared;
+
+const READ_LIMIT: usize = 8 * 1024;
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the admin endpoints on `listener` (bound by the caller, so a bad address fails the start).
+pub fn start(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    tracing::info!("admin on {addr}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("shoal-admin".into()).spawn(move || {
+        runtime.block_on(async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return tracing::error!("admin: {e}"),
+            };
+            let mut shutdown = shared.shutdown.clone();
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    // Shared also holds the access log's sender: let go of it so the log thread can end.
+                    _ = shutdown.wait_for(|stopping| *stopping) => return,
+                };
+                match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve(stream, shared.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!("admin accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        // Dropping the runtime here drops any admin request still being served, with its reference.
+    })?;
+    Ok(())
+}
+
+async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    let Ok(Some(target)) = tokio::time::timeout(CLIENT_TIMEOUT, read_target(&mut stream)).await else { return };
+    let (status, kind, body) = respond(&target, &shared);
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(CLIENT_TIMEOUT, async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await
+    })
+    .await;
+}
+
+/// The request target, once a whole head has arrived; `None` for anything else.
+async fn read_target(stream: &mut TcpStream) -> Option<String> {
+    let limits = HeadLimits { max_head_bytes: READ_LIMIT, max_headers: 64 };
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if let Ok(Some(req)) = parse_request(&buf, &limits) {
+            return Some(req.target.to_string());
+        }
+        if buf.len() >= READ_LIMIT || stream.read_buf(&mut buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// Routes like HAProxy's `stats uri /`: options follow a `;` (`/;csv`, `/;csv;norefresh`), or `?stats;csv`.
+fn respond(target: &str, shared: &Shared) -> (&'static str, &'static str, String) {
+    let (path, options) = target.split_once(';').unwrap_or((target, ""));
+    let path = path.strip_suffix("?stats").unwrap_or(path);
+    let snapshot = stats::Snapshot::read(shared);
+    match path {
+        "/" if options.split(';').any(|o| o == "csv") => {
+            ("200 OK", "text/plain; charset=utf-8", csv::render(&snapshot))
+        }
+        "/" => ("200 OK", "text/html; charset=utf-8", page::render(&snapshot)),
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", prometheus::render(&snapshot)),
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found: the stats are at / (;csv for CSV) and /metrics\n".into(),
+        ),
+    }
+}

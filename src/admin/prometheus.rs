@@ -1,0 +1,54 @@
+//! Prometheus text exposition of the same counters.
+
+use std::fmt::Write;
+
+use super::stats::Snapshot;
+use crate::balance::counters::Totals;
+
+const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP shoal_{name} {help}\n# TYPE shoal_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "shoal_{name}{labels} {value}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v)];
+    metric("frontend_connections_total", "counter", "Client connections accepted.", one(s.frontend.sessions));
+    metric("frontend_current_connections", "gauge", "Client connections open.", one(s.connections));
+    metric("frontend_requests_total", "counter", "Requests answered or abandoned.", one(s.frontend.requests));
+    metric("frontend_refused_total", "counter", "Requests refused as malformed.", one(s.frontend.refused));
+    metric("frontend_bytes_out_total", "counter", "Bytes sent to clients.", one(s.frontend.bytes_out));
+    metric("frontend_responses_total", "counter", "Responses by status class.", by_code("", &s.frontend));
+
+    let per_server = |f: &dyn Fn(&super::stats::Server) -> u64| -> Vec<(String, u64)> {
+        s.servers.iter().map(|v| (format!("{{server=\"{}\"}}", label(&v.name)), f(v))).collect()
+    };
+    metric("server_up", "gauge", "1 when the server takes traffic.", per_server(&|v| u64::from(v.status == "UP")));
+    metric("server_weight", "gauge", "The server's weight.", per_server(&|v| u64::from(v.weight)));
+    metric("server_current_requests", "gauge", "Requests in flight.", per_server(&|v| v.in_flight));
+    metric("server_requests_total", "counter", "Requests sent to the server.", per_server(&|v| v.totals.sessions));
+    metric("server_bytes_out_total", "counter", "Bytes relayed to clients.", per_server(&|v| v.totals.bytes_out));
+    metric("server_connect_errors_total", "counter", "Failed connects.", per_server(&|v| v.totals.connect_errors));
+    metric(
+        "server_response_errors_total",
+        "counter",
+        "Responses missing, late or malformed.",
+        per_server(&|v| v.totals.response_errors),
+    );
+    metric("server_retries_total", "counter", "Requests retried.", per_server(&|v| v.totals.retries));
+    let codes = s.servers.iter().flat_map(|v| by_code(&format!("server=\"{}\",", label(&v.name)), &v.totals));
+    metric("server_responses_total", "counter", "Responses by status class.", codes.collect());
+    out
+}
+
+fn by_code(prefix: &str, t: &Totals) -> Vec<(String, u64)> {
+    CODES.iter().zip(t.responses).map(|(code, n)| (format!("{{{prefix}code=\"{code}\"}}"), n)).collect()
+}
+
+/// A label value as the exposition format requires.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

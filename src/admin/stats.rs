@@ -1,0 +1,68 @@
+//! One consistent reading of every counter, shared by the CSV, the page and the metrics.
+
+use std::time::SystemTime;
+
+use crate::balance::counters::Totals;
+use crate::proxy::Shared;
+
+/// HAProxy's proxy names, kept so that tools written for the lab's HAProxy find what they expect.
+pub const FRONTEND: &str = "http";
+pub const BACKEND: &str = "nodes";
+
+pub struct Server {
+    pub name: String,
+    pub address: String,
+    /// UP, or DOWN while a failed connect has it skipped.
+    pub status: &'static str,
+    pub weight: u16,
+    pub in_flight: u64,
+    pub totals: Totals,
+}
+
+pub struct Snapshot {
+    pub frontend: Totals,
+    pub connections: u64,
+    pub max_connections: u64,
+    pub servers: Vec<Server>,
+    pub backend: Totals,
+    pub uptime_s: u64,
+}
+
+impl Snapshot {
+    pub fn read(shared: &Shared) -> Snapshot {
+        let set = shared.backends.load();
+        let servers: Vec<Server> = set
+            .servers
+            .iter()
+            .zip(&set.weights)
+            .map(|(b, &weight)| Server {
+                name: b.name.clone(),
+                address: format!("{}:{}", b.host, b.port),
+                status: if b.is_ejected() { "DOWN" } else { "UP" },
+                weight,
+                in_flight: b.in_flight() as u64,
+                totals: b.counters.sum(),
+            })
+            .collect();
+        let mut backend = Totals::default();
+        for s in &servers {
+            backend += s.totals;
+        }
+        Snapshot {
+            frontend: shared.frontend.sum(),
+            connections: shared.connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            max_connections: shared.config.limits.max_connections as u64,
+            servers,
+            backend,
+            uptime_s: SystemTime::now().duration_since(shared.started).map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    pub fn backend_status(&self) -> &'static str {
+        if self.servers.iter().any(|s| s.status == "UP") {
+            "UP"
+        } else {
+            "DOWN"
+        }
+    }
+}

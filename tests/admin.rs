@@ -1,0 +1,104 @@
+//! The admin endpoints of a running proxy: HAProxy's stats CSV with the per-thread counters merged, the
+//! stats page, Prometheus metrics.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use common::{Backend, Proxy, WAIT};
+
+/// GET on the admin port; the status and body.
+fn admin_get(proxy: &Proxy, path: &str) -> (u16, String) {
+    let r = common::get(proxy.admin(), path);
+    (r.status(), r.body_str())
+}
+
+/// The CSV as one map per row (column name -> value), keyed by "pxname/svname"; every row must have exactly
+/// the header's columns.
+fn csv(proxy: &Proxy) -> HashMap<String, HashMap<String, String>> {
+    let (status, body) = admin_get(proxy, "/;csv");
+    assert_eq!(status, 200);
+    let mut lines = body.lines();
+    let header = lines.next().unwrap().strip_prefix("# ").expect("HAProxy's '# ' before the header");
+    let names: Vec<&str> = header.split(',').collect();
+    assert_eq!(&names[..8], ["pxname", "svname", "qcur", "qmax", "scur", "smax", "slim", "stot"]);
+    lines
+        .map(|line| {
+            let values: Vec<&str> = line.split(',').collect();
+            assert_eq!(values.len(), names.len(), "row {line:?} has the header's columns");
+            let row: HashMap<String, String> =
+                names.iter().zip(&values).map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            (format!("{}/{}", row["pxname"], row["svname"]), row)
+        })
+        .collect()
+}
+
+fn num(row: &HashMap<String, String>, column: &str) -> u64 {
+    row[column].parse().unwrap_or_else(|_| panic!("{column} = {:?} is not a number", row[column]))
+}
+
+#[test]
+fn csv_page_and_metrics_count_what_clients_saw() {
+    let good = Backend::http(|_| common::ok("good"));
+    let bad = Backend::http(|_| b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail".to_vec());
+    let dead = common::dead_port();
+    let proxy = Proxy::start(&[
+        "--threads",
+        "2",
+        "--backend",
+        &format!("s1={}", good.addr),
+        "--backend",
+        &format!("s2={}", bad.addr),
+        "--backend",
+        &format!("s3={dead}"),
+    ]);
+
+    let mut seen = HashMap::<u16, u64>::new();
+    for _ in 0..12 {
+        *seen.entry(common::get(proxy.addr, "/").status()).or_default() += 1;
+    }
+    let refused = common::request(proxy.addr, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(refused.status(), 400, "no Host");
+    assert_eq!(seen.values().sum::<u64>(), 12);
+
+    // Counting follows the response by a moment: wait for all 13, then compare.
+    let start = Instant::now();
+    let rows = loop {
+        let rows = csv(&proxy);
+        if num(&rows["http/FRONTEND"], "req_tot") == 13 {
+            break rows;
+        }
+        assert!(start.elapsed() < WAIT, "frontend never counted 13 requests: {:?}", rows["http/FRONTEND"]);
+    };
+    let fe = &rows["http/FRONTEND"];
+    assert_eq!((fe["type"].as_str(), fe["status"].as_str()), ("0", "OPEN"));
+    assert_eq!(num(fe, "hrsp_2xx"), seen[&200]);
+    assert_eq!(num(fe, "hrsp_5xx"), seen[&500]);
+    assert_eq!((num(fe, "hrsp_4xx"), num(fe, "ereq")), (1, 1));
+    assert_eq!(num(fe, "stot"), 13, "one connection per request");
+
+    let (s1, s2, s3) = (&rows["nodes/s1"], &rows["nodes/s2"], &rows["nodes/s3"]);
+    assert_eq!((num(s1, "hrsp_2xx"), num(s1, "hrsp_5xx")), (seen[&200], 0));
+    assert_eq!((num(s2, "hrsp_5xx"), num(s2, "hrsp_2xx")), (seen[&500], 0));
+    assert!(num(s3, "econ") >= 1, "the dead server's refused connects: {s3:?}");
+    assert_eq!(num(s3, "stot"), 0);
+    assert_eq!((s1["type"].as_str(), s1["weight"].as_str()), ("2", "100"));
+
+    let be = &rows["nodes/BACKEND"];
+    assert_eq!(be["type"], "1");
+    assert_eq!(num(be, "stot"), num(s1, "stot") + num(s2, "stot") + num(s3, "stot"));
+    assert_eq!(num(be, "stot"), 12, "every request but the refused one reached a server");
+    assert_eq!(num(be, "hrsp_2xx") + num(be, "hrsp_5xx"), 12);
+
+    let (status, metrics) = admin_get(&proxy, "/metrics");
+    assert_eq!(status, 200);
+    let line = format!("shoal_server_responses_total{{server=\"s1\",code=\"2xx\"}} {}", seen[&200]);
+    assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    assert!(metrics.lines().any(|l| l == "shoal_frontend_requests_total 13"), "{metrics}");
+
+    let (status, page) = admin_get(&proxy, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("<table>") && page.contains(&format!("s1 ({})", good.addr)), "{page}");
+    assert_eq!(admin_get(&proxy, "/nope").0, 404);
+}
