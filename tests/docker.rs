@@ -43,7 +43,8 @@ impl Project {
         let file = root().join("docker/docker-compose.yml");
         let mut cmd = Command::new("docker-compose");
         cmd.args(["--project-name", &self.name, "--file"]).arg(file).args(args);
-        cmd.env("SHOAL_IMAGE", IMAGE).env("SHOAL_PUBLISH", "127.0.0.1:").env_remove("SHOAL_CLUSTER_KEY");
+        cmd.env("SHOAL_IMAGE", IMAGE).env("SHOAL_PUBLISH", "127.0.0.1:").env("SHOAL_ADMIN_PUBLISH", "127.0.0.1:");
+        cmd.env_remove("SHOAL_CLUSTER_KEY");
         cmd
     }
 
@@ -78,6 +79,17 @@ fn get_host(addr: SocketAddr) -> Result<String, String> {
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
     let host = body.split("\"host\":\"").nth(1).and_then(|rest| rest.split('"').next());
     host.map(str::to_string).ok_or_else(|| format!("no host in {body}"))
+}
+
+/// The body of GET `path` from `addr`.
+fn fetch(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
 }
 
 /// Sends GETs until `done` holds for the hosts seen in the last `window` answers; every GET must succeed
@@ -157,4 +169,16 @@ fn compose_swap_nodes_join_in_any_order_and_leave_on_failure() {
     assert!(three.iter().any(|h| h == s1_host), "s1 ({s1_host}) was serving: {three:?}");
     run(Command::new("docker").args(["kill", &s1]));
     until(addr, "the killed node out of rotation", 12, true, |h| distinct(h) == 2 && !h.iter().any(|x| x == s1_host));
+
+    // The stats CSV on the published 1936 lists the two live servers, UP, and the requests they served.
+    let admin: SocketAddr = stdout(run(&mut project.compose(&["port", "ha", "1936"]))).parse().unwrap();
+    let csv = fetch(admin, "/;csv");
+    assert!(csv.starts_with("# pxname,svname,"), "{csv}");
+    let servers: Vec<Vec<&str>> = csv
+        .lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[0] == "nodes" && f[1] != "BACKEND")
+        .collect();
+    assert_eq!(servers.len(), 2, "{csv}");
+    assert!(servers.iter().all(|f| f[17] == "UP" && f[7].parse::<u64>().unwrap() > 0), "{csv}");
 }
