@@ -66,12 +66,12 @@ fn csv_page_and_metrics_count_what_clients_saw() {
     let start = Instant::now();
     let rows = loop {
         let rows = csv(&proxy);
-        if num(&rows["http/FRONTEND"], "req_tot") == 13 {
+        if num(&rows["shoal/FRONTEND"], "req_tot") == 13 {
             break rows;
         }
-        assert!(start.elapsed() < WAIT, "frontend never counted 13 requests: {:?}", rows["http/FRONTEND"]);
+        assert!(start.elapsed() < WAIT, "frontend never counted 13 requests: {:?}", rows["shoal/FRONTEND"]);
     };
-    let fe = &rows["http/FRONTEND"];
+    let fe = &rows["shoal/FRONTEND"];
     assert_eq!((fe["type"].as_str(), fe["status"].as_str()), ("0", "OPEN"));
     assert_eq!(num(fe, "hrsp_2xx"), seen[&200]);
     assert_eq!(num(fe, "hrsp_5xx"), seen[&500]);

@@ -5,9 +5,7 @@ use std::time::SystemTime;
 use crate::balance::counters::Totals;
 use crate::proxy::Shared;
 
-/// HAProxy's proxy names, kept so that tools written for the lab's HAProxy find what they expect.
-pub const FRONTEND: &str = "http";
-pub const BACKEND: &str = "nodes";
+pub use crate::proxy::{BACKEND_NAME as BACKEND, FRONTEND_NAME as FRONTEND};
 
 pub struct Server {
     pub name: String,

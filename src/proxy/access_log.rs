@@ -11,6 +11,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::{BACKEND_NAME, FRONTEND_NAME};
+
 /// The sending side, shared by every thread.
 pub struct Sink {
     tx: SyncSender<Vec<u8>>,
@@ -57,6 +59,9 @@ pub struct Record<'a> {
     /// `%tsc`: who ended the session and in which phase.
     pub termination: [u8; 2],
     pub active: usize,
+    /// `%bc` and `%sc`: requests in flight to the backend's servers, and to this one.
+    pub backend_conns: usize,
+    pub server_conns: usize,
     pub retries: u32,
     /// The request line, or `None` for `<BADREQ>`.
     pub line: Option<&'a str>,
@@ -66,16 +71,24 @@ pub struct Record<'a> {
 /// %sq/%bq %{+Q}r`.
 pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
     let (backend, server) = match r.server {
-        Some(s) => ("nodes", s),
-        None => ("shoal", "<NOSRV>"),
+        Some(s) => (BACKEND_NAME, s),
+        None => (FRONTEND_NAME, "<NOSRV>"),
     };
     let [tr, tw, tc, tr2, ta] = r.timers;
     let _ = write!(out, "{}:{} [", r.client.ip().to_canonical(), r.client.port());
     write_date(r.accepted, out);
     let _ = write!(
         out,
-        "] shoal {backend}/{server} {tr}/{tw}/{tc}/{tr2}/{ta} {} {} - - {}{}-- {}/{}/0/0/{} 0/0 \"",
-        r.status, r.bytes, r.termination[0] as char, r.termination[1] as char, r.active, r.active, r.retries
+        "] {FRONTEND_NAME} {backend}/{server} {tr}/{tw}/{tc}/{tr2}/{ta} {} {} - - {}{}-- {}/{}/{}/{}/{} 0/0 \"",
+        r.status,
+        r.bytes,
+        r.termination[0] as char,
+        r.termination[1] as char,
+        r.active,
+        r.active,
+        r.backend_conns,
+        r.server_conns,
+        r.retries
     );
     match r.line {
         Some(line) => {
@@ -145,6 +158,8 @@ mod tests {
             bytes: 512,
             termination: *b"--",
             active: 1,
+            backend_conns: 0,
+            server_conns: 0,
             retries: 0,
             line: Some("GET /\"x\" HTTP/1.1"),
         };

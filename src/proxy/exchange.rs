@@ -477,6 +477,8 @@ fn log_line(worker: &Worker, client: &Client, plan: &Plan, log: &LogState, statu
                 bytes,
                 termination: term,
                 active: worker.active_connections(),
+                backend_conns: worker.backend_in_flight(),
+                server_conns: log.server.as_ref().map_or(0, |f| f.backend().in_flight()),
                 retries: log.retries,
                 line: plan.line.as_deref(),
             },

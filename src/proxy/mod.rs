@@ -28,6 +28,11 @@ use crate::cluster::{self, Announce, Role};
 use crate::config::ProxyConfig;
 use crate::signals::BlockingStop;
 
+/// The frontend's and the backend's names in the access log and the stats, as HAProxy's proxy names: tools
+/// written for the lab's HAProxy (`nodes/s1`) find what they expect.
+pub const FRONTEND_NAME: &str = "shoal";
+pub const BACKEND_NAME: &str = "nodes";
+
 /// State every data-plane thread reads. Only snapshots and relaxed counters live here.
 pub struct Shared {
     pub config: ProxyConfig,

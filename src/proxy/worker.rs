@@ -69,6 +69,11 @@ impl Worker {
         }
     }
 
+    /// Requests in flight to the servers of the current set, from every thread (`%bc`).
+    pub fn backend_in_flight(&self) -> usize {
+        self.backends.borrow_mut().load().servers.iter().map(|b| b.in_flight()).sum()
+    }
+
     /// This thread's slot of the frontend counters.
     pub fn frontend(&self) -> &Slot {
         self.shared.frontend.slot(self.id)
