@@ -15,6 +15,7 @@ pub struct DemoConfig {
     pub first_port: u16,
     pub gossip_port: u16,
     pub admin_port: u16,
+    pub runtime_api_port: u16,
 }
 
 pub fn run(config: DemoConfig) -> std::io::Result<()> {
@@ -22,8 +23,10 @@ pub fn run(config: DemoConfig) -> std::io::Result<()> {
     let exe = std::env::current_exe()?;
     let seed = format!("127.0.0.1:{}", config.gossip_port);
     let admin = format!("127.0.0.1:{}", config.admin_port);
+    let runtime_api = format!("127.0.0.1:{}", config.runtime_api_port);
     let mut proxy = Command::new(&exe)
-        .args(["proxy", "--listen", &config.listen.to_string(), "--gossip", &seed, "--admin", &admin])
+        .args(["proxy", "--listen", &config.listen.to_string(), "--gossip", &seed])
+        .args(["--admin", &admin, "--runtime-api", &runtime_api])
         .spawn()?;
     let mut agents: Vec<Child> = Vec::new();
     for i in 1..=config.nodes {

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                 first_port: a.first_port,
                 gossip_port: a.gossip_port,
                 admin_port: a.admin_port,
+                runtime_api_port: a.runtime_api_port,
             }))
         }
         Command::Agent(args) => match AgentConfig::load(&args) {

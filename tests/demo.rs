@@ -66,6 +66,8 @@ fn demo_brings_up_three_nodes_and_stops_on_ctrl_c() {
             &gossip.to_string(),
             "--admin-port",
             "0",
+            "--runtime-api-port",
+            "0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

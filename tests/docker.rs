@@ -43,7 +43,10 @@ impl Project {
         let file = root().join("docker/docker-compose.yml");
         let mut cmd = Command::new("docker-compose");
         cmd.args(["--project-name", &self.name, "--file"]).arg(file).args(args);
-        cmd.env("SHOAL_IMAGE", IMAGE).env("SHOAL_PUBLISH", "127.0.0.1:").env("SHOAL_ADMIN_PUBLISH", "127.0.0.1:");
+        for published in ["SHOAL_PUBLISH", "SHOAL_ADMIN_PUBLISH", "SHOAL_RUNTIME_PUBLISH"] {
+            cmd.env(published, "127.0.0.1:");
+        }
+        cmd.env("SHOAL_IMAGE", IMAGE);
         cmd.env_remove("SHOAL_CLUSTER_KEY");
         cmd
     }

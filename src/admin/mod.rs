@@ -1,10 +1,11 @@
-//! The admin side on its own thread, away from the data plane: HAProxy's stats page (`/`), its CSV
+//! The admin side on threads of its own, away from the data plane: HAProxy's stats page (`/`), its CSV
 //! (`/;csv`, what HAProxy exporters and scripts read) and Prometheus metrics (`/metrics`), all from the
-//! per-thread counters summed at read time.
+//! per-thread counters summed at read time; and the runtime API ([`runtime`]).
 
 mod csv;
 mod page;
 mod prometheus;
+pub mod runtime;
 mod stats;
 
 use std::io;
@@ -23,26 +24,37 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the admin endpoints on `listener` (bound by the caller, so a bad address fails the start).
 pub fn start(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result<()> {
+    tracing::info!("admin on {}", listener.local_addr()?);
+    serve_listener("shoal-admin", listener, shared.clone(), move |stream| serve(stream, shared.clone()))
+}
+
+/// Accepts on `listener` on a thread of its own, running `handle` for each connection, until shutdown.
+fn serve_listener<F, Fut>(name: &str, listener: std::net::TcpListener, shared: Arc<Shared>, handle: F) -> io::Result<()>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    tracing::info!("admin on {addr}");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("shoal-admin".into()).spawn(move || {
-        runtime.block_on(async move {
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async move {
             let listener = match TcpListener::from_std(listener) {
                 Ok(l) => l,
                 Err(e) => return tracing::error!("admin: {e}"),
             };
             let mut shutdown = shared.shutdown.clone();
+            // Shared also holds the access log's sender: this thread lets go of it at shutdown (by returning,
+            // which drops the handler and every connection still served), so the log thread can end.
+            drop(shared);
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
-                    // Shared also holds the access log's sender: let go of it so the log thread can end.
                     _ = shutdown.wait_for(|stopping| *stopping) => return,
                 };
                 match accepted {
                     Ok((stream, _)) => {
-                        tokio::spawn(serve(stream, shared.clone()));
+                        tokio::task::spawn_local(handle(stream));
                     }
                     Err(e) => {
                         tracing::warn!("admin accept: {e}");
@@ -51,7 +63,6 @@ pub fn start(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result
                 }
             }
         });
-        // Dropping the runtime here drops any admin request still being served, with its reference.
     })?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use crate::balance::counters::Totals;
+use crate::balance::ServerState;
 use crate::proxy::Shared;
 
 pub use crate::proxy::{BACKEND_NAME as BACKEND, FRONTEND_NAME as FRONTEND};
@@ -10,7 +11,7 @@ pub use crate::proxy::{BACKEND_NAME as BACKEND, FRONTEND_NAME as FRONTEND};
 pub struct Server {
     pub name: String,
     pub address: String,
-    /// UP, or DOWN while a failed connect has it skipped.
+    /// UP, DOWN (failing its check, or skipped after a failed connect), DRAIN or MAINT.
     pub status: &'static str,
     pub weight: u16,
     pub in_flight: u64,
@@ -33,10 +34,12 @@ impl Snapshot {
             .servers
             .iter()
             .zip(&set.weights)
-            .map(|(b, &weight)| Server {
+            .zip(&set.states)
+            .map(|((b, &weight), &state)| Server {
                 name: b.name.clone(),
                 address: format!("{}:{}", b.host, b.port),
-                status: if b.is_ejected() { "DOWN" } else { "UP" },
+                // A server skipped after a failed connect is down for now, whatever membership says.
+                status: if state == ServerState::Up && b.is_ejected() { "DOWN" } else { state.as_str() },
                 weight,
                 in_flight: b.in_flight() as u64,
                 totals: b.counters.sum(),

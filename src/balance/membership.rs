@@ -1,58 +1,131 @@
-//! Turns gossip membership into backend-set snapshots: the static backends, then every live backend member
-//! that is routable (healthy, not draining), each with its announced weight.
+//! Turns gossip membership, plus an operator's overrides, into backend-set snapshots: the static backends,
+//! then every live backend member, each with its weight and state (UP when healthy and not draining).
+//!
+//! The [`Publisher`] is shared by the cluster thread (membership changes) and the runtime API (overrides);
+//! both republish through it. Neither is on the request path, which only loads the published snapshot.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{Backend, BackendSet, SharedBackends};
+use parking_lot::Mutex;
+use thiserror::Error;
+
+use super::{Backend, BackendSet, ServerState, SharedBackends};
 use crate::cluster::{Member, Membership, NodeId, Role};
 use crate::config::BackendSpec;
 
 /// Static `--backend` servers weigh as much as an agent with the default `--weight`.
 const STATIC_WEIGHT: u16 = 100;
 
-pub struct ClusterBackends {
+/// What an operator set on a server (HAProxy's `set server ... state|weight`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Override {
+    /// `Drain` or `Maint`; `None` is HAProxy's `ready`.
+    pub state: Option<ServerState>,
+    pub weight: Option<u16>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("no such server: {0}")]
+pub struct NoSuchServer(pub String);
+
+pub struct Publisher {
     statics: Vec<Arc<Backend>>,
     shared: SharedBackends,
-    /// One `Backend` per member generation, kept while the member lives so its in-flight count survives
-    /// the set being rebuilt (a draining member is out of the set but still counted here).
+    /// One `Backend` per member generation, kept while the member lives so its counters and in-flight count
+    /// survive the set being rebuilt.
     known: HashMap<(SocketAddr, u64), Arc<Backend>>,
+    members: Vec<Member>,
+    overrides: HashMap<String, Override>,
     /// Data-plane threads, each with its own counter slot in every backend.
     threads: usize,
 }
 
-impl ClusterBackends {
-    pub fn new(statics: Vec<Arc<Backend>>, shared: SharedBackends, threads: usize) -> ClusterBackends {
-        ClusterBackends { statics, shared, known: HashMap::new(), threads }
+impl Publisher {
+    pub fn new(statics: Vec<Arc<Backend>>, shared: SharedBackends, threads: usize) -> Arc<Mutex<Publisher>> {
+        let mut p = Publisher {
+            statics,
+            shared,
+            known: HashMap::new(),
+            members: Vec::new(),
+            overrides: HashMap::new(),
+            threads,
+        };
+        p.publish();
+        Arc::new(Mutex::new(p))
     }
-}
 
-impl Membership for ClusterBackends {
-    fn changed(&mut self, members: &[Member]) {
-        let backends: Vec<&Member> =
-            members.iter().filter(|m| m.id.role == Role::Backend && m.id.service.is_some()).collect();
-        self.known.retain(|key, _| backends.iter().any(|m| (m.id.gossip, m.id.generation) == *key));
+    /// Records an operator's change to the server(s) named `name` and republishes.
+    pub fn set(&mut self, name: &str, change: impl FnOnce(&mut Override)) -> Result<(), NoSuchServer> {
+        let exists = self.statics.iter().any(|b| b.name == name) || self.members.iter().any(|m| m.id.name == name);
+        if !exists {
+            return Err(NoSuchServer(name.to_string()));
+        }
+        let entry = self.overrides.entry(name.to_string()).or_default();
+        change(entry);
+        if *entry == Override::default() {
+            self.overrides.remove(name);
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn update(&mut self, members: &[Member]) {
+        self.members =
+            members.iter().filter(|m| m.id.role == Role::Backend && m.id.service.is_some()).cloned().collect();
+        let live = &self.members;
+        self.known.retain(|key, _| live.iter().any(|m| (m.id.gossip, m.id.generation) == *key));
+        self.publish();
+    }
+
+    fn publish(&mut self) {
         let threads = self.threads;
-        let mut servers: Vec<(Arc<Backend>, u16)> = self.statics.iter().map(|b| (b.clone(), STATIC_WEIGHT)).collect();
-        for m in backends {
+        let mut servers: Vec<(Arc<Backend>, u16, ServerState)> =
+            self.statics.iter().map(|b| (b.clone(), STATIC_WEIGHT, ServerState::Up)).collect();
+        for m in &self.members {
             let Some(service) = m.id.service else { continue };
             let backend = self.known.entry((m.id.gossip, m.id.generation)).or_insert_with(|| {
                 let spec =
                     BackendSpec { name: m.id.name.clone(), host: service.ip().to_string(), port: service.port() };
                 Arc::new(Backend::new(&spec, threads))
             });
-            if m.is_routable() {
-                servers.push((backend.clone(), m.weight()));
-            }
+            let state = if m.is_routable() {
+                ServerState::Up
+            } else if m.is_draining() {
+                ServerState::Drain
+            } else {
+                ServerState::Down
+            };
+            servers.push((backend.clone(), m.weight(), state));
         }
-        let set = BackendSet::weighted(servers);
-        let count = set.servers.len();
+        for (backend, weight, state) in &mut servers {
+            let Some(o) = self.overrides.get(&backend.name) else { continue };
+            *weight = o.weight.unwrap_or(*weight);
+            *state = match (o.state, *state) {
+                (Some(ServerState::Maint), _) => ServerState::Maint,
+                (Some(ServerState::Drain), ServerState::Up) => ServerState::Drain,
+                (_, current) => current,
+            };
+        }
+        let set = BackendSet::new(servers);
+        let up = set.states.iter().zip(&set.weights).filter(|(s, w)| **s == ServerState::Up && **w > 0).count();
+        let known = set.servers.len();
         self.shared.store(Arc::new(set));
-        tracing::info!("backend set now has {count} servers");
+        // Logged once published: tests (and operators) take this line to mean the set is in effect.
+        tracing::info!("backend set now has {up} servers in rotation, {known} known");
+    }
+}
+
+/// The cluster thread's handle on the publisher.
+pub struct ClusterBackends(pub Arc<Mutex<Publisher>>);
+
+impl Membership for ClusterBackends {
+    fn changed(&mut self, members: &[Member]) {
+        self.0.lock().update(members);
     }
 
     fn busy_with(&self, node: &NodeId) -> bool {
-        self.known.get(&(node.gossip, node.generation)).is_some_and(|b| b.in_flight() > 0)
+        self.0.lock().known.get(&(node.gossip, node.generation)).is_some_and(|b| b.in_flight() > 0)
     }
 }

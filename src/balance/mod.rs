@@ -15,30 +15,73 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use backend::{Backend, InFlight};
-pub use membership::ClusterBackends;
+pub use membership::{ClusterBackends, NoSuchServer, Override, Publisher};
 pub use round_robin::RoundRobin;
 
 /// The longest weighted round-robin cycle; larger weight sums are scaled down to it (every server keeps a
 /// place), so rebuilding a set and walking its cycle stay cheap whatever weights the members announce.
 const MAX_CYCLE: u64 = 4096;
 
-/// An immutable snapshot of the servers that may receive traffic.
+/// A server's state, as HAProxy's status column names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// In rotation.
+    Up,
+    /// Failing its health check (or not yet passing it).
+    Down,
+    /// Finishing what it has, taking nothing new: its agent is draining, or an operator said so.
+    Drain,
+    /// Taken out by an operator.
+    Maint,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Up => "UP",
+            ServerState::Down => "DOWN",
+            ServerState::Drain => "DRAIN",
+            ServerState::Maint => "MAINT",
+        }
+    }
+}
+
+/// An immutable snapshot of the servers known to the proxy, and the order in which those in rotation take
+/// requests.
 #[derive(Debug, Default)]
 pub struct BackendSet {
+    /// Every known server, in rotation or not (the stats list them all).
     pub servers: Vec<Arc<Backend>>,
     /// Each server's weight, in the order of `servers`.
     pub weights: Vec<u16>,
-    /// Round-robin order as indexes into `servers`: each server as often as its weight, interleaved.
+    /// Each server's state, in the order of `servers`.
+    pub states: Vec<ServerState>,
+    /// Round-robin order as indexes into `servers`: each server in rotation as often as its weight,
+    /// interleaved.
     cycle: Vec<usize>,
 }
 
 impl BackendSet {
-    /// Servers with their relative weights (HAProxy's `weight`); a weight of 0 keeps a server out of rotation.
+    /// Servers with their weights (HAProxy's `weight`) and states; those UP with a weight above 0 are in
+    /// rotation.
+    pub fn new(servers: Vec<(Arc<Backend>, u16, ServerState)>) -> BackendSet {
+        let rotation: Vec<u64> =
+            servers.iter().map(|(_, w, state)| if *state == ServerState::Up { u64::from(*w) } else { 0 }).collect();
+        let in_rotation: Vec<usize> = (0..servers.len()).filter(|&i| rotation[i] > 0).collect();
+        let weights_in_rotation: Vec<u64> = in_rotation.iter().map(|&i| rotation[i]).collect();
+        let cycle = smooth_cycle(&weights_in_rotation).into_iter().map(|k| in_rotation[k]).collect();
+        let mut set = BackendSet { cycle, ..BackendSet::default() };
+        for (backend, weight, state) in servers {
+            set.servers.push(backend);
+            set.weights.push(weight);
+            set.states.push(state);
+        }
+        set
+    }
+
+    /// Servers in rotation with their weights; a weight of 0 keeps a server out of rotation.
     pub fn weighted(servers: Vec<(Arc<Backend>, u16)>) -> BackendSet {
-        let servers: Vec<_> = servers.into_iter().filter(|(_, w)| *w > 0).collect();
-        let weights: Vec<u16> = servers.iter().map(|(_, w)| *w).collect();
-        let cycle = smooth_cycle(&weights.iter().map(|&w| u64::from(w)).collect::<Vec<_>>());
-        BackendSet { cycle, weights, servers: servers.into_iter().map(|(b, _)| b).collect() }
+        BackendSet::new(servers.into_iter().map(|(b, w)| (b, w, ServerState::Up)).collect())
     }
 
     /// Servers sharing traffic equally.

@@ -35,8 +35,8 @@ impl RoundRobin {
             }
             return Some(candidate.clone());
         }
-        // Every server is ejected or avoided: trying one beats refusing outright.
-        fallback.or(set.servers.first()).cloned()
+        // Every server in rotation is ejected or avoided: trying one beats refusing outright.
+        fallback.or_else(|| cycle.first().map(|&i| &set.servers[i])).cloned()
     }
 }
 

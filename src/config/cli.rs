@@ -57,6 +57,9 @@ pub struct DemoArgs {
     /// The proxy's stats page, CSV and metrics port, on 127.0.0.1; 0 picks a free port.
     #[arg(long, value_name = "PORT", default_value_t = 1936)]
     pub admin_port: u16,
+    /// The proxy's runtime API port, on 127.0.0.1; 0 picks a free port.
+    #[arg(long, value_name = "PORT", default_value_t = 9999)]
+    pub runtime_api_port: u16,
 }
 
 /// Gossip flags shared by `proxy` and `agent`.
@@ -147,6 +150,9 @@ pub struct ProxyArgs {
     /// Admin and stats listener [default: 0.0.0.0:1936].
     #[arg(long, env = "SHOAL_ADMIN", value_name = "ADDR", value_parser = value::listen_addr)]
     pub admin: Option<SocketAddr>,
+    /// Runtime API listener, HAProxy's `stats socket` commands over TCP [default: 0.0.0.0:9999].
+    #[arg(long, env = "SHOAL_RUNTIME_API", value_name = "ADDR", value_parser = value::listen_addr)]
+    pub runtime_api: Option<SocketAddr>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Data-plane threads, one accept loop each [default: the number of cores].

@@ -55,6 +55,8 @@ pub struct ProxyConfig {
     pub listen: Vec<SocketAddr>,
     pub backends: Vec<BackendSpec>,
     pub admin: SocketAddr,
+    /// Where the runtime API (HAProxy's stats socket commands) listens.
+    pub runtime_api: SocketAddr,
     pub cluster: ClusterConfig,
     pub threads: usize,
     pub pin_cpus: bool,
@@ -277,6 +279,10 @@ impl ProxyConfig {
                 .admin
                 .or(s.get("admin", &f.admin, |v| value::listen_addr(v))?)
                 .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1936)),
+            runtime_api: args
+                .runtime_api
+                .or(s.get("runtime_api", &f.runtime_api, |v| value::listen_addr(v))?)
+                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9999)),
             cluster: cluster_config(&args.cluster, s, f)?,
             threads: in_range("threads", count(args.threads, "threads", &f.threads, cores)?, 1, 1024)?,
             pin_cpus: args.pin_cpus.or(f.pin_cpus.as_ref().map(|v| *v.get_ref())).unwrap_or(false),

@@ -23,7 +23,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::balance::counters::PerThread;
-use crate::balance::{self, Backend, BackendSet, ClusterBackends, SharedBackends};
+use crate::balance::{self, Backend, BackendSet, ClusterBackends, Publisher, SharedBackends};
 use crate::cluster::{self, Announce, Role};
 use crate::config::ProxyConfig;
 use crate::signals::BlockingStop;
@@ -66,13 +66,15 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         tracing::warn!("no backend configured: every request is answered 503");
     }
     let admin = std::net::TcpListener::bind(config.admin).map_err(ProxyError::Listen)?;
+    let runtime_api = std::net::TcpListener::bind(config.runtime_api).map_err(ProxyError::Listen)?;
     let threads = config.threads;
     let statics: Vec<Arc<Backend>> = config.backends.iter().map(|b| Arc::new(Backend::new(b, threads))).collect();
-    let backends = balance::shared(BackendSet::equal(statics.clone()));
+    let backends = balance::shared(BackendSet::default());
+    let publisher = Publisher::new(statics, backends.clone(), threads);
     let cluster = cluster::start(
         &config.cluster,
         Announce { role: Role::Proxy, service: None, weight: 0, checked: false, name: String::new(), tags: Vec::new() },
-        Box::new(ClusterBackends::new(statics, backends.clone(), threads)),
+        Box::new(ClusterBackends(publisher.clone())),
     )
     .map_err(ProxyError::Listen)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -92,6 +94,7 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         started: std::time::SystemTime::now(),
     });
     crate::admin::start(admin, shared.clone()).map_err(ProxyError::Start)?;
+    crate::admin::runtime::start(runtime_api, shared.clone(), publisher).map_err(ProxyError::Start)?;
     let mut workers = Vec::with_capacity(threads);
     for (id, listeners) in per_thread.into_iter().enumerate() {
         let shared = shared.clone();

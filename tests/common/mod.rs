@@ -139,6 +139,9 @@ impl Proxy {
         if !args.contains(&"--admin") {
             cmd.args(["--admin", "127.0.0.1:0"]);
         }
+        if !args.contains(&"--runtime-api") {
+            cmd.args(["--runtime-api", "127.0.0.1:0"]);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -159,6 +162,12 @@ impl Proxy {
     /// The gossip address the proxy advertises.
     pub fn gossip(&self) -> String {
         gossip_of(&self.stderr)
+    }
+
+    /// Where the runtime API listens.
+    pub fn runtime_api(&self) -> SocketAddr {
+        let line = self.stderr.wait_for("runtime API line", |l| l.contains("runtime API on "));
+        line.rsplit("runtime API on ").next().unwrap().trim().parse().unwrap()
     }
 
     /// Where the admin endpoints (stats page, CSV, metrics) are served.

@@ -1,0 +1,187 @@
+//! HAProxy's runtime API (its `stats socket`) over TCP, as the lab drove it with `socat - tcp:ha:9999`: one
+//! line of commands per connection (`;` separates several), or an interactive session after `prompt`. Every
+//! answer ends with an empty line. Server changes go through the [`Publisher`], which republishes the set.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::stats::{Snapshot, BACKEND};
+use super::{csv, serve_listener};
+use crate::balance::{Publisher, ServerState};
+use crate::proxy::Shared;
+
+/// How long an interactive session may stay silent.
+const IDLE: Duration = Duration::from_secs(60);
+const LINE_LIMIT: usize = 4096;
+
+const HELP: &str = "The following commands are valid at this level:
+  help                                    : this message
+  prompt                                  : toggle interactive mode with prompt
+  quit                                    : disconnect
+  show info                               : report information about the running process
+  show stat                               : report counters for each proxy and server (CSV)
+  show servers state [<backend>]          : dump volatile server information
+  set server <bk>/<srv> state <state>     : set a server's state (ready, drain, maint)
+  set server <bk>/<srv> weight <weight>   : change a server's weight
+  set weight <bk>/<srv> <weight>          : change a server's weight (deprecated)
+  disable server <bk>/<srv>               : put a server in maintenance
+  enable server <bk>/<srv>                : take a server out of maintenance
+";
+
+/// Serves the runtime API on `listener` (bound by the caller).
+pub fn start(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    publisher: Arc<Mutex<Publisher>>,
+) -> std::io::Result<()> {
+    tracing::info!("runtime API on {}", listener.local_addr()?);
+    serve_listener("shoal-runtime", listener, shared.clone(), move |stream| {
+        session(stream, shared.clone(), publisher.clone())
+    })
+}
+
+async fn session(stream: TcpStream, shared: Arc<Shared>, publisher: Arc<Mutex<Publisher>>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut interactive = false;
+    loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout(IDLE, (&mut reader).take(LINE_LIMIT as u64).read_line(&mut line)).await;
+        let Ok(Ok(n)) = read else { return };
+        if n == 0 {
+            return;
+        }
+        let mut out = String::new();
+        let mut quit = false;
+        for command in line.trim().split(';').map(str::trim).filter(|c| !c.is_empty()) {
+            match command {
+                "quit" => quit = true,
+                "prompt" => interactive = !interactive,
+                _ => {
+                    out.push_str(&answer(command, &shared, &publisher));
+                    out.push('\n');
+                }
+            }
+        }
+        if interactive && !quit {
+            out.push_str("> ");
+        }
+        if write.write_all(out.as_bytes()).await.is_err() || quit || !interactive {
+            return;
+        }
+    }
+}
+
+/// The answer to one command, without the closing empty line.
+fn answer(command: &str, shared: &Shared, publisher: &Mutex<Publisher>) -> String {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    match words.as_slice() {
+        ["help"] => HELP.to_string(),
+        ["show", "stat", ..] => csv::render(&Snapshot::read(shared)),
+        ["show", "info"] => info(shared),
+        ["show", "servers", "state"] => servers_state(shared),
+        ["show", "servers", "state", backend] if *backend == BACKEND => servers_state(shared),
+        ["show", "servers", "state", _] => "Can't find backend.\n".into(),
+        ["set", "server", target, "state", state] => set_state(publisher, target, state),
+        ["set", "server", target, "weight", weight] | ["set", "weight", target, weight] => {
+            set_weight(publisher, target, weight)
+        }
+        ["disable", "server", target] => set_state(publisher, target, "maint"),
+        ["enable", "server", target] => set_state(publisher, target, "ready"),
+        _ => format!("Unknown command: '{command}'\n{HELP}"),
+    }
+}
+
+/// `nodes/s1` -> `s1`, or the error to print.
+fn server_name(target: &str) -> Result<&str, String> {
+    match target.split_once('/') {
+        Some((backend, server)) if backend == BACKEND && !server.is_empty() => Ok(server),
+        Some((backend, _)) if backend != BACKEND => Err("No such backend.\n".into()),
+        _ => Err("Require 'backend/server'.\n".into()),
+    }
+}
+
+fn set_state(publisher: &Mutex<Publisher>, target: &str, state: &str) -> String {
+    let state = match state {
+        "ready" => None,
+        "drain" => Some(ServerState::Drain),
+        "maint" => Some(ServerState::Maint),
+        _ => return "'set server <srv> state' expects 'ready', 'drain' and 'maint'.\n".into(),
+    };
+    let name = match server_name(target) {
+        Ok(name) => name,
+        Err(e) => return e,
+    };
+    match publisher.lock().set(name, |o| o.state = state) {
+        Ok(()) => {
+            tracing::info!(
+                "runtime API: server {BACKEND}/{name} state set to {}",
+                state.map_or("READY", |s| s.as_str())
+            );
+            String::new()
+        }
+        Err(_) => "No such server.\n".into(),
+    }
+}
+
+fn set_weight(publisher: &Mutex<Publisher>, target: &str, weight: &str) -> String {
+    let Ok(weight) = weight.parse::<u16>() else {
+        return "Require <weight> or <weight%>: an integer from 0 to 65535.\n".into();
+    };
+    let name = match server_name(target) {
+        Ok(name) => name,
+        Err(e) => return e,
+    };
+    match publisher.lock().set(name, |o| o.weight = Some(weight)) {
+        Ok(()) => {
+            tracing::info!("runtime API: server {BACKEND}/{name} weight set to {weight}");
+            String::new()
+        }
+        Err(_) => "No such server.\n".into(),
+    }
+}
+
+fn info(shared: &Shared) -> String {
+    let s = Snapshot::read(shared);
+    format!(
+        "Name: shoal\nVersion: {}\nNbthread: {}\nUptime_sec: {}\nMaxconn: {}\nCurrConns: {}\nCumConns: {}\nCumReq: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        shared.config.threads,
+        s.uptime_s,
+        s.max_connections,
+        s.connections,
+        s.frontend.sessions,
+        s.frontend.requests
+    )
+}
+
+/// HAProxy's `show servers state` for the columns shoal has: version line `1`, a `#` header, a row per server.
+fn servers_state(shared: &Shared) -> String {
+    let s = Snapshot::read(shared);
+    let mut out = String::from(
+        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_port\n",
+    );
+    for (i, server) in s.servers.iter().enumerate() {
+        // srv_op_state: 2 running, 0 stopped. srv_admin_state: 0x01 maintenance, 0x08 draining.
+        let op = if matches!(server.status, "UP" | "DRAIN") { 2 } else { 0 };
+        let admin = match server.status {
+            "MAINT" => 1,
+            "DRAIN" => 8,
+            _ => 0,
+        };
+        let (addr, port) = server.address.rsplit_once(':').unwrap_or((&server.address, "0"));
+        let _ = writeln!(
+            out,
+            "2 {BACKEND} {} {} {addr} {op} {admin} {w} {w} {port}",
+            i + 1,
+            server.name,
+            w = server.weight
+        );
+    }
+    out
+}
