@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use common::{Backend, Proxy, WAIT};
@@ -34,6 +35,15 @@ fn csv(proxy: &Proxy) -> HashMap<String, HashMap<String, String>> {
         .collect()
 }
 
+/// A proxy with `threads` data-plane threads in front of the named static servers.
+fn proxy_with(threads: usize, servers: &[(&str, SocketAddr)]) -> Proxy {
+    let mut args = vec!["--threads".to_string(), threads.to_string()];
+    for (name, addr) in servers {
+        args.extend(["--backend".to_string(), format!("{name}={addr}")]);
+    }
+    Proxy::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn num(row: &HashMap<String, String>, column: &str) -> u64 {
     row[column].parse().unwrap_or_else(|_| panic!("{column} = {:?} is not a number", row[column]))
 }
@@ -43,16 +53,7 @@ fn csv_page_and_metrics_count_what_clients_saw() {
     let good = Backend::http(|_| common::ok("good"));
     let bad = Backend::http(|_| b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail".to_vec());
     let dead = common::dead_port();
-    let proxy = Proxy::start(&[
-        "--threads",
-        "2",
-        "--backend",
-        &format!("s1={}", good.addr),
-        "--backend",
-        &format!("s2={}", bad.addr),
-        "--backend",
-        &format!("s3={dead}"),
-    ]);
+    let proxy = proxy_with(2, &[("s1", good.addr), ("s2", bad.addr), ("s3", dead)]);
 
     let mut seen = HashMap::<u16, u64>::new();
     for _ in 0..12 {
@@ -128,14 +129,7 @@ fn runtime_api_sets_server_state_and_weight() {
     let one = Backend::http(|_| common::ok("one"));
     let two = Backend::http(|_| common::ok("two"));
     // One thread: one round-robin cursor, so shares are exact over whole cycles.
-    let proxy = Proxy::start(&[
-        "--threads",
-        "1",
-        "--backend",
-        &format!("s1={}", one.addr),
-        "--backend",
-        &format!("s2={}", two.addr),
-    ]);
+    let proxy = proxy_with(1, &[("s1", one.addr), ("s2", two.addr)]);
     let status_of = |server: &str| csv(&proxy)[&format!("nodes/{server}")]["status"].clone();
 
     let stat = runtime(&proxy, "show stat");
