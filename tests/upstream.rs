@@ -108,6 +108,19 @@ fn garbage_or_silence_from_a_backend_is_502() {
     }
 }
 
+#[test]
+fn an_http_1_2_response_is_relayed_as_http_1_1() {
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let r = common::get(proxy.addr, "/");
+    assert_eq!((r.start_line(), r.body_str().as_str()), ("HTTP/1.1 200 OK", "ok"));
+}
+
 fn reply_of(m: &common::Message) -> Vec<u8> {
     m.raw.clone()
 }

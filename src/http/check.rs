@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::chunked::{ChunkedDecoder, Emit};
 use super::request::{lower_minor_version, parse_request};
-use super::response::{parse_response, ResponseBody};
+use super::response::{self, parse_response, ResponseBody};
 use super::rewrite::{client_response, upstream_request, Delivery, Forwarded};
 use super::{HeadLimits, MAX_HEADERS};
 
@@ -48,7 +48,9 @@ pub fn request_round_trip(input: &[u8]) {
 pub fn response_round_trip(input: &[u8]) {
     let Some((&flags, input)) = input.split_first() else { return };
     let request_is_head = flags & 1 != 0;
-    let Ok(Some(resp)) = parse_response(input, &LIMITS, request_is_head) else { return };
+    let mut input = input.to_vec();
+    response::lower_minor_version(&mut input);
+    let Ok(Some(resp)) = parse_response(&input, &LIMITS, request_is_head) else { return };
     let upgrade = resp.status == 101;
     let dechunk = flags & 2 != 0 && resp.body == ResponseBody::Chunked;
     let close = !upgrade && (flags & 4 != 0 || dechunk || resp.body == ResponseBody::UntilClose);

@@ -29,6 +29,14 @@ pub struct Response<'a> {
     pub head_len: usize,
 }
 
+/// Rewrites a status line's `HTTP/1.2`..`HTTP/1.9` to `HTTP/1.1` in place, as requests get (RFC 9110
+/// section 2.5: a higher minor version is read as the highest one implemented); httparse knows only 1.0 and 1.1.
+pub fn lower_minor_version(buf: &mut [u8]) {
+    if let [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor @ b'2'..=b'9', b' ', ..] = buf {
+        *minor = b'1';
+    }
+}
+
 /// Parses a response head; `request_is_head` says the request was HEAD, whose answer has no body.
 pub fn parse_response<'a>(
     buf: &'a [u8],
@@ -98,6 +106,20 @@ pub fn parse_response<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn higher_minor_versions_are_read_as_1_1() {
+        for (raw, want) in [
+            (&b"HTTP/1.2 200 OK\r\n"[..], &b"HTTP/1.1 200 OK\r\n"[..]),
+            (b"HTTP/1.10 200 OK\r\n", b"HTTP/1.10 200 OK\r\n"),
+            (b"HTTP/2.0 200 OK\r\n", b"HTTP/2.0 200 OK\r\n"),
+            (b"HTTP/1.2", b"HTTP/1.2"),
+        ] {
+            let mut buf = raw.to_vec();
+            super::lower_minor_version(&mut buf);
+            assert_eq!(buf, want);
+        }
+    }
+
     use super::*;
 
     fn parse(raw: &[u8], head: bool) -> Response<'_> {

@@ -25,7 +25,7 @@ use super::worker::Worker;
 use super::{refusal, splice, tunnel};
 use crate::balance::{Backend, InFlight};
 use crate::http::request::{Request, RequestBody};
-use crate::http::response::{parse_response, ResponseBody};
+use crate::http::response::{lower_minor_version, parse_response, ResponseBody};
 use crate::http::rewrite::{self, Delivery};
 use crate::http::{HeadLimits, HttpError, Version};
 
@@ -287,6 +287,7 @@ async fn relay_response(
     let mut interim_seen = false;
     loop {
         let parsed = loop {
+            lower_minor_version(up_buf);
             match parse_response(up_buf, &limits, plan.is_head) {
                 Ok(Some(resp)) => break resp,
                 Ok(None) => {}
