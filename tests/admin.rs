@@ -164,9 +164,35 @@ fn runtime_api_sets_server_state_and_weight() {
     assert_eq!(runtime(&proxy, "set server other/s1 state maint"), "No such backend.\n\n");
     assert!(runtime(&proxy, "set server nodes/s1 state sleepy").contains("expects 'ready', 'drain' and 'maint'"));
     assert!(runtime(&proxy, "bogus").starts_with("Unknown command: 'bogus'"));
+    let long = format!("set server nodes/s1 state maint {}; show stat", "x".repeat(5000));
+    assert_eq!(runtime(&proxy, &long), "Line too long.\n\n", "nothing of an over-long line is run");
+    assert_eq!(status_of("s1"), "UP");
 
     // Interactive: a prompt after each answer until quit.
     let session = runtime(&proxy, "prompt\nshow info\nquit");
     assert!(session.starts_with("> Name: shoal\n") && session.ends_with("\n\n> "), "{session:?}");
     proxy.stderr.wait_for("the change logged", |l| l.contains("runtime API: server nodes/s1 weight set to 300"));
+}
+
+#[test]
+fn a_retried_request_counts_only_against_servers_that_answered() {
+    // s1 takes the request and closes without answering; the retry goes to s2, which refuses connections.
+    let mute = Backend::raw(|stream, _| {
+        let mut w = common::Wire::new(stream);
+        let _ = w.read_head();
+    });
+    let proxy = proxy_with(1, &[("s1", mute.addr), ("s2", common::dead_port())]);
+    assert_eq!(common::get(proxy.addr, "/").status(), 503);
+    let start = Instant::now();
+    let rows = loop {
+        let rows = csv(&proxy);
+        if num(&rows["shoal/FRONTEND"], "req_tot") == 1 {
+            break rows;
+        }
+        assert!(start.elapsed() < WAIT, "the request was never counted");
+    };
+    let (s1, s2) = (&rows["nodes/s1"], &rows["nodes/s2"]);
+    assert_eq!((num(s1, "wretr"), num(s1, "stot")), (1, 0), "s1 answered nothing: a retry, no session: {s1:?}");
+    assert_eq!((num(s2, "econ"), num(s2, "stot"), num(s2, "hrsp_5xx")), (1, 0, 0), "s2 was never reached: {s2:?}");
+    assert_eq!(num(&rows["shoal/FRONTEND"], "hrsp_5xx"), 1);
 }

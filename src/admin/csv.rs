@@ -60,7 +60,8 @@ pub fn render(s: &Snapshot) -> String {
             kind: 2,
         });
     }
-    let weight: u64 = s.servers.iter().map(|v| u64::from(v.weight)).sum();
+    // As HAProxy: the backend's weight and active count are those of its usable servers.
+    let usable = || s.servers.iter().filter(|v| v.in_rotation());
     row(Row {
         pxname: BACKEND,
         svname: "BACKEND",
@@ -68,8 +69,8 @@ pub fn render(s: &Snapshot) -> String {
         slim: None,
         totals: &s.backend,
         status: s.backend_status(),
-        weight: Some(weight),
-        act: Some(s.servers.len() as u64),
+        weight: Some(usable().map(|v| u64::from(v.weight)).sum()),
+        act: Some(usable().count() as u64),
         iid: 2,
         sid: 0,
         kind: 1,

@@ -26,7 +26,7 @@ pub fn render(s: &Snapshot) -> String {
     let per_server = |f: &dyn Fn(&super::stats::Server) -> u64| -> Vec<(String, u64)> {
         s.servers.iter().map(|v| (format!("{{server=\"{}\"}}", label(&v.name)), f(v))).collect()
     };
-    metric("server_up", "gauge", "1 when the server takes traffic.", per_server(&|v| u64::from(v.status == "UP")));
+    metric("server_up", "gauge", "1 when the server takes new requests.", per_server(&|v| u64::from(v.in_rotation())));
     metric("server_weight", "gauge", "The server's weight.", per_server(&|v| u64::from(v.weight)));
     metric("server_current_requests", "gauge", "Requests in flight.", per_server(&|v| v.in_flight));
     metric("server_requests_total", "counter", "Requests sent to the server.", per_server(&|v| v.totals.sessions));

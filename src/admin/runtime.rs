@@ -56,6 +56,17 @@ async fn session(stream: TcpStream, shared: Arc<Shared>, publisher: Arc<Mutex<Pu
         if n == 0 {
             return;
         }
+        if !line.ends_with('\n') && n >= LINE_LIMIT {
+            // Its tail would otherwise be read as a command of its own.
+            let _ = write.write_all(b"Line too long.\n\n").await;
+            // Read what is left before closing, briefly: unread bytes would make the close a reset that can
+            // destroy the answer before the client reads it.
+            let _ = write.shutdown().await;
+            let mut sink = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), (&mut reader).take(1 << 20).read_to_end(&mut sink)).await;
+            return;
+        }
         let mut out = String::new();
         let mut quit = false;
         for command in line.trim().split(';').map(str::trim).filter(|c| !c.is_empty()) {

@@ -18,6 +18,13 @@ pub struct Server {
     pub totals: Totals,
 }
 
+impl Server {
+    /// Taking new requests: UP with a weight above 0 (HAProxy's usable servers).
+    pub fn in_rotation(&self) -> bool {
+        self.status == "UP" && self.weight > 0
+    }
+}
+
 pub struct Snapshot {
     pub frontend: Totals,
     pub connections: u64,
@@ -60,7 +67,7 @@ impl Snapshot {
     }
 
     pub fn backend_status(&self) -> &'static str {
-        if self.servers.iter().any(|s| s.status == "UP") {
+        if self.servers.iter().any(Server::in_rotation) {
             "UP"
         } else {
             "DOWN"

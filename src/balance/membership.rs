@@ -58,7 +58,8 @@ impl Publisher {
 
     /// Records an operator's change to the server(s) named `name` and republishes.
     pub fn set(&mut self, name: &str, change: impl FnOnce(&mut Override)) -> Result<(), NoSuchServer> {
-        let exists = self.statics.iter().any(|b| b.name == name) || self.members.iter().any(|m| m.id.name == name);
+        let exists =
+            self.statics.iter().any(|b| b.name == name) || self.members.iter().any(|m| server_name(&m.id.name) == name);
         if !exists {
             return Err(NoSuchServer(name.to_string()));
         }
@@ -87,7 +88,7 @@ impl Publisher {
             let Some(service) = m.id.service else { continue };
             let backend = self.known.entry((m.id.gossip, m.id.generation)).or_insert_with(|| {
                 let spec =
-                    BackendSpec { name: m.id.name.clone(), host: service.ip().to_string(), port: service.port() };
+                    BackendSpec { name: server_name(&m.id.name), host: service.ip().to_string(), port: service.port() };
                 Arc::new(Backend::new(&spec, threads))
             });
             let state = if m.is_routable() {
@@ -117,6 +118,12 @@ impl Publisher {
     }
 }
 
+/// A member's name as the stats, the runtime API and the log show it. Names arrive by gossip, so they are
+/// not trusted to keep out of the characters that separate CSV fields, `show servers state` columns or lines.
+fn server_name(announced: &str) -> String {
+    announced.chars().map(|c| if c.is_alphanumeric() || "-_.:@[]".contains(c) { c } else { '_' }).collect()
+}
+
 /// The cluster thread's handle on the publisher.
 pub struct ClusterBackends(pub Arc<Mutex<Publisher>>);
 
@@ -127,5 +134,14 @@ impl Membership for ClusterBackends {
 
     fn busy_with(&self, node: &NodeId) -> bool {
         self.0.lock().known.get(&(node.gossip, node.generation)).is_some_and(|b| b.in_flight() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn announced_names_cannot_break_the_stats_formats() {
+        assert_eq!(super::server_name("web-1.local:7946"), "web-1.local:7946");
+        assert_eq!(super::server_name("a,b c\nd\"e"), "a_b_c_d_e");
     }
 }

@@ -95,13 +95,17 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
         };
         // Counted from the pick on, so a draining server is acknowledged only once nothing here uses it.
         let backend = log.server.insert(picked.enter()).backend();
+        // A retry starts afresh: the stats and the log describe the attempt that ends the exchange.
+        (log.reached_server, log.connected, log.responded) = (false, None, None);
         let mut up = match acquire(worker, backend, fresh_only).await {
             Ok(up) => up,
             Err(e) => {
                 tracing::warn!("server {} ({}:{}): {e}", backend.name, backend.host, backend.port);
-                backend.counters.slot(worker.id).connect_error();
+                let slot = backend.counters.slot(worker.id);
+                slot.connect_error();
                 backend.eject(EJECT_FOR);
                 if log.retries == 0 {
+                    slot.retry();
                     log.retries += 1;
                     avoid = Some(backend.clone());
                     continue;
