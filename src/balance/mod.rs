@@ -7,6 +7,7 @@
 
 mod backend;
 pub mod counters;
+mod least_conn;
 mod membership;
 mod round_robin;
 
@@ -15,8 +16,35 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use backend::{Backend, InFlight};
+pub use least_conn::LeastConn;
 pub use membership::{ClusterBackends, NoSuchServer, Override, Publisher};
 pub use round_robin::RoundRobin;
+
+use crate::config::value::Balance;
+
+/// The configured algorithm, with its per-thread state.
+pub enum Balancer {
+    RoundRobin(RoundRobin),
+    LeastConn(LeastConn),
+}
+
+impl Balancer {
+    /// The algorithm for data-plane thread `thread`.
+    pub fn new(kind: Balance, thread: usize) -> Balancer {
+        match kind {
+            Balance::RoundRobin => Balancer::RoundRobin(RoundRobin::new(thread)),
+            Balance::LeastConn => Balancer::LeastConn(LeastConn::new(thread)),
+        }
+    }
+
+    /// The server for the next request; `avoid` is one that just failed.
+    pub fn pick(&self, set: &BackendSet, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
+        match self {
+            Balancer::RoundRobin(rr) => rr.pick(set, avoid),
+            Balancer::LeastConn(lc) => lc.pick(set, avoid),
+        }
+    }
+}
 
 /// The longest weighted round-robin cycle; larger weight sums are scaled down to it (every server keeps a
 /// place), so rebuilding a set and walking its cycle stay cheap whatever weights the members announce.
@@ -59,6 +87,8 @@ pub struct BackendSet {
     /// Round-robin order as indexes into `servers`: each server in rotation as often as its weight,
     /// interleaved.
     cycle: Vec<usize>,
+    /// The servers in rotation, once each, as indexes into `servers`.
+    rotation: Vec<usize>,
 }
 
 impl BackendSet {
@@ -70,7 +100,7 @@ impl BackendSet {
         let in_rotation: Vec<usize> = (0..servers.len()).filter(|&i| rotation[i] > 0).collect();
         let weights_in_rotation: Vec<u64> = in_rotation.iter().map(|&i| rotation[i]).collect();
         let cycle = smooth_cycle(&weights_in_rotation).into_iter().map(|k| in_rotation[k]).collect();
-        let mut set = BackendSet { cycle, ..BackendSet::default() };
+        let mut set = BackendSet { cycle, rotation: in_rotation, ..BackendSet::default() };
         for (backend, weight, state) in servers {
             set.servers.push(backend);
             set.weights.push(weight);
@@ -92,6 +122,11 @@ impl BackendSet {
     /// The round-robin order, as indexes into `servers`.
     pub fn cycle(&self) -> &[usize] {
         &self.cycle
+    }
+
+    /// The servers in rotation, once each, as indexes into `servers`.
+    pub fn rotation(&self) -> &[usize] {
+        &self.rotation
     }
 }
 

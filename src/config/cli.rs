@@ -153,6 +153,9 @@ pub struct ProxyArgs {
     /// Runtime API listener, HAProxy's `stats socket` commands over TCP [default: 0.0.0.0:9999].
     #[arg(long, env = "SHOAL_RUNTIME_API", value_name = "ADDR", value_parser = value::listen_addr)]
     pub runtime_api: Option<SocketAddr>,
+    /// How servers are chosen: roundrobin (weighted) or leastconn [default: roundrobin].
+    #[arg(long, env = "SHOAL_BALANCE", value_name = "ALGORITHM", value_parser = value::balance)]
+    pub balance: Option<value::Balance>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Data-plane threads, one accept loop each [default: the number of cores].

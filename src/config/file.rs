@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub backend: Option<Spanned<Vec<String>>>,
     pub admin: Option<Spanned<String>>,
     pub runtime_api: Option<Spanned<String>>,
+    pub balance: Option<Spanned<String>>,
     pub gossip: Option<Spanned<String>>,
     pub join: Option<Spanned<Vec<String>>>,
     pub advertise: Option<Spanned<String>>,

@@ -57,6 +57,7 @@ pub struct ProxyConfig {
     pub admin: SocketAddr,
     /// Where the runtime API (HAProxy's stats socket commands) listens.
     pub runtime_api: SocketAddr,
+    pub balance: value::Balance,
     pub cluster: ClusterConfig,
     pub threads: usize,
     pub pin_cpus: bool,
@@ -283,6 +284,7 @@ impl ProxyConfig {
                 .runtime_api
                 .or(s.get("runtime_api", &f.runtime_api, |v| value::listen_addr(v))?)
                 .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9999)),
+            balance: args.balance.or(s.get("balance", &f.balance, |v| value::balance(v))?).unwrap_or_default(),
             cluster: cluster_config(&args.cluster, s, f)?,
             threads: in_range("threads", count(args.threads, "threads", &f.threads, cores)?, 1, 1024)?,
             pin_cpus: args.pin_cpus.or(f.pin_cpus.as_ref().map(|v| *v.get_ref())).unwrap_or(false),

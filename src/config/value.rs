@@ -13,6 +13,24 @@ pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| format!("{s:?} is not IP:PORT (like 0.0.0.0:80 or [::]:80)"))
 }
 
+/// How a server is chosen for each request (HAProxy's `balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// The server with the fewest requests in flight for its weight.
+    LeastConn,
+}
+
+pub fn balance(s: &str) -> Result<Balance, String> {
+    match s.trim() {
+        "roundrobin" => Ok(Balance::RoundRobin),
+        "leastconn" => Ok(Balance::LeastConn),
+        other => Err(format!("{other:?} is not a balancing algorithm: roundrobin or leastconn")),
+    }
+}
+
 /// A backend: `[NAME=]HOST:PORT`. The host may be a name resolved when connecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {

@@ -18,7 +18,7 @@ use super::splice::Pipes;
 use super::upstream::Pool;
 use super::{client, Shared};
 use crate::balance::counters::Slot;
-use crate::balance::{Backend, BackendSet, RoundRobin, SharedBackends};
+use crate::balance::{Backend, BackendSet, Balancer, SharedBackends};
 
 /// Flush the thread's log buffer at least this often, and whenever it grows past `LOG_BATCH`.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -36,7 +36,7 @@ pub struct Worker {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub pool: RefCell<Pool>,
-    balancer: RoundRobin,
+    balancer: Balancer,
     /// This thread's view of the backend set, refreshed only when a new set is published.
     backends: RefCell<Cache<SharedBackends, Arc<BackendSet>>>,
     pub buffers: Buffers,
@@ -55,7 +55,7 @@ impl Worker {
         Worker {
             id,
             pool: RefCell::new(Pool::new(c.limits.pool_max_idle, c.timeouts.pool)),
-            balancer: RoundRobin::new(id),
+            balancer: Balancer::new(c.balance, id),
             backends: RefCell::new(Cache::new(shared.backends.clone())),
             buffers: Buffers::new(BUFFER_SIZE, IDLE_BUFFERS),
             pipes: Pipes::new(IDLE_PIPES),
