@@ -50,7 +50,10 @@ pub fn run(config: DemoConfig) -> std::io::Result<()> {
     println!("  curl -i -c /tmp/jar -b /tmp/jar {url}          # sessionViews counts per node");
     println!("  curl -X POST -d '{{\"delay\":500}}' {url}delay     # slow the next node down");
     if config.admin_port != 0 {
-        println!("  curl http://{admin}/;csv                     # HAProxy-style stats (the page: /)");
+        println!("  curl 'http://{admin}/;csv'                   # HAProxy's stats CSV (the page: /)");
+    }
+    if config.runtime_api_port != 0 {
+        println!("  echo 'set server nodes/s1 state drain' | socat - tcp:{runtime_api}   # HAProxy's runtime API");
     }
     println!("Ctrl-C drains the nodes and stops everything.");
     let _ = std::io::stdout().flush();
