@@ -97,7 +97,7 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
         let backend = log.server.insert(picked.enter()).backend();
         // A retry starts afresh: the stats and the log describe the attempt that ends the exchange.
         (log.reached_server, log.connected, log.responded) = (false, None, None);
-        let mut up = match acquire(worker, backend, fresh_only).await {
+        let mut up = match acquire(worker, backend, fresh_only, !plan.retryable).await {
             Ok(up) => up,
             Err(e) => {
                 tracing::warn!("server {} ({}:{}): {e}", backend.name, backend.host, backend.port);
@@ -169,10 +169,13 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
 }
 
 /// A pooled connection to `backend` when one is alive, else a new one.
-async fn acquire(worker: &Worker, backend: &Backend, fresh_only: bool) -> Result<Upstream, ConnectError> {
+///
+/// `verify`: the request cannot be retried if a reused connection turns out dead, so a pooled one is checked
+/// with the kernel, not only with the reactor's possibly older readiness.
+async fn acquire(worker: &Worker, backend: &Backend, fresh_only: bool, verify: bool) -> Result<Upstream, ConnectError> {
     if !fresh_only {
         if let Ok(addr) = backend.address(false).await {
-            if let Some(up) = worker.pool.borrow_mut().checkout(addr) {
+            if let Some(up) = worker.pool.borrow_mut().checkout(addr, verify) {
                 return Ok(up);
             }
         }

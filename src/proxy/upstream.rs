@@ -58,12 +58,13 @@ impl Pool {
         Pool { idle: HashMap::new(), max_idle, ttl }
     }
 
-    /// A live idle connection to `addr`, dropping dead or expired ones on the way.
-    pub fn checkout(&mut self, addr: SocketAddr) -> Option<Upstream> {
+    /// A live idle connection to `addr`, dropping dead or expired ones on the way; `verify` adds a system call
+    /// to each liveness check (see [`still_idle`]).
+    pub fn checkout(&mut self, addr: SocketAddr, verify: bool) -> Option<Upstream> {
         let list = self.idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(mut up) = list.pop() {
-            if now.duration_since(up.idle_since) < self.ttl && still_idle(&up.stream) {
+            if now.duration_since(up.idle_since) < self.ttl && still_idle(&up.stream, verify) {
                 up.reused = true;
                 return Some(up);
             }
@@ -85,7 +86,7 @@ impl Pool {
         let now = Instant::now();
         let ttl = self.ttl;
         for list in self.idle.values_mut() {
-            list.retain(|up| now.duration_since(up.idle_since) < ttl && still_idle(&up.stream));
+            list.retain(|up| now.duration_since(up.idle_since) < ttl && still_idle(&up.stream, false));
         }
         self.idle.retain(|_, list| !list.is_empty());
     }
@@ -94,10 +95,17 @@ impl Pool {
 /// An idle keep-alive connection must have nothing to read: a FIN, a reset or stray bytes all disqualify it.
 ///
 /// Readiness comes from the reactor, so the common case costs no system call; only a connection the reactor
-/// has marked readable is probed with a read.
-fn still_idle(stream: &TcpStream) -> bool {
+/// has marked readable is probed with a read. The reactor learns of a FIN only on its next turn, though, so a
+/// backend's close can still be unseen: with `verify`, a connection the reactor thinks quiet is asked too
+/// (a non-blocking peek). That is for requests that cannot be retried; the others are retried on a fresh
+/// connection if the reused one turns out closed.
+fn still_idle(stream: &TcpStream, verify: bool) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
     match stream.poll_read_ready(&mut cx) {
+        Poll::Pending if verify => {
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            matches!(socket2::SockRef::from(stream).peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
         Poll::Pending => true,
         Poll::Ready(Err(_)) => false,
         Poll::Ready(Ok(())) => {
