@@ -196,3 +196,30 @@ fn a_retried_request_counts_only_against_servers_that_answered() {
     assert_eq!((num(s2, "econ"), num(s2, "stot"), num(s2, "hrsp_5xx")), (1, 0, 0), "s2 was never reached: {s2:?}");
     assert_eq!(num(&rows["shoal/FRONTEND"], "hrsp_5xx"), 1);
 }
+
+#[test]
+fn a_response_cut_mid_body_counts_its_status_and_a_server_error() {
+    // The head says 100 bytes; the backend sends 10 and closes.
+    let cut = Backend::raw(|stream, _| {
+        let mut w = common::Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
+        }
+    });
+    let proxy = proxy_with(1, &[("s1", cut.addr)]);
+    let mut w = common::Wire::connect(proxy.addr);
+    w.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(w.read_response(true).unwrap().status(), 200, "the head reached the client");
+    assert!(w.read_all().len() < 100, "the body is cut and the connection closed");
+    let start = Instant::now();
+    let rows = loop {
+        let rows = csv(&proxy);
+        if num(&rows["shoal/FRONTEND"], "req_tot") == 1 {
+            break rows;
+        }
+        assert!(start.elapsed() < WAIT, "the request was never counted");
+    };
+    let s1 = &rows["nodes/s1"];
+    assert_eq!((num(s1, "hrsp_2xx"), num(s1, "eresp")), (1, 1), "{s1:?}");
+    assert_eq!(num(&rows["shoal/FRONTEND"], "hrsp_2xx"), 1);
+}

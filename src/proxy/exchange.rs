@@ -68,9 +68,10 @@ enum Failure {
     /// The client's request body was malformed, cut or too slow.
     RequestBody(BodyError),
     /// Writing to the client failed: nobody to answer.
-    ClientGone,
+    /// The status sent, or 0 if none reached the client.
+    ClientGone(u16),
     /// The response was under way when the backend failed: the client connection can only be closed.
-    AbortedMidResponse([u8; 2]),
+    AbortedMidResponse([u8; 2], u16),
 }
 
 struct Relayed {
@@ -216,14 +217,15 @@ async fn transfer(
     }
 
     let request_done = Cell::new(framer.is_done());
-    let response_started = Cell::new(false);
+    // The status whose head went to the client; 0 until then.
+    let response_status = Cell::new(0u16);
     let send_body = async {
         if framer.is_done() {
             return Ok(());
         }
         forward(worker, &mut cr, cbuf, &mut uw, framer, t.client, t.server).await.map(|_| ())
     };
-    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_started);
+    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_status);
     tokio::pin!(send_body, relay);
     let mut body_finished = request_done.get();
     let outcome = loop {
@@ -234,14 +236,14 @@ async fn transfer(
                     Ok(()) => request_done.set(true),
                     // The backend stopped reading: it may still have answered early, so keep relaying.
                     Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => {}
-                    Err(e) if !response_started.get() => break Err(Failure::RequestBody(e)),
-                    Err(_) => break Err(Failure::AbortedMidResponse(*b"CD")),
+                    Err(e) if response_status.get() == 0 => break Err(Failure::RequestBody(e)),
+                    Err(_) => break Err(Failure::AbortedMidResponse(*b"CD", response_status.get())),
                 }
             }
             relayed = &mut relay => break relayed,
         }
     };
-    if worker.log_enabled() && (outcome.is_ok() || response_started.get()) {
+    if worker.log_enabled() && (outcome.is_ok() || response_status.get() != 0) {
         responded.get_or_insert_with(Instant::now);
     }
     outcome
@@ -284,7 +286,7 @@ async fn relay_response(
     up_buf: &mut BytesMut,
     cw: &mut WriteHalf<'_>,
     request_done: &Cell<bool>,
-    response_started: &Cell<bool>,
+    response_status: &Cell<u16>,
 ) -> Result<Relayed, Failure> {
     use tokio::io::AsyncReadExt;
     let config = &worker.shared.config;
@@ -360,7 +362,7 @@ async fn relay_response(
             }
             _ => 0,
         };
-        response_started.set(true);
+        response_status.set(status);
         write_client(cw, &out, &up_buf[..initial], t.client).await?;
         up_buf.advance(initial);
         if matches!(framer, Framer::Length(0)) {
@@ -372,10 +374,10 @@ async fn relay_response(
         }
         match forward(worker, ur, up_buf, cw, &mut framer, t.server, t.client).await {
             Ok(n) => bytes += n,
-            Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => return Err(Failure::ClientGone),
-            Err(BodyError::SrcTimeout) => return Err(Failure::AbortedMidResponse(*b"sD")),
-            Err(BodyError::Framing(_)) => return Err(Failure::AbortedMidResponse(*b"PD")),
-            Err(_) => return Err(Failure::AbortedMidResponse(*b"SD")),
+            Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => return Err(Failure::ClientGone(status)),
+            Err(BodyError::SrcTimeout) => return Err(Failure::AbortedMidResponse(*b"sD", status)),
+            Err(BodyError::Framing(_)) => return Err(Failure::AbortedMidResponse(*b"PD", status)),
+            Err(_) => return Err(Failure::AbortedMidResponse(*b"SD", status)),
         }
         let reuse_upstream = server_keeps && up_buf.is_empty() && request_done.get();
         return Ok(Relayed { status, bytes, close_client, reuse_upstream, upgraded: false });
@@ -388,7 +390,7 @@ async fn write_client<W: tokio::io::AsyncWrite + Unpin>(
     body: &[u8],
     idle: std::time::Duration,
 ) -> Result<(), Failure> {
-    body::write_head_and_body(cw, head, body, idle).await.map_err(|_| Failure::ClientGone)
+    body::write_head_and_body(cw, head, body, idle).await.map_err(|_| Failure::ClientGone(0))
 }
 
 /// Turns a failure into the client's answer (if it can still get one) and a log line.
@@ -398,7 +400,7 @@ async fn fail(worker: &Worker, client: &mut Client, plan: &Plan, log: &LogState,
         Failure::NoResponse
             | Failure::ServerTimeout
             | Failure::BadResponse(_)
-            | Failure::AbortedMidResponse([b'S' | b's' | b'P', _])
+            | Failure::AbortedMidResponse([b'S' | b's' | b'P', _], _)
     );
     if let (true, Some(server)) = (server_failed, &log.server) {
         server.backend().counters.slot(worker.id).response_error();
@@ -415,12 +417,18 @@ async fn fail(worker: &Worker, client: &mut Client, plan: &Plan, log: &LogState,
             (e.status(), *b"PD")
         }
         Failure::RequestBody(BodyError::SrcTimeout) => (408, *b"cD"),
-        Failure::RequestBody(_) | Failure::ClientGone => {
+        // The status a client already received is logged and counted as HAProxy does; the bytes of a cut
+        // body are not tracked (logged as 0).
+        Failure::RequestBody(_) => {
             log_line(worker, client, plan, log, 0, 0, *b"CD");
             return false;
         }
-        Failure::AbortedMidResponse(term) => {
-            log_line(worker, client, plan, log, 0, 0, term);
+        Failure::ClientGone(status) => {
+            log_line(worker, client, plan, log, status, 0, *b"CD");
+            return false;
+        }
+        Failure::AbortedMidResponse(term, status) => {
+            log_line(worker, client, plan, log, status, 0, term);
             return false;
         }
     };
