@@ -44,6 +44,18 @@ fn proxy_with(threads: usize, servers: &[(&str, SocketAddr)]) -> Proxy {
     Proxy::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// The CSV once the frontend has counted `requests`: counting follows the response by a moment.
+fn csv_after(proxy: &Proxy, requests: u64) -> HashMap<String, HashMap<String, String>> {
+    let start = Instant::now();
+    loop {
+        let rows = csv(proxy);
+        if num(&rows["shoal/FRONTEND"], "req_tot") == requests {
+            return rows;
+        }
+        assert!(start.elapsed() < WAIT, "never counted {requests} requests: {:?}", rows["shoal/FRONTEND"]);
+    }
+}
+
 fn num(row: &HashMap<String, String>, column: &str) -> u64 {
     row[column].parse().unwrap_or_else(|_| panic!("{column} = {:?} is not a number", row[column]))
 }
@@ -63,15 +75,7 @@ fn csv_page_and_metrics_count_what_clients_saw() {
     assert_eq!(refused.status(), 400, "no Host");
     assert_eq!(seen.values().sum::<u64>(), 12);
 
-    // Counting follows the response by a moment: wait for all 13, then compare.
-    let start = Instant::now();
-    let rows = loop {
-        let rows = csv(&proxy);
-        if num(&rows["shoal/FRONTEND"], "req_tot") == 13 {
-            break rows;
-        }
-        assert!(start.elapsed() < WAIT, "frontend never counted 13 requests: {:?}", rows["shoal/FRONTEND"]);
-    };
+    let rows = csv_after(&proxy, 13);
     let fe = &rows["shoal/FRONTEND"];
     assert_eq!((fe["type"].as_str(), fe["status"].as_str()), ("0", "OPEN"));
     assert_eq!(num(fe, "hrsp_2xx"), seen[&200]);
@@ -183,14 +187,7 @@ fn a_retried_request_counts_only_against_servers_that_answered() {
     });
     let proxy = proxy_with(1, &[("s1", mute.addr), ("s2", common::dead_port())]);
     assert_eq!(common::get(proxy.addr, "/").status(), 503);
-    let start = Instant::now();
-    let rows = loop {
-        let rows = csv(&proxy);
-        if num(&rows["shoal/FRONTEND"], "req_tot") == 1 {
-            break rows;
-        }
-        assert!(start.elapsed() < WAIT, "the request was never counted");
-    };
+    let rows = csv_after(&proxy, 1);
     let (s1, s2) = (&rows["nodes/s1"], &rows["nodes/s2"]);
     assert_eq!((num(s1, "wretr"), num(s1, "stot")), (1, 0), "s1 answered nothing: a retry, no session: {s1:?}");
     assert_eq!((num(s2, "econ"), num(s2, "stot"), num(s2, "hrsp_5xx")), (1, 0, 0), "s2 was never reached: {s2:?}");
@@ -211,14 +208,7 @@ fn a_response_cut_mid_body_counts_its_status_and_a_server_error() {
     w.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(w.read_response(true).unwrap().status(), 200, "the head reached the client");
     assert!(w.read_all().len() < 100, "the body is cut and the connection closed");
-    let start = Instant::now();
-    let rows = loop {
-        let rows = csv(&proxy);
-        if num(&rows["shoal/FRONTEND"], "req_tot") == 1 {
-            break rows;
-        }
-        assert!(start.elapsed() < WAIT, "the request was never counted");
-    };
+    let rows = csv_after(&proxy, 1);
     let s1 = &rows["nodes/s1"];
     assert_eq!((num(s1, "hrsp_2xx"), num(s1, "eresp")), (1, 1), "{s1:?}");
     assert_eq!(num(&rows["shoal/FRONTEND"], "hrsp_2xx"), 1);
