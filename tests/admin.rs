@@ -181,10 +181,7 @@ fn runtime_api_sets_server_state_and_weight() {
 #[test]
 fn a_retried_request_counts_only_against_servers_that_answered() {
     // s1 takes the request and closes without answering; the retry goes to s2, which refuses connections.
-    let mute = Backend::raw(|stream, _| {
-        let mut w = common::Wire::new(stream);
-        let _ = w.read_head();
-    });
+    let mute = Backend::replying(Vec::new());
     let proxy = proxy_with(1, &[("s1", mute.addr), ("s2", common::dead_port())]);
     assert_eq!(common::get(proxy.addr, "/").status(), 503);
     let rows = csv_after(&proxy, 1);
@@ -197,12 +194,7 @@ fn a_retried_request_counts_only_against_servers_that_answered() {
 #[test]
 fn a_response_cut_mid_body_counts_its_status_and_a_server_error() {
     // The head says 100 bytes; the backend sends 10 and closes.
-    let cut = Backend::raw(|stream, _| {
-        let mut w = common::Wire::new(stream);
-        if w.read_head().is_some() {
-            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
-        }
-    });
+    let cut = Backend::replying(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec());
     let proxy = proxy_with(1, &[("s1", cut.addr)]);
     let mut w = common::Wire::connect(proxy.addr);
     w.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");

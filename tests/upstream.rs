@@ -95,13 +95,7 @@ fn no_backend_is_503() {
 #[test]
 fn garbage_or_silence_from_a_backend_is_502() {
     for reply in [&b"SSH-2.0-OpenSSH_9\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", b""] {
-        let reply = reply.to_vec();
-        let backend = Backend::raw(move |stream, _| {
-            let mut w = Wire::new(stream);
-            if w.read_head().is_some() {
-                w.send(&reply);
-            }
-        });
+        let backend = Backend::replying(reply.to_vec());
         let proxy = Proxy::start(&["--backend", &backend.arg()]);
         let r = common::get(proxy.addr, "/");
         assert_eq!(r.status(), 502, "reply {:?}", String::from_utf8_lossy(&reply_of(&r)));
@@ -110,12 +104,7 @@ fn garbage_or_silence_from_a_backend_is_502() {
 
 #[test]
 fn an_http_1_2_response_is_relayed_as_http_1_1() {
-    let backend = Backend::raw(|stream, _| {
-        let mut w = Wire::new(stream);
-        if w.read_head().is_some() {
-            w.send(b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        }
-    });
+    let backend = Backend::replying(b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec());
     let proxy = Proxy::start(&["--backend", &backend.arg()]);
     let r = common::get(proxy.addr, "/");
     assert_eq!((r.start_line(), r.body_str().as_str()), ("HTTP/1.1 200 OK", "ok"));
@@ -143,12 +132,7 @@ fn a_backend_that_does_not_answer_in_time_is_504() {
 
 #[test]
 fn a_backend_dying_mid_body_closes_the_client_connection() {
-    let backend = Backend::raw(|stream, _| {
-        let mut w = Wire::new(stream);
-        if w.read_head().is_some() {
-            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial");
-        }
-    });
+    let backend = Backend::replying(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial".to_vec());
     let proxy = Proxy::start(&["--backend", &backend.arg()]);
     let mut w = Wire::connect(proxy.addr);
     w.send(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -166,13 +150,9 @@ fn backend_names_are_resolved() {
 
 #[test]
 fn a_backend_dying_mid_way_through_a_spliced_body_closes_the_client() {
-    let backend = Backend::raw(|stream, _| {
-        let mut w = Wire::new(stream);
-        if w.read_head().is_some() {
-            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
-            w.send(&vec![b'z'; 300_000]);
-        }
-    });
+    let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    reply.resize(reply.len() + 300_000, b'z');
+    let backend = Backend::replying(reply);
     let proxy = Proxy::start(&["--backend", &backend.arg(), "--splice-min", "65536"]);
     let mut w = Wire::connect(proxy.addr);
     w.send(b"GET /big-cut HTTP/1.1\r\nHost: t\r\n\r\n");

@@ -110,7 +110,7 @@ impl Publisher {
             };
         }
         let set = BackendSet::new(servers);
-        let up = set.states.iter().zip(&set.weights).filter(|(s, w)| **s == ServerState::Up && **w > 0).count();
+        let up = set.rotation().len();
         let known = set.servers.len();
         self.shared.store(Arc::new(set));
         // Logged once published: tests (and operators) take this line to mean the set is in effect.

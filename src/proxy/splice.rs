@@ -100,37 +100,24 @@ pub async fn forward_length(
     dst_idle: Duration,
 ) -> Result<u64, BodyError> {
     let pipe = pipes.get().map_err(BodyError::SrcRead)?;
-    let result = pump_length(&pipe, src, dst, len, src_idle, dst_idle).await;
-    if result.is_ok() {
-        pipes.put(pipe);
-    }
-    result
-}
-
-async fn pump_length(
-    pipe: &Pipe,
-    src: &TcpStream,
-    dst: &TcpStream,
-    len: u64,
-    src_idle: Duration,
-    dst_idle: Duration,
-) -> Result<u64, BodyError> {
     let mut remaining = len;
     while remaining > 0 {
         let want = remaining.min(pipe.capacity as u64) as usize;
-        let filled = match timeout(src_idle, fill(pipe, src, want)).await {
+        let filled = match timeout(src_idle, fill(&pipe, src, want)).await {
             Err(_) => return Err(BodyError::SrcTimeout),
             Ok(Err(e)) => return Err(BodyError::SrcRead(e)),
             Ok(Ok(0)) => return Err(BodyError::SrcClosed),
             Ok(Ok(n)) => n,
         };
         remaining -= filled as u64;
-        match timeout(dst_idle, drain(pipe, dst, filled)).await {
+        match timeout(dst_idle, drain(&pipe, dst, filled)).await {
             Err(_) => return Err(BodyError::DstTimeout),
             Ok(Err(e)) => return Err(BodyError::DstWrite(e)),
             Ok(Ok(())) => {}
         }
     }
+    // Only an emptied pipe is reused (an early return above drops one that may still hold bytes).
+    pipes.put(pipe);
     Ok(len)
 }
 

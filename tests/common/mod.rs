@@ -497,6 +497,16 @@ impl Backend {
         (backend, release)
     }
 
+    /// Reads one request head per connection, sends `reply` as it is (possibly broken or cut), and closes.
+    pub fn replying(reply: Vec<u8>) -> Backend {
+        Backend::raw(move |stream, _| {
+            let mut w = Wire::new(stream);
+            if w.read_head().is_some() {
+                w.send(&reply);
+            }
+        })
+    }
+
     /// A backend whose connections are handled by `f`, which may record messages itself.
     pub fn raw(f: impl Fn(TcpStream, &Arc<(Mutex<Vec<Message>>, Condvar)>) + Send + Sync + 'static) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
