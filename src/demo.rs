@@ -24,7 +24,11 @@ pub fn run(config: DemoConfig) -> std::io::Result<()> {
     let seed = format!("127.0.0.1:{}", config.gossip_port);
     let admin = format!("127.0.0.1:{}", config.admin_port);
     let runtime_api = format!("127.0.0.1:{}", config.runtime_api_port);
+    // Gossip stays on loopback here, but the demo shows the setup as it should be: sealed with a key of its
+    // own, handed to every node through the environment (not argv, which `ps` shows).
+    let key = crate::cluster::seal::generate()?;
     let mut proxy = Command::new(&exe)
+        .env("SHOAL_CLUSTER_KEY", &key)
         .args(["proxy", "--listen", &config.listen.to_string(), "--gossip", &seed])
         .args(["--admin", &admin, "--runtime-api", &runtime_api])
         .spawn()?;
@@ -34,6 +38,7 @@ pub fn run(config: DemoConfig) -> std::io::Result<()> {
         let service = format!("127.0.0.1:{port}");
         let name = format!("s{i}");
         let agent = Command::new(&exe)
+            .env("SHOAL_CLUSTER_KEY", &key)
             .args(["agent", "--service", &service, "--gossip", "127.0.0.1:0", "--join", &seed, "--name", &name])
             .args(["--check-path", "/", "--check-interval", "1s", "--"])
             .arg(&exe)

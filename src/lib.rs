@@ -9,6 +9,7 @@ pub mod balance;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod host;
 pub mod http;
 pub mod proxy;
 pub mod signals;

@@ -38,6 +38,13 @@ fn main() -> ExitCode {
                 runtime_api_port: a.runtime_api_port,
             }))
         }
+        Command::Keygen => match shoal::cluster::seal::generate() {
+            Ok(key) => {
+                println!("{key}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => finish::<std::io::Error>(Err(e)),
+        },
         Command::Agent(args) => match AgentConfig::load(&args) {
             Err(e) => config_error(e),
             Ok(config) => match shoal::agent::run(config) {

@@ -9,6 +9,9 @@ use common::{shoal, Backend, Proxy};
 fn check(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = shoal();
     cmd.arg("proxy").arg("--check").args(args);
+    if !args.contains(&"--gossip") {
+        cmd.args(["--gossip", "127.0.0.1:7946"]);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -86,6 +89,27 @@ fn bad_values_name_the_field_and_line() {
     assert!(!ok && err.contains("--timeout-idle"), "{err}");
     let (ok, _, err) = check(&["--config", "/nonexistent/shoal.toml"], &[]);
     assert!(!ok && err.contains("/nonexistent/shoal.toml"), "{err}");
+
+    let (ok, _, err) = check(&["--cluster-key", "s3cret-passphrase"], &[]);
+    assert!(!ok && err.contains("`cluster-key`") && err.contains("shoal keygen"), "{err}");
+    assert!(!err.contains("s3cret-passphrase"), "a bad key is not echoed: {err}");
+    let f = file("cluster-key = [\"c2hvcnQ=\"]\n");
+    let (ok, _, err) = check(&["--config", f.arg()], &[]);
+    assert!(!ok && err.contains(":1: field `cluster-key`") && err.contains("32 bytes"), "{err}");
+    let (ok, _, err) = check(&["--cluster-key-file", "/nonexistent/keys"], &[]);
+    assert!(!ok && err.contains("`cluster-key-file`") && err.contains("/nonexistent/keys"), "{err}");
+}
+
+#[test]
+fn cluster_keys_never_show_in_the_checked_configuration() {
+    let (k1, k2) = (common::keygen(), common::keygen());
+    let (ok, out, err) = check(&[], &[("SHOAL_CLUSTER_KEY", &format!("{k1},{k2}"))]);
+    assert!(ok, "{err}");
+    assert!(!out.contains(&k1) && !out.contains(&k2), "keys printed: {out}");
+    assert!(out.contains("<secret>"), "{out}");
+    let f = file(&format!("cluster-key = [\"{k1}\", \"{k2}\"]\n"));
+    let (ok, out, err) = check(&["--config", f.arg()], &[]);
+    assert!(ok && !out.contains(&k1), "{err}{out}");
 }
 
 #[test]
@@ -98,7 +122,8 @@ fn env_configures_a_running_proxy() {
 #[test]
 fn an_address_in_use_fails_the_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let out = shoal().args(["proxy", "--listen", &taken.local_addr().unwrap().to_string()]).output().unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let out = shoal().args(["proxy", "--listen", &listen, "--gossip", "127.0.0.1:0"]).output().unwrap();
     // SO_REUSEPORT lets two shoal processes share a port, but not a socket bound without it.
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bind"), "{}", String::from_utf8_lossy(&out.stderr));

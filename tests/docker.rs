@@ -32,11 +32,13 @@ fn stdout(out: Output) -> String {
 struct Project {
     name: String,
     extra: Vec<String>,
+    key: String,
 }
 
 impl Project {
     fn new() -> Project {
-        Project { name: format!("shoaltest{}", std::process::id()), extra: Vec::new() }
+        let key = run(Command::new(env!("CARGO_BIN_EXE_shoal")).arg("keygen"));
+        Project { name: format!("shoaltest{}", std::process::id()), extra: Vec::new(), key: stdout(key) }
     }
 
     fn compose(&self, args: &[&str]) -> Command {
@@ -47,7 +49,7 @@ impl Project {
             cmd.env(published, "127.0.0.1:");
         }
         cmd.env("SHOAL_IMAGE", IMAGE);
-        cmd.env_remove("SHOAL_CLUSTER_KEY");
+        cmd.env("SHOAL_CLUSTER_KEY", &self.key);
         cmd
     }
 
@@ -138,6 +140,10 @@ fn compose_swap_nodes_join_in_any_order_and_leave_on_failure() {
     assert_eq!(stdout(built), IMAGE);
     let mut project = Project::new();
 
+    // Without a cluster key, compose refuses to start and says how to make one.
+    let unkeyed = project.compose(&["config"]).env_remove("SHOAL_CLUSTER_KEY").output().unwrap();
+    assert!(!unkeyed.status.success() && String::from_utf8_lossy(&unkeyed.stderr).contains("keygen"));
+
     // The web nodes first: with Serf they could not join before `ha` was up; agents retry until it is.
     run(&mut project.compose(&["up", "-d", "s1", "s2"]));
     run(&mut project.compose(&["up", "-d", "ha"]));
@@ -149,7 +155,10 @@ fn compose_swap_nodes_join_in_any_order_and_leave_on_failure() {
     // A third node started by hand on the project's network, as the lab does with `docker run`.
     let s3 = format!("{}_s3_manual", project.name);
     project.extra.push(s3.clone());
-    run(Command::new("docker").args(["run", "-d", "--name", &s3, "--network", &project.network(), IMAGE]).args([
+    let key = format!("SHOAL_CLUSTER_KEY={}", project.key);
+    let network = project.network();
+    let docker_run = ["run", "-d", "--name", &s3, "--hostname", "s3", "--network", &network, "--env", &key, IMAGE];
+    run(Command::new("docker").args(docker_run).args([
         "agent",
         "--service",
         "0.0.0.0:3000",
@@ -168,8 +177,8 @@ fn compose_swap_nodes_join_in_any_order_and_leave_on_failure() {
     // SIGKILL one: it must leave rotation, and no request may fail meanwhile (a connect failure is retried
     // on another node until the gossip failure detector removes it).
     let s1 = project.container("s1");
-    let s1_host = &s1[..12];
-    assert!(three.iter().any(|h| h == s1_host), "s1 ({s1_host}) was serving: {three:?}");
+    let s1_host = "s1";
+    assert!(three.iter().any(|h| h == s1_host), "s1 was serving: {three:?}");
     run(Command::new("docker").args(["kill", &s1]));
     until(addr, "the killed node out of rotation", 12, true, |h| distinct(h) == 2 && !h.iter().any(|x| x == s1_host));
 
@@ -183,5 +192,8 @@ fn compose_swap_nodes_join_in_any_order_and_leave_on_failure() {
         .filter(|f| f[0] == "nodes" && f[1] != "BACKEND")
         .collect();
     assert_eq!(servers.len(), 2, "{csv}");
+    let mut names: Vec<&str> = servers.iter().map(|f| f[1]).collect();
+    names.sort();
+    assert_eq!(names, ["s2", "s3"], "servers are named after their host names, as Serf names nodes: {csv}");
     assert!(servers.iter().all(|f| f[17] == "UP" && f[7].parse::<u64>().unwrap() > 0), "{csv}");
 }

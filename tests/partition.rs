@@ -1,119 +1,289 @@
-//! Two hosts for real: network namespaces joined by a veth pair, the proxy on one, an agent and its webapp on
-//! the other. Cutting the link takes the backend out of rotation; healing it brings it back.
+//! Membership under real network faults: hosts in network namespaces on one bridge, a proxy and web nodes
+//! (an agent health-checking its webapp, as in the compose file) on hosts of their own. Links are cut and
+//! healed, made lossy, processes paused and restarted; each test asserts that the servers a proxy routes to
+//! are exactly the healthy ones, by its stats CSV and by the hosts that answer requests through it.
 //!
-//! Needs root and iproute2 (CI runs as root); fails, rather than skips, without them.
+//! Needs root, iproute2 and nft (CI runs as root); fails, rather than skips, without them.
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
+use common::lab::{http_get, Host, Lab};
 use common::{Lines, Process, WAIT};
 
-/// A network namespace, deleted on drop.
-struct Netns(String);
+const GOSSIP: u16 = 7946;
+const HTTP: u16 = 80;
+const ADMIN: u16 = 1936;
+const APP: u16 = 3000;
 
-impl Netns {
-    fn new(name: String) -> Netns {
-        ip(&["netns", "add", &name]);
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]);
-        c
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let status = self.exec().arg("ip").args(args).status().expect("ip");
-        assert!(status.success(), "ip {args:?} in {}", self.0);
-    }
-
-    /// GET / through `url` from inside this namespace; the body, or an empty string on failure.
-    fn curl(&self, url: &str) -> String {
-        let out = self.exec().args(["curl", "-s", "-m", "2", url]).output().expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
+/// A running proxy or agent and its diagnostics.
+struct Running {
+    process: Process,
+    log: Lines,
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+fn proxy(host: &Host, key: &str, extra: &[&str]) -> Running {
+    let (listen, gossip, admin) = (host.addr(HTTP).to_string(), host.addr(GOSSIP).to_string(), host.addr(ADMIN));
+    let admin = admin.to_string();
+    let args = ["proxy", "--listen", &listen, "--gossip", &gossip, "--admin", &admin, "--runtime-api", "127.0.0.1:0"];
+    let (process, log) = host.shoal(&[&args[..], extra].concat(), &[("SHOAL_CLUSTER_KEY", key)]);
+    log.wait_for("the proxy listening", |l| l.contains("listening on "));
+    Running { process, log }
 }
 
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("iproute2 is needed");
-    assert!(status.success(), "ip {args:?} failed: this test needs root");
-}
-
-fn spawn(cmd: &mut Command) -> (Process, Lines) {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let lines = Lines::default();
-    lines.clone().collect_from(child.stderr.take().unwrap());
-    (Process(child), lines)
-}
-
-fn wait_body(ns: &Netns, url: &str, needle: &str) {
-    let start = Instant::now();
-    loop {
-        if ns.curl(url).contains(needle) {
-            return;
-        }
-        assert!(start.elapsed() < WAIT, "{url} never answered with {needle}");
-    }
-}
-
-#[test]
-fn a_backend_cut_off_leaves_rotation_and_returns_when_healed() {
-    let id = std::process::id() % 200 + 20;
-    let (a, b) = (Netns::new(format!("shoal{id}a")), Netns::new(format!("shoal{id}b")));
-    let (va, vb) = (format!("shl{id}a"), format!("shl{id}b"));
-    ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-    ip(&["link", "set", &va, "netns", &a.0]);
-    ip(&["link", "set", &vb, "netns", &b.0]);
-    let (ip_a, ip_b) = (format!("10.213.{id}.1"), format!("10.213.{id}.2"));
-    a.ip(&["addr", "add", &format!("{ip_a}/24"), "dev", &va]);
-    b.ip(&["addr", "add", &format!("{ip_b}/24"), "dev", &vb]);
-    a.ip(&["link", "set", &va, "up"]);
-    b.ip(&["link", "set", &vb, "up"]);
-
+/// An agent named `name` health-checking the webapp it supervises, as the compose file's nodes do.
+fn node(host: &Host, name: &str, key: &str, seed: SocketAddr) -> Running {
+    let (service, gossip, seed) = (host.addr(APP).to_string(), host.addr(GOSSIP).to_string(), seed.to_string());
     let exe = env!("CARGO_BIN_EXE_shoal");
-    let seed = format!("{ip_a}:7946");
-    let (_proxy, proxy_log) =
-        spawn(a.exec().args([exe, "proxy", "--listen", &format!("{ip_a}:8080"), "--gossip", &seed]));
-    let service = format!("{ip_b}:3000");
-    let (_agent, _agent_log) = spawn(b.exec().args([
-        exe,
+    let args = [
         "agent",
         "--service",
         &service,
         "--gossip",
-        &format!("{ip_b}:7946"),
+        &gossip,
         "--join",
         &seed,
         "--name",
-        "far",
+        name,
+        "--check-path",
+        "/",
+        "--check-interval",
+        "1s",
         "--",
         exe,
         "webapp",
         "--listen",
         &service,
         "--name",
-        "far",
-    ]));
-    let url = format!("http://{ip_a}:8080/");
-    wait_body(&a, &url, "\"host\":\"far\"");
+        name,
+    ];
+    let (process, log) = host.shoal(&args, &[("SHOAL_CLUSTER_KEY", key)]);
+    Running { process, log }
+}
 
-    b.ip(&["link", "set", &vb, "down"]);
-    proxy_log.wait_for("the cut-off node declared down", |l| l.contains("member down: far "));
-    proxy_log.wait_for("an empty set", |l| l.contains("backend set now has 0 servers"));
-    assert!(a.curl(&url).contains("503"), "no backend while cut off");
+/// The servers `proxy_host`'s stats CSV shows UP.
+fn up_in_csv(proxy_host: &Host) -> BTreeSet<String> {
+    let csv = proxy_host.get(proxy_host.addr(ADMIN), "/;csv").unwrap_or_default();
+    csv.lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.len() > 17 && f[0] == "nodes" && f[1] != "BACKEND" && f[17] == "UP")
+        .map(|f| f[1].to_string())
+        .collect()
+}
 
-    b.ip(&["link", "set", &vb, "up"]);
-    proxy_log.wait_count("the node back", 2, |l| l.contains("member up: far "));
-    wait_body(&a, &url, "\"host\":\"far\"");
+/// The webapp names answering `n` requests through the proxy on `proxy_host`.
+fn answering(proxy_host: &Host, n: usize) -> BTreeSet<String> {
+    let addr = proxy_host.addr(HTTP);
+    proxy_host.enter(|| {
+        (0..n)
+            .filter_map(|_| http_get(addr, "/", Duration::from_secs(2)).ok())
+            .filter_map(|body| Some(body.split("\"host\":\"").nth(1)?.split('"').next()?.to_string()))
+            .collect()
+    })
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Waits until the proxy on `proxy_host` routes to exactly `healthy`: its CSV shows them and only them UP,
+/// and requests through it are answered by them and only them. Returns how long that took.
+fn assert_routes(proxy_host: &Host, healthy: &[&str]) -> Duration {
+    let start = Instant::now();
+    let want = set(healthy);
+    loop {
+        let up = up_in_csv(proxy_host);
+        if up == want {
+            // One thread, round robin: 4 requests per server visit each at least twice.
+            let seen = answering(proxy_host, 4 * healthy.len().max(1));
+            if seen == want {
+                return start.elapsed();
+            }
+        }
+        assert!(start.elapsed() < WAIT, "the proxy on {} routes {up:?}, not {want:?}", proxy_host.ip);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A proxy on host 1 and web nodes n2, n3 on hosts 2 and 3, all routed.
+struct Three {
+    proxy: Running,
+    nodes: Vec<Running>,
+    key: String,
+    lab: Lab,
+}
+
+impl Three {
+    fn start() -> Three {
+        let lab = Lab::new(3);
+        let key = common::keygen();
+        let proxy = proxy(lab.host(0), &key, &["--threads", "1"]);
+        let seed = lab.host(0).addr(GOSSIP);
+        let nodes = vec![node(lab.host(1), "n2", &key, seed), node(lab.host(2), "n3", &key, seed)];
+        assert_routes(lab.host(0), &["n2", "n3"]);
+        Three { proxy, nodes, key, lab }
+    }
+}
+
+#[test]
+fn a_partition_that_heals_brings_the_node_back() {
+    let t = Three::start();
+    let (proxy_host, far) = (t.lab.host(0), t.lab.host(1));
+    far.cut();
+    t.proxy.log.wait_for("the cut-off node declared down", |l| l.contains("member down: n2 "));
+    assert_routes(proxy_host, &["n3"]);
+    // Alone on its side, the node says which seeds it is trying.
+    t.nodes[0]
+        .log
+        .wait_for("the seed warning", |l| l.contains("no answer from any seed") && l.contains("10.77.0.1:7946"));
+
+    far.heal();
+    let took = assert_routes(proxy_host, &["n2", "n3"]);
+    eprintln!("heal to traffic: {took:?}");
+    // Declared down while cut off, the node rejoined under a new generation and re-announced its health.
+    t.nodes[0].log.wait_for("the rejoin", |l| l.contains("rejoined as generation"));
+}
+
+#[test]
+fn a_paused_agent_is_routed_again_once_it_resumes() {
+    let t = Three::start();
+    let stopped = Instant::now();
+    t.nodes[0].process.signal(libc::SIGSTOP);
+    t.proxy.log.wait_for("the paused node declared down", |l| l.contains("member down: n2 "));
+    assert_routes(t.lab.host(0), &["n3"]);
+    // Paused for 5 s in all (a long GC pause, a frozen container), then resumed.
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed()));
+    t.nodes[0].process.signal(libc::SIGCONT);
+    let took = assert_routes(t.lab.host(0), &["n2", "n3"]);
+    eprintln!("resume to traffic: {took:?}");
+}
+
+#[test]
+fn a_lossy_link_does_not_make_membership_flap() {
+    let t = Three::start();
+    let before = t.proxy.log.all().len();
+    t.lab.host(1).lossy(30);
+    // The fault is real: about half the round trips (0.7 x 0.7 get through) are lost.
+    let through = t.lab.host(0).round_trips(t.lab.host(1));
+    assert!((0.3..0.7).contains(&through), "{:.0} % of round trips came back", through * 100.0);
+    // The observation window is the test: a minute of 30 % loss each way on n2's link.
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(1));
+        let lines = t.proxy.log.all();
+        let flaps: Vec<&String> = lines[before..]
+            .iter()
+            .filter(|l| {
+                l.contains("member down") || (l.contains("backend set now has") && !l.contains("has 2 servers"))
+            })
+            .collect();
+        assert!(flaps.is_empty(), "membership changed under packet loss after {:?}: {flaps:?}", window.elapsed());
+    }
+    assert_routes(t.lab.host(0), &["n2", "n3"]);
+}
+
+#[test]
+fn a_proxy_restarted_under_live_agents_routes_them_again() {
+    let mut t = Three::start();
+    t.proxy.process.signal(libc::SIGKILL);
+    let _ = t.proxy.process.wait();
+    t.proxy = proxy(t.lab.host(0), &t.key, &["--threads", "1"]);
+    let took = assert_routes(t.lab.host(0), &["n2", "n3"]);
+    eprintln!("proxy restart to traffic: {took:?}");
+}
+
+#[test]
+fn two_proxies_lose_and_regain_sight_of_each_other() {
+    let lab = Lab::new(4);
+    let key = common::keygen();
+    let (h1, h2) = (lab.host(0), lab.host(1));
+    let first = proxy(h1, &key, &["--threads", "1"]);
+    let second = proxy(h2, &key, &["--threads", "1", "--join", &h1.addr(GOSSIP).to_string()]);
+    let _nodes = [node(lab.host(2), "n3", &key, h1.addr(GOSSIP)), node(lab.host(3), "n4", &key, h1.addr(GOSSIP))];
+    assert_routes(h1, &["n3", "n4"]);
+    assert_routes(h2, &["n3", "n4"]);
+    let second_up = |l: &str| l.contains("member up: ") && l.contains(" 10.77.0.2:7946 ");
+    first.log.wait_count("the second proxy known", 1, second_up);
+
+    h2.cut();
+    first
+        .log
+        .wait_for("the second proxy declared down", |l| l.contains("member down: ") && l.contains(" 10.77.0.2:7946 "));
+    second.log.wait_for("the second proxy alone", |l| l.contains("no other live members"));
+    assert_routes(h1, &["n3", "n4"]);
+
+    h2.heal();
+    first.log.wait_count("the second proxy back", 2, second_up);
+    assert_routes(h1, &["n3", "n4"]);
+    let took = assert_routes(h2, &["n3", "n4"]);
+    eprintln!("heal to traffic on the second proxy: {took:?}");
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Steady load from the proxy's host, a new connection per request with a 2 s budget each, while web node n2
+/// goes dark; returns (answered, failed) and the proxy's log.
+fn load_while_a_node_goes_dark(proxy_args: &[&str]) -> (usize, usize, Lines) {
+    let lab = Lab::new(3);
+    let key = common::keygen();
+    let p = proxy(lab.host(0), &key, &[&["--threads", "2"], proxy_args].concat());
+    let seed = lab.host(0).addr(GOSSIP);
+    let _nodes = [node(lab.host(1), "n2", &key, seed), node(lab.host(2), "n3", &key, seed)];
+    assert_routes(lab.host(0), &["n2", "n3"]);
+
+    let (ok, failed, stop) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicBool::new(false));
+    let target = lab.host(0).addr(HTTP);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                lab.host(0).enter(|| {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        match http_get(target, "/", Duration::from_secs(2)) {
+                            Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                            Err(e) => {
+                                eprintln!("failed: {e}");
+                                failed.fetch_add(1, Ordering::SeqCst)
+                            }
+                        };
+                    }
+                })
+            });
+        }
+        wait_until("load flowing", || ok.load(Ordering::SeqCst) >= 200);
+        lab.host(1).cut();
+        p.log.wait_for("the dark node declared down", |l| l.contains("member down: n2 "));
+        // Keep the load on past the removal, then stop it.
+        let served = ok.load(Ordering::SeqCst);
+        wait_until("load past the removal", || ok.load(Ordering::SeqCst) >= served + 200);
+        stop.store(true, Ordering::SeqCst);
+    });
+    (ok.into_inner(), failed.into_inner(), p.log)
+}
+
+#[test]
+fn a_node_that_goes_dark_costs_no_request() {
+    // Pooled backend connections: requests already sent to the dark host are never acknowledged.
+    let (ok, failed, log) = load_while_a_node_goes_dark(&[]);
+    eprintln!("pooled: {ok} answered, {failed} failed");
+    assert_eq!(failed, 0, "requests failed while a node went dark");
+    assert!(log.all().iter().any(|l| l.contains("server n2") && l.contains("abandoned")), "no abandon logged");
+
+    // A new backend connection per request: connects to the dark host hang until abandoned.
+    let (ok, failed, log) = load_while_a_node_goes_dark(&["--pool-max-idle", "0"]);
+    eprintln!("unpooled: {ok} answered, {failed} failed");
+    assert_eq!(failed, 0, "requests failed while a node went dark");
+    let abandoned =
+        |l: &String| l.contains("server n2") && l.contains("no answer to connect within") && l.contains("abandoned");
+    assert!(log.all().iter().any(abandoned), "no abandoned connect logged");
 }

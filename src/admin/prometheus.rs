@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use super::stats::Snapshot;
 use crate::balance::counters::Totals;
+use crate::cluster::Refused;
 
 const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
@@ -41,6 +42,13 @@ pub fn render(s: &Snapshot) -> String {
     metric("server_retries_total", "counter", "Requests retried.", per_server(&|v| v.totals.retries));
     let codes = s.servers.iter().flat_map(|v| by_code(&format!("server=\"{}\",", label(&v.name)), &v.totals));
     metric("server_responses_total", "counter", "Responses by status class.", codes.collect());
+
+    let g = &s.gossip;
+    metric("gossip_members", "gauge", "Live cluster members besides this proxy.", one(g.members));
+    let refused = Refused::ALL.iter().map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), g.refused[r.index()]));
+    metric("gossip_packets_refused_total", "counter", "Gossip packets dropped, by reason.", refused.collect());
+    metric("gossip_members_refused_total", "counter", "Members ignored over --max-members.", one(g.members_refused));
+    metric("gossip_rejoins_total", "counter", "Times this proxy was declared down and rejoined.", one(g.rejoins));
     out
 }
 

@@ -1,5 +1,6 @@
 //! One consistent reading of every counter, shared by the CSV, the page and the metrics.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
 use crate::balance::counters::Totals;
@@ -32,6 +33,16 @@ pub struct Snapshot {
     pub servers: Vec<Server>,
     pub backend: Totals,
     pub uptime_s: u64,
+    pub gossip: Gossip,
+}
+
+/// The gossip layer's counters.
+pub struct Gossip {
+    pub members: u64,
+    /// By [`crate::cluster::Refused`], in the order of `Refused::ALL`.
+    pub refused: [u64; 6],
+    pub members_refused: u64,
+    pub rejoins: u64,
 }
 
 impl Snapshot {
@@ -63,6 +74,12 @@ impl Snapshot {
             servers,
             backend,
             uptime_s: SystemTime::now().duration_since(shared.started).map_or(0, |d| d.as_secs()),
+            gossip: Gossip {
+                members: shared.gossip.members.load(Relaxed),
+                refused: std::array::from_fn(|i| shared.gossip.refused[i].load(Relaxed)),
+                members_refused: shared.gossip.members_refused.load(Relaxed),
+                rejoins: shared.gossip.rejoins.load(Relaxed),
+            },
         }
     }
 

@@ -30,7 +30,8 @@ impl Supervisor {
     fn spawn(&mut self) {
         let Some((program, args)) = self.argv.split_first() else { return };
         let mut command = Command::new(program);
-        command.args(args).kill_on_drop(true);
+        // The cluster key is the agent's secret, not the app's.
+        command.args(args).env_remove("SHOAL_CLUSTER_KEY").kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe and touches only the child's own attributes, as pre_exec requires.
         // A SIGKILLed agent cannot stop its app, so the kernel does: the app gets SIGTERM when the agent dies.
         unsafe {

@@ -2,8 +2,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
@@ -21,8 +20,11 @@ pub struct Backend {
     pub host: String,
     pub port: u16,
     resolved: ArcSwapOption<SocketAddr>,
-    /// Until when (Unix ms) this server is skipped after a failed connect; 0 when it is not.
-    ejected_until: AtomicU64,
+    /// Skipped by every thread after a failed connect (or a request its host never acknowledged), until a
+    /// probe connect succeeds or membership says it is back.
+    ejected: AtomicBool,
+    /// Gossip probes of this server's node that failed: a request waiting on it may be given up.
+    suspicions: AtomicU64,
     /// Requests currently using this server, on any thread.
     in_flight: AtomicUsize,
     /// What happened to requests sent here, per data-plane thread.
@@ -38,21 +40,35 @@ impl Backend {
             host: spec.host.clone(),
             port: spec.port,
             resolved: ArcSwapOption::new(literal),
-            ejected_until: AtomicU64::new(0),
+            ejected: AtomicBool::new(false),
+            suspicions: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             counters: PerThread::new(threads),
         }
     }
 
-    /// Skips this server on every thread for `period` after a refused or timed-out connect, so requests stop
-    /// paying for a retry while gossip or a health check has not yet noticed the failure.
-    pub fn eject(&self, period: Duration) {
-        self.ejected_until.store(unix_ms() + period.as_millis() as u64, Ordering::Relaxed);
+    /// Takes this server out of every thread's choice until it is readmitted, so requests stop paying for a
+    /// failed attempt while gossip or a health check has not noticed yet. Returns whether it was in.
+    pub fn eject(&self) -> bool {
+        !self.ejected.swap(true, Ordering::Relaxed)
+    }
+
+    /// Puts an ejected server back; returns whether it was out.
+    pub fn readmit(&self) -> bool {
+        self.ejected.swap(false, Ordering::Relaxed)
     }
 
     pub fn is_ejected(&self) -> bool {
-        let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && unix_ms() < until
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Records that a gossip probe of this server's node failed (it may be cut off, or merely unlucky).
+    pub fn suspect(&self) {
+        self.suspicions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn suspicions(&self) -> u64 {
+        self.suspicions.load(Ordering::Relaxed)
     }
 
     /// Counts a request against this server until the guard drops; the guard keeps the server.
@@ -69,6 +85,11 @@ impl Backend {
         self.host.parse::<IpAddr>().is_ok()
     }
 
+    /// The address last resolved, if any (literal addresses always have one).
+    pub fn cached_address(&self) -> Option<SocketAddr> {
+        self.resolved.load().as_deref().copied()
+    }
+
     /// The address to connect to; `fresh` forces a new lookup (after a connect failure).
     pub async fn address(&self, fresh: bool) -> io::Result<SocketAddr> {
         if let Some(addr) = self.resolved.load().as_deref() {
@@ -83,10 +104,6 @@ impl Backend {
         self.resolved.store(Some(Arc::new(addr)));
         Ok(addr)
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A request in flight to a server (see [`Backend::enter`]).

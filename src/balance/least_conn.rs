@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use super::{Backend, BackendSet};
+use super::{rank, Backend, BackendSet};
 
 pub struct LeastConn {
     next: Cell<usize>,
@@ -19,7 +19,7 @@ impl LeastConn {
 
     /// The least loaded server in rotation, skipping `avoid` (one that just failed) and ejected servers while
     /// another exists.
-    pub fn pick(&self, set: &BackendSet, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
+    pub fn pick(&self, set: &BackendSet, avoid: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let rotation = set.rotation();
         let n = rotation.len();
         if n == 0 {
@@ -28,25 +28,24 @@ impl LeastConn {
         let start = self.next.get();
         self.next.set(start.wrapping_add(1));
         let mut best: Option<(usize, u64, u64)> = None;
-        let mut fallback = None;
+        let mut fallback: Option<(u8, usize)> = None;
         for k in 0..n {
             let i = rotation[(start + k) % n];
             let server = &set.servers[i];
-            if avoid.is_some_and(|a| Arc::ptr_eq(a, server)) {
-                continue;
-            }
-            if server.is_ejected() {
-                fallback.get_or_insert(i);
-                continue;
+            match rank(server, avoid) {
+                Some(0) => {}
+                Some(r) if fallback.is_none_or(|(best, _)| r < best) => {
+                    fallback = Some((r, i));
+                    continue;
+                }
+                _ => continue,
             }
             let (load, weight) = (server.in_flight() as u64, u64::from(set.weights[i]));
-            // load / weight < best_load / best_weight, without dividing.
             if best.is_none_or(|(_, best_load, best_weight)| load * best_weight < best_load * weight) {
                 best = Some((i, load, weight));
             }
         }
-        // Every server in rotation is ejected or avoided: trying one beats refusing outright.
-        let chosen = best.map(|(i, ..)| i).or(fallback).unwrap_or(rotation[start % n]);
+        let chosen = best.map(|(i, ..)| i).or(fallback.map(|(_, i)| i))?;
         Some(set.servers[chosen].clone())
     }
 }
@@ -66,16 +65,16 @@ mod tests {
         let set = BackendSet::weighted(vec![(a.clone(), 100), (b.clone(), 100)]);
         let lc = LeastConn::new(0);
         let busy = a.clone().enter();
-        assert!((0..4).all(|_| lc.pick(&set, None).unwrap().port == 2), "a has one in flight");
+        assert!((0..4).all(|_| lc.pick(&set, &[]).unwrap().port == 2), "a has one in flight");
         drop(busy);
-        let ports: Vec<_> = (0..4).map(|_| lc.pick(&set, None).unwrap().port).collect();
+        let ports: Vec<_> = (0..4).map(|_| lc.pick(&set, &[]).unwrap().port).collect();
         assert!(ports.contains(&1) && ports.contains(&2), "ties alternate: {ports:?}");
         // Twice the weight takes twice the load before it stops winning.
         let heavy = BackendSet::weighted(vec![(a.clone(), 200), (b.clone(), 100)]);
         let _one = a.clone().enter();
         let _b = b.clone().enter();
-        assert_eq!(lc.pick(&heavy, None).unwrap().port, 1, "1/200 beats 1/100");
-        assert_eq!(lc.pick(&heavy, Some(&a)).unwrap().port, 2, "avoided");
-        assert!(LeastConn::new(0).pick(&BackendSet::weighted(vec![(a, 0)]), None).is_none());
+        assert_eq!(lc.pick(&heavy, &[]).unwrap().port, 1, "1/200 beats 1/100");
+        assert_eq!(lc.pick(&heavy, std::slice::from_ref(&a)).unwrap().port, 2, "avoided");
+        assert!(LeastConn::new(0).pick(&BackendSet::weighted(vec![(a, 0)]), &[]).is_none());
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use thiserror::Error;
+use tokio::sync::watch;
 
 use super::{Backend, BackendSet, ServerState, SharedBackends};
 use crate::cluster::{Member, Membership, NodeId, Role};
@@ -40,10 +41,17 @@ pub struct Publisher {
     overrides: HashMap<String, Override>,
     /// Data-plane threads, each with its own counter slot in every backend.
     threads: usize,
+    /// Bumped after every publish: data-plane threads abandon connects to servers that left rotation.
+    changes: watch::Sender<u64>,
 }
 
 impl Publisher {
-    pub fn new(statics: Vec<Arc<Backend>>, shared: SharedBackends, threads: usize) -> Arc<Mutex<Publisher>> {
+    pub fn new(
+        statics: Vec<Arc<Backend>>,
+        shared: SharedBackends,
+        threads: usize,
+        changes: watch::Sender<u64>,
+    ) -> Arc<Mutex<Publisher>> {
         let mut p = Publisher {
             statics,
             shared,
@@ -51,6 +59,7 @@ impl Publisher {
             members: Vec::new(),
             overrides: HashMap::new(),
             threads,
+            changes,
         };
         p.publish();
         Arc::new(Mutex::new(p))
@@ -58,8 +67,7 @@ impl Publisher {
 
     /// Records an operator's change to the server(s) named `name` and republishes.
     pub fn set(&mut self, name: &str, change: impl FnOnce(&mut Override)) -> Result<(), NoSuchServer> {
-        let exists =
-            self.statics.iter().any(|b| b.name == name) || self.members.iter().any(|m| server_name(&m.id.name) == name);
+        let exists = self.statics.iter().any(|b| b.name == name) || self.known.values().any(|b| b.name == name);
         if !exists {
             return Err(NoSuchServer(name.to_string()));
         }
@@ -86,11 +94,19 @@ impl Publisher {
             self.statics.iter().map(|b| (b.clone(), STATIC_WEIGHT, ServerState::Up)).collect();
         for m in &self.members {
             let Some(service) = m.id.service else { continue };
-            let backend = self.known.entry((m.id.gossip, m.id.generation)).or_insert_with(|| {
-                let spec =
-                    BackendSpec { name: server_name(&m.id.name), host: service.ip().to_string(), port: service.port() };
-                Arc::new(Backend::new(&spec, threads))
-            });
+            let key = (m.id.gossip, m.id.generation);
+            if !self.known.contains_key(&key) {
+                let mut name = server_name(&m.id.name);
+                let taken =
+                    |n: &str| servers.iter().any(|(b, _, _)| b.name == n) || self.known.values().any(|b| b.name == n);
+                if taken(&name) {
+                    // Names come from host names by default: two nodes on one host must still be told apart.
+                    name = server_name(&format!("{name}@{}", m.id.gossip));
+                }
+                let spec = BackendSpec { name, host: service.ip().to_string(), port: service.port() };
+                self.known.insert(key, Arc::new(Backend::new(&spec, threads)));
+            }
+            let backend = &self.known[&key];
             let state = if m.is_routable() {
                 ServerState::Up
             } else if m.is_draining() {
@@ -109,12 +125,27 @@ impl Publisher {
                 (_, current) => current,
             };
         }
+        readmit_recovered(&self.shared.load(), &servers);
         let set = BackendSet::new(servers);
         let up = set.rotation().len();
         let known = set.servers.len();
         self.shared.store(Arc::new(set));
+        self.changes.send_modify(|n| *n += 1);
         // Logged once published: tests (and operators) take this line to mean the set is in effect.
         tracing::info!("backend set now has {up} servers in rotation, {known} known");
+    }
+}
+
+/// A server that membership or its health check brings back UP is no longer skipped for an earlier failed
+/// connect: that is the news ejection waits for.
+fn readmit_recovered(old: &BackendSet, new: &[(Arc<Backend>, u16, ServerState)]) {
+    let before: HashMap<*const Backend, ServerState> =
+        old.servers.iter().zip(&old.states).map(|(b, s)| (Arc::as_ptr(b), *s)).collect();
+    for (backend, _, state) in new {
+        let was = before.get(&Arc::as_ptr(backend));
+        if *state == ServerState::Up && was.is_some_and(|s| *s != ServerState::Up) && backend.readmit() {
+            tracing::info!("server {} is back UP: no longer skipped for its earlier failure", backend.name);
+        }
     }
 }
 
@@ -130,6 +161,12 @@ pub struct ClusterBackends(pub Arc<Mutex<Publisher>>);
 impl Membership for ClusterBackends {
     fn changed(&mut self, members: &[Member]) {
         self.0.lock().update(members);
+    }
+
+    fn suspected(&mut self, node: &NodeId) {
+        if let Some(b) = self.0.lock().known.get(&(node.gossip, node.generation)) {
+            b.suspect();
+        }
     }
 
     fn busy_with(&self, node: &NodeId) -> bool {

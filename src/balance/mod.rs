@@ -9,6 +9,7 @@ mod backend;
 pub mod counters;
 mod least_conn;
 mod membership;
+pub mod recovery;
 mod round_robin;
 
 use std::sync::Arc;
@@ -37,12 +38,28 @@ impl Balancer {
         }
     }
 
-    /// The server for the next request; `avoid` is one that just failed.
-    pub fn pick(&self, set: &BackendSet, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
+    /// The server for the next attempt; `avoid` holds those that already failed this request.
+    pub fn pick(&self, set: &BackendSet, avoid: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         match self {
             Balancer::RoundRobin(rr) => rr.pick(set, avoid),
             Balancer::LeastConn(lc) => lc.pick(set, avoid),
         }
+    }
+}
+
+/// How acceptable `server` is for the next attempt, lower being better; `None`: not at all.
+///
+/// A server that failed this request (`avoid`) but is not ejected only lost a pooled connection, which a
+/// keep-alive race explains: it comes before one ejected for a failed connect. One both avoided and ejected
+/// is never tried again for this request. With nothing else left, an ejected server is still tried: it may
+/// be back, and the alternative is a 503.
+fn rank(server: &Arc<Backend>, avoid: &[Arc<Backend>]) -> Option<u8> {
+    let avoided = avoid.iter().any(|a| Arc::ptr_eq(a, server));
+    match (avoided, server.is_ejected()) {
+        (false, false) => Some(0),
+        (true, false) => Some(1),
+        (false, true) => Some(2),
+        (true, true) => None,
     }
 }
 

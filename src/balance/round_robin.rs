@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use super::{Backend, BackendSet};
+use super::{rank, Backend, BackendSet};
 
 pub struct RoundRobin {
     next: Cell<usize>,
@@ -18,25 +18,21 @@ impl RoundRobin {
 
     /// The next server in the set's weighted cycle, skipping `avoid` (one that just failed) and ejected
     /// servers while another exists.
-    pub fn pick(&self, set: &BackendSet, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
+    pub fn pick(&self, set: &BackendSet, avoid: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let cycle = set.cycle();
         let n = cycle.len();
-        let mut fallback = None;
+        let mut fallback: Option<(u8, &Arc<Backend>)> = None;
         for _ in 0..n {
             let i = self.next.get() % n;
             self.next.set(i + 1);
             let candidate = &set.servers[cycle[i]];
-            if avoid.is_some_and(|a| Arc::ptr_eq(a, candidate)) {
-                continue;
+            match rank(candidate, avoid) {
+                Some(0) => return Some(candidate.clone()),
+                Some(r) if fallback.is_none_or(|(best, _)| r < best) => fallback = Some((r, candidate)),
+                _ => {}
             }
-            if candidate.is_ejected() {
-                fallback.get_or_insert(candidate);
-                continue;
-            }
-            return Some(candidate.clone());
         }
-        // Every server in rotation is ejected or avoided: trying one beats refusing outright.
-        fallback.or_else(|| cycle.first().map(|&i| &set.servers[i])).cloned()
+        fallback.map(|(_, b)| b.clone())
     }
 }
 
@@ -57,28 +53,32 @@ mod tests {
     fn follows_weights_and_skips_weight_zero() {
         let s = BackendSet::weighted(vec![(server(1), 200), (server(2), 0), (server(3), 100)]);
         let rr = RoundRobin::new(0);
-        let ports: Vec<_> = (0..6).map(|_| rr.pick(&s, None).unwrap().port).collect();
+        let ports: Vec<_> = (0..6).map(|_| rr.pick(&s, &[]).unwrap().port).collect();
         assert_eq!(ports, [1, 3, 1, 1, 3, 1]);
-        assert!(RoundRobin::new(0).pick(&BackendSet::weighted(vec![(server(1), 0)]), None).is_none());
+        assert!(RoundRobin::new(0).pick(&BackendSet::weighted(vec![(server(1), 0)]), &[]).is_none());
     }
 
     #[test]
     fn cycles_and_avoids() {
         let s = set(3);
         let rr = RoundRobin::new(0);
-        let names: Vec<_> = (0..4).map(|_| rr.pick(&s, None).unwrap().port).collect();
+        let names: Vec<_> = (0..4).map(|_| rr.pick(&s, &[]).unwrap().port).collect();
         assert_eq!(names, [1000, 1001, 1002, 1000]);
         let failed = s.servers[1].clone();
-        assert_eq!(rr.pick(&s, Some(&failed)).unwrap().port, 1002);
-        assert!(RoundRobin::new(0).pick(&set(0), None).is_none());
+        assert_eq!(rr.pick(&s, std::slice::from_ref(&failed)).unwrap().port, 1002);
+        assert!(RoundRobin::new(0).pick(&set(0), &[]).is_none());
         let one = set(1);
-        assert_eq!(rr.pick(&one, Some(&one.servers[0])).unwrap().port, 1000);
-        s.servers[0].eject(std::time::Duration::from_secs(60));
-        let picks: Vec<_> = (0..4).map(|_| rr.pick(&s, None).unwrap().port).collect();
+        assert_eq!(rr.pick(&one, &one.servers).unwrap().port, 1000, "the only server, avoided but not ejected");
+        s.servers[0].eject();
+        let picks: Vec<_> = (0..4).map(|_| rr.pick(&s, &[]).unwrap().port).collect();
         assert!(!picks.contains(&1000), "an ejected server is skipped: {picks:?}");
+        assert_eq!(rr.pick(&s, &s.servers[1..]).unwrap().port, 1001, "avoided before ejected");
         for b in &s.servers {
-            b.eject(std::time::Duration::from_secs(60));
+            b.eject();
         }
-        assert!(rr.pick(&s, None).is_some(), "all ejected still yields a server");
+        assert!(rr.pick(&s, &[]).is_some(), "all ejected still yields a server");
+        assert!(rr.pick(&s, &s.servers).is_none(), "failed and ejected: never again for this request");
+        assert!(s.servers[0].readmit());
+        assert_eq!(rr.pick(&s, &[]).unwrap().port, 1000, "readmitted");
     }
 }

@@ -3,27 +3,37 @@
 //! Every node, proxy or backend agent, runs a [`node::Node`]. Membership changes are handed to a listener
 //! as the full list of live members; the proxy turns that into a new backend-set snapshot.
 
-mod auth;
 mod events;
 mod identity;
+mod keys;
 mod node;
+pub mod seal;
+mod seeds;
 mod state;
 mod timers;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
 pub use identity::{NodeId, Role};
+pub use keys::{KeySource, Secret};
+pub use seal::Refused;
 pub use state::{Member, NodeState};
 
 /// What the rest of the program learns from gossip, called on the gossip thread.
 pub trait Membership: Send + 'static {
     /// Every live member (this node excluded), after each change of membership or state.
     fn changed(&mut self, members: &[Member]);
+
+    /// A probe of `node` by this node failed: it may be gone (SWIM will say), so work waiting on it that can be
+    /// redone elsewhere may as well be.
+    fn suspected(&mut self, _node: &NodeId) {}
 
     /// Whether requests to `node` are still in flight here (a proxy acknowledges a drain only once none are).
     fn busy_with(&self, _node: &NodeId) -> bool {
@@ -38,7 +48,12 @@ pub struct ClusterConfig {
     pub advertise: Option<IpAddr>,
     /// `HOST:PORT` of any members, re-resolved on every attempt.
     pub join: Vec<String>,
-    pub key: Option<String>,
+    /// The cluster keys, or none for gossip in the clear.
+    pub keys: KeySource,
+    /// Gossip in the clear on a non-loopback address was asked for explicitly.
+    pub insecure: bool,
+    /// Most members this node tracks; more are ignored (and logged).
+    pub max_members: usize,
     pub probe_period: Duration,
     pub probe_rtt: Duration,
     pub suspect_timeout: Duration,
@@ -46,10 +61,24 @@ pub struct ClusterConfig {
     pub on_event: Option<String>,
 }
 
+/// What the gossip layer counts, for the admin endpoints.
+#[derive(Debug, Default)]
+pub struct GossipStats {
+    /// Packets refused, by [`Refused::index`].
+    pub refused: [AtomicU64; 6],
+    /// Live members (this node excluded).
+    pub members: AtomicU64,
+    /// Members ignored because the member limit was reached.
+    pub members_refused: AtomicU64,
+    /// Times this node was declared down and rejoined under a new generation.
+    pub rejoins: AtomicU64,
+}
+
 /// A running gossip node.
 pub struct Cluster {
     /// The address other members know this node by.
     pub advertised: SocketAddr,
+    pub stats: Arc<GossipStats>,
     commands: mpsc::UnboundedSender<node::Command>,
     thread: Option<JoinHandle<()>>,
 }
@@ -73,7 +102,7 @@ pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membershi
     let bound = socket.local_addr()?;
     let ip = match (config.advertise, bound.ip()) {
         (Some(ip), _) => ip,
-        (None, ip) if ip.is_unspecified() => first_non_loopback().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        (None, ip) if ip.is_unspecified() => crate::host::first_ipv4().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         (None, ip) => ip,
     };
     let advertised = SocketAddr::new(ip, bound.port());
@@ -81,14 +110,27 @@ pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membershi
     let name = if me.name.is_empty() { advertised.to_string() } else { me.name };
     let id = NodeId::new(advertised, me.role, service, me.weight, me.checked, &name);
     let state = NodeState { healthy: !me.checked, draining: false, weight: me.weight, tags: me.tags };
-    let auth_open = config.key.is_none();
+    let keyring = config.keys.load().map_err(io::Error::other)?;
     tracing::info!("gossip on {bound}, advertised as {advertised}");
-    if auth_open {
-        tracing::warn!("no cluster key: gossip is unauthenticated (set --cluster-key or SHOAL_CLUSTER_KEY)");
-    }
+    let sealer = match keyring {
+        Some(keyring) => {
+            tracing::info!("gossip sealed: sealing with key {}, opening with {:?}", keyring.ids()[0], keyring.ids());
+            Some(seal::Sealer::new(keyring)?)
+        }
+        None if bound.ip().is_loopback() => None,
+        None => {
+            tracing::warn!(
+                "gossip in the clear on {bound} (--gossip-insecure): any host that reaches it can add itself as a \
+                 backend"
+            );
+            None
+        }
+    };
+    let stats = Arc::new(GossipStats::default());
     let (tx, rx) = mpsc::unbounded_channel();
     let hook = config.on_event.clone().map(events::EventHook::start).transpose()?;
     let config = config.clone();
+    let node_stats = stats.clone();
     let thread = std::thread::Builder::new().name("shoal-gossip".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -96,12 +138,15 @@ pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membershi
         };
         runtime.block_on(async move {
             match tokio::net::UdpSocket::from_std(socket) {
-                Ok(socket) => node::Node::new(&config, id, state, socket, membership, hook).run(rx).await,
+                Ok(socket) => {
+                    let parts = node::Parts { me: id, state, socket, sealer, membership, hook, stats: node_stats };
+                    node::Node::new(&config, parts).run(rx).await
+                }
                 Err(e) => tracing::error!("gossip socket: {e}"),
             }
         });
     })?;
-    Ok(Cluster { advertised, commands: tx, thread: Some(thread) })
+    Ok(Cluster { advertised, stats, commands: tx, thread: Some(thread) })
 }
 
 impl Cluster {
@@ -134,28 +179,7 @@ impl Cluster {
     }
 }
 
-/// The first IPv4 address of an interface that is up and not loopback, as Serf advertises by default.
-fn first_non_loopback() -> Option<IpAddr> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we only read, then free with freeifaddrs exactly once.
-    unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
-            return None;
-        }
-        let mut found = None;
-        let mut cur = list;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            let up = ifa.ifa_flags & (libc::IFF_UP as u32) != 0;
-            let loopback = ifa.ifa_flags & (libc::IFF_LOOPBACK as u32) != 0;
-            if up && !loopback && !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                found = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
-                break;
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(list);
-        found
-    }
+/// Wall-clock milliseconds, as sealed packets carry them.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -1,46 +1,57 @@
 //! The gossip node: one task owns the Foca instance, the UDP socket and the timer heap, and turns foca's
 //! notifications and custom broadcasts into the set of live members that the rest of the program is told about.
+//!
+//! Identity renewal is handled end to end: when the cluster declares this node down (a partition, a paused
+//! process, lost packets) foca rejoins under a newer generation, and the node re-announces its state under it,
+//! so peers route it again as soon as its health is known.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec};
+use foca::{AccumulatingRuntime, Codec, Foca, OwnedNotification, PostcardCodec};
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
-use super::auth::PacketAuth;
 use super::events::{EventHook, EventKind};
 use super::identity::{NodeId, Role};
+use super::keys::Watch;
+use super::seal::{self, Refused, Sealer};
+use super::seeds::{Resolved, Seeds};
 use super::state::{self, Broadcast, Handler, Member, NodeState, Table};
 use super::timers::TimerHeap;
-use super::{ClusterConfig, Membership};
+use super::{unix_ms, ClusterConfig, GossipStats, Membership};
 
 type Swim = Foca<NodeId, PostcardCodec, StdRng, Handler>;
 
-const MAX_JOIN_BACKOFF: Duration = Duration::from_secs(5);
-const FIRST_JOIN_BACKOFF: Duration = Duration::from_millis(200);
-/// How often a seed that is already a member is checked again (it may restart under a new identity).
-const SEED_RECHECK: Duration = Duration::from_secs(1);
 /// How often pending drain acknowledgements are re-evaluated.
 const DRAIN_RECHECK: Duration = Duration::from_millis(20);
+/// Key-file polling and table pruning.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// What foca may put in one packet, leaving room for the seal within a 1400-byte datagram (overlay networks
+/// such as swarm's VXLAN have an MTU of 1450).
+const MAX_PAYLOAD: usize = 1400 - seal::OVERHEAD;
+/// A member declared down is announced to this often, so both sides of a healed partition find each other
+/// even when neither has the other as a `--join` seed.
+const ANNOUNCE_TO_DOWN_EVERY: Duration = Duration::from_secs(1);
+/// How long foca remembers a down identity; generations only grow, so a restarted node is never refused.
+const FORGET_DOWN_AFTER: Duration = Duration::from_secs(600);
 const FAR: Duration = Duration::from_secs(3600);
+/// Every packet is sent again this much later (see `seal`): a lossy link must lose both to lose a message,
+/// and a short burst of loss does not take both.
+const COPY_AFTER: Duration = Duration::from_millis(10);
 
 pub enum Command {
     SetState(NodeState),
     /// Announce draining, and answer once every live proxy has acknowledged it (true) or at the deadline (false).
     Drain(Duration, oneshot::Sender<bool>),
     Leave(oneshot::Sender<()>),
-}
-
-struct Seed {
-    spec: String,
-    next_try: Instant,
-    backoff: Duration,
 }
 
 struct PendingDrain {
@@ -54,13 +65,19 @@ pub struct Node {
     runtime: AccumulatingRuntime<NodeId>,
     timers: TimerHeap<foca::Timer<NodeId>>,
     socket: UdpSocket,
-    auth: PacketAuth,
+    /// `None`: gossip in the clear.
+    sealer: Option<Sealer>,
+    key_watch: Option<Watch>,
     me: NodeId,
     state: NodeState,
     version: u64,
     members: HashMap<SocketAddr, NodeId>,
+    max_members: usize,
+    /// Members were refused for the cap: look again in foca's list when one leaves.
+    over_cap: bool,
     table: Rc<RefCell<Table>>,
-    seeds: Vec<Seed>,
+    seeds: Seeds,
+    resolutions: mpsc::UnboundedReceiver<Resolved>,
     membership: Box<dyn Membership>,
     hook: Option<EventHook>,
     /// What each member looked like when the hook last heard of it, to spot updates.
@@ -70,50 +87,66 @@ pub struct Node {
     recheck: Option<Instant>,
     /// Drains must be re-evaluated at the next flush even if membership did not change.
     reevaluate: bool,
-    rejected: u64,
+    /// Leaving on purpose: foca's "defunct" that follows is expected.
+    leaving: bool,
+    stats: Arc<GossipStats>,
     wire: Vec<u8>,
+    /// Packets to send again, with when.
+    copies: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+}
+
+/// What `Node::new` needs beyond the configuration.
+pub struct Parts {
+    pub me: NodeId,
+    pub state: NodeState,
+    pub socket: UdpSocket,
+    pub sealer: Option<Sealer>,
+    pub membership: Box<dyn Membership>,
+    pub hook: Option<EventHook>,
+    pub stats: Arc<GossipStats>,
 }
 
 impl Node {
-    pub fn new(
-        config: &ClusterConfig,
-        me: NodeId,
-        state: NodeState,
-        socket: UdpSocket,
-        membership: Box<dyn Membership>,
-        hook: Option<EventHook>,
-    ) -> Node {
+    pub fn new(config: &ClusterConfig, parts: Parts) -> Node {
         let mut swim = foca::Config::new_lan(std::num::NonZeroU32::new(32).expect("non-zero"));
         swim.probe_period = config.probe_period;
         swim.probe_rtt = config.probe_rtt;
         swim.suspect_to_down_after = config.suspect_timeout;
+        swim.max_packet_size = std::num::NonZeroUsize::new(MAX_PAYLOAD).expect("non-zero");
+        swim.remove_down_after = Some(FORGET_DOWN_AFTER);
+        if let Some(p) = swim.periodic_announce_to_down_members.as_mut() {
+            p.frequency = ANNOUNCE_TO_DOWN_EVERY;
+        }
         let rng: StdRng = rand::make_rng();
         let table = Rc::new(RefCell::new(Table::default()));
-        let now = Instant::now();
+        let Parts { me, state, socket, sealer, membership, hook, stats } = parts;
+        let (seeds, resolutions) = Seeds::new(&config.join, me.gossip);
         let mut node = Node {
             foca: Foca::with_custom_broadcast(me.clone(), swim, rng, PostcardCodec, Handler(table.clone())),
             runtime: AccumulatingRuntime::new(),
             timers: TimerHeap::new(),
             socket,
-            auth: PacketAuth::new(config.key.as_deref()),
+            sealer,
+            key_watch: Watch::new(&config.keys),
             me,
             state,
             version: 0,
             members: HashMap::new(),
+            max_members: config.max_members,
+            over_cap: false,
             table,
-            seeds: config
-                .join
-                .iter()
-                .map(|spec| Seed { spec: spec.clone(), next_try: now, backoff: FIRST_JOIN_BACKOFF })
-                .collect(),
+            seeds,
+            resolutions,
             membership,
             hook,
             reported: HashMap::new(),
             drain: None,
             recheck: None,
             reevaluate: false,
-            rejected: 0,
+            leaving: false,
+            stats,
             wire: Vec::with_capacity(1500),
+            copies: VecDeque::new(),
         };
         node.broadcast_state();
         node
@@ -121,15 +154,17 @@ impl Node {
 
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut packet = vec![0u8; 65_536];
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         loop {
             self.flush().await;
             let far = Instant::now() + FAR;
             let next_timer = self.timers.next_deadline().unwrap_or(far);
-            let next_seed = self.seeds.iter().map(|s| s.next_try).min().unwrap_or(far);
+            let next_seed = self.seeds.next_deadline().unwrap_or(far);
             let next_check = self.recheck.unwrap_or(far);
+            let next_copy = self.copies.front().map_or(far, |(at, _, _)| *at);
             tokio::select! {
                 received = self.socket.recv_from(&mut packet) => match received {
-                    Ok((n, from)) => self.receive(&packet[..n], from),
+                    Ok((n, from)) => self.receive(&mut packet[..n], from),
                     Err(e) => tracing::debug!("gossip recv: {e}"),
                 },
                 _ = sleep_until(next_timer) => {
@@ -140,11 +175,21 @@ impl Node {
                         }
                     }
                 }
-                _ = sleep_until(next_seed) => self.join_seeds().await,
+                _ = sleep_until(next_seed) => self.seeds.tick(),
+                _ = sleep_until(next_copy) => self.send_copies().await,
+                Some(resolved) = self.resolutions.recv() => {
+                    let members = &self.members;
+                    for addr in self.seeds.resolved(resolved, |a| members.contains_key(a)) {
+                        if let Err(e) = self.foca.announce(NodeId::seed(addr), &mut self.runtime) {
+                            tracing::debug!("announce to {addr}: {e}");
+                        }
+                    }
+                }
                 _ = sleep_until(next_check) => {
                     self.recheck = None;
                     self.reevaluate = true;
                 }
+                _ = housekeeping.tick() => self.housekeeping(),
                 command = commands.recv() => match command {
                     Some(Command::SetState(state)) => {
                         self.state = NodeState { draining: self.state.draining, ..state };
@@ -165,6 +210,7 @@ impl Node {
     }
 
     async fn leave(mut self, done: Option<oneshot::Sender<()>>) {
+        self.leaving = true;
         // Say so first, so members report a leave rather than a failure.
         if !self.state.draining {
             self.state.draining = true;
@@ -176,13 +222,17 @@ impl Node {
             tracing::debug!("leave: {e}");
         }
         self.flush().await;
+        // The copies too, without waiting: there is no later.
+        for (_, to, data) in std::mem::take(&mut self.copies) {
+            self.send(&data, to, true).await;
+        }
         tracing::info!("left the cluster");
         if let Some(done) = done {
             let _ = done.send(());
         }
     }
 
-    /// Publishes this node's state under a new version.
+    /// Publishes this node's state under a new version of its current generation.
     fn broadcast_state(&mut self) {
         self.version += 1;
         let b = Broadcast::State {
@@ -196,60 +246,33 @@ impl Node {
         }
     }
 
-    fn receive(&mut self, packet: &[u8], from: SocketAddr) {
-        match self.auth.open(packet) {
-            Some(payload) => {
-                if let Err(e) = self.foca.handle_data(payload, &mut self.runtime) {
-                    tracing::debug!("gossip from {from}: {e}");
-                }
-            }
-            None => {
-                self.rejected += 1;
-                // Powers of two keep a flood of junk from flooding the log too.
-                if self.rejected.is_power_of_two() {
-                    tracing::warn!(
-                        "dropped {} gossip packets failing authentication (last from {from}): check the cluster key",
-                        self.rejected
-                    );
-                }
-            }
+    fn receive(&mut self, packet: &mut [u8], from: SocketAddr) {
+        let payload = match &mut self.sealer {
+            None => &packet[..],
+            Some(sealer) => match sealer.open(packet, unix_ms()) {
+                Ok(payload) => payload,
+                Err(why) => return self.refused(why, from),
+            },
+        };
+        if let Err(e) = self.foca.handle_data(payload, &mut self.runtime) {
+            tracing::debug!("gossip from {from}: {e}");
         }
     }
 
-    /// Announces to every seed that is not a live member yet, with backoff, forever: start order never matters.
-    async fn join_seeds(&mut self) {
-        let now = Instant::now();
-        for i in 0..self.seeds.len() {
-            if self.seeds[i].next_try > now {
-                continue;
-            }
-            let spec = self.seeds[i].spec.clone();
-            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(spec.as_str()).await {
-                Ok(a) => a.filter(|a| *a != self.me.gossip).collect(),
-                Err(e) => {
-                    tracing::debug!("join {spec}: {e}");
-                    Vec::new()
-                }
+    /// Counts a refused packet; logs the first of each kind and then at powers of two, so a flood of junk
+    /// cannot flood the log too.
+    fn refused(&mut self, why: Refused, from: SocketAddr) {
+        let count = self.stats.refused[why.index()].fetch_add(1, Ordering::Relaxed) + 1;
+        if count.is_power_of_two() && why != Refused::Duplicate {
+            let hint = match why {
+                Refused::UnknownKey | Refused::Forged | Refused::Malformed => " (check the cluster key)",
+                Refused::Stale => " (check that the hosts' clocks agree)",
+                Refused::Replayed | Refused::Duplicate => "",
             };
-            let missing: Vec<SocketAddr> = addrs.into_iter().filter(|a| !self.members.contains_key(a)).collect();
-            for addr in &missing {
-                if let Err(e) = self.foca.announce(NodeId::seed(*addr), &mut self.runtime) {
-                    tracing::debug!("announce to {addr}: {e}");
-                }
-            }
-            let seed = &mut self.seeds[i];
-            if missing.is_empty() {
-                seed.backoff = FIRST_JOIN_BACKOFF;
-                seed.next_try = now + SEED_RECHECK;
-            } else {
-                seed.next_try = now + seed.backoff;
-                seed.backoff = (seed.backoff * 2).min(MAX_JOIN_BACKOFF);
-            }
+            tracing::warn!("dropped {count} gossip packets that {why}, the last from {from}{hint}");
         }
     }
 
-    /// Sends what foca queued, schedules its timers, applies notifications and broadcasts, and tells the
-    /// listener when the live members or their states changed.
     async fn flush(&mut self) {
         let mut changed = false;
         let mut newcomer = false;
@@ -265,6 +288,8 @@ impl Node {
         changed |= std::mem::take(&mut self.table.borrow_mut().changed);
         if changed {
             let members = self.live_members();
+            self.stats.members.store(members.len() as u64, Ordering::Relaxed);
+            self.seeds.set_alone(members.is_empty());
             self.report_events(&members);
             self.membership.changed(&members);
         }
@@ -272,16 +297,65 @@ impl Node {
             self.acknowledge_drains();
             self.finish_drain();
         }
+        let now = Instant::now();
         while let Some((to, data)) = self.runtime.to_send() {
-            self.auth.seal(&data, &mut self.wire);
-            if let Err(e) = self.socket.send_to(&self.wire, to.gossip).await {
-                tracing::debug!("gossip send to {}: {e}", to.gossip);
+            if self.spurious_turn_undead(&data) {
+                tracing::debug!("not telling {} it is down: it refuted the suspicion", to.gossip);
+                continue;
             }
+            self.send(&data, to.gossip, false).await;
+            self.copies.push_back((now + COPY_AFTER, to.gossip, data.to_vec()));
         }
         let now = Instant::now();
         while let Some((after, timer)) = self.runtime.to_schedule() {
             self.timers.push(now + after, timer);
         }
+    }
+
+    /// foca 2.0 sends `TurnUndead` when a suspicion times out even if the member refuted it meanwhile
+    /// (`apply_existing_if` answers `Some` for a failed condition, and the courtesy message goes out
+    /// regardless): a live member told so rejoins under a new generation, so under packet loss healthy
+    /// members flapped every few seconds. A `TurnUndead` to a member foca still holds active is that case.
+    fn spurious_turn_undead(&self, data: &[u8]) -> bool {
+        let Ok(header) = PostcardCodec.decode_header(data) else { return false };
+        header.message == foca::Message::TurnUndead && self.foca.iter_members().any(|m| *m.id() == header.dst)
+    }
+
+    async fn send(&mut self, data: &[u8], to: SocketAddr, copy: bool) {
+        let wire = match &mut self.sealer {
+            Some(sealer) => {
+                sealer.seal(data, unix_ms(), copy, &mut self.wire);
+                &self.wire[..]
+            }
+            None => data,
+        };
+        if let Err(e) = self.socket.send_to(wire, to).await {
+            tracing::debug!("gossip send to {to}: {e}");
+        }
+    }
+
+    async fn send_copies(&mut self) {
+        let now = Instant::now();
+        while self.copies.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, to, data)) = self.copies.pop_front() {
+                self.send(&data, to, true).await;
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        if let (Some(watch), Some(sealer)) = (&mut self.key_watch, &mut self.sealer) {
+            if let Some(keyring) = watch.changed() {
+                tracing::info!(
+                    "cluster keys reloaded: sealing with {}, opening with {:?}",
+                    keyring.ids()[0],
+                    keyring.ids()
+                );
+                sealer.set_keyring(keyring);
+            }
+        }
+        let (members, me) = (&self.members, self.me.gossip);
+        self.table.borrow_mut().prune(|addr| *addr == me || members.contains_key(addr), self.max_members);
     }
 
     /// Compares the live members with what the hook last heard, and emits join, leave, failed and update.
@@ -325,8 +399,8 @@ impl Node {
         {
             let table = self.table.borrow();
             for id in self.members.values() {
-                let Some((generation, version, state)) = table.states.get(&id.gossip) else { continue };
-                if !state.draining || *generation != id.generation || table.acked(self.me.gossip, id, *version) {
+                let Some(entry) = table.current(id) else { continue };
+                if !entry.state.draining || table.acked(self.me.gossip, id, entry.version) {
                     continue;
                 }
                 if self.membership.busy_with(id) {
@@ -335,8 +409,8 @@ impl Node {
                     acks.push(Broadcast::DrainAck {
                         proxy: self.me.gossip,
                         node: id.gossip,
-                        generation: *generation,
-                        version: *version,
+                        generation: id.generation,
+                        version: entry.version,
                     });
                 }
             }
@@ -378,40 +452,96 @@ impl Node {
         match notification {
             OwnedNotification::MemberUp(id) => self.upsert(id),
             OwnedNotification::MemberDown(id) => {
-                if self.members.get(&id.gossip) == Some(&id) {
-                    tracing::info!("member down: {} {} ({:?})", id.name, id.gossip, id.role);
-                    self.members.remove(&id.gossip);
-                    return (true, false);
+                if self.members.get(&id.gossip) != Some(&id) {
+                    return (false, false);
+                }
+                tracing::info!("member down: {} {} ({:?})", id.name, id.gossip, id.role);
+                self.members.remove(&id.gossip);
+                let found = self.over_cap && self.admit_waiting();
+                (true, found)
+            }
+            OwnedNotification::Rename(_, new) => self.upsert(new),
+            OwnedNotification::Rejoin(new) => {
+                self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "the cluster declared this node down (a partition, a paused process or lost packets): \
+                     rejoined as generation {}",
+                    new.generation
+                );
+                // Everything this node says from now on must carry the new generation: peers ignore state
+                // broadcast under the old one.
+                self.me = new;
+                self.broadcast_state();
+                if let Some(pending) = &mut self.drain {
+                    pending.version = self.version;
                 }
                 (false, false)
             }
-            OwnedNotification::Rename(_, new) => self.upsert(new),
+            OwnedNotification::ProbeFailed(_, id) => {
+                if self.members.get(&id.gossip) == Some(&id) {
+                    tracing::debug!("probe of {} {} failed", id.name, id.gossip);
+                    self.membership.suspected(&id);
+                }
+                (false, false)
+            }
             OwnedNotification::Active => {
                 tracing::info!("joined the cluster as {} ({})", self.me.name, self.me.gossip);
                 (false, false)
             }
-            OwnedNotification::Idle => {
+            OwnedNotification::Idle if !self.leaving => {
                 tracing::info!("no other live members");
                 (false, false)
             }
-            OwnedNotification::Defunct => {
-                tracing::warn!("declared down by the cluster; rejoining");
+            OwnedNotification::Defunct if !self.leaving => {
+                tracing::error!("the cluster declared this node down and it cannot rejoin");
                 (false, false)
             }
             _ => (false, false),
         }
     }
 
-    /// Records a member unless a newer generation on the same address is already known.
+    /// Records a member unless a newer generation on the same address is already known, or the table is full.
     fn upsert(&mut self, id: NodeId) -> (bool, bool) {
         match self.members.get(&id.gossip) {
             Some(known) if known.generation > id.generation => (false, false),
             Some(known) if *known == id => (false, false),
+            None if self.members.len() >= self.max_members => {
+                self.over_cap = true;
+                let count = self.stats.members_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if count.is_power_of_two() {
+                    tracing::warn!(
+                        "member limit of {} reached: ignoring {} {} ({count} refused so far); raise --max-members",
+                        self.max_members,
+                        id.name,
+                        id.gossip
+                    );
+                }
+                (false, false)
+            }
             _ => {
                 tracing::info!("member up: {} {} ({:?}) service {:?}", id.name, id.gossip, id.role, id.service);
                 self.members.insert(id.gossip, id);
                 (true, true)
             }
         }
+    }
+
+    /// After a member left, admits live members that were refused while the table was full.
+    fn admit_waiting(&mut self) -> bool {
+        let waiting: Vec<NodeId> = self
+            .foca
+            .iter_members()
+            .map(|m| m.id().clone())
+            .filter(|id| !self.members.contains_key(&id.gossip))
+            .collect();
+        let mut admitted = false;
+        for id in waiting {
+            if self.members.len() >= self.max_members {
+                return admitted;
+            }
+            admitted |= self.upsert(id).0;
+        }
+        self.over_cap = false;
+        admitted
     }
 }

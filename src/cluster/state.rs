@@ -6,6 +6,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -91,48 +94,80 @@ impl foca::Invalidates for Key {
 #[error("undecodable custom broadcast")]
 pub struct BadBroadcast;
 
+/// The latest state a node announced.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub generation: u64,
+    pub version: u64,
+    pub state: NodeState,
+    touched: Instant,
+}
+
+/// Entries about nodes that are not members are kept this long (a state may arrive before its member-up),
+/// then pruned.
+const KEEP_STRANGERS: Duration = Duration::from_secs(60);
+
 /// Everything learnt from broadcasts, shared between foca's handler and the node task (same thread).
 #[derive(Default)]
 pub struct Table {
-    /// node -> (generation, version, state)
-    pub states: HashMap<SocketAddr, (u64, u64, NodeState)>,
-    /// (proxy, node) -> (generation, version) acknowledged
-    pub acks: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
+    /// node -> its latest state
+    states: HashMap<SocketAddr, Entry>,
+    /// (proxy, node) -> (generation, version) acknowledged, and when
+    acks: HashMap<(SocketAddr, SocketAddr), (u64, u64, Instant)>,
     /// Set when something new arrived; the node clears it after telling its listener.
     pub changed: bool,
 }
 
 impl Table {
+    /// The entry of `id`'s current generation.
+    pub fn current(&self, id: &NodeId) -> Option<&Entry> {
+        self.states.get(&id.gossip).filter(|e| e.generation == id.generation)
+    }
+
     /// The known state of `id`'s current generation.
     pub fn state_of(&self, id: &NodeId) -> Option<&NodeState> {
-        match self.states.get(&id.gossip) {
-            Some((generation, _, state)) if *generation == id.generation => Some(state),
-            _ => None,
-        }
+        self.current(id).map(|e| &e.state)
     }
 
     /// Whether `proxy` acknowledged draining `node` at `version` or later.
     pub fn acked(&self, proxy: SocketAddr, node: &NodeId, version: u64) -> bool {
-        self.acks.get(&(proxy, node.gossip)).is_some_and(|&(g, v)| g == node.generation && v >= version)
+        self.acks.get(&(proxy, node.gossip)).is_some_and(|&(g, v, _)| g == node.generation && v >= version)
+    }
+
+    /// Drops what is known about nodes that are not members (`known` says which are) once it is old, and
+    /// keeps the table within a multiple of the member limit whatever the age.
+    pub fn prune(&mut self, known: impl Fn(&SocketAddr) -> bool, max_members: usize) {
+        let now = Instant::now();
+        let fresh = |t: Instant| now.duration_since(t) < KEEP_STRANGERS;
+        self.states.retain(|addr, e| known(addr) || fresh(e.touched));
+        self.acks.retain(|(proxy, node), a| (known(proxy) && known(node)) || fresh(a.2));
+        let cap = max_members.saturating_mul(2).max(16);
+        if self.states.len() > cap {
+            self.states.retain(|addr, _| known(addr));
+        }
+        if self.acks.len() > cap {
+            self.acks.retain(|(proxy, node), _| known(proxy) && known(node));
+        }
     }
 
     fn apply(&mut self, b: Broadcast) -> Option<Key> {
+        let now = Instant::now();
         match b {
             Broadcast::State { node, generation, version, state } => {
-                let newer = self.states.get(&node).is_none_or(|&(g, v, _)| (generation, version) > (g, v));
+                let newer = self.states.get(&node).is_none_or(|e| (generation, version) > (e.generation, e.version));
                 if !newer {
                     return None;
                 }
-                self.states.insert(node, (generation, version, state));
+                self.states.insert(node, Entry { generation, version, state, touched: now });
                 self.changed = true;
                 Some(Key { kind: 0, from: node, about: node, order: (generation, version) })
             }
             Broadcast::DrainAck { proxy, node, generation, version } => {
-                let newer = self.acks.get(&(proxy, node)).is_none_or(|&o| (generation, version) > o);
+                let newer = self.acks.get(&(proxy, node)).is_none_or(|&(g, v, _)| (generation, version) > (g, v));
                 if !newer {
                     return None;
                 }
-                self.acks.insert((proxy, node), (generation, version));
+                self.acks.insert((proxy, node), (generation, version, now));
                 self.changed = true;
                 Some(Key { kind: 1, from: proxy, about: node, order: (generation, version) })
             }
@@ -180,7 +215,7 @@ mod tests {
         assert!(h.receive_item(&v(2, true), None).unwrap().is_none(), "a repeat is not re-spread");
         let k3 = h.receive_item(&v(3, false), None).unwrap().expect("newer");
         assert!(k3.invalidates(&k2) && !k2.invalidates(&k3));
-        assert!(!table.borrow().states[&node].2.draining);
+        assert!(!table.borrow().states[&node].state.draining);
         assert!(h.receive_item(b"\xff\xff", None).is_err());
     }
 }

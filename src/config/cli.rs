@@ -25,6 +25,8 @@ pub enum Command {
     Webapp(WebappArgs),
     /// A proxy and three webapp nodes joining it by gossip, on this machine.
     Demo(DemoArgs),
+    /// Print a fresh random cluster key (for --cluster-key, SHOAL_CLUSTER_KEY or a key file).
+    Keygen,
 }
 
 #[derive(Debug, Args)]
@@ -74,9 +76,21 @@ pub struct ClusterArgs {
     /// The IP other members reach this node at [default: the bound IP, or the first non-loopback one].
     #[arg(long, env = "SHOAL_ADVERTISE", value_name = "IP")]
     pub advertise: Option<std::net::IpAddr>,
-    /// Shared secret authenticating every gossip packet (like Serf's -encrypt).
-    #[arg(long, env = "SHOAL_CLUSTER_KEY", value_name = "KEY", hide_env_values = true)]
-    pub cluster_key: Option<String>,
+    /// Cluster key sealing every gossip packet (Serf's -encrypt): 32 bytes in base64, as `shoal keygen`
+    /// prints. Repeatable: the first seals, every one opens (key rotation). Required unless gossip stays on
+    /// loopback or --gossip-insecure is given.
+    #[arg(long, env = "SHOAL_CLUSTER_KEY", value_name = "KEY", value_delimiter = ',', hide_env_values = true)]
+    pub cluster_key: Vec<String>,
+    /// A file of cluster keys, one per line, the first sealing; re-read when it changes, so keys rotate
+    /// without a restart.
+    #[arg(long, env = "SHOAL_CLUSTER_KEY_FILE", value_name = "FILE", conflicts_with = "cluster_key")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Gossip in the clear on a non-loopback address: any host that reaches it can add itself as a backend.
+    #[arg(long, env = "SHOAL_GOSSIP_INSECURE", value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    pub gossip_insecure: Option<bool>,
+    /// Most cluster members tracked; more are ignored, with a log line [default: 1000].
+    #[arg(long, env = "SHOAL_MAX_MEMBERS", value_name = "N")]
+    pub max_members: Option<usize>,
     /// How often a random member is probed [default: 400ms].
     #[arg(long, env = "SHOAL_PROBE_PERIOD", value_name = "DURATION", value_parser = value::duration)]
     pub probe_period: Option<Duration>,
@@ -98,7 +112,7 @@ pub struct AgentArgs {
     /// The app's HTTP address, `HOST:PORT`; `0.0.0.0:PORT` advertises the node's own IP.
     #[arg(long, env = "SHOAL_SERVICE", value_name = "HOST:PORT")]
     pub service: String,
-    /// Node name shown in logs and stats [default: the advertised gossip address].
+    /// Node name shown in logs, stats and the runtime API (`nodes/NAME`) [default: the host name].
     #[arg(long, env = "SHOAL_NAME", value_name = "NAME", default_value = "")]
     pub name: String,
     /// Relative share of traffic.
@@ -150,7 +164,8 @@ pub struct ProxyArgs {
     /// Admin and stats listener [default: 0.0.0.0:1936].
     #[arg(long, env = "SHOAL_ADMIN", value_name = "ADDR", value_parser = value::listen_addr)]
     pub admin: Option<SocketAddr>,
-    /// Runtime API listener, HAProxy's `stats socket` commands over TCP [default: 0.0.0.0:9999].
+    /// Runtime API listener, HAProxy's `stats socket` commands over TCP. It changes routing, so it stays on
+    /// loopback unless told otherwise [default: 127.0.0.1:9999].
     #[arg(long, env = "SHOAL_RUNTIME_API", value_name = "ADDR", value_parser = value::listen_addr)]
     pub runtime_api: Option<SocketAddr>,
     /// How servers are chosen: roundrobin (weighted) or leastconn [default: roundrobin].
@@ -176,6 +191,11 @@ pub struct ProxyArgs {
     /// Longest time to connect to a backend [default: 5s].
     #[arg(long, env = "SHOAL_TIMEOUT_CONNECT", value_name = "DURATION", value_parser = value::duration)]
     pub timeout_connect: Option<Duration>,
+    /// How long a connect, or the TCP acknowledgement of a sent idempotent request, may take before the
+    /// attempt is abandoned for another server (when there is one): a host that went dark costs this, not
+    /// the connect timeout. Raise it for backends more than ~50 ms away [default: 250ms].
+    #[arg(long, env = "SHOAL_TIMEOUT_ATTEMPT", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_attempt: Option<Duration>,
     /// Backend inactivity: waiting for a response head or body bytes [default: 50s].
     #[arg(long, env = "SHOAL_TIMEOUT_SERVER", value_name = "DURATION", value_parser = value::duration)]
     pub timeout_server: Option<Duration>,

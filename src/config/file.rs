@@ -11,6 +11,14 @@ pub enum DurationText {
     Millis(u64),
 }
 
+/// `cluster-key = "..."` or `cluster-key = ["new", "old"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum KeyList {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
@@ -22,7 +30,10 @@ pub struct FileConfig {
     pub gossip: Option<Spanned<String>>,
     pub join: Option<Spanned<Vec<String>>>,
     pub advertise: Option<Spanned<String>>,
-    pub cluster_key: Option<Spanned<String>>,
+    pub cluster_key: Option<Spanned<KeyList>>,
+    pub cluster_key_file: Option<Spanned<String>>,
+    pub gossip_insecure: Option<Spanned<bool>>,
+    pub max_members: Option<Spanned<i64>>,
     pub probe_period: Option<Spanned<DurationText>>,
     pub probe_rtt: Option<Spanned<DurationText>>,
     pub suspect_timeout: Option<Spanned<DurationText>>,
@@ -33,6 +44,7 @@ pub struct FileConfig {
     pub timeout_idle: Option<Spanned<DurationText>>,
     pub timeout_client: Option<Spanned<DurationText>>,
     pub timeout_connect: Option<Spanned<DurationText>>,
+    pub timeout_attempt: Option<Spanned<DurationText>>,
     pub timeout_server: Option<Spanned<DurationText>>,
     pub timeout_tunnel: Option<Spanned<DurationText>>,
     pub timeout_pool: Option<Spanned<DurationText>>,

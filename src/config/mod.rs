@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, KeySource, Secret};
 use toml::Spanned;
 
 pub use cli::{AgentArgs, Cli, ClusterArgs, Command, DemoArgs, ProxyArgs, WebappArgs};
-use file::{DurationText, FileConfig};
+use file::{DurationText, FileConfig, KeyList};
 pub use value::BackendSpec;
 
 /// Timeouts, named as HAProxy users know them.
@@ -29,6 +29,9 @@ pub struct Timeouts {
     pub client: Duration,
     /// `timeout connect`.
     pub connect: Duration,
+    /// How long one attempt may go unanswered (a connect, or a sent request's TCP acknowledgement) before it
+    /// is given up for another server, when there is one; `connect` still bounds all attempts together.
+    pub attempt: Duration,
     /// `timeout server`.
     pub server: Duration,
     /// `timeout tunnel`.
@@ -158,7 +161,14 @@ fn cluster_config(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<Clus
         } else {
             args.join.clone()
         },
-        key: args.cluster_key.clone().or(s.get("cluster-key", &f.cluster_key, |v| Ok(v.clone()))?),
+        keys: key_source(args, s, f)?,
+        insecure: args.gossip_insecure.or(f.gossip_insecure.as_ref().map(|v| *v.get_ref())).unwrap_or(false),
+        max_members: in_range(
+            "max-members",
+            args.max_members.or(s.get("max-members", &f.max_members, file_count)?).unwrap_or(1000),
+            1,
+            1 << 20,
+        )?,
         probe_period: dur(args.probe_period, "probe-period", &f.probe_period, Duration::from_millis(400))?,
         probe_rtt: dur(args.probe_rtt, "probe-rtt", &f.probe_rtt, Duration::from_millis(120))?,
         suspect_timeout: dur(args.suspect_timeout, "suspect-timeout", &f.suspect_timeout, Duration::from_millis(800))?,
@@ -168,7 +178,43 @@ fn cluster_config(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<Clus
     Ok(config)
 }
 
+/// The cluster keys from flags (or env) over the file; checked here so a bad key fails the start by name.
+fn key_source(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<KeySource, ConfigError> {
+    let source = if !args.cluster_key.is_empty() {
+        KeySource::Keys(args.cluster_key.iter().map(|k| Secret(k.clone())).collect())
+    } else if let Some(path) = &args.cluster_key_file {
+        KeySource::File(path.clone())
+    } else if let Some(keys) = s.get("cluster-key", &f.cluster_key, |v| {
+        let list = match v {
+            KeyList::One(k) => vec![k.clone()],
+            KeyList::Many(ks) => ks.clone(),
+        };
+        let source = KeySource::Keys(list.into_iter().map(Secret).collect());
+        source.load().map(|_| source)
+    })? {
+        keys
+    } else if let Some(path) = s.get("cluster-key-file", &f.cluster_key_file, |v| Ok(PathBuf::from(v)))? {
+        KeySource::File(path)
+    } else {
+        KeySource::None
+    };
+    let field = if matches!(source, KeySource::File(_)) { "cluster-key-file" } else { "cluster-key" };
+    source.load().map_err(|message| ConfigError::Field { field, message })?;
+    Ok(source)
+}
+
 fn check_cluster(c: &ClusterConfig) -> Result<(), ConfigError> {
+    if c.keys.is_none() && !c.insecure && !c.bind.ip().is_loopback() {
+        return Err(ConfigError::Field {
+            field: "cluster-key",
+            message: format!(
+                "gossip on {} is reachable from other hosts, and without a cluster key any of them could add itself \
+                 as a backend. Make a key with `shoal keygen` and give it to every node (--cluster-key or \
+                 SHOAL_CLUSTER_KEY), keep gossip on loopback (--gossip 127.0.0.1:7946), or pass --gossip-insecure",
+                c.bind
+            ),
+        });
+    }
     if c.probe_rtt.is_zero() || c.probe_rtt >= c.probe_period {
         return Err(ConfigError::Field {
             field: "probe-rtt",
@@ -212,7 +258,7 @@ impl AgentConfig {
         })?;
         Ok(AgentConfig {
             service,
-            name: args.name.clone(),
+            name: if args.name.is_empty() { crate::host::name().unwrap_or_default() } else { args.name.clone() },
             weight: args.weight,
             tags: args.tags.clone(),
             check: match &args.check_path {
@@ -283,7 +329,7 @@ impl ProxyConfig {
             runtime_api: args
                 .runtime_api
                 .or(s.get("runtime_api", &f.runtime_api, |v| value::listen_addr(v))?)
-                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9999)),
+                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9999)),
             balance: args.balance.or(s.get("balance", &f.balance, |v| value::balance(v))?).unwrap_or_default(),
             cluster: cluster_config(&args.cluster, s, f)?,
             threads: in_range("threads", count(args.threads, "threads", &f.threads, cores)?, 1, 1024)?,
@@ -293,6 +339,7 @@ impl ProxyConfig {
                 idle: dur(args.timeout_idle, "timeout-idle", &f.timeout_idle, Duration::from_secs(50))?,
                 client: dur(args.timeout_client, "timeout-client", &f.timeout_client, Duration::from_secs(50))?,
                 connect: dur(args.timeout_connect, "timeout-connect", &f.timeout_connect, Duration::from_secs(5))?,
+                attempt: dur(args.timeout_attempt, "timeout-attempt", &f.timeout_attempt, Duration::from_millis(250))?,
                 server: dur(args.timeout_server, "timeout-server", &f.timeout_server, Duration::from_secs(50))?,
                 tunnel: dur(args.timeout_tunnel, "timeout-tunnel", &f.timeout_tunnel, Duration::from_secs(3600))?,
                 pool: dur(args.timeout_pool, "timeout-pool", &f.timeout_pool, Duration::from_secs(10))?,
@@ -330,6 +377,7 @@ impl ProxyConfig {
             ("timeout-idle", config.timeouts.idle),
             ("timeout-client", config.timeouts.client),
             ("timeout-connect", config.timeouts.connect),
+            ("timeout-attempt", config.timeouts.attempt),
             ("timeout-server", config.timeouts.server),
             ("timeout-tunnel", config.timeouts.tunnel),
         ] {

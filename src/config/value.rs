@@ -77,11 +77,18 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// A `KEY=VALUE` tag.
+/// A `KEY=VALUE` tag. Event handlers read tags as `k=v,k=v` in one tab-separated field, so neither part may
+/// hold a control character, and the key no `=` or `,`.
 pub fn tag(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !k.contains(char::is_whitespace) => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
+        Some((k, v))
+            if !k.is_empty()
+                && !k.contains(|c: char| c.is_whitespace() || c == ',')
+                && !v.contains(char::is_control) =>
+        {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("{s:?} is not KEY=VALUE (no spaces or commas in KEY, no control characters)")),
     }
 }
 
@@ -113,6 +120,15 @@ mod tests {
         assert_eq!((b.name.as_str(), b.host.as_str()), ("[::1]:81", "::1"));
         for bad in ["web", "web:0", "=web:1", "web:x", ":80"] {
             assert!(backend(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_tags() {
+        assert_eq!(tag("role=web").unwrap(), ("role".into(), "web".into()));
+        assert_eq!(tag("dc=eu=1").unwrap(), ("dc".into(), "eu=1".into()));
+        for bad in ["novalue", "=v", "a b=c", "k=v\tw", "k=v\nmember-join"] {
+            assert!(tag(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -29,8 +29,8 @@ use crate::http::response::{lower_minor_version, parse_response, ResponseBody};
 use crate::http::rewrite::{self, Delivery};
 use crate::http::{HeadLimits, HttpError, Version};
 
-/// How long a server whose connect failed is skipped by every thread.
-const EJECT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// Attempts after the first, as HAProxy's `retries 3`; the connect timeout bounds them all.
+const MAX_RETRIES: u32 = 3;
 
 /// What the exchange needs to remember of the request head once its bytes are gone.
 pub struct Plan {
@@ -59,10 +59,55 @@ impl Plan {
     }
 }
 
+/// Why a request still without a response was given up (only ever an idempotent one without a body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unanswered {
+    /// The backend's host never acknowledged the request's bytes: it is gone or cut off.
+    NotAcknowledged,
+    /// The host failed a gossip probe meanwhile: it may have gone dark after acknowledging.
+    Suspected,
+    /// Membership, a health check or an operator took the server out meanwhile.
+    TakenOut,
+}
+
+impl Unanswered {
+    fn reason(self) -> &'static str {
+        match self {
+            Unanswered::NotAcknowledged => "request not acknowledged by its host: abandoned",
+            Unanswered::Suspected => "its host failed a gossip probe while the request waited: abandoned",
+            Unanswered::TakenOut => "taken out of rotation while the request waited: abandoned",
+        }
+    }
+}
+
+/// Watches a request that may be sent again while its response has not started, every `every`.
+struct Watch<'a> {
+    every: Duration,
+    backend: &'a Arc<Backend>,
+    /// The backend's suspicion count when the request was sent.
+    suspicions: u64,
+}
+
+impl Watch<'_> {
+    fn verdict(&self, worker: &Worker, fd: std::os::fd::RawFd) -> Option<Unanswered> {
+        if upstream::unacknowledged(fd) {
+            Some(Unanswered::NotAcknowledged)
+        } else if self.backend.suspicions() != self.suspicions {
+            Some(Unanswered::Suspected)
+        } else if !worker.in_rotation(self.backend) {
+            Some(Unanswered::TakenOut)
+        } else {
+            None
+        }
+    }
+}
+
 /// How a transfer failed, deciding the status (if the response has not started) and `%tsc`.
 enum Failure {
     /// The backend closed or reset before sending a byte of response.
     NoResponse,
+    /// No response byte came, and there is reason to think none will (see [`Unanswered`]).
+    Unanswered(Unanswered),
     ServerTimeout,
     BadResponse(HttpError),
     /// The client's request body was malformed, cut or too slow.
@@ -83,35 +128,59 @@ struct Relayed {
 }
 
 /// Runs one exchange; returns whether the client connection stays open for another request.
+///
+/// Attempts that fail before anything could have reached an application are retried on another server:
+/// a refused, timed-out or abandoned connect (any method), and for idempotent requests without a body, a
+/// connection closed without a response or a request the server's host never acknowledged. A server that
+/// failed is ejected (skipped by every thread) until it is back; one that only closed a pooled connection is
+/// merely avoided for this request.
 pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec<u8>, started: Started) -> bool {
     let config = &worker.shared.config;
     let mut log =
         LogState { started, server: None, reached_server: false, connected: None, responded: None, retries: 0 };
-    let mut avoid: Option<Arc<Backend>> = None;
-    let mut fresh_only = false;
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
+    let connect_deadline = Instant::now() + config.timeouts.connect;
+    // Why the last attempt that reached a server failed: the answer if no server is left to retry on.
+    let mut last_failure: Option<Failure> = None;
     loop {
-        let Some(picked) = worker.pick_backend(avoid.as_ref()) else {
-            return answer(worker, client, &plan, &log, 503, *b"SC").await;
+        let Some(picked) = worker.pick_backend(&tried) else {
+            return match last_failure {
+                Some(failure) => fail(worker, client, &plan, &log, failure).await,
+                None => answer(worker, client, &plan, &log, 503, *b"SC").await,
+            };
         };
+        // The only server left already lost a pooled connection for this request: a fresh one, then.
+        let fresh_only = tried.iter().any(|t| Arc::ptr_eq(t, &picked));
+        let hurry = worker.has_alternative(&picked, &tried);
         // Counted from the pick on, so a draining server is acknowledged only once nothing here uses it.
         let backend = log.server.insert(picked.enter()).backend();
         // A retry starts afresh: the stats and the log describe the attempt that ends the exchange.
         (log.reached_server, log.connected, log.responded) = (false, None, None);
-        let mut up = match acquire(worker, backend, fresh_only, !plan.retryable).await {
+        let attempt = Attempt { hurry, deadline: connect_deadline };
+        let mut up = match acquire(worker, backend, fresh_only, !plan.retryable, attempt).await {
             Ok(up) => up,
             Err(e) => {
-                tracing::warn!("server {} ({}:{}): {e}", backend.name, backend.host, backend.port);
                 let slot = backend.counters.slot(worker.id);
                 slot.connect_error();
-                backend.eject(EJECT_FOR);
-                if log.retries == 0 {
+                let ejected = !matches!(e, ConnectError::TakenOut) && backend.eject();
+                let retry = log.retries < MAX_RETRIES && Instant::now() < connect_deadline;
+                tracing::warn!(
+                    "server {} ({}:{}): {e}{}{}",
+                    backend.name,
+                    backend.host,
+                    backend.port,
+                    if ejected { "; skipped until it answers again" } else { "" },
+                    if retry { "; trying another server" } else { "" },
+                );
+                if retry {
                     slot.retry();
                     log.retries += 1;
-                    avoid = Some(backend.clone());
+                    tried.push(backend.clone());
+                    last_failure = None;
                     continue;
                 }
-                let term = if matches!(e, ConnectError::Timeout) { *b"sC" } else { *b"SC" };
+                let term = if e.timed_out() { *b"sC" } else { *b"SC" };
                 return answer(worker, client, &plan, &log, 503, term).await;
             }
         };
@@ -120,21 +189,44 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
             log.connected = Some(Instant::now());
         }
         let mut up_buf = worker.buffers.get();
+        // Only a request that may be sent again is worth watching for an acknowledgement.
+        let watch = (plan.retryable && hurry).then(|| Watch {
+            every: config.timeouts.attempt,
+            backend,
+            suspicions: backend.suspicions(),
+        });
         let result =
-            transfer(worker, client, &plan, &head, &mut framer, &mut up, &mut up_buf, &mut log.responded).await;
+            transfer(worker, client, &plan, &head, &mut framer, &mut up, &mut up_buf, &mut log.responded, watch).await;
         match result {
-            Err(Failure::NoResponse) if plan.retryable && log.retries < 2 => {
+            Err(failure @ (Failure::NoResponse | Failure::Unanswered(_)))
+                if plan.retryable && log.retries < MAX_RETRIES =>
+            {
                 up_buf.clear();
                 worker.buffers.put(up_buf);
                 log.retries += 1;
                 backend.counters.slot(worker.id).retry();
-                // A reused connection may just have timed out at the backend: try a fresh one. A fresh one
-                // that closed without answering points at a dying backend: try another.
-                if up.reused {
-                    fresh_only = true;
-                } else {
-                    avoid = Some(backend.clone());
+                // A reused connection may just have timed out at the backend: merely avoid that server for this
+                // request. A fresh one that closed without answering, or a host that does not acknowledge,
+                // points at a dying backend: eject it.
+                let reason = match failure {
+                    Failure::Unanswered(why) => why.reason(),
+                    _ if up.reused => "closed a pooled connection without a response",
+                    _ => "closed a new connection without a response",
+                };
+                let dying = matches!(failure, Failure::Unanswered(Unanswered::NotAcknowledged))
+                    || matches!(failure, Failure::NoResponse) && !up.reused;
+                let ejected = dying && backend.eject();
+                if !matches!(failure, Failure::NoResponse) || ejected {
+                    tracing::warn!(
+                        "server {} ({}:{}): {reason}{}; trying another server",
+                        backend.name,
+                        backend.host,
+                        backend.port,
+                        if ejected { "; skipped until it answers again" } else { "" },
+                    );
                 }
+                tried.push(backend.clone());
+                last_failure = Some(failure);
                 continue;
             }
             Ok(relayed) if relayed.upgraded => {
@@ -169,11 +261,26 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
     }
 }
 
-/// A pooled connection to `backend` when one is alive, else a new one.
+/// How long a connect attempt may take.
+struct Attempt {
+    /// Another usable server exists: give this one only `--timeout-attempt`.
+    hurry: bool,
+    /// When the connect timeout, shared by every attempt of the request, runs out.
+    deadline: Instant,
+}
+
+/// A pooled connection to `backend` when one is alive, else a new one, abandoned if the server leaves
+/// rotation meanwhile.
 ///
 /// `verify`: the request cannot be retried if a reused connection turns out dead, so a pooled one is checked
 /// with the kernel, not only with the reactor's possibly older readiness.
-async fn acquire(worker: &Worker, backend: &Backend, fresh_only: bool, verify: bool) -> Result<Upstream, ConnectError> {
+async fn acquire(
+    worker: &Worker,
+    backend: &Arc<Backend>,
+    fresh_only: bool,
+    verify: bool,
+    attempt: Attempt,
+) -> Result<Upstream, ConnectError> {
     if !fresh_only {
         if let Ok(addr) = backend.address(false).await {
             if let Some(up) = worker.pool.borrow_mut().checkout(addr, verify) {
@@ -181,7 +288,14 @@ async fn acquire(worker: &Worker, backend: &Backend, fresh_only: bool, verify: b
             }
         }
     }
-    upstream::connect(backend, worker.shared.config.timeouts.connect).await
+    let left = attempt.deadline.saturating_duration_since(Instant::now());
+    let share = worker.shared.config.timeouts.attempt;
+    let abandon = attempt.hurry && share < left;
+    let limit = if abandon { share } else { left.max(Duration::from_millis(1)) };
+    tokio::select! {
+        connected = upstream::connect(backend, limit, abandon) => connected,
+        _ = worker.taken_out(backend) => Err(ConnectError::TakenOut),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -194,6 +308,7 @@ async fn transfer(
     up: &mut Upstream,
     up_buf: &mut BytesMut,
     responded: &mut Option<Instant>,
+    watch: Option<Watch<'_>>,
 ) -> Result<Relayed, Failure> {
     let t = worker.shared.config.timeouts;
     let (mut cr, mut cw) = client.stream.split();
@@ -225,7 +340,7 @@ async fn transfer(
         }
         forward(worker, &mut cr, cbuf, &mut uw, framer, t.client, t.server).await.map(|_| ())
     };
-    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_status);
+    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_status, watch);
     tokio::pin!(send_body, relay);
     let mut body_finished = request_done.get();
     let outcome = loop {
@@ -279,6 +394,10 @@ async fn forward(
 }
 
 /// Reads response heads (relaying interim 1xx), then the final head and body, to the client.
+///
+/// `watch`: while no response byte has come, look every so often whether one still can (see [`Watch`]); if
+/// not, give up with [`Failure::Unanswered`].
+#[allow(clippy::too_many_arguments)]
 async fn relay_response(
     worker: &Worker,
     plan: &Plan,
@@ -287,6 +406,7 @@ async fn relay_response(
     cw: &mut WriteHalf<'_>,
     request_done: &Cell<bool>,
     response_status: &Cell<u16>,
+    watch: Option<Watch<'_>>,
 ) -> Result<Relayed, Failure> {
     use tokio::io::AsyncReadExt;
     let config = &worker.shared.config;
@@ -303,7 +423,11 @@ async fn relay_response(
                 Err(e) => return Err(Failure::BadResponse(e)),
             }
             up_buf.reserve(4096);
-            match timeout(t.server, ur.read_buf(up_buf)).await {
+            let read = match &watch {
+                Some(w) if up_buf.is_empty() && !interim_seen => first_read(worker, ur, up_buf, w, t.server).await?,
+                _ => timeout(t.server, ur.read_buf(up_buf)).await,
+            };
+            match read {
                 Err(_) => return Err(Failure::ServerTimeout),
                 Ok(Ok(0)) | Ok(Err(_)) if up_buf.is_empty() && !interim_seen => return Err(Failure::NoResponse),
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(Failure::BadResponse(HttpError::Malformed("closed mid-head"))),
@@ -384,6 +508,33 @@ async fn relay_response(
     }
 }
 
+/// The first read of a response, asking `watch` every so often whether to give up waiting.
+async fn first_read(
+    worker: &Worker,
+    ur: &mut ReadHalf<'_>,
+    up_buf: &mut BytesMut,
+    watch: &Watch<'_>,
+    limit: Duration,
+) -> Result<Result<std::io::Result<usize>, tokio::time::error::Elapsed>, Failure> {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + limit;
+    let fd = std::os::fd::AsRawFd::as_raw_fd((*ur).as_ref());
+    let read = ur.read_buf(up_buf);
+    tokio::pin!(read);
+    loop {
+        let step = (Instant::now() + watch.every).min(deadline);
+        match tokio::time::timeout_at(step, &mut read).await {
+            Ok(done) => return Ok(Ok(done)),
+            Err(elapsed) if Instant::now() >= deadline => return Ok(Err(elapsed)),
+            Err(_) => {
+                if let Some(why) = watch.verdict(worker, fd) {
+                    return Err(Failure::Unanswered(why));
+                }
+            }
+        }
+    }
+}
+
 async fn write_client<W: tokio::io::AsyncWrite + Unpin>(
     cw: &mut W,
     head: &[u8],
@@ -398,6 +549,7 @@ async fn fail(worker: &Worker, client: &mut Client, plan: &Plan, log: &LogState,
     let server_failed = matches!(
         failure,
         Failure::NoResponse
+            | Failure::Unanswered(_)
             | Failure::ServerTimeout
             | Failure::BadResponse(_)
             | Failure::AbortedMidResponse([b'S' | b's' | b'P', _], _)
@@ -407,6 +559,7 @@ async fn fail(worker: &Worker, client: &mut Client, plan: &Plan, log: &LogState,
     }
     let (status, term) = match failure {
         Failure::NoResponse => (502, *b"SH"),
+        Failure::Unanswered(_) => (504, *b"sH"),
         Failure::ServerTimeout => (504, *b"sH"),
         Failure::BadResponse(e) => {
             tracing::warn!("bad response from {}: {e}", log.server_name());

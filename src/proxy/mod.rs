@@ -45,6 +45,10 @@ pub struct Shared {
     pub frontend: PerThread,
     /// When the proxy started, for the stats page.
     pub started: std::time::SystemTime,
+    /// Bumped whenever a new backend set is published.
+    pub set_changes: watch::Receiver<u64>,
+    /// What the gossip layer counts (refused packets, members).
+    pub gossip: Arc<cluster::GossipStats>,
 }
 
 #[derive(Debug, Error)]
@@ -70,7 +74,9 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     let threads = config.threads;
     let statics: Vec<Arc<Backend>> = config.backends.iter().map(|b| Arc::new(Backend::new(b, threads))).collect();
     let backends = balance::shared(BackendSet::default());
-    let publisher = Publisher::new(statics, backends.clone(), threads);
+    let (set_changed, set_changes) = watch::channel(0);
+    let publisher = Publisher::new(statics, backends.clone(), threads, set_changed);
+    balance::recovery::start(backends.clone(), config.timeouts.connect).map_err(ProxyError::Start)?;
     let cluster = cluster::start(
         &config.cluster,
         Announce { role: Role::Proxy, service: None, weight: 0, checked: false, name: String::new(), tags: Vec::new() },
@@ -92,6 +98,8 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         connections: AtomicUsize::new(0),
         frontend: PerThread::new(threads),
         started: std::time::SystemTime::now(),
+        set_changes,
+        gossip: cluster.stats.clone(),
     });
     crate::admin::start(admin, shared.clone()).map_err(ProxyError::Start)?;
     crate::admin::runtime::start(runtime_api, shared.clone(), publisher).map_err(ProxyError::Start)?;

@@ -29,10 +29,24 @@ pub enum ConnectError {
     Refused(io::Error),
     #[error("connect timed out")]
     Timeout,
+    /// Not connected within the attempt's share of the connect timeout: another server is tried.
+    #[error("no answer to connect within {0:?}: abandoned")]
+    Abandoned(Duration),
+    /// Membership, a health check or an operator took the server out while connecting.
+    #[error("taken out of rotation while connecting: abandoned")]
+    TakenOut,
 }
 
-/// Connects to `backend`; after a failure the backend's name is resolved again for the next attempt.
-pub async fn connect(backend: &Backend, limit: Duration) -> Result<Upstream, ConnectError> {
+impl ConnectError {
+    /// `%tsc`'s first letter: `s` for a server that timed out, `S` for one that refused or failed.
+    pub fn timed_out(&self) -> bool {
+        matches!(self, ConnectError::Timeout | ConnectError::Abandoned(_))
+    }
+}
+
+/// Connects to `backend` within `limit`; `abandon` says the limit is the attempt's share rather than the
+/// whole connect timeout. After a failure the backend's name is resolved again for the next attempt.
+pub async fn connect(backend: &Backend, limit: Duration, abandon: bool) -> Result<Upstream, ConnectError> {
     let addr = backend.address(false).await.map_err(ConnectError::Resolve)?;
     let result = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
@@ -40,6 +54,7 @@ pub async fn connect(backend: &Backend, limit: Duration) -> Result<Upstream, Con
             return Ok(Upstream { stream, addr, reused: false, idle_since: Instant::now() });
         }
         Ok(Err(e)) => ConnectError::Refused(e),
+        Err(_) if abandon => ConnectError::Abandoned(limit),
         Err(_) => ConnectError::Timeout,
     };
     let _ = backend.address(true).await;
@@ -81,6 +96,11 @@ impl Pool {
         }
     }
 
+    /// Drops every idle connection to an address `keep` refuses.
+    pub fn retain(&mut self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.idle.retain(|addr, _| keep(addr));
+    }
+
     /// Drops connections the backend closed or that outlived the pool timeout.
     pub fn sweep(&mut self) {
         let now = Instant::now();
@@ -89,6 +109,26 @@ impl Pool {
             list.retain(|up| now.duration_since(up.idle_since) < ttl && still_idle(&up.stream, false));
         }
         self.idle.retain(|_, list| !list.is_empty());
+    }
+}
+
+/// Whether bytes written on `stream` are still waiting for the peer's TCP acknowledgement. A live host
+/// acknowledges within a round trip (plus at most a delayed-ACK interval) whatever its application does, so
+/// a request left unacknowledged for longer went to a host that is gone or cut off, and no process there can
+/// have read it.
+pub fn unacknowledged(stream: std::os::fd::RawFd) -> bool {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it and sets `len`.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        rc == 0 && info.tcpi_unacked > 0
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Worker {
     balancer: Balancer,
     /// This thread's view of the backend set, refreshed only when a new set is published.
     backends: RefCell<Cache<SharedBackends, Arc<BackendSet>>>,
+    /// Woken on this thread when a new set is published, so connects to servers that left are abandoned.
+    set_changed: Notify,
     pub buffers: Buffers,
     pub pipes: Pipes,
     log: RefCell<Vec<u8>>,
@@ -57,6 +59,7 @@ impl Worker {
             pool: RefCell::new(Pool::new(c.limits.pool_max_idle, c.timeouts.pool)),
             balancer: Balancer::new(c.balance, id),
             backends: RefCell::new(Cache::new(shared.backends.clone())),
+            set_changed: Notify::new(),
             buffers: Buffers::new(BUFFER_SIZE, IDLE_BUFFERS),
             pipes: Pipes::new(IDLE_PIPES),
             log: RefCell::new(Vec::new()),
@@ -88,10 +91,54 @@ impl Worker {
         self.shutdown.notified()
     }
 
-    /// The next server by the balancing algorithm, avoiding `avoid` when another exists.
-    pub fn pick_backend(&self, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
+    /// The next server by the balancing algorithm, avoiding those in `avoid` (they failed this request)
+    /// when another exists.
+    pub fn pick_backend(&self, avoid: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let mut cache = self.backends.borrow_mut();
         self.balancer.pick(cache.load(), avoid)
+    }
+
+    /// Whether a server other than `current` and those in `avoid` is in rotation and not ejected: an attempt
+    /// on `current` may then be given up early for it.
+    pub fn has_alternative(&self, current: &Arc<Backend>, avoid: &[Arc<Backend>]) -> bool {
+        let mut cache = self.backends.borrow_mut();
+        let set = cache.load();
+        set.rotation()
+            .iter()
+            .map(|&i| &set.servers[i])
+            .any(|b| !Arc::ptr_eq(b, current) && !b.is_ejected() && !avoid.iter().any(|a| Arc::ptr_eq(a, b)))
+    }
+
+    pub fn in_rotation(&self, backend: &Arc<Backend>) -> bool {
+        let mut cache = self.backends.borrow_mut();
+        let set = cache.load();
+        set.rotation().iter().any(|&i| Arc::ptr_eq(&set.servers[i], backend))
+    }
+
+    /// Resolves once `backend` is no longer in rotation (membership, a health check or an operator took it
+    /// out): what an attempt to reach it races against.
+    pub async fn taken_out(&self, backend: &Arc<Backend>) {
+        loop {
+            self.set_changed.notified().await;
+            if !self.in_rotation(backend) {
+                return;
+            }
+        }
+    }
+
+    /// Follows published sets: wakes the attempts racing [`Worker::taken_out`] and drops idle pooled
+    /// connections to servers that left rotation.
+    async fn follow_set_changes(self: Rc<Self>) {
+        let mut changes = self.shared.set_changes.clone();
+        while changes.changed().await.is_ok() {
+            self.set_changed.notify_waiters();
+            let usable: Vec<std::net::SocketAddr> = {
+                let mut cache = self.backends.borrow_mut();
+                let set = cache.load();
+                set.rotation().iter().filter_map(|&i| set.servers[i].cached_address()).collect()
+            };
+            self.pool.borrow_mut().retain(|addr| usable.contains(addr));
+        }
     }
 
     pub fn log_enabled(&self) -> bool {
@@ -180,6 +227,7 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>
     local.block_on(&runtime, async move {
         let worker = Rc::new(Worker::new(id, shared));
         tokio::task::spawn_local(housekeeping(worker.clone()));
+        tokio::task::spawn_local(worker.clone().follow_set_changes());
         for l in listeners {
             match TcpListener::from_std(l) {
                 Ok(l) => {

@@ -2,6 +2,8 @@
 //! independently of the crate's parser so the tests do not merely agree with the code under test.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -119,6 +121,13 @@ pub struct Proxy {
 
 pub fn shoal() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+/// A fresh cluster key, from `shoal keygen`.
+pub fn keygen() -> String {
+    let out = shoal().arg("keygen").output().expect("shoal keygen");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 impl Proxy {
