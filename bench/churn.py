@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Node churn, measured: how fast a joining node gets traffic and a dead one leaves rotation.
+"""Node churn, measured: how fast a joining node gets traffic, a dead one leaves rotation, and a node cut off by
+a partition gets traffic again once the link heals.
 
 shoal: a proxy, a stable node, then N trials of: start a webapp and its agent, time until a request through the
 proxy is answered by it (join-to-traffic); SIGKILL agent and webapp, time until the proxy logs the member down
-(failure-to-removal). HAProxy: the same webapps as static servers with `check inter 2s fall 3 rise 2`; SIGKILL
-the webapp, time until HAProxy logs the server DOWN, then restart it and wait until it is UP again.
+(kill-to-removal). Partitions: a proxy and a health-checked node (`--check-path /`, as in compose) on hosts of
+their own (network namespaces on a bridge); N trials of: cut the node's link, wait until the proxy declares it
+down, heal the link, time until a request through the proxy is answered by the node (heal-to-traffic).
+HAProxy: the same webapps as static servers with `check inter 2s fall 3 rise 2`; SIGKILL the webapp, time until
+HAProxy logs the server DOWN, then restart it and wait until it is UP again.
 
-Usage: bench/churn.py [TRIALS] (default 20). Needs target/release/shoal and haproxy. Prints a Markdown table.
+Usage: sudo bench/churn.py [TRIALS] (default 20). Needs target/release/shoal, haproxy, iproute2 and root (for
+the namespaces). Prints a Markdown table.
 """
+import ctypes
 import os
 import socket
 import statistics
@@ -33,8 +39,8 @@ def free_port(kind=socket.SOCK_STREAM):
 class Proc:
     """A child whose stderr lines are kept with the monotonic time they arrived."""
 
-    def __init__(self, argv):
-        self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def __init__(self, argv, env=None):
+        self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.lines = []
         self.cv = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -70,18 +76,7 @@ class Proc:
 
 
 def get(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            return data.decode("latin-1")
-    except OSError:
-        return ""
+    return get_at("127.0.0.1", port)
 
 
 def webapp(port, name):
@@ -171,6 +166,97 @@ backend nodes
     return removals
 
 
+LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True)
+
+
+def in_netns(ns, fn):
+    """Runs fn() on a thread inside network namespace `ns` (setns moves only the calling thread)."""
+    result = {}
+
+    def run():
+        with open("/var/run/netns/%s" % ns) as f:
+            if LIBC.setns(f.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        result["value"] = fn()
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return result.get("value")
+
+
+def get_at(addr, port):
+    try:
+        with socket.create_connection((addr, port), timeout=2) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return data.decode("latin-1")
+    except OSError:
+        return ""
+
+
+def heal_trials(n):
+    """A proxy on 10.78.0.1 and a node on 10.78.0.2, one bridge; cut, wait for the removal, heal, time."""
+    tag = "chb%d" % (os.getpid() % 100000)
+    sw, hp, hn = tag + "sw", tag + "p", tag + "n"
+    key = subprocess.run([SHOAL, "keygen"], capture_output=True, text=True, check=True).stdout.strip()
+    env = dict(os.environ, SHOAL_CLUSTER_KEY=key)
+    procs, heals = [], []
+    try:
+        for ns in (sw, hp, hn):
+            ip("netns", "add", ns)
+        ip("-n", sw, "link", "add", "br0", "type", "bridge")
+        ip("-n", sw, "link", "set", "br0", "up")
+        for ns, port, addr in ((hp, "p1", "10.78.0.1/24"), (hn, "p2", "10.78.0.2/24")):
+            ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port, "netns", sw)
+            ip("-n", sw, "link", "set", port, "master", "br0")
+            ip("-n", sw, "link", "set", port, "up")
+            ip("-n", ns, "addr", "add", addr, "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        ns_exec = lambda ns, argv: Proc(["ip", "netns", "exec", ns, *argv], env=env)
+        proxy = ns_exec(hp, [SHOAL, "proxy", "--listen", "10.78.0.1:80", "--gossip", "10.78.0.1:7946",
+                             "--admin", "10.78.0.1:1936", "--access-log", "off"])
+        procs.append(proxy)
+        proxy.wait_line(lambda l: "listening on" in l)
+        procs.append(ns_exec(hn, [SHOAL, "agent", "--service", "10.78.0.2:3000", "--gossip", "10.78.0.2:7946",
+                                  "--join", "10.78.0.1:7946", "--name", "far", "--check-path", "/", "--",
+                                  SHOAL, "webapp", "--listen", "10.78.0.2:3000", "--name", "far"]))
+
+        def wait_far():
+            deadline = time.monotonic() + BOUND
+            while '"host":"far"' not in get_at("10.78.0.1", 80):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the node was never routed")
+            return time.monotonic()
+
+        in_netns(hp, wait_far)
+        for i in range(n):
+            t0 = time.monotonic()
+            ip("-n", sw, "link", "set", "p2", "down")
+            proxy.wait_line(lambda l: "member down: far " in l, after=t0)
+            healed = time.monotonic()
+            ip("-n", sw, "link", "set", "p2", "up")
+            heals.append(in_netns(hp, wait_far) - healed)
+            print("heal trial %d: traffic %.0f ms after the heal" % (i, heals[-1] * 1000), file=sys.stderr)
+    finally:
+        for p in procs:
+            p.term()
+        for ns in (hp, hn, sw):
+            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+    return heals
+
+
 def ms(values):
     return "%.0f ms" % (statistics.median(values) * 1000), "%.0f ms" % (max(values) * 1000)
 
@@ -178,10 +264,13 @@ def ms(values):
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     joins, removals = shoal_trials(n)
+    heals = heal_trials(n)
     h_removals = haproxy_trials(n)
     rows = [
         ("shoal: join to first routed request", joins, "agent started, proxy already running"),
         ("shoal: SIGKILL to removal", removals, "probe 400ms / RTT 120ms / suspect 800ms (defaults)"),
+        ("shoal: partition healed to first routed request", heals,
+         "node health-checked (`--check-path /`), cut until declared down, then healed"),
         ("HAProxy 2.6: SIGKILL to DOWN", h_removals, "check inter 2s fall 3 rise 2"),
     ]
     print("| measurement (%d trials) | median | max | settings |" % n)

@@ -37,6 +37,7 @@ fn an_agent_joins_then_leaves_and_traffic_follows() {
     eprintln!("join to first routed request: {took:?}");
     proxy.stderr.wait_for("member up", |l| l.contains("member up: a "));
 
+    let mut agent = agent;
     agent.signal(libc::SIGTERM);
     proxy.stderr.wait_for("member down", |l| l.contains("member down: a "));
     // Waits on the outcome itself: an earlier "0 servers" line (state before member-up) says nothing here.
@@ -45,6 +46,32 @@ fn an_agent_joins_then_leaves_and_traffic_follows() {
         assert!(start.elapsed() < WAIT, "a member that left still gets traffic");
         std::thread::yield_now();
     }
+    // Leaving on purpose is not a fault: no warning, from the agent or the proxy.
+    assert!(agent.wait_exit().success());
+    agent.stderr.wait_for("the leave", |l| l.contains("left the cluster"));
+    let mut proxy = proxy;
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success());
+    proxy.stderr.wait_for("the stop", |l| l.contains("stopped"));
+    for line in agent.stderr.all().iter().chain(proxy.stderr.all().iter()) {
+        assert!(!line.contains(" WARN ") && !line.contains(" ERROR "), "a clean stop logged: {line}");
+    }
+}
+
+#[test]
+fn members_over_the_limit_wait_with_a_log_line_until_one_leaves() {
+    let (a, b, c) = (named_backend("a"), named_backend("b"), named_backend("c"));
+    let proxy = Proxy::start(&["--max-members", "2"]);
+    let first = Agent::start(&a.arg(), &proxy.gossip(), &["--name", "a"]);
+    let _second = Agent::start(&b.arg(), &proxy.gossip(), &["--name", "b"]);
+    wait_routed(&proxy, "a");
+    wait_routed(&proxy, "b");
+    let _third = Agent::start(&c.arg(), &proxy.gossip(), &["--name", "c"]);
+    proxy.stderr.wait_for("the limit logged", |l| l.contains("member limit of 2 reached: ignoring c "));
+    assert!((0..6).all(|_| common::get(proxy.addr, "/").body_str() != "c"), "a member over the limit got traffic");
+    first.signal(libc::SIGTERM);
+    proxy.stderr.wait_for("the first gone", |l| l.contains("member down: a "));
+    wait_routed(&proxy, "c");
 }
 
 #[test]
@@ -225,4 +252,64 @@ fn weights_from_agents_share_traffic() {
     let heavy_share = bodies.iter().filter(|b| *b == "heavy").count();
     let light_share = bodies.iter().filter(|b| *b == "light").count();
     assert_eq!((heavy_share, light_share), (300, 100), "weights 300:100 over 400 requests");
+}
+
+/// `shoal webapp` named `name` on a free loopback port, as a process of its own that a test can kill.
+fn webapp(name: &str) -> (common::Process, String) {
+    let addr = common::dead_port().to_string();
+    let child = common::shoal()
+        .args(["webapp", "--listen", &addr, "--name", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("webapp");
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "webapp did not start");
+        std::thread::yield_now();
+    }
+    (common::Process(child), addr)
+}
+
+fn frontend_requests(proxy: &Proxy) -> u64 {
+    let text = common::get(proxy.admin(), "/metrics").body_str();
+    let line = text.lines().find(|l| l.starts_with("shoal_frontend_requests_total ")).expect("metric");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn wrk_sees_no_error_while_a_node_and_its_app_are_killed() {
+    let proxy = Proxy::start(&["--access-log", "off"]);
+    let (_survivor_app, survivor) = webapp("survivor");
+    let _survivor = Agent::start(&survivor, &proxy.gossip(), &["--name", "survivor"]);
+    wait_routed(&proxy, "\"host\":\"survivor\"");
+    for run in 1..=10 {
+        let name = format!("doomed{run}");
+        let (mut app, addr) = webapp(&name);
+        let mut agent = Agent::start(&addr, &proxy.gossip(), &["--name", &name]);
+        wait_routed(&proxy, &format!("\"host\":\"{name}\""));
+        let url = format!("http://{}/", proxy.addr);
+        let wrk = Command::new("wrk")
+            .args(["-t2", "-c50", "-d2s", &url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wrk (apt-get install wrk)");
+        // Killed while wrk's load flows.
+        let before = frontend_requests(&proxy);
+        let start = Instant::now();
+        while frontend_requests(&proxy) < before + 1000 {
+            assert!(start.elapsed() < WAIT, "wrk's load never reached the proxy");
+            std::thread::yield_now();
+        }
+        agent.child.kill().unwrap();
+        app.kill().unwrap();
+        let _ = (agent.child.wait(), app.wait());
+        let out = wrk.wait_with_output().unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        eprintln!("run {run}: {}", report.lines().find(|l| l.contains("requests in")).unwrap_or("?").trim());
+        assert!(out.status.success() && report.contains("requests in"), "wrk failed: {report}");
+        assert!(!report.contains("Non-2xx"), "run {run}: non-2xx responses while {name} was killed:\n{report}");
+        assert!(!report.contains("Socket errors"), "run {run}: socket errors while {name} was killed:\n{report}");
+    }
 }

@@ -2,9 +2,7 @@
 
 mod common;
 
-use std::io::Write;
-
-use common::{shoal, Backend, Proxy};
+use common::{shoal, Backend, Proxy, TempFile};
 
 fn check(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = shoal();
@@ -23,36 +21,8 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     )
 }
 
-fn file(text: &str) -> tempfile_path::TempPath {
-    tempfile_path::TempPath::with(text)
-}
-
-mod tempfile_path {
-    use super::*;
-    use std::path::PathBuf;
-
-    /// A file removed when dropped.
-    pub struct TempPath(pub PathBuf);
-
-    impl TempPath {
-        pub fn with(text: &str) -> TempPath {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let path = std::env::temp_dir().join(format!("shoal-test-{}-{n}.toml", std::process::id()));
-            std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
-            TempPath(path)
-        }
-
-        pub fn arg(&self) -> &str {
-            self.0.to_str().unwrap()
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+fn file(text: &str) -> TempFile {
+    TempFile::new("config.toml", text)
 }
 
 #[test]

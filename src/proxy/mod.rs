@@ -67,7 +67,7 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         tracing::info!("listening on {addr}");
     }
     if config.backends.is_empty() {
-        tracing::warn!("no backend configured: every request is answered 503");
+        tracing::info!("no static backend: requests are answered 503 until an agent joins by gossip");
     }
     let admin = std::net::TcpListener::bind(config.admin).map_err(ProxyError::Listen)?;
     let runtime_api = std::net::TcpListener::bind(config.runtime_api).map_err(ProxyError::Listen)?;

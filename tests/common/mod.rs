@@ -2,6 +2,7 @@
 //! independently of the crate's parser so the tests do not merely agree with the code under test.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod lab;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -121,6 +122,37 @@ pub struct Proxy {
 
 pub fn shoal() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+/// A file in the temporary directory, removed on drop.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    /// A new file holding `text`; `hint` goes into its name.
+    pub fn new(hint: &str, text: &str) -> TempFile {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let f = TempFile(std::env::temp_dir().join(format!("shoal-test-{}-{n}-{hint}", std::process::id())));
+        f.write(text);
+        f
+    }
+
+    /// Replaces the contents at once (a rename), as an operator's editor or a secret update would.
+    pub fn write(&self, text: &str) {
+        let tmp = self.0.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.0).unwrap();
+    }
+
+    pub fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// A fresh cluster key, from `shoal keygen`.
