@@ -3,30 +3,19 @@
 //! node added later with `docker run` gets traffic, and a SIGKILLed node leaves rotation without a failed
 //! request. Needs Docker with docker-compose (CI installs and runs as root).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::containers::{build_image, get_host, root, run, stdout};
+use common::http_get;
 
 /// Longest wait for anything the cluster must do by itself (join, failure detection): generous, since a
 /// loaded CI machine starts containers slowly. Each wait ends as soon as its event is seen.
 const SETTLE: Duration = Duration::from_secs(60);
 const IMAGE: &str = "shoal:compose-test";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn stdout(out: Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// A compose project of its own, removed (containers, network) when dropped, even after a failed assertion.
 struct Project {
@@ -71,32 +60,6 @@ impl Drop for Project {
     }
 }
 
-/// One GET /; the responding container's host name, or why not.
-fn get_host(addr: SocketAddr) -> Result<String, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| format!("read: {e}"))?;
-    if !response.starts_with("HTTP/1.1 200") {
-        return Err(response.lines().next().unwrap_or("no response").to_string());
-    }
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let host = body.split("\"host\":\"").nth(1).and_then(|rest| rest.split('"').next());
-    host.map(str::to_string).ok_or_else(|| format!("no host in {body}"))
-}
-
-/// The body of GET `path` from `addr`.
-fn fetch(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
-}
-
 /// Sends GETs until `done` holds for the hosts seen in the last `window` answers; every GET must succeed
 /// when `no_failures`. Returns those hosts.
 fn until(
@@ -109,7 +72,7 @@ fn until(
     let start = Instant::now();
     let mut recent: Vec<String> = Vec::new();
     loop {
-        match get_host(addr) {
+        match get_host(addr, Duration::from_secs(15)) {
             Ok(host) => {
                 recent.push(host);
                 if recent.len() > window {
@@ -136,8 +99,7 @@ fn distinct(hosts: &[String]) -> usize {
 
 #[test]
 fn compose_swap_nodes_join_in_any_order_and_leave_on_failure() {
-    let built = run(Command::new(root().join("docker/build.sh")).env("SHOAL_IMAGE", IMAGE));
-    assert_eq!(stdout(built), IMAGE);
+    build_image(IMAGE);
     let mut project = Project::new();
 
     // Without a cluster key, compose refuses to start and says how to make one.
@@ -182,17 +144,26 @@ fn compose_swap_nodes_join_in_any_order_and_leave_on_failure() {
     run(Command::new("docker").args(["kill", &s1]));
     until(addr, "the killed node out of rotation", 12, true, |h| distinct(h) == 2 && !h.iter().any(|x| x == s1_host));
 
-    // The stats CSV on the published 1936 lists the two live servers, UP, and the requests they served.
+    // The stats CSV on the published 1936 lists the two live servers, UP, and the requests they served, once
+    // gossip has removed the dead one (until then it shows DOWN: it is skipped since its first failed connect).
     let admin: SocketAddr = stdout(run(&mut project.compose(&["port", "ha", "1936"]))).parse().unwrap();
-    let csv = fetch(admin, "/;csv");
-    assert!(csv.starts_with("# pxname,svname,"), "{csv}");
-    let servers: Vec<Vec<&str>> = csv
-        .lines()
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|f| f[0] == "nodes" && f[1] != "BACKEND")
-        .collect();
-    assert_eq!(servers.len(), 2, "{csv}");
-    let mut names: Vec<&str> = servers.iter().map(|f| f[1]).collect();
+    let start = Instant::now();
+    let (csv, servers) = loop {
+        let csv = http_get(admin, "/;csv", Duration::from_secs(15)).expect("the stats CSV");
+        assert!(csv.starts_with("# pxname,svname,"), "{csv}");
+        let servers: Vec<Vec<String>> = csv
+            .lines()
+            .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+            .filter(|f| f[0] == "nodes" && f[1] != "BACKEND")
+            .collect();
+        assert!(servers.iter().all(|f| f[1] != "s1" || f[17] == "DOWN"), "the killed node is not DOWN: {csv}");
+        if servers.len() == 2 {
+            break (csv, servers);
+        }
+        assert!(start.elapsed() < SETTLE, "the killed node never left the stats: {csv}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut names: Vec<&str> = servers.iter().map(|f| f[1].as_str()).collect();
     names.sort();
     assert_eq!(names, ["s2", "s3"], "servers are named after their host names, as Serf names nodes: {csv}");
     assert!(servers.iter().all(|f| f[17] == "UP" && f[7].parse::<u64>().unwrap() > 0), "{csv}");

@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::lab::{http_get, Host, Lab};
+use common::http_get;
+use common::lab::{Host, Lab};
 use common::{Lines, Process, WAIT};
 
 const GOSSIP: u16 = 7946;
@@ -221,6 +222,43 @@ fn two_proxies_lose_and_regain_sight_of_each_other() {
     assert_routes(h1, &["n3", "n4"]);
     let took = assert_routes(h2, &["n3", "n4"]);
     eprintln!("heal to traffic on the second proxy: {took:?}");
+}
+
+#[test]
+fn a_node_on_several_networks_advertises_the_one_that_reaches_its_seed() {
+    // Host 2's first interface is a decoy no peer can reach (a gateway bridge, say); it binds 0.0.0.0.
+    let lab = Lab::with_decoys(2, &[1]);
+    let key = common::keygen();
+    let p = proxy(lab.host(0), &key, &["--threads", "1"]);
+    let exe = env!("CARGO_BIN_EXE_shoal");
+    let seed = lab.host(0).addr(GOSSIP).to_string();
+    let args = [
+        "agent",
+        "--service",
+        "0.0.0.0:3000",
+        "--gossip",
+        "0.0.0.0:7946",
+        "--join",
+        &seed,
+        "--name",
+        "multi",
+        "--",
+        exe,
+        "webapp",
+        "--listen",
+        "0.0.0.0:3000",
+        "--name",
+        "multi",
+    ];
+    let (_agent, log) = lab.host(1).shoal(&args, &[("SHOAL_CLUSTER_KEY", &key)]);
+    log.wait_for("the guess", |l| l.contains("advertised as 192.168.77.1:7946"));
+    log.wait_for("the correction", |l| l.contains("advertised as 10.77.0.2:7946 now"));
+    assert_routes(lab.host(0), &["multi"]);
+    let up = p.log.wait_for("the member", |l| l.contains("member up: multi "));
+    assert!(
+        up.contains("10.77.0.2:7946") && up.contains("10.77.0.2:3000"),
+        "advertised and served at the reachable IP: {up}"
+    );
 }
 
 fn wait_until(what: &str, done: impl Fn() -> bool) {

@@ -54,7 +54,7 @@ impl Snapshot {
             .zip(&set.weights)
             .zip(&set.states)
             .map(|((b, &weight), &state)| Server {
-                name: b.name.clone(),
+                name: b.name().to_string(),
                 address: format!("{}:{}", b.host, b.port),
                 // A server skipped after a failed connect is down for now, whatever membership says.
                 status: if state == ServerState::Up && b.is_ejected() { "DOWN" } else { state.as_str() },

@@ -4,7 +4,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::Arc;
 
 use super::counters::PerThread;
@@ -16,7 +16,9 @@ use crate::config::BackendSpec;
 /// only once their container is up, and to a new address after a restart.
 #[derive(Debug)]
 pub struct Backend {
-    pub name: String,
+    /// What the stats, the runtime API and the log call it. Names come from gossip and can move: when two
+    /// live members share one, the newest takes it (see `Publisher`), so it is swapped, not fixed.
+    name: ArcSwap<String>,
     pub host: String,
     pub port: u16,
     resolved: ArcSwapOption<SocketAddr>,
@@ -36,7 +38,7 @@ impl Backend {
     pub fn new(spec: &BackendSpec, threads: usize) -> Backend {
         let literal = spec.host.parse::<IpAddr>().ok().map(|ip| Arc::new(SocketAddr::new(ip, spec.port)));
         Backend {
-            name: spec.name.clone(),
+            name: ArcSwap::from_pointee(spec.name.clone()),
             host: spec.host.clone(),
             port: spec.port,
             resolved: ArcSwapOption::new(literal),
@@ -45,6 +47,18 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             counters: PerThread::new(threads),
         }
+    }
+
+    pub fn name(&self) -> Arc<String> {
+        self.name.load_full()
+    }
+
+    /// Gives the server another name; returns the old one if it changed.
+    pub fn rename(&self, name: String) -> Option<Arc<String>> {
+        if **self.name.load() == name {
+            return None;
+        }
+        Some(self.name.swap(Arc::new(name)))
     }
 
     /// Takes this server out of every thread's choice until it is readmitted, so requests stop paying for a

@@ -67,7 +67,7 @@ impl Publisher {
 
     /// Records an operator's change to the server(s) named `name` and republishes.
     pub fn set(&mut self, name: &str, change: impl FnOnce(&mut Override)) -> Result<(), NoSuchServer> {
-        let exists = self.statics.iter().any(|b| b.name == name) || self.known.values().any(|b| b.name == name);
+        let exists = self.statics.iter().any(|b| *b.name() == name) || self.known.values().any(|b| *b.name() == name);
         if !exists {
             return Err(NoSuchServer(name.to_string()));
         }
@@ -88,25 +88,46 @@ impl Publisher {
         self.publish();
     }
 
+    /// Names every member's server after the name it announces (the host name by default). Names must be
+    /// unique, and two live members can announce the same one: two nodes on one host, or a restarted task
+    /// (swarm's `web-{{.Task.Slot}}`) while its killed predecessor is not declared down yet. The newest
+    /// generation takes the name, the others are told apart by their address; a static server's name is
+    /// never taken.
+    fn name_members(&self) {
+        let mut by_name: HashMap<String, Vec<&Member>> = HashMap::new();
+        for m in &self.members {
+            by_name.entry(server_name(&m.id.name)).or_default().push(m);
+        }
+        for (name, mut group) in by_name {
+            group.sort_by_key(|m| std::cmp::Reverse(m.id.generation));
+            let static_holds = self.statics.iter().any(|b| *b.name() == name);
+            for (i, m) in group.iter().enumerate() {
+                let Some(backend) = self.known.get(&(m.id.gossip, m.id.generation)) else { continue };
+                let wanted = if i == 0 && !static_holds {
+                    name.clone()
+                } else {
+                    server_name(&format!("{name}@{}", m.id.gossip))
+                };
+                if let Some(old) = backend.rename(wanted.clone()) {
+                    if *old != wanted {
+                        tracing::info!("server {old} is now called {wanted}");
+                    }
+                }
+            }
+        }
+    }
+
     fn publish(&mut self) {
         let threads = self.threads;
         let mut servers: Vec<(Arc<Backend>, u16, ServerState)> =
             self.statics.iter().map(|b| (b.clone(), STATIC_WEIGHT, ServerState::Up)).collect();
         for m in &self.members {
             let Some(service) = m.id.service else { continue };
-            let key = (m.id.gossip, m.id.generation);
-            if !self.known.contains_key(&key) {
-                let mut name = server_name(&m.id.name);
-                let taken =
-                    |n: &str| servers.iter().any(|(b, _, _)| b.name == n) || self.known.values().any(|b| b.name == n);
-                if taken(&name) {
-                    // Names come from host names by default: two nodes on one host must still be told apart.
-                    name = server_name(&format!("{name}@{}", m.id.gossip));
-                }
-                let spec = BackendSpec { name, host: service.ip().to_string(), port: service.port() };
-                self.known.insert(key, Arc::new(Backend::new(&spec, threads)));
-            }
-            let backend = &self.known[&key];
+            let backend = self.known.entry((m.id.gossip, m.id.generation)).or_insert_with(|| {
+                let spec =
+                    BackendSpec { name: server_name(&m.id.name), host: service.ip().to_string(), port: service.port() };
+                Arc::new(Backend::new(&spec, threads))
+            });
             let state = if m.is_routable() {
                 ServerState::Up
             } else if m.is_draining() {
@@ -116,8 +137,9 @@ impl Publisher {
             };
             servers.push((backend.clone(), m.weight(), state));
         }
+        self.name_members();
         for (backend, weight, state) in &mut servers {
-            let Some(o) = self.overrides.get(&backend.name) else { continue };
+            let Some(o) = self.overrides.get(backend.name().as_str()) else { continue };
             *weight = o.weight.unwrap_or(*weight);
             *state = match (o.state, *state) {
                 (Some(ServerState::Maint), _) => ServerState::Maint,
@@ -144,7 +166,7 @@ fn readmit_recovered(old: &BackendSet, new: &[(Arc<Backend>, u16, ServerState)])
     for (backend, _, state) in new {
         let was = before.get(&Arc::as_ptr(backend));
         if *state == ServerState::Up && was.is_some_and(|s| *s != ServerState::Up) && backend.readmit() {
-            tracing::info!("server {} is back UP: no longer skipped for its earlier failure", backend.name);
+            tracing::info!("server {} is back UP: no longer skipped for its earlier failure", backend.name());
         }
     }
 }
@@ -176,6 +198,42 @@ impl Membership for ClusterBackends {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::cluster::NodeState;
+
+    fn member(name: &str, gossip: &str, generation: u64) -> Member {
+        let gossip: SocketAddr = gossip.parse().unwrap();
+        let service = Some(SocketAddr::new(gossip.ip(), 3000));
+        let mut id = NodeId::new(gossip, Role::Backend, service, 100, false, name);
+        id.generation = generation;
+        Member { id, state: Some(NodeState::default()) }
+    }
+
+    fn names(p: &Publisher) -> Vec<String> {
+        let mut n: Vec<String> = p.shared.load().servers.iter().map(|b| b.name().to_string()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn the_newest_of_two_members_of_one_name_takes_it() {
+        let statics = vec![Arc::new(Backend::new(&crate::config::value::backend("s0=10.0.0.9:80").unwrap(), 1))];
+        let shared = crate::balance::shared(BackendSet::default());
+        let publisher = Publisher::new(statics, shared, 1, watch::channel(0).0);
+        let mut p = publisher.lock();
+        let (old, new) = (member("web-1", "10.0.0.1:7946", 5), member("web-1", "10.0.0.2:7946", 9));
+        p.update(std::slice::from_ref(&old));
+        assert_eq!(names(&p), ["s0", "web-1"]);
+        // The slot's new task arrives while the killed one is still a member: the new one is web-1 now.
+        p.update(&[old.clone(), new.clone()]);
+        assert_eq!(names(&p), ["s0", "web-1", "web-1@10.0.0.1:7946"]);
+        p.update(std::slice::from_ref(&new));
+        assert_eq!(names(&p), ["s0", "web-1"]);
+        // A static server keeps its name whatever a member announces.
+        p.update(&[member("s0", "10.0.0.3:7946", 1)]);
+        assert_eq!(names(&p), ["s0", "s0@10.0.0.3:7946"]);
+    }
+
     #[test]
     fn announced_names_cannot_break_the_stats_formats() {
         assert_eq!(super::server_name("web-1.local:7946"), "web-1.local:7946");

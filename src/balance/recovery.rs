@@ -38,7 +38,7 @@ async fn probe(backend: Arc<Backend>, limit: Duration) {
     let Ok(addr) = backend.address(true).await else { return };
     if let Ok(Ok(_)) = tokio::time::timeout(limit, TcpStream::connect(addr)).await {
         if backend.readmit() {
-            tracing::info!("server {} ({addr}) accepts connections again: back in rotation", backend.name);
+            tracing::info!("server {} ({addr}) accepts connections again: back in rotation", backend.name());
         }
     }
 }

@@ -109,6 +109,9 @@ pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membershi
     let service = me.service.map(|s| if s.ip().is_unspecified() { SocketAddr::new(ip, s.port()) } else { s });
     let name = if me.name.is_empty() { advertised.to_string() } else { me.name };
     let id = NodeId::new(advertised, me.role, service, me.weight, me.checked, &name);
+    // Guessed from the interfaces: the first route to a seed will tell better (see `Node::adopt_route`).
+    let guessed = config.advertise.is_none() && bound.ip().is_unspecified() && !config.join.is_empty();
+    let service_follows = me.service.is_some_and(|s| s.ip().is_unspecified());
     let state = NodeState { healthy: !me.checked, draining: false, weight: me.weight, tags: me.tags };
     let keyring = config.keys.load().map_err(io::Error::other)?;
     tracing::info!("gossip on {bound}, advertised as {advertised}");
@@ -139,7 +142,9 @@ pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membershi
         runtime.block_on(async move {
             match tokio::net::UdpSocket::from_std(socket) {
                 Ok(socket) => {
-                    let parts = node::Parts { me: id, state, socket, sealer, membership, hook, stats: node_stats };
+                    let advertise = node::Advertise { guessed, service_follows };
+                    let parts =
+                        node::Parts { me: id, advertise, state, socket, sealer, membership, hook, stats: node_stats };
                     node::Node::new(&config, parts).run(rx).await
                 }
                 Err(e) => tracing::error!("gossip socket: {e}"),

@@ -69,6 +69,7 @@ pub struct Node {
     sealer: Option<Sealer>,
     key_watch: Option<Watch>,
     me: NodeId,
+    advertise: Advertise,
     state: NodeState,
     version: u64,
     members: HashMap<SocketAddr, NodeId>,
@@ -95,9 +96,20 @@ pub struct Node {
     copies: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
 }
 
+/// How this node's advertised address was chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct Advertise {
+    /// Picked from the interfaces (bound to 0.0.0.0, no --advertise): replaced by the address this host
+    /// reaches its first seed from, before anyone is told.
+    pub guessed: bool,
+    /// The service was given as 0.0.0.0:PORT: it is advertised at the same IP.
+    pub service_follows: bool,
+}
+
 /// What `Node::new` needs beyond the configuration.
 pub struct Parts {
     pub me: NodeId,
+    pub advertise: Advertise,
     pub state: NodeState,
     pub socket: UdpSocket,
     pub sealer: Option<Sealer>,
@@ -119,7 +131,7 @@ impl Node {
         }
         let rng: StdRng = rand::make_rng();
         let table = Rc::new(RefCell::new(Table::default()));
-        let Parts { me, state, socket, sealer, membership, hook, stats } = parts;
+        let Parts { me, advertise, state, socket, sealer, membership, hook, stats } = parts;
         let (seeds, resolutions) = Seeds::new(&config.join, me.gossip);
         let mut node = Node {
             foca: Foca::with_custom_broadcast(me.clone(), swim, rng, PostcardCodec, Handler(table.clone())),
@@ -129,6 +141,7 @@ impl Node {
             sealer,
             key_watch: Watch::new(&config.keys),
             me,
+            advertise,
             state,
             version: 0,
             members: HashMap::new(),
@@ -179,7 +192,11 @@ impl Node {
                 _ = sleep_until(next_copy) => self.send_copies().await,
                 Some(resolved) = self.resolutions.recv() => {
                     let members = &self.members;
-                    for addr in self.seeds.resolved(resolved, |a| members.contains_key(a)) {
+                    let missing = self.seeds.resolved(resolved, |a| members.contains_key(a));
+                    if let Some(first) = missing.first() {
+                        self.adopt_route(*first);
+                    }
+                    for addr in missing {
                         if let Err(e) = self.foca.announce(NodeId::seed(addr), &mut self.runtime) {
                             tracing::debug!("announce to {addr}: {e}");
                         }
@@ -229,6 +246,34 @@ impl Node {
         tracing::info!("left the cluster");
         if let Some(done) = done {
             let _ = done.send(());
+        }
+    }
+
+    /// A container on several networks (swarm's overlay and its gateway bridge, say) may have guessed the
+    /// wrong interface to advertise: before announcing itself for the first time, the node takes the address
+    /// the kernel would send from to reach `seed` instead, the one peers on that network can answer.
+    fn adopt_route(&mut self, seed: SocketAddr) {
+        if !std::mem::take(&mut self.advertise.guessed) || !self.members.is_empty() {
+            return;
+        }
+        let Some(ip) = route_source(seed) else { return };
+        if ip == self.me.gossip.ip() || ip.is_unspecified() {
+            return;
+        }
+        let mut id = self.me.clone();
+        id.gossip.set_ip(ip);
+        if let (true, Some(service)) = (self.advertise.service_follows, id.service.as_mut()) {
+            service.set_ip(ip);
+        }
+        id.generation += 1;
+        match self.foca.change_identity(id.clone(), &mut self.runtime) {
+            Ok(()) => {
+                tracing::info!("advertised as {} now: the address this host reaches seed {seed} from", id.gossip);
+                self.seeds.set_me(id.gossip);
+                self.me = id;
+                self.broadcast_state();
+            }
+            Err(e) => tracing::warn!("cannot advertise {ip}: {e}"),
         }
     }
 
@@ -544,4 +589,13 @@ impl Node {
         self.over_cap = false;
         admitted
     }
+}
+
+/// The local address the kernel picks to send to `to` (a connected UDP socket sends nothing).
+fn route_source(to: SocketAddr) -> Option<std::net::IpAddr> {
+    let any: SocketAddr =
+        if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(to).ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }

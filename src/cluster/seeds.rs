@@ -130,6 +130,11 @@ impl Seeds {
         missing
     }
 
+    /// This node's gossip address changed (see `Node::adopt_route`).
+    pub fn set_me(&mut self, me: SocketAddr) {
+        self.me = me;
+    }
+
     /// Tells the seeds whether this node has any live member; being alone for a while is worth a warning.
     pub fn set_alone(&mut self, alone: bool) {
         let now = Instant::now();
@@ -167,9 +172,15 @@ impl Seeds {
             })
             .collect();
         let alone_for = self.alone_since.map_or(Duration::ZERO, |t| now.duration_since(t));
+        let swarm_hint = if self.seeds.iter().any(|s| !s.spec.starts_with("tasks.")) {
+            "; under Docker Swarm join through tasks.SERVICE:PORT: a service name resolves to a virtual IP that does \
+             not relay gossip"
+        } else {
+            ""
+        };
         tracing::warn!(
             "no answer from any seed after {}s: {}; retrying every {}s (check the address, the cluster key, and that \
-             UDP {} is open)",
+             UDP {} is open){swarm_hint}",
             alone_for.as_secs(),
             tried.join("; "),
             MAX_BACKOFF.as_secs(),

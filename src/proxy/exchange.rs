@@ -167,7 +167,7 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
                 let retry = log.retries < MAX_RETRIES && Instant::now() < connect_deadline;
                 tracing::warn!(
                     "server {} ({}:{}): {e}{}{}",
-                    backend.name,
+                    backend.name(),
                     backend.host,
                     backend.port,
                     if ejected { "; skipped until it answers again" } else { "" },
@@ -219,7 +219,7 @@ pub async fn run(worker: &Rc<Worker>, client: &mut Client, plan: Plan, head: Vec
                 if !matches!(failure, Failure::NoResponse) || ejected {
                     tracing::warn!(
                         "server {} ({}:{}): {reason}{}; trying another server",
-                        backend.name,
+                        backend.name(),
                         backend.host,
                         backend.port,
                         if ejected { "; skipped until it answers again" } else { "" },
@@ -611,8 +611,8 @@ struct LogState {
 }
 
 impl LogState {
-    fn server_name(&self) -> &str {
-        self.server.as_ref().map_or("<NOSRV>", |f| f.backend().name.as_str())
+    fn server_name(&self) -> String {
+        self.server.as_ref().map_or_else(|| "<NOSRV>".to_string(), |f| f.backend().name().to_string())
     }
 }
 
@@ -634,7 +634,8 @@ fn log_line(worker: &Worker, client: &Client, plan: &Plan, log: &LogState, statu
     let t_connect = ms(s.head_done, log.connected);
     let t_response = log.connected.map_or(-1, |c| ms(c, log.responded));
     let t_total = ms(s.instant, Some(Instant::now()));
-    let server = log.connected.and(log.server.as_ref()).map(|f| f.backend().name.as_str());
+    let name = log.connected.and(log.server.as_ref()).map(|f| f.backend().name());
+    let server = name.as_deref().map(String::as_str);
     worker.log(|out| {
         access_log::format(
             &Record {

@@ -5,14 +5,14 @@
 //! machine's has no sch_netem), nf_tables is.
 //! Needs root, iproute2 and nft (CI runs as root); fails, rather than skips, without them.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Lines, Process, WAIT};
+use super::{http_get, Lines, Process, WAIT};
 
 static LABS: AtomicUsize = AtomicUsize::new(0);
 
@@ -54,6 +54,13 @@ fn nft(ns: &str, rules: &str) {
 impl Lab {
     /// `n` hosts, 10.77.0.1 .. 10.77.0.n, on one switch.
     pub fn new(n: usize) -> Lab {
+        Lab::with_decoys(n, &[])
+    }
+
+    /// The same, where the hosts numbered in `decoys` (from 0) also have an interface of their own
+    /// (192.168.77.1/24, one end of a veth pair going nowhere) that comes before their link to the switch, as a container's gateway
+    /// bridge can come before its overlay network.
+    pub fn with_decoys(n: usize, decoys: &[usize]) -> Lab {
         let tag = format!("{}x{}", std::process::id() % 100_000, LABS.fetch_add(1, Ordering::SeqCst));
         let switch = format!("shsw{tag}");
         ip(&["netns", "add", &switch]);
@@ -63,6 +70,12 @@ impl Lab {
         for i in 1..=n {
             let ns = format!("sh{tag}h{i}");
             ip(&["netns", "add", &ns]);
+            if decoys.contains(&(i - 1)) {
+                ip(&["-n", &ns, "link", "add", "decoy0", "type", "veth", "peer", "name", "decoy1"]);
+                ip(&["-n", &ns, "addr", "add", "192.168.77.1/24", "dev", "decoy0"]);
+                ip(&["-n", &ns, "link", "set", "decoy0", "up"]);
+                ip(&["-n", &ns, "link", "set", "decoy1", "up"]);
+            }
             let port = format!("p{i}");
             let host = Host { ns: ns.clone(), ip: format!("10.77.0.{i}"), port: port.clone(), switch: switch.clone() };
             lab.hosts.push(host);
@@ -208,30 +221,5 @@ impl Host {
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
-    }
-}
-
-/// One request on a new connection, `Connection: close`, all within `budget`; the body of a 200.
-pub fn http_get(addr: SocketAddr, path: &str, budget: Duration) -> Result<String, String> {
-    let deadline = Instant::now() + budget;
-    let mut stream = TcpStream::connect_timeout(&addr, budget).map_err(|e| format!("connect: {e}"))?;
-    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    stream.set_write_timeout(Some(left())).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        stream.set_read_timeout(Some(left())).unwrap();
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => response.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("read after {:?}: {e}", budget - left())),
-        }
-    }
-    let text = String::from_utf8_lossy(&response).into_owned();
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-        Some((head, _)) => Err(head.lines().next().unwrap_or_default().to_string()),
-        None => Err(format!("no response head: {text:?}")),
     }
 }

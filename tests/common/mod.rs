@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod containers;
 pub mod lab;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -622,4 +623,29 @@ pub fn ok(body: &str) -> Vec<u8> {
 pub fn dead_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// One request on a new connection, `Connection: close`, all within `budget`; the body of a 200.
+pub fn http_get(addr: SocketAddr, path: &str, budget: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + budget;
+    let mut stream = TcpStream::connect_timeout(&addr, budget).map_err(|e| format!("connect: {e}"))?;
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    stream.set_write_timeout(Some(left())).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        stream.set_read_timeout(Some(left())).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read after {:?}: {e}", budget - left())),
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        Some((head, _)) => Err(head.lines().next().unwrap_or_default().to_string()),
+        None => Err(format!("no response head: {text:?}")),
+    }
 }
