@@ -64,7 +64,8 @@ fn num(row: &HashMap<String, String>, column: &str) -> u64 {
 fn csv_page_and_metrics_count_what_clients_saw() {
     let good = Backend::http(|_| common::ok("good"));
     let bad = Backend::http(|_| b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail".to_vec());
-    let dead = common::dead_port();
+    let refused = common::refused_port();
+    let dead = refused.addr;
     let proxy = proxy_with(2, &[("s1", good.addr), ("s2", bad.addr), ("s3", dead)]);
 
     let mut seen = HashMap::<u16, u64>::new();
@@ -84,7 +85,7 @@ fn csv_page_and_metrics_count_what_clients_saw() {
     assert_eq!(num(fe, "stot"), 13, "one connection per request");
 
     let (s1, s2, s3) = (&rows["nodes/s1"], &rows["nodes/s2"], &rows["nodes/s3"]);
-    assert_eq!((num(s1, "hrsp_2xx"), num(s1, "hrsp_5xx")), (seen[&200], 0));
+    assert_eq!((num(s1, "hrsp_2xx"), num(s1, "hrsp_5xx")), (seen[&200], 0), "s1 {s1:?}\ns2 {s2:?}\ns3 {s3:?}");
     assert_eq!((num(s2, "hrsp_5xx"), num(s2, "hrsp_2xx")), (seen[&500], 0));
     assert!(num(s3, "econ") >= 1, "the dead server's refused connects: {s3:?}");
     assert_eq!(num(s3, "stot"), 0);
@@ -182,7 +183,8 @@ fn runtime_api_sets_server_state_and_weight() {
 fn a_retried_request_counts_only_against_servers_that_answered() {
     // s1 takes the request and closes without answering; the retry goes to s2, which refuses connections.
     let mute = Backend::replying(Vec::new());
-    let proxy = proxy_with(1, &[("s1", mute.addr), ("s2", common::dead_port())]);
+    let refused = common::refused_port();
+    let proxy = proxy_with(1, &[("s1", mute.addr), ("s2", refused.addr)]);
     assert_eq!(common::get(proxy.addr, "/").status(), 503);
     let rows = csv_after(&proxy, 1);
     let (s1, s2) = (&rows["nodes/s1"], &rows["nodes/s2"]);

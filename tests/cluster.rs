@@ -114,7 +114,7 @@ struct App {
 
 impl App {
     fn start(name: &str) -> App {
-        let port = common::dead_port().port();
+        let port = common::free_port().port();
         let dir = std::env::temp_dir().join(format!("shoal-app-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("index.html"), name).unwrap();
@@ -256,7 +256,7 @@ fn weights_from_agents_share_traffic() {
 
 /// `shoal webapp` named `name` on a free loopback port, as a process of its own that a test can kill.
 fn webapp(name: &str) -> (common::Process, String) {
-    let addr = common::dead_port().to_string();
+    let addr = common::free_port().to_string();
     let child = common::shoal()
         .args(["webapp", "--listen", &addr, "--name", name])
         .stdout(Stdio::null())

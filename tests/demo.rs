@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{dead_port, shoal, Lines, Process, Wire};
+use common::{free_port, shoal, Lines, Process, Wire};
 use std::process::Stdio;
 
 #[test]
@@ -53,7 +53,7 @@ fn webapp_answers_like_the_lab_app() {
 
 #[test]
 fn demo_brings_up_three_nodes_and_stops_on_ctrl_c() {
-    let listen = dead_port();
+    let listen = free_port();
     let gossip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = shoal()
         .args([

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use common::{dead_port, Proxy, WAIT};
+use common::{free_port, Proxy, WAIT};
 
 struct Nginx {
     child: Child,
@@ -19,7 +19,7 @@ struct Nginx {
 
 impl Nginx {
     fn start() -> Nginx {
-        let addr = dead_port();
+        let addr = free_port();
         let dir = std::env::temp_dir().join(format!("shoal-nginx-{}-{}", std::process::id(), addr.port()));
         std::fs::create_dir_all(dir.join("www")).unwrap();
         std::fs::write(dir.join("www/index.html"), "hello from nginx\n").unwrap();

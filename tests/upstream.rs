@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use common::{dead_port, record, Backend, Proxy, Wire};
+use common::{record, Backend, Proxy, Wire};
 
 #[test]
 fn keep_alive_connections_are_pooled_and_reused() {
@@ -67,7 +67,8 @@ fn retries(line: &str) -> u32 {
 #[test]
 fn a_refused_connect_is_retried_on_another_backend() {
     let live = Backend::echo_path();
-    let dead = dead_port().to_string();
+    let refused = common::refused_port();
+    let dead = refused.addr.to_string();
     let proxy = Proxy::start(&["--backend", &format!("dead={dead}"), "--backend", &format!("live={}", live.arg())]);
     for i in 0..10 {
         assert_eq!(common::get(proxy.addr, &format!("/r{i}")).status(), 200);
@@ -86,7 +87,8 @@ fn no_backend_is_503() {
     let proxy = Proxy::start(&[]);
     let r = common::get(proxy.addr, "/");
     assert_eq!(r.status(), 503);
-    let dead = dead_port().to_string();
+    let refused = common::refused_port();
+    let dead = refused.addr.to_string();
     let proxy = Proxy::start(&["--backend", &dead]);
     assert_eq!(common::get(proxy.addr, "/").status(), 503);
     proxy.log_line("shoal/<NOSRV>");

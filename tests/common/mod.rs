@@ -619,10 +619,24 @@ pub fn ok(body: &str) -> Vec<u8> {
     format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}", body.len()).into_bytes()
 }
 
-/// A port with nothing listening on it.
-pub fn dead_port() -> SocketAddr {
+/// A loopback port with nothing listening on it right now, for a server the test is about to start.
+pub fn free_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// A loopback port that refuses connections for as long as the guard lives: bound but never listening, so no
+/// concurrent test can take it (a port that was merely freed may be reused by another test's server).
+pub struct RefusedPort {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+pub fn refused_port() -> RefusedPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    RefusedPort { addr, _socket: socket }
 }
 
 /// One request on a new connection, `Connection: close`, all within `budget`; the body of a 200.
