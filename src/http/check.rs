@@ -27,7 +27,7 @@ pub fn request_round_trip(input: &[u8]) {
     lower_minor_version(&mut buf);
     let Ok(Some(req)) = parse_request(&buf, &LIMITS) else { return };
     let mut out = Vec::new();
-    let fwd = Forwarded { client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), port: 80 };
+    let fwd = Forwarded { client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), port: 80, tls: false };
     upstream_request(&req, &fwd, &mut out);
     let again = match parse_request(&out, &ROOMY) {
         Ok(Some(again)) => again,

@@ -15,6 +15,8 @@ pub struct Forwarded {
     pub client_ip: IpAddr,
     /// The port the client connected to (HAProxy's `%[dst_port]`).
     pub port: u16,
+    /// The client connected over TLS: `X-Forwarded-Proto: https`.
+    pub tls: bool,
 }
 
 /// The head sent to the backend for `req`.
@@ -51,8 +53,10 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded, out: &mut Vec<u8>) {
     }
     let _ = write!(
         out,
-        "X-Forwarded-For: {}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: {}\r\n\r\n",
-        fwd.client_ip, fwd.port
+        "X-Forwarded-For: {}\r\nX-Forwarded-Proto: {}\r\nX-Forwarded-Port: {}\r\n\r\n",
+        fwd.client_ip,
+        if fwd.tls { "https" } else { "http" },
+        fwd.port
     );
 }
 
@@ -132,7 +136,7 @@ mod tests {
     fn rewrite_request(raw: &[u8]) -> String {
         let req = parse_request(raw, &LIMITS).unwrap().unwrap();
         let mut out = Vec::new();
-        upstream_request(&req, &Forwarded { client_ip: "10.0.0.9".parse().unwrap(), port: 80 }, &mut out);
+        upstream_request(&req, &Forwarded { client_ip: "10.0.0.9".parse().unwrap(), port: 80, tls: false }, &mut out);
         String::from_utf8(out).unwrap()
     }
 

@@ -50,6 +50,8 @@ fn write_batches(rx: Receiver<Vec<u8>>) {
 /// What one log line says.
 pub struct Record<'a> {
     pub client: SocketAddr,
+    /// The client connected over TLS: `%ft` is `shoal~`, as HAProxy marks SSL frontends.
+    pub tls: bool,
     pub accepted: SystemTime,
     pub server: Option<&'a str>,
     /// `%TR/%Tw/%Tc/%Tr/%Ta` in milliseconds; -1 where a phase was not reached.
@@ -74,12 +76,13 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
         Some(s) => (BACKEND_NAME, s),
         None => (FRONTEND_NAME, "<NOSRV>"),
     };
+    let tls = if r.tls { "~" } else { "" };
     let [tr, tw, tc, tr2, ta] = r.timers;
     let _ = write!(out, "{}:{} [", r.client.ip().to_canonical(), r.client.port());
     write_date(r.accepted, out);
     let _ = write!(
         out,
-        "] {FRONTEND_NAME} {backend}/{server} {tr}/{tw}/{tc}/{tr2}/{ta} {} {} - - {}{}-- {}/{}/{}/{}/{} 0/0 \"",
+        "] {FRONTEND_NAME}{tls} {backend}/{server} {tr}/{tw}/{tc}/{tr2}/{ta} {} {} - - {}{}-- {}/{}/{}/{}/{} 0/0 \"",
         r.status,
         r.bytes,
         r.termination[0] as char,
@@ -151,6 +154,7 @@ mod tests {
         let mut out = Vec::new();
         let r = Record {
             client: "10.0.0.1:5000".parse().unwrap(),
+            tls: false,
             accepted: UNIX_EPOCH + Duration::from_millis(1_764_277_548_123),
             server: Some("s1"),
             timers: [0, 0, 1, 2, 3],

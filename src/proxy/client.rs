@@ -6,13 +6,13 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
 
 use super::access_log::{self, Record};
 use super::exchange::{self, Plan};
 use super::refusal;
+use super::transport::Transport;
 use super::worker::Worker;
 use crate::http::request::{lower_minor_version, parse_request};
 use crate::http::rewrite::{self, Forwarded};
@@ -21,8 +21,8 @@ use crate::http::HeadLimits;
 /// After a refusal, how long unread client bytes are drained so the answer is not lost to a reset.
 const LINGER: Duration = Duration::from_secs(1);
 
-pub struct Client {
-    pub stream: TcpStream,
+pub struct Client<T> {
+    pub stream: T,
     pub peer: SocketAddr,
     pub local_port: u16,
     /// Bytes read but not yet consumed; empty (and unallocated) while the connection is idle.
@@ -44,8 +44,8 @@ enum Head {
     Gone,
 }
 
-pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+/// Serves the requests of one client connection over `stream`, accepted on local port `local_port`.
+pub async fn serve<T: Transport>(worker: &Rc<Worker>, stream: T, peer: SocketAddr, local_port: u16) {
     let mut client = Client { stream, peer, local_port, buf: BytesMut::new() };
     let mut first = true;
     loop {
@@ -53,7 +53,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             worker.buffers.put(std::mem::take(&mut client.buf));
             let timeouts = &worker.shared.config.timeouts;
             let wait = if first { timeouts.head } else { timeouts.idle };
-            if !wait_readable(worker, &client.stream, wait).await {
+            if !wait_readable(worker, &mut client.stream, wait).await {
                 break;
             }
             client.buf = worker.buffers.get();
@@ -83,7 +83,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Waits for the first byte of the next request without holding a buffer. False: close the connection.
-async fn wait_readable(worker: &Worker, stream: &TcpStream, wait: Duration) -> bool {
+async fn wait_readable<T: Transport>(worker: &Worker, stream: &mut T, wait: Duration) -> bool {
     let stop = worker.shutdown_started();
     if worker.is_shutting_down() {
         return false;
@@ -94,7 +94,7 @@ async fn wait_readable(worker: &Worker, stream: &TcpStream, wait: Duration) -> b
     }
 }
 
-async fn read_head(worker: &Worker, client: &mut Client) -> Head {
+async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Head {
     let config = &worker.shared.config;
     let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
     let mut started: Option<Started> = None;
@@ -110,7 +110,8 @@ async fn read_head(worker: &Worker, client: &mut Client) -> Head {
             match parse_request(&client.buf, &limits) {
                 Ok(Some(req)) => {
                     let started = Started { head_done: Instant::now(), ..s };
-                    let fwd = Forwarded { client_ip: client.peer.ip().to_canonical(), port: client.local_port };
+                    let fwd =
+                        Forwarded { client_ip: client.peer.ip().to_canonical(), port: client.local_port, tls: T::TLS };
                     let mut head = Vec::with_capacity(req.head_len + 128);
                     rewrite::upstream_request(&req, &fwd, &mut head);
                     let plan = Plan::new(&req, worker.log_enabled());
@@ -137,17 +138,18 @@ async fn read_head(worker: &Worker, client: &mut Client) -> Head {
 }
 
 /// Answers with a canned status, logs it, and closes without losing the answer.
-async fn refuse(worker: &Worker, client: &mut Client, status: u16, reason: &str, started: Started) {
+async fn refuse<T: Transport>(worker: &Worker, client: &mut Client<T>, status: u16, reason: &str, started: Started) {
     tracing::info!("refused request from {}: {status} {reason}", client.peer);
     let bytes = refusal::response(status);
-    worker.frontend().refused();
-    worker.frontend().response(status, bytes.len() as u64);
+    worker.frontend(T::TLS).refused();
+    worker.frontend(T::TLS).response(status, bytes.len() as u64);
     let term = if status == 408 { *b"cR" } else { *b"PR" };
     let elapsed = started.instant.elapsed().as_millis() as i64;
     worker.log(|out| {
         access_log::format(
             &Record {
                 client: client.peer,
+                tls: T::TLS,
                 accepted: started.at,
                 server: None,
                 timers: [-1, -1, -1, -1, elapsed],
@@ -170,7 +172,7 @@ async fn refuse(worker: &Worker, client: &mut Client, status: u16, reason: &str,
 
 /// Half-closes and drains what the peer still sends, briefly: closing with unread bytes would send a reset that
 /// can destroy the response before the client reads it.
-pub async fn close_gracefully(stream: &mut TcpStream) {
+pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
     let drain = async {
         // On the heap: an array here would sit inside every connection's future, idle or not.

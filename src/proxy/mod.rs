@@ -11,7 +11,9 @@ mod client;
 mod exchange;
 mod listener;
 mod refusal;
+mod relay;
 mod splice;
+mod transport;
 mod tunnel;
 mod upstream;
 mod worker;
@@ -41,8 +43,10 @@ pub struct Shared {
     pub log: Option<access_log::Sink>,
     /// Client connections open across all threads (`%ac` in the log).
     pub connections: AtomicUsize,
-    /// The frontend's counters, one slot per thread.
+    /// The plain frontend's counters, one slot per thread.
     pub frontend: PerThread,
+    /// The TLS frontend's, counted apart (HAProxy users give HTTPS a frontend of its own).
+    pub frontend_tls: PerThread,
     /// When the proxy started, for the stats page.
     pub started: std::time::SystemTime,
     /// Bumped whenever a new backend set is published.
@@ -97,6 +101,7 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         log,
         connections: AtomicUsize::new(0),
         frontend: PerThread::new(threads),
+        frontend_tls: PerThread::new(threads),
         started: std::time::SystemTime::now(),
         set_changes,
         gossip: cluster.stats.clone(),

@@ -8,12 +8,12 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 use super::splice::{self, Pipes};
+use super::transport::{RawTcp, Transport};
 
 /// How the tunnel moves bytes: the per-thread pipes, and after how many bytes a direction starts splicing.
 pub struct Splicing<'a> {
@@ -21,8 +21,8 @@ pub struct Splicing<'a> {
     pub min: u64,
 }
 
-pub async fn run(
-    client: &mut TcpStream,
+pub async fn run<T: Transport>(
+    client: &mut T,
     client_buf: &mut BytesMut,
     server: &mut TcpStream,
     server_buf: &mut BytesMut,
@@ -68,11 +68,12 @@ impl Activity {
     }
 }
 
-/// Copies until EOF or error, then half-closes the destination so the peer sees the EOF too.
-async fn pump(
-    src: &mut ReadHalf<'_>,
+/// Copies until EOF or error, then half-closes the destination so the peer sees the EOF too. Splices only
+/// between raw TCP sockets (not through TLS).
+async fn pump<R: AsyncRead + Unpin + RawTcp, W: AsyncWrite + Unpin + RawTcp>(
+    src: &mut R,
     buf: &mut BytesMut,
-    dst: &mut WriteHalf<'_>,
+    dst: &mut W,
     activity: &Activity,
     moved: &Cell<u64>,
     splicing: &Splicing<'_>,
@@ -85,8 +86,10 @@ async fn pump(
             activity.moved(moved, buf.len());
             buf.clear();
         }
-        if splicing.min > 0 && moved.get() >= splicing.min {
-            let spliced = splice::tunnel(splicing.pipes, src.as_ref(), dst.as_ref(), |n| activity.moved(moved, n));
+        if let (true, Some(from), Some(to)) =
+            (splicing.min > 0 && moved.get() >= splicing.min, src.raw_tcp(), dst.raw_tcp())
+        {
+            let spliced = splice::tunnel(splicing.pipes, from, to, |n| activity.moved(moved, n));
             // Either way the destination learns that nothing more comes this way.
             let _ = spliced.await;
             break;

@@ -77,9 +77,13 @@ impl Worker {
         self.backends.borrow_mut().load().servers.iter().map(|b| b.in_flight()).sum()
     }
 
-    /// This thread's slot of the frontend counters.
-    pub fn frontend(&self) -> &Slot {
-        self.shared.frontend.slot(self.id)
+    /// This thread's slot of the plain or the TLS frontend's counters.
+    pub fn frontend(&self, tls: bool) -> &Slot {
+        if tls {
+            self.shared.frontend_tls.slot(self.id)
+        } else {
+            self.shared.frontend.slot(self.id)
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -277,10 +281,11 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                worker.frontend().session();
+                worker.frontend(false).session();
                 let guard = ConnectionGuard::new(worker.clone());
+                let local_port = stream.local_addr().map_or(0, |a| a.port());
                 tokio::task::spawn_local(async move {
-                    client::serve(&guard.0, stream, peer).await;
+                    client::serve(&guard.0, stream, peer, local_port).await;
                     drop(guard);
                 });
             }

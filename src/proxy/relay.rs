@@ -1,0 +1,346 @@
+//! HTTP/1 over a client transport and a backend connection: send the request head and stream its body while
+//! relaying the response (interim 1xx included), framed as the heads say. No policy lives here: which server,
+//! whether to retry, what to log and count is [`super::exchange`]'s; this module reports how a transfer went.
+//!
+//! The request body and the response are driven concurrently: a backend may answer 100 Continue before the
+//! body is sent, or answer early (say 413) without reading it.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::ReadHalf;
+use tokio::time::{timeout, Instant};
+
+use super::body::{self, BodyError, Framer};
+use super::client::Client;
+use super::exchange::Plan;
+use super::splice;
+use super::transport::{RawTcp, Transport};
+use super::upstream::{self, Upstream};
+use super::worker::Worker;
+use crate::balance::Backend;
+use crate::http::response::{lower_minor_version, parse_response, ResponseBody};
+use crate::http::rewrite::{self, Delivery};
+use crate::http::{HeadLimits, HttpError};
+
+/// Why a request still without a response was given up (only ever an idempotent one without a body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The backend's host never acknowledged the request's bytes: it is gone or cut off.
+    NotAcknowledged,
+    /// The host failed a gossip probe meanwhile: it may have gone dark after acknowledging.
+    Suspected,
+    /// Membership, a health check or an operator took the server out meanwhile.
+    TakenOut,
+}
+
+impl Unanswered {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Unanswered::NotAcknowledged => "request not acknowledged by its host: abandoned",
+            Unanswered::Suspected => "its host failed a gossip probe while the request waited: abandoned",
+            Unanswered::TakenOut => "taken out of rotation while the request waited: abandoned",
+        }
+    }
+}
+
+/// Watches a request that may be sent again while its response has not started, every `every`.
+pub struct Watch<'a> {
+    pub every: Duration,
+    pub backend: &'a Arc<Backend>,
+    /// The backend's suspicion count when the request was sent.
+    pub suspicions: u64,
+}
+
+impl Watch<'_> {
+    fn verdict(&self, worker: &Worker, fd: std::os::fd::RawFd) -> Option<Unanswered> {
+        if upstream::unacknowledged(fd) {
+            Some(Unanswered::NotAcknowledged)
+        } else if self.backend.suspicions() != self.suspicions {
+            Some(Unanswered::Suspected)
+        } else if !worker.in_rotation(self.backend) {
+            Some(Unanswered::TakenOut)
+        } else {
+            None
+        }
+    }
+}
+
+/// How a transfer failed, deciding the status (if the response has not started) and `%tsc`.
+pub enum Failure {
+    /// The backend closed or reset before sending a byte of response.
+    NoResponse,
+    /// No response byte came, and there is reason to think none will (see [`Unanswered`]).
+    Unanswered(Unanswered),
+    ServerTimeout,
+    BadResponse(HttpError),
+    /// The client's request body was malformed, cut or too slow.
+    RequestBody(BodyError),
+    /// Writing to the client failed: nobody to answer.
+    /// The status sent, or 0 if none reached the client.
+    ClientGone(u16),
+    /// The response was under way when the backend failed: the client connection can only be closed.
+    AbortedMidResponse([u8; 2], u16),
+}
+
+pub struct Relayed {
+    pub status: u16,
+    pub bytes: u64,
+    pub close_client: bool,
+    pub reuse_upstream: bool,
+    pub upgraded: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn transfer<T: Transport>(
+    worker: &Worker,
+    client: &mut Client<T>,
+    plan: &Plan,
+    head: &[u8],
+    framer: &mut Framer,
+    up: &mut Upstream,
+    up_buf: &mut BytesMut,
+    responded: &mut Option<Instant>,
+    watch: Option<Watch<'_>>,
+) -> Result<Relayed, Failure> {
+    let t = worker.shared.config.timeouts;
+    let (mut cr, mut cw) = client.stream.split();
+    let cbuf = &mut client.buf;
+    let (mut ur, mut uw) = up.stream.split();
+
+    let initial = match framer {
+        Framer::Length(left) => {
+            let take = (*left).min(cbuf.len() as u64);
+            *left -= take;
+            take as usize
+        }
+        _ => 0,
+    };
+    if body::write_head_and_body(&mut uw, head, &cbuf[..initial], t.server).await.is_err() {
+        return Err(Failure::NoResponse);
+    }
+    cbuf.advance(initial);
+    if matches!(framer, Framer::Length(0)) {
+        *framer = Framer::Done;
+    }
+
+    let request_done = Cell::new(framer.is_done());
+    // The status whose head went to the client; 0 until then.
+    let response_status = Cell::new(0u16);
+    let send_body = async {
+        if framer.is_done() {
+            return Ok(());
+        }
+        forward(worker, &mut cr, cbuf, &mut uw, framer, t.client, t.server).await.map(|_| ())
+    };
+    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_status, watch);
+    tokio::pin!(send_body, relay);
+    let mut body_finished = request_done.get();
+    let outcome = loop {
+        tokio::select! {
+            sent = &mut send_body, if !body_finished => {
+                body_finished = true;
+                match sent {
+                    Ok(()) => request_done.set(true),
+                    // The backend stopped reading: it may still have answered early, so keep relaying.
+                    Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => {}
+                    Err(e) if response_status.get() == 0 => break Err(Failure::RequestBody(e)),
+                    Err(_) => break Err(Failure::AbortedMidResponse(*b"CD", response_status.get())),
+                }
+            }
+            relayed = &mut relay => break relayed,
+        }
+    };
+    if worker.log_enabled() && (outcome.is_ok() || response_status.get() != 0) {
+        responded.get_or_insert_with(Instant::now);
+    }
+    outcome
+}
+
+/// Streams a body: Content-Length bodies of at least `--splice-min` bytes with splice(2) once the bytes
+/// already buffered are sent, everything else through the buffer.
+async fn forward<R, W>(
+    worker: &Worker,
+    src: &mut R,
+    buf: &mut BytesMut,
+    dst: &mut W,
+    framer: &mut Framer,
+    src_idle: Duration,
+    dst_idle: Duration,
+) -> Result<u64, BodyError>
+where
+    R: AsyncRead + Unpin + RawTcp,
+    W: AsyncWrite + Unpin + RawTcp,
+{
+    let splice_min = worker.shared.config.limits.splice_min;
+    let both_tcp = src.raw_tcp().is_some() && dst.raw_tcp().is_some();
+    if let (Framer::Length(left), true) = (&mut *framer, both_tcp) {
+        if splice_min > 0 && *left >= splice_min {
+            let take = (*left).min(buf.len() as u64) as usize;
+            if take > 0 {
+                body::write(dst, &buf[..take], dst_idle).await?;
+                buf.advance(take);
+                *left -= take as u64;
+            }
+            let (Some(from), Some(to)) = (src.raw_tcp(), dst.raw_tcp()) else { unreachable!("checked above") };
+            let moved = splice::forward_length(&worker.pipes, from, to, *left, src_idle, dst_idle).await?;
+            *framer = Framer::Done;
+            return Ok(take as u64 + moved);
+        }
+    }
+    body::forward(src, buf, dst, framer, src_idle, dst_idle).await
+}
+
+/// Reads response heads (relaying interim 1xx), then the final head and body, to the client.
+///
+/// `watch`: while no response byte has come, look every so often whether one still can (see [`Watch`]); if
+/// not, give up with [`Failure::Unanswered`].
+#[allow(clippy::too_many_arguments)]
+async fn relay_response(
+    worker: &Worker,
+    plan: &Plan,
+    ur: &mut ReadHalf<'_>,
+    up_buf: &mut BytesMut,
+    cw: &mut (impl AsyncWrite + Unpin + RawTcp),
+    request_done: &Cell<bool>,
+    response_status: &Cell<u16>,
+    watch: Option<Watch<'_>>,
+) -> Result<Relayed, Failure> {
+    use tokio::io::AsyncReadExt;
+    let config = &worker.shared.config;
+    let t = config.timeouts;
+    let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
+    let mut continue_relayed = false;
+    let mut interim_seen = false;
+    loop {
+        let parsed = loop {
+            lower_minor_version(up_buf);
+            match parse_response(up_buf, &limits, plan.is_head) {
+                Ok(Some(resp)) => break resp,
+                Ok(None) => {}
+                Err(e) => return Err(Failure::BadResponse(e)),
+            }
+            up_buf.reserve(4096);
+            let read = match &watch {
+                Some(w) if up_buf.is_empty() && !interim_seen => first_read(worker, ur, up_buf, w, t.server).await?,
+                _ => timeout(t.server, ur.read_buf(up_buf)).await,
+            };
+            match read {
+                Err(_) => return Err(Failure::ServerTimeout),
+                Ok(Ok(0)) | Ok(Err(_)) if up_buf.is_empty() && !interim_seen => return Err(Failure::NoResponse),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(Failure::BadResponse(HttpError::Malformed("closed mid-head"))),
+                Ok(Ok(_)) => {}
+            }
+        };
+        let status = parsed.status;
+        let head_len = parsed.head_len;
+        if (100..200).contains(&status) && status != 101 {
+            interim_seen = true;
+            // 1xx are for HTTP/1.1 clients only, and one 100 Continue is enough.
+            let repeated_continue = status == 100 && continue_relayed;
+            if !plan.http10 && !repeated_continue {
+                let mut out = Vec::with_capacity(head_len);
+                rewrite::client_response(
+                    &parsed,
+                    &Delivery { close: false, dechunk: false, http10_keep_alive: false, upgrade: false },
+                    &mut out,
+                );
+                continue_relayed |= status == 100;
+                drop(parsed);
+                write_client(cw, &out, &[], t.client).await?;
+            }
+            up_buf.advance(head_len);
+            continue;
+        }
+        if status == 101 && !plan.upgrade {
+            return Err(Failure::BadResponse(HttpError::Malformed("101 without an upgrade request")));
+        }
+        let upgraded = status == 101;
+        let dechunk = plan.http10 && parsed.body == ResponseBody::Chunked;
+        let close_client = !plan.keep_alive
+            || upgraded
+            || parsed.body == ResponseBody::UntilClose
+            || dechunk
+            || !request_done.get()
+            || worker.is_shutting_down();
+        let delivery = Delivery {
+            close: close_client,
+            dechunk,
+            http10_keep_alive: plan.http10 && !close_client,
+            upgrade: upgraded,
+        };
+        let mut out = Vec::with_capacity(head_len + 32);
+        rewrite::client_response(&parsed, &delivery, &mut out);
+        let server_keeps = parsed.keep_alive;
+        let mut framer = Framer::for_response(parsed.body, dechunk, config.limits.max_header_bytes);
+        drop(parsed);
+        up_buf.advance(head_len);
+
+        let initial = match &mut framer {
+            Framer::Length(left) => {
+                let take = (*left).min(up_buf.len() as u64);
+                *left -= take;
+                take as usize
+            }
+            _ => 0,
+        };
+        response_status.set(status);
+        write_client(cw, &out, &up_buf[..initial], t.client).await?;
+        up_buf.advance(initial);
+        if matches!(framer, Framer::Length(0)) {
+            framer = Framer::Done;
+        }
+        let mut bytes = (out.len() + initial) as u64;
+        if upgraded {
+            return Ok(Relayed { status, bytes, close_client: true, reuse_upstream: false, upgraded });
+        }
+        match forward(worker, ur, up_buf, cw, &mut framer, t.server, t.client).await {
+            Ok(n) => bytes += n,
+            Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => return Err(Failure::ClientGone(status)),
+            Err(BodyError::SrcTimeout) => return Err(Failure::AbortedMidResponse(*b"sD", status)),
+            Err(BodyError::Framing(_)) => return Err(Failure::AbortedMidResponse(*b"PD", status)),
+            Err(_) => return Err(Failure::AbortedMidResponse(*b"SD", status)),
+        }
+        let reuse_upstream = server_keeps && up_buf.is_empty() && request_done.get();
+        return Ok(Relayed { status, bytes, close_client, reuse_upstream, upgraded: false });
+    }
+}
+
+/// The first read of a response, asking `watch` every so often whether to give up waiting.
+async fn first_read(
+    worker: &Worker,
+    ur: &mut ReadHalf<'_>,
+    up_buf: &mut BytesMut,
+    watch: &Watch<'_>,
+    limit: Duration,
+) -> Result<Result<std::io::Result<usize>, tokio::time::error::Elapsed>, Failure> {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + limit;
+    let fd = std::os::fd::AsRawFd::as_raw_fd((*ur).as_ref());
+    let read = ur.read_buf(up_buf);
+    tokio::pin!(read);
+    loop {
+        let step = (Instant::now() + watch.every).min(deadline);
+        match tokio::time::timeout_at(step, &mut read).await {
+            Ok(done) => return Ok(Ok(done)),
+            Err(elapsed) if Instant::now() >= deadline => return Ok(Err(elapsed)),
+            Err(_) => {
+                if let Some(why) = watch.verdict(worker, fd) {
+                    return Err(Failure::Unanswered(why));
+                }
+            }
+        }
+    }
+}
+
+async fn write_client<W: tokio::io::AsyncWrite + Unpin>(
+    cw: &mut W,
+    head: &[u8],
+    body: &[u8],
+    idle: std::time::Duration,
+) -> Result<(), Failure> {
+    body::write_head_and_body(cw, head, body, idle).await.map_err(|_| Failure::ClientGone(0))
+}

@@ -1,0 +1,94 @@
+//! What the client side of the data plane runs over: plain TCP or TLS, and whatever comes next. HTTP/1 framing
+//! needs only `AsyncRead + AsyncWrite`; the proxy needs three more things from a transport, gathered here:
+//!
+//! - to split into halves driven at once (a request body streams up while the response is relayed down);
+//! - to wait for the next request without holding a buffer (an idle keep-alive connection costs little);
+//! - to say whether a raw TCP socket lies underneath, since splice(2) moves bytes between sockets only.
+
+use std::future::Future;
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{tcp, TcpStream};
+use tokio_rustls::server::TlsStream;
+
+/// A client connection's byte stream.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    type Read<'a>: AsyncRead + Unpin + RawTcp
+    where
+        Self: 'a;
+    type Write<'a>: AsyncWrite + Unpin + RawTcp
+    where
+        Self: 'a;
+
+    /// Whether bytes are encrypted on the wire (`X-Forwarded-Proto: https`, the TLS frontend's counters).
+    const TLS: bool;
+
+    fn split(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+
+    /// Resolves once a read would make progress (data, end of stream or an error), without reading.
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>>;
+}
+
+/// The TCP socket a half reads from or writes to directly, if bytes are not transformed on the way.
+pub trait RawTcp {
+    fn raw_tcp(&self) -> Option<&TcpStream>;
+}
+
+impl RawTcp for tcp::ReadHalf<'_> {
+    fn raw_tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl RawTcp for tcp::WriteHalf<'_> {
+    fn raw_tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<T> RawTcp for tokio::io::ReadHalf<T> {
+    fn raw_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl<T> RawTcp for tokio::io::WriteHalf<T> {
+    fn raw_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl Transport for TcpStream {
+    type Read<'a> = tcp::ReadHalf<'a>;
+    type Write<'a> = tcp::WriteHalf<'a>;
+    const TLS: bool = false;
+
+    fn split(&mut self) -> (tcp::ReadHalf<'_>, tcp::WriteHalf<'_>) {
+        TcpStream::split(self)
+    }
+
+    async fn readable(&mut self) -> io::Result<()> {
+        TcpStream::readable(self).await
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    type Read<'a> = tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>;
+    const TLS: bool = true;
+
+    fn split(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
+
+    /// Records already received may hold the next request, decrypted or not: they need no socket readiness.
+    async fn readable(&mut self) -> io::Result<()> {
+        let (socket, session) = self.get_mut();
+        match session.process_new_packets() {
+            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => socket.readable().await,
+            // Data, a close_notify, or a protocol error that the next read reports.
+            _ => Ok(()),
+        }
+    }
+}
