@@ -19,6 +19,11 @@ fn main() -> ExitCode {
         Command::Proxy(args) => match ProxyConfig::load(&args) {
             Err(e) => config_error(e),
             Ok(config) if args.check => {
+                if !config.tls_listen.is_empty() {
+                    if let Err(e) = shoal::proxy::tls::Certificates::load(&config.tls_certs) {
+                        return config_error(format!("`tls-cert`: {e}"));
+                    }
+                }
                 println!("configuration is valid:\n{config:#?}");
                 ExitCode::SUCCESS
             }

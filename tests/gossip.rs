@@ -15,19 +15,8 @@ fn named_backend(name: &'static str) -> Backend {
     Backend::http(move |_| common::ok(name))
 }
 
-/// The proxy's Prometheus text.
-fn metrics(proxy: &Proxy) -> String {
-    common::get(proxy.admin(), "/metrics").body_str()
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
-}
-
 fn refused(proxy: &Proxy, reason: &str) -> u64 {
-    metric(&metrics(proxy), &format!("shoal_gossip_packets_refused_total{{reason=\"{reason}\"}}"))
+    proxy.metric(&format!("shoal_gossip_packets_refused_total{{reason=\"{reason}\"}}"))
 }
 
 fn wait_until(what: &str, done: impl Fn() -> bool) {
@@ -100,7 +89,7 @@ fn strangers_cannot_add_servers_or_take_over_a_member() {
 
     let bodies: Vec<String> = (0..200).map(|_| common::get(proxy.addr, "/").body_str()).collect();
     assert!(bodies.iter().all(|b| b == "legit"), "a stranger got traffic: {:?}", bodies.iter().find(|b| *b != "legit"));
-    assert_eq!(metric(&metrics(&proxy), "shoal_gossip_members"), 1, "only the legitimate member");
+    assert_eq!(proxy.metric("shoal_gossip_members"), 1, "only the legitimate member");
     assert!(proxy.stderr.all().iter().all(|l| !l.contains("member up: evil")));
     proxy.stderr.wait_for("the refusals logged", |l| l.contains("dropped") && l.contains("check the cluster key"));
 }
@@ -195,7 +184,7 @@ fn keys_rotate_in_three_steps_under_load_losing_nothing() {
     assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during the rotation");
     assert!(proxy.stderr.all().iter().all(|l| !l.contains("member down")), "a member was lost");
     assert_eq!(refused(&proxy, "unknown_key"), 0, "a node sealed with a key another did not hold yet");
-    assert_eq!(metric(&metrics(&proxy), "shoal_gossip_members"), 2);
+    assert_eq!(proxy.metric("shoal_gossip_members"), 2);
     // A node that still has only the old key is now a stranger.
     let late = named_backend("late");
     let _late = Agent::start(&late.arg(), &proxy.gossip(), &["--cluster-key", &old, "--name", "late"]);
@@ -285,14 +274,10 @@ fn a_hundred_thousand_junk_datagrams_change_nothing() {
         );
         assert!(rss_after < rss_before + 8 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB");
         assert!(idle_after <= idle_before + 5, "CPU stayed up after the flood: {idle_before} -> {idle_after} ticks/2s");
-        assert_eq!(metric(&metrics(&proxy), "shoal_gossip_members"), 1);
+        assert_eq!(proxy.metric("shoal_gossip_members"), 1);
         assert!(proxy.stderr.all().iter().all(|l| !l.contains("member down")), "membership changed");
         if keyed {
-            let text = metrics(&proxy);
-            let counted: u64 = ["malformed", "unknown_key", "forged"]
-                .iter()
-                .map(|r| metric(&text, &format!("shoal_gossip_packets_refused_total{{reason=\"{r}\"}}")))
-                .sum();
+            let counted: u64 = ["malformed", "unknown_key", "forged"].iter().map(|r| refused(&proxy, r)).sum();
             assert!(counted > 50_000, "junk counted: {counted}");
         }
     }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::stats::{Snapshot, BACKEND, FRONTEND};
+use super::stats::{Snapshot, BACKEND, FRONTEND, FRONTEND_TLS};
 use crate::balance::counters::Totals;
 
 const HEADER: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,\
@@ -45,6 +45,21 @@ pub fn render(s: &Snapshot) -> String {
         sid: 0,
         kind: 0,
     });
+    if let Some(tls) = &s.frontend_tls {
+        row(Row {
+            pxname: FRONTEND_TLS,
+            svname: "FRONTEND",
+            scur: 0,
+            slim: Some(s.max_connections),
+            totals: tls,
+            status: "OPEN",
+            weight: None,
+            act: None,
+            iid: 3,
+            sid: 0,
+            kind: 0,
+        });
+    }
     for (i, server) in s.servers.iter().enumerate() {
         row(Row {
             pxname: BACKEND,

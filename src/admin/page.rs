@@ -21,6 +21,10 @@ metrics at <a href=\"/metrics\">/metrics</a></p><table><tr><th>{FRONTEND} / {BAC
         s.uptime_s, s.connections, s.max_connections
     );
     row(&mut out, "FRONTEND", "OPEN", "", s.connections, &s.frontend);
+    if let Some(tls) = &s.frontend_tls {
+        let name = format!("FRONTEND (TLS; {} failed handshakes)", tls.handshake_errors);
+        row(&mut out, &name, "OPEN", "", 0, tls);
+    }
     for server in &s.servers {
         let name = format!("{} ({})", escape(&server.name), escape(&server.address));
         row(&mut out, &name, server.status, &server.weight.to_string(), server.in_flight, &server.totals);

@@ -23,6 +23,17 @@ pub fn render(s: &Snapshot) -> String {
     metric("frontend_refused_total", "counter", "Requests refused as malformed.", one(s.frontend.refused));
     metric("frontend_bytes_out_total", "counter", "Bytes sent to clients.", one(s.frontend.bytes_out));
     metric("frontend_responses_total", "counter", "Responses by status class.", by_code("", &s.frontend));
+    if let Some(tls) = &s.frontend_tls {
+        metric("frontend_tls_connections_total", "counter", "TLS connections established.", one(tls.sessions));
+        metric(
+            "frontend_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes failed or timed out.",
+            one(tls.handshake_errors),
+        );
+        metric("frontend_tls_requests_total", "counter", "Requests over TLS.", one(tls.requests));
+        metric("frontend_tls_responses_total", "counter", "Responses over TLS by status class.", by_code("", tls));
+    }
 
     let per_server = |f: &dyn Fn(&super::stats::Server) -> u64| -> Vec<(String, u64)> {
         s.servers.iter().map(|v| (format!("{{server=\"{}\"}}", label(&v.name)), f(v))).collect()

@@ -9,6 +9,9 @@ use crate::proxy::Shared;
 
 pub use crate::proxy::{BACKEND_NAME as BACKEND, FRONTEND_NAME as FRONTEND};
 
+/// The TLS frontend's name in the stats.
+pub const FRONTEND_TLS: &str = "shoal-tls";
+
 pub struct Server {
     pub name: String,
     pub address: String,
@@ -28,6 +31,8 @@ impl Server {
 
 pub struct Snapshot {
     pub frontend: Totals,
+    /// The TLS frontend's, when there are TLS listeners.
+    pub frontend_tls: Option<Totals>,
     pub connections: u64,
     pub max_connections: u64,
     pub servers: Vec<Server>,
@@ -69,6 +74,7 @@ impl Snapshot {
         }
         Snapshot {
             frontend: shared.frontend.sum(),
+            frontend_tls: shared.tls.as_ref().map(|_| shared.frontend_tls.sum()),
             connections: shared.connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
             max_connections: shared.config.limits.max_connections as u64,
             servers,

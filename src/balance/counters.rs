@@ -21,6 +21,8 @@ pub struct Slot {
     connect_errors: AtomicU64,
     response_errors: AtomicU64,
     retries: AtomicU64,
+    /// TLS handshakes that failed or timed out (the TLS frontend).
+    handshake_errors: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -55,6 +57,10 @@ impl Slot {
 
     pub fn retry(&self) {
         bump(&self.retries, 1);
+    }
+
+    pub fn handshake_error(&self) {
+        bump(&self.handshake_errors, 1);
     }
 }
 
@@ -96,6 +102,7 @@ impl PerThread {
             t.connect_errors += get(&s.connect_errors);
             t.response_errors += get(&s.response_errors);
             t.retries += get(&s.retries);
+            t.handshake_errors += get(&s.handshake_errors);
         }
         t
     }
@@ -112,6 +119,7 @@ pub struct Totals {
     pub connect_errors: u64,
     pub response_errors: u64,
     pub retries: u64,
+    pub handshake_errors: u64,
 }
 
 impl std::ops::AddAssign for Totals {
@@ -126,6 +134,7 @@ impl std::ops::AddAssign for Totals {
         self.connect_errors += o.connect_errors;
         self.response_errors += o.response_errors;
         self.retries += o.retries;
+        self.handshake_errors += o.handshake_errors;
     }
 }
 

@@ -158,6 +158,19 @@ pub struct ProxyArgs {
     /// Address to accept clients on (repeatable) [default: 0.0.0.0:80].
     #[arg(long, env = "SHOAL_LISTEN", value_name = "ADDR", value_delimiter = ',', value_parser = value::listen_addr)]
     pub listen: Vec<SocketAddr>,
+    /// Address to accept TLS clients on (repeatable); needs --tls-cert.
+    #[arg(long, env = "SHOAL_TLS_LISTEN", value_name = "ADDR", value_delimiter = ',', value_parser = value::listen_addr)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM file holding a certificate chain and its key, or a directory of such files (repeatable); SNI picks
+    /// the certificate whose names match, the first is the default.
+    #[arg(long, env = "SHOAL_TLS_CERT", value_name = "PEM", value_delimiter = ',')]
+    pub tls_cert: Vec<PathBuf>,
+    /// Answer requests on the plain listeners with a 301 to https (the first --tls-listen's port).
+    #[arg(long, env = "SHOAL_REDIRECT_HTTPS", value_name = "on|off", num_args = 0..=1, default_missing_value = "on", value_parser = value::switch)]
+    pub redirect_https: Option<bool>,
+    /// Longest TLS handshake [default: 5s].
+    #[arg(long, env = "SHOAL_TIMEOUT_HANDSHAKE", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_handshake: Option<Duration>,
     /// Static backend `[NAME=]HOST:PORT` (repeatable); host names are resolved when connecting.
     #[arg(long, env = "SHOAL_BACKEND", value_name = "BACKEND", value_delimiter = ',', value_parser = value::backend)]
     pub backend: Vec<BackendSpec>,

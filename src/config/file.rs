@@ -24,6 +24,10 @@ pub enum KeyList {
 pub struct FileConfig {
     pub listen: Option<Spanned<Vec<String>>>,
     pub backend: Option<Spanned<Vec<String>>>,
+    pub tls_listen: Option<Spanned<Vec<String>>>,
+    pub tls_cert: Option<Spanned<Vec<String>>>,
+    pub redirect_https: Option<Spanned<bool>>,
+    pub timeout_handshake: Option<Spanned<DurationText>>,
     pub admin: Option<Spanned<String>>,
     pub runtime_api: Option<Spanned<String>>,
     pub balance: Option<Spanned<String>>,

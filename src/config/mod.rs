@@ -40,6 +40,8 @@ pub struct Timeouts {
     pub pool: Duration,
     /// Graceful-shutdown budget.
     pub grace: Duration,
+    /// A TLS handshake.
+    pub handshake: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,11 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     pub listen: Vec<SocketAddr>,
+    /// TLS listeners, with the certificate files (or directories) they serve.
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls_certs: Vec<PathBuf>,
+    /// Plain requests are answered with a redirect to https.
+    pub redirect_https: bool,
     pub backends: Vec<BackendSpec>,
     pub admin: SocketAddr,
     /// Where the runtime API (HAProxy's stats socket commands) listens.
@@ -313,6 +320,16 @@ impl ProxyConfig {
         } else {
             args.listen.clone()
         };
+        let tls_listen = if args.tls_listen.is_empty() {
+            s.get("tls-listen", &f.tls_listen, |v| file_list(v, value::listen_addr))?.unwrap_or_default()
+        } else {
+            args.tls_listen.clone()
+        };
+        let tls_certs = if args.tls_cert.is_empty() {
+            s.get("tls-cert", &f.tls_cert, |v| Ok(v.iter().map(PathBuf::from).collect()))?.unwrap_or_default()
+        } else {
+            args.tls_cert.clone()
+        };
         let backends = if args.backend.is_empty() {
             s.get("backend", &f.backend, |v| file_list(v, value::backend))?.unwrap_or_default()
         } else {
@@ -321,6 +338,9 @@ impl ProxyConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let config = ProxyConfig {
             listen,
+            tls_listen,
+            tls_certs,
+            redirect_https: args.redirect_https.or(f.redirect_https.as_ref().map(|v| *v.get_ref())).unwrap_or(false),
             backends,
             admin: args
                 .admin
@@ -344,6 +364,12 @@ impl ProxyConfig {
                 tunnel: dur(args.timeout_tunnel, "timeout-tunnel", &f.timeout_tunnel, Duration::from_secs(3600))?,
                 pool: dur(args.timeout_pool, "timeout-pool", &f.timeout_pool, Duration::from_secs(10))?,
                 grace: dur(args.grace, "grace", &f.grace, Duration::from_secs(8))?,
+                handshake: dur(
+                    args.timeout_handshake,
+                    "timeout-handshake",
+                    &f.timeout_handshake,
+                    Duration::from_secs(5),
+                )?,
             },
             limits: Limits {
                 max_header_bytes: in_range(
@@ -369,8 +395,20 @@ impl ProxyConfig {
             },
             access_log: args.access_log.or(f.access_log.as_ref().map(|v| *v.get_ref())).unwrap_or(true),
         };
-        if config.listen.is_empty() {
+        if config.listen.is_empty() && config.tls_listen.is_empty() {
             return Err(ConfigError::Field { field: "listen", message: "at least one address is needed".into() });
+        }
+        if !config.tls_listen.is_empty() && config.tls_certs.is_empty() {
+            return Err(ConfigError::Field {
+                field: "tls-cert",
+                message: "a TLS listener needs a certificate: a PEM file holding the chain and its key".into(),
+            });
+        }
+        if config.tls_listen.is_empty() && (!config.tls_certs.is_empty() || config.redirect_https) {
+            return Err(ConfigError::Field {
+                field: "tls-listen",
+                message: "certificates and redirects to https need a TLS listener".into(),
+            });
         }
         for (name, t) in [
             ("timeout-head", config.timeouts.head),
@@ -380,6 +418,7 @@ impl ProxyConfig {
             ("timeout-attempt", config.timeouts.attempt),
             ("timeout-server", config.timeouts.server),
             ("timeout-tunnel", config.timeouts.tunnel),
+            ("timeout-handshake", config.timeouts.handshake),
         ] {
             if t.is_zero() {
                 return Err(ConfigError::Field { field: name, message: "must be more than 0".into() });

@@ -39,6 +39,9 @@ pub struct Started {
 
 enum Head {
     Ready(Plan, Vec<u8>, Started),
+    /// A plain request under --redirect-https: answered with a 301 to this location (the request line for
+    /// the log).
+    Redirect(String, String, Started),
     Refuse(u16, String, Started),
     /// The client went away or stayed silent; nothing to answer.
     Gone,
@@ -64,6 +67,10 @@ pub async fn serve<T: Transport>(worker: &Rc<Worker>, stream: T, peer: SocketAdd
             Head::Gone => break,
             Head::Refuse(status, reason, started) => {
                 Box::pin(refuse(worker, &mut client, status, &reason, started)).await;
+                break;
+            }
+            Head::Redirect(location, line, started) => {
+                Box::pin(redirect(worker, &mut client, &location, &line, started)).await;
                 break;
             }
             Head::Ready(plan, head, started) => {
@@ -110,6 +117,9 @@ async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Hea
             match parse_request(&client.buf, &limits) {
                 Ok(Some(req)) => {
                     let started = Started { head_done: Instant::now(), ..s };
+                    if let (false, true, Some(port)) = (T::TLS, config.redirect_https, worker.shared.https_port) {
+                        return Head::Redirect(https_location(&req, port), req.line(), started);
+                    }
                     let fwd =
                         Forwarded { client_ip: client.peer.ip().to_canonical(), port: client.local_port, tls: T::TLS };
                     let mut head = Vec::with_capacity(req.head_len + 128);
@@ -137,13 +147,47 @@ async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Hea
     }
 }
 
-/// Answers with a canned status, logs it, and closes without losing the answer.
-async fn refuse<T: Transport>(worker: &Worker, client: &mut Client<T>, status: u16, reason: &str, started: Started) {
-    tracing::info!("refused request from {}: {status} {reason}", client.peer);
-    let bytes = refusal::response(status);
-    worker.frontend(T::TLS).refused();
-    worker.frontend(T::TLS).response(status, bytes.len() as u64);
-    let term = if status == 408 { *b"cR" } else { *b"PR" };
+/// `https://HOST[:PORT]/PATH` for a plain request: its Host without the port, the TLS listener's port unless
+/// it is 443, and the path of its target.
+fn https_location(req: &crate::http::request::Request<'_>, port: u16) -> String {
+    let host = req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map_or(&b""[..], |(_, v)| *v);
+    let host = String::from_utf8_lossy(host);
+    let name = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => &host[..],
+    };
+    let path = match req.target.find("://") {
+        Some(i) => req.target[i + 3..].find('/').map_or("/", |j| &req.target[i + 3 + j..]),
+        None if req.target.starts_with('/') => req.target,
+        None => "/",
+    };
+    match port {
+        443 => format!("https://{name}{path}"),
+        p => format!("https://{name}:{p}{path}"),
+    }
+}
+
+/// Answers a plain request with a redirect to https, logs it, and closes.
+async fn redirect<T: Transport>(worker: &Worker, client: &mut Client<T>, location: &str, line: &str, started: Started) {
+    let answer = format!(
+        "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    worker.frontend(T::TLS).response(301, answer.len() as u64);
+    local_log_line(worker, client, 301, answer.len() as u64, *b"LR", started, Some(line));
+    let _ = timeout(worker.shared.config.timeouts.client, client.stream.write_all(answer.as_bytes())).await;
+    close_gracefully(&mut client.stream).await;
+}
+
+/// The log line of a request answered by the proxy itself.
+fn local_log_line<T: Transport>(
+    worker: &Worker,
+    client: &Client<T>,
+    status: u16,
+    bytes: u64,
+    term: [u8; 2],
+    started: Started,
+    line: Option<&str>,
+) {
     let elapsed = started.instant.elapsed().as_millis() as i64;
     worker.log(|out| {
         access_log::format(
@@ -154,17 +198,27 @@ async fn refuse<T: Transport>(worker: &Worker, client: &mut Client<T>, status: u
                 server: None,
                 timers: [-1, -1, -1, -1, elapsed],
                 status,
-                bytes: bytes.len() as u64,
+                bytes,
                 termination: term,
                 active: worker.active_connections(),
                 backend_conns: 0,
                 server_conns: 0,
                 retries: 0,
-                line: None,
+                line,
             },
             out,
         )
     });
+}
+
+/// Answers with a canned status, logs it, and closes without losing the answer.
+async fn refuse<T: Transport>(worker: &Worker, client: &mut Client<T>, status: u16, reason: &str, started: Started) {
+    tracing::info!("refused request from {}: {status} {reason}", client.peer);
+    let bytes = refusal::response(status);
+    worker.frontend(T::TLS).refused();
+    worker.frontend(T::TLS).response(status, bytes.len() as u64);
+    let term = if status == 408 { *b"cR" } else { *b"PR" };
+    local_log_line(worker, client, status, bytes.len() as u64, term, started, None);
     let timeouts = worker.shared.config.timeouts;
     let _ = timeout(timeouts.client, client.stream.write_all(bytes)).await;
     close_gracefully(&mut client.stream).await;

@@ -6,24 +6,36 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Binds `threads` sockets on each address. A port of 0 is chosen once and shared by the whole group.
-/// Returns, per thread, its listeners, plus the bound addresses.
-pub fn bind_all(
-    addrs: &[SocketAddr],
-    threads: usize,
-) -> io::Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>)> {
-    let mut per_thread: Vec<Vec<std::net::TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
-    let mut bound = Vec::new();
-    for &addr in addrs {
+/// One thread's listening socket and what it accepts.
+pub struct Listening {
+    pub listener: std::net::TcpListener,
+    /// Clients connect with TLS.
+    pub tls: bool,
+}
+
+/// Every listening socket, by thread, and the addresses they were bound to.
+pub struct Bound {
+    pub per_thread: Vec<Vec<Listening>>,
+    /// Each bound address (the port chosen for a 0) and whether it is TLS, in configuration order.
+    pub addrs: Vec<(SocketAddr, bool)>,
+}
+
+/// Binds `threads` sockets on each plain and each TLS address. A port of 0 is chosen once and shared by the
+/// whole group.
+pub fn bind_all(plain: &[SocketAddr], tls: &[SocketAddr], threads: usize) -> io::Result<Bound> {
+    let mut per_thread: Vec<Vec<Listening>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    let all = plain.iter().map(|a| (*a, false)).chain(tls.iter().map(|a| (*a, true)));
+    for (addr, tls) in all {
         let first = bind_one(addr)?;
         let actual = first.local_addr()?;
-        bound.push(actual);
-        per_thread[0].push(first);
+        addrs.push((actual, tls));
+        per_thread[0].push(Listening { listener: first, tls });
         for listeners in per_thread.iter_mut().skip(1) {
-            listeners.push(bind_one(actual)?);
+            listeners.push(Listening { listener: bind_one(actual)?, tls });
         }
     }
-    Ok((per_thread, bound))
+    Ok(Bound { per_thread, addrs })
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

@@ -13,6 +13,7 @@ mod listener;
 mod refusal;
 mod relay;
 mod splice;
+pub mod tls;
 mod transport;
 mod tunnel;
 mod upstream;
@@ -51,6 +52,10 @@ pub struct Shared {
     pub started: std::time::SystemTime,
     /// Bumped whenever a new backend set is published.
     pub set_changes: watch::Receiver<u64>,
+    /// The TLS server configuration (certificates by SNI), when there are TLS listeners.
+    pub tls: Option<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    /// Where plain requests are redirected with --redirect-https: the first TLS listener's port.
+    pub https_port: Option<u16>,
     /// What the gossip layer counts (refused packets, members).
     pub gossip: Arc<cluster::GossipStats>,
 }
@@ -61,15 +66,35 @@ pub enum ProxyError {
     Listen(std::io::Error),
     #[error("cannot start: {0}")]
     Start(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Loads the certificates and logs what each serves.
+fn start_tls(paths: &[std::path::PathBuf]) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
+    let certificates = tls::Certificates::load(paths)?;
+    for (path, names) in &certificates.summary {
+        tracing::info!("TLS certificate {} for {}", path.display(), names.join(", "));
+    }
+    Ok(tls::server_config(Arc::new(certificates))?)
 }
 
 pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     let stop = BlockingStop::install().map_err(ProxyError::Start)?;
     listener::raise_fd_limit();
-    let (per_thread, bound) = listener::bind_all(&config.listen, config.threads).map_err(ProxyError::Listen)?;
-    for addr in &bound {
-        tracing::info!("listening on {addr}");
+    let tls = match config.tls_listen.is_empty() {
+        true => None,
+        false => Some(start_tls(&config.tls_certs)?),
+    };
+    let listener::Bound { per_thread, addrs: bound } =
+        listener::bind_all(&config.listen, &config.tls_listen, config.threads).map_err(ProxyError::Listen)?;
+    for (addr, tls) in &bound {
+        match tls {
+            false => tracing::info!("listening on {addr}"),
+            true => tracing::info!("accepting TLS on {addr}"),
+        }
     }
+    let https_port = bound.iter().find(|(_, tls)| *tls).map(|(a, _)| a.port());
     if config.backends.is_empty() {
         tracing::info!("no static backend: requests are answered 503 until an agent joins by gossip");
     }
@@ -104,6 +129,8 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         frontend_tls: PerThread::new(threads),
         started: std::time::SystemTime::now(),
         set_changes,
+        tls: tls.map(arc_swap::ArcSwap::new),
+        https_port,
         gossip: cluster.stats.clone(),
     });
     crate::admin::start(admin, shared.clone()).map_err(ProxyError::Start)?;

@@ -14,6 +14,7 @@ use tokio::task::LocalSet;
 use arc_swap::Cache;
 
 use super::buffers::Buffers;
+use super::listener::Listening;
 use super::splice::Pipes;
 use super::upstream::Pool;
 use super::{client, Shared};
@@ -216,7 +217,7 @@ fn pin_to_cpu(id: usize) {
 }
 
 /// Runs one data-plane thread until shutdown has drained its connections (or the grace period ends).
-pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<Listening>) {
     if shared.config.pin_cpus {
         pin_to_cpu(id);
     }
@@ -232,10 +233,10 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>
         let worker = Rc::new(Worker::new(id, shared));
         tokio::task::spawn_local(housekeeping(worker.clone()));
         tokio::task::spawn_local(worker.clone().follow_set_changes());
-        for l in listeners {
-            match TcpListener::from_std(l) {
+        for Listening { listener, tls } in listeners {
+            match TcpListener::from_std(listener) {
                 Ok(l) => {
-                    tokio::task::spawn_local(accept_loop(worker.clone(), l));
+                    tokio::task::spawn_local(accept_loop(worker.clone(), l, tls));
                 }
                 Err(e) => tracing::error!("thread {id}: listener: {e}"),
             }
@@ -261,7 +262,7 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>
     });
 }
 
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
     loop {
         let stop = worker.shutdown_started();
         if worker.is_shutting_down() {
@@ -281,19 +282,52 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                worker.frontend(false).session();
                 let guard = ConnectionGuard::new(worker.clone());
                 let local_port = stream.local_addr().map_or(0, |a| a.port());
-                tokio::task::spawn_local(async move {
-                    client::serve(&guard.0, stream, peer, local_port).await;
-                    drop(guard);
-                });
+                if tls {
+                    tokio::task::spawn_local(async move {
+                        serve_tls(&guard.0, stream, peer, local_port).await;
+                        drop(guard);
+                    });
+                } else {
+                    worker.frontend(false).session();
+                    tokio::task::spawn_local(async move {
+                        client::serve(&guard.0, stream, peer, local_port).await;
+                        drop(guard);
+                    });
+                }
             }
             Err(e) => {
                 // Out of descriptors or memory: back off rather than spin; the queue keeps the clients.
                 tracing::warn!("accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Completes the TLS handshake within its own timeout, then serves the connection. A failed handshake is
+/// counted and logged at debug: scanners and broken clients must not fill the log or disturb anyone else.
+async fn serve_tls(worker: &Rc<Worker>, stream: tokio::net::TcpStream, peer: std::net::SocketAddr, local_port: u16) {
+    let Some(config) = worker.shared.tls.as_ref().map(|c| c.load_full()) else { return };
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let stop = worker.shutdown_started();
+    let outcome = tokio::select! {
+        done = tokio::time::timeout(worker.shared.config.timeouts.handshake, handshake) => done,
+        _ = stop => return,
+    };
+    match outcome {
+        Ok(Ok(tls)) => {
+            worker.frontend(true).session();
+            client::serve(worker, tls, peer, local_port).await;
+        }
+        Ok(Err(e)) => {
+            worker.frontend(true).handshake_error();
+            tracing::debug!("TLS handshake with {peer} failed: {e}");
+        }
+        Err(_) => {
+            worker.frontend(true).handshake_error();
+            tracing::debug!("TLS handshake with {peer} timed out");
         }
     }
 }

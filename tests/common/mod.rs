@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod certs;
 pub mod containers;
 pub mod lab;
 
@@ -210,6 +211,20 @@ impl Proxy {
     pub fn runtime_api(&self) -> SocketAddr {
         let line = self.stderr.wait_for("runtime API line", |l| l.contains("runtime API on "));
         line.rsplit("runtime API on ").next().unwrap().trim().parse().unwrap()
+    }
+
+    /// The value of Prometheus sample `name` (with its labels) on the admin endpoint; 0 if absent.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = get(self.admin(), "/metrics").body_str();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    }
+
+    /// Where TLS clients are accepted (the first TLS listener).
+    pub fn tls(&self) -> SocketAddr {
+        let line = self.stderr.wait_for("TLS listener line", |l| l.contains("accepting TLS on "));
+        line.rsplit("accepting TLS on ").next().unwrap().trim().parse().unwrap()
     }
 
     /// Where the admin endpoints (stats page, CSV, metrics) are served.

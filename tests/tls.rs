@@ -1,0 +1,157 @@
+//! TLS termination against real clients: curl verifies the certificate SNI picked on one listener, the
+//! backend learns the request came over https, old protocols, garbage and silent clients are refused without
+//! disturbing anyone, and plain requests can be redirected to https.
+//!
+//! Needs curl (`.ci/run` installs it).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Output};
+
+use common::certs::Pki;
+use common::{Backend, Proxy, WAIT};
+
+/// `curl https://NAME:PORT/PATH` resolved to `addr`, trusting the test CA.
+fn curl(pki: &Pki, name: &str, addr: SocketAddr, path: &str) -> Output {
+    let resolve = format!("{name}:{}:{}", addr.port(), addr.ip());
+    let url = format!("https://{name}:{}{path}", addr.port());
+    Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "5", "--cacert"])
+        .arg(&pki.ca_file)
+        .args(["--resolve", &resolve, &url])
+        .output()
+        .expect("curl")
+}
+
+/// A proxy in front of `backend` with a TLS listener serving `cert`, plus `extra` flags.
+fn tls_proxy(backend: &Backend, cert: &std::path::Path, extra: &[&str]) -> Proxy {
+    let cert = cert.to_str().unwrap();
+    let args = ["--backend", &backend.arg(), "--tls-listen", "127.0.0.1:0", "--tls-cert", cert];
+    Proxy::start(&[&args[..], extra].concat())
+}
+
+#[test]
+fn sni_picks_the_certificate_and_the_backend_learns_https() {
+    let pki = Pki::new();
+    pki.leaf("a.pem", &["a.test"]);
+    pki.leaf("b.pem", &["b.test", "*.wild.test"]);
+    let backend = Backend::echo_path();
+    let proxy = tls_proxy(&backend, &pki.dir, &[]);
+    let tls = proxy.tls();
+
+    for name in ["a.test", "b.test", "x.wild.test"] {
+        let out = curl(&pki, name, tls, &format!("/{name}"));
+        let verbose = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: curl failed:\n{verbose}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("/{name}"));
+        assert!(verbose.contains(&format!("CN={}", if name == "a.test" { "a.test" } else { "b.test" })), "{verbose}");
+        assert!(verbose.contains("ALPN: server accepted http/1.1"), "{verbose}");
+    }
+    // A name no certificate serves gets the first (default) one, which the client rightly refuses.
+    let out = curl(&pki, "c.test", tls, "/");
+    assert_eq!(out.status.code(), Some(60), "certificate verification must fail for c.test");
+
+    let seen = backend.wait_requests(3);
+    for req in &seen {
+        assert_eq!(req.header("x-forwarded-proto").as_deref(), Some("https"), "{}", req.head);
+        assert_eq!(req.header("x-forwarded-port"), Some(tls.port().to_string()));
+    }
+    assert_eq!(proxy.metric("shoal_frontend_tls_requests_total"), 3);
+    let plain = common::get(proxy.addr, "/plain");
+    assert_eq!(plain.status(), 200);
+    let last = backend.wait_requests(4).pop().unwrap();
+    assert_eq!(last.header("x-forwarded-proto").as_deref(), Some("http"));
+    let log = proxy.log_line("\"GET /b.test HTTP/1.1\"");
+    assert!(log.contains(" shoal~ nodes/"), "a TLS request is logged on the frontend shoal~: {log}");
+}
+
+/// A ClientHello that offers TLS 1.1 only (no supported_versions extension).
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[0x42; 32]);
+    body.push(0); // no session id
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x2f]); // suites TLS 1.2 would accept
+    body.extend_from_slice(&[0x01, 0x00]);
+    // signature_algorithms (ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256) and supported_groups (x25519, P-256):
+    // what a TLS 1.2 server needs before it looks at the version.
+    body.extend_from_slice(&[0x00, 0x14, 0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x08, 0x04]);
+    body.extend_from_slice(&[0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]);
+    let mut handshake = vec![0x01, 0x00, 0x00, body.len() as u8];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x02, 0x00, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// What the server sends back to `bytes` before closing.
+fn answer_to(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    if !bytes.is_empty() {
+        s.write_all(bytes).unwrap();
+    }
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
+#[test]
+fn old_protocols_garbage_and_silence_are_refused_without_disturbing_others() {
+    let pki = Pki::new();
+    let cert = pki.leaf("a.pem", &["a.test"]);
+    let backend = Backend::echo_path();
+    let proxy = tls_proxy(&backend, &cert, &["--timeout-handshake", "300ms"]);
+    let tls = proxy.tls();
+    // A client that holds a handshake open while the others come and go.
+    let mut silent = TcpStream::connect(tls).unwrap();
+
+    let alert = answer_to(tls, &tls11_client_hello());
+    assert_eq!(alert.first(), Some(&0x15), "an alert record for TLS 1.1: {alert:02x?}");
+    assert_eq!(alert.get(5..7), Some(&[0x02, 0x46][..]), "fatal protocol_version: {alert:02x?}");
+    assert!(curl(&pki, "a.test", tls, "/after-tls11").status.success());
+
+    let garbage = answer_to(tls, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert!(!garbage.windows(4).any(|w| w == b"HTTP"), "no HTTP answer over a TLS port: {garbage:?}");
+    assert!(curl(&pki, "a.test", tls, "/after-garbage").status.success());
+
+    // The silent one is cut at the handshake timeout.
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(silent.read(&mut buf), Ok(0) | Err(_)), "a silent client is closed");
+    assert!(curl(&pki, "a.test", tls, "/after-silence").status.success());
+    assert!(proxy.metric("shoal_frontend_tls_handshake_failures_total") >= 3);
+    assert_eq!(proxy.metric("shoal_frontend_tls_requests_total"), 3);
+}
+
+#[test]
+fn plain_requests_can_be_redirected_to_https() {
+    let pki = Pki::new();
+    let cert = pki.leaf("a.pem", &["a.test"]);
+    let backend = Backend::echo_path();
+    let proxy = tls_proxy(&backend, &cert, &["--redirect-https"]);
+    let port = proxy.tls().port();
+    let r = common::request(proxy.addr, b"GET /cart?item=3 HTTP/1.1\r\nHost: shop.test:8080\r\n\r\n");
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.header("location"), Some(format!("https://shop.test:{port}/cart?item=3")));
+    assert!(backend.requests().is_empty(), "a redirected request reaches no backend");
+    assert!(curl(&pki, "a.test", proxy.tls(), "/secure").status.success());
+}
+
+#[test]
+fn a_tls_listener_without_a_usable_certificate_is_refused_by_name() {
+    let out = common::shoal()
+        .args(["proxy", "--listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`tls-cert`"), "{err}");
+    let out = common::shoal()
+        .args(["proxy", "--check", "--gossip", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
+        .args(["--tls-cert", "/nonexistent/site.pem"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("/nonexistent/site.pem"), "{err}");
+}
