@@ -27,7 +27,12 @@ fn main() -> ExitCode {
                 println!("configuration is valid:\n{config:#?}");
                 ExitCode::SUCCESS
             }
-            Ok(config) => finish(shoal::proxy::run(config)),
+            Ok(config) => {
+                let pid_file = args.pid_file.clone();
+                let reload: shoal::proxy::Reload =
+                    Box::new(move || ProxyConfig::load(&args).map_err(|e| e.to_string()));
+                finish(shoal::proxy::run(config, reload, pid_file))
+            }
         },
         Command::Webapp(a) => finish(webapp::run(WebappConfig { listen: a.listen, name: a.name, tag: a.tag })),
         Command::Demo(a) => {

@@ -43,3 +43,48 @@ impl BlockingStop {
         runtime.block_on(signals.recv());
     }
 }
+
+/// What the proxy's main thread is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGTERM or SIGINT: stop gracefully.
+    Stop,
+    /// SIGHUP: reload the configuration.
+    Reload,
+    /// SIGUSR2: hand over to a new binary.
+    Upgrade,
+}
+
+/// SIGTERM, SIGINT, SIGHUP and SIGUSR2, installed at start and awaited by the proxy's main thread.
+pub struct ControlSignals {
+    runtime: tokio::runtime::Runtime,
+    stop: StopSignals,
+    hup: Signal,
+    usr2: Signal,
+}
+
+impl ControlSignals {
+    pub fn install() -> std::io::Result<ControlSignals> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (stop, hup, usr2) = runtime.block_on(async {
+            Ok::<_, std::io::Error>((
+                StopSignals::install()?,
+                signal(SignalKind::hangup())?,
+                signal(SignalKind::user_defined2())?,
+            ))
+        })?;
+        Ok(ControlSignals { runtime, stop, hup, usr2 })
+    }
+
+    /// Blocks until the next of those signals.
+    pub fn wait(&mut self) -> Control {
+        let ControlSignals { runtime, stop, hup, usr2 } = self;
+        runtime.block_on(async {
+            tokio::select! {
+                _ = stop.recv() => Control::Stop,
+                _ = hup.recv() => Control::Reload,
+                _ = usr2.recv() => Control::Upgrade,
+            }
+        })
+    }
+}

@@ -162,7 +162,7 @@ fn info(shared: &Shared) -> String {
     format!(
         "Name: shoal\nVersion: {}\nNbthread: {}\nUptime_sec: {}\nMaxconn: {}\nCurrConns: {}\nCumConns: {}\nCumReq: {}\n",
         env!("CARGO_PKG_VERSION"),
-        shared.config.threads,
+        shared.config.load().threads,
         s.uptime_s,
         s.max_connections,
         s.connections,

@@ -62,6 +62,7 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
             tags: config.tags.clone(),
         },
         Box::new(Quiet),
+        cluster::Takeover::default(),
     )?;
     tracing::info!("agent for {} running", config.service);
     let mut child =

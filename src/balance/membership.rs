@@ -16,9 +16,6 @@ use super::{Backend, BackendSet, ServerState, SharedBackends};
 use crate::cluster::{Member, Membership, NodeId, Role};
 use crate::config::BackendSpec;
 
-/// Static `--backend` servers weigh as much as an agent with the default `--weight`.
-const STATIC_WEIGHT: u16 = 100;
-
 /// What an operator set on a server (HAProxy's `set server ... state|weight`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Override {
@@ -32,7 +29,8 @@ pub struct Override {
 pub struct NoSuchServer(pub String);
 
 pub struct Publisher {
-    statics: Vec<Arc<Backend>>,
+    /// The `--backend` servers with their weights.
+    statics: Vec<(Arc<Backend>, u16)>,
     shared: SharedBackends,
     /// One `Backend` per member generation, kept while the member lives so its counters and in-flight count
     /// survive the set being rebuilt.
@@ -47,7 +45,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(
-        statics: Vec<Arc<Backend>>,
+        statics: Vec<(Arc<Backend>, u16)>,
         shared: SharedBackends,
         threads: usize,
         changes: watch::Sender<u64>,
@@ -67,7 +65,8 @@ impl Publisher {
 
     /// Records an operator's change to the server(s) named `name` and republishes.
     pub fn set(&mut self, name: &str, change: impl FnOnce(&mut Override)) -> Result<(), NoSuchServer> {
-        let exists = self.statics.iter().any(|b| *b.name() == name) || self.known.values().any(|b| *b.name() == name);
+        let exists =
+            self.statics.iter().any(|(b, _)| *b.name() == name) || self.known.values().any(|b| *b.name() == name);
         if !exists {
             return Err(NoSuchServer(name.to_string()));
         }
@@ -78,6 +77,31 @@ impl Publisher {
         }
         self.publish();
         Ok(())
+    }
+
+    /// The gossip addresses of the members in rotation now.
+    pub fn routable_members(&self) -> Vec<SocketAddr> {
+        self.members.iter().filter(|m| m.is_routable()).map(|m| m.id.gossip).collect()
+    }
+
+    /// Replaces the static servers (a reload): one whose name, host and port are unchanged keeps its counters
+    /// and its connections; its weight follows the new configuration.
+    pub fn set_statics(&mut self, specs: &[BackendSpec]) {
+        let old = std::mem::take(&mut self.statics);
+        self.statics = specs
+            .iter()
+            .map(|spec| {
+                let same = |(b, _): &&(Arc<Backend>, u16)| {
+                    *b.name() == spec.name && b.host == spec.host && b.port == spec.port
+                };
+                let backend = old
+                    .iter()
+                    .find(same)
+                    .map_or_else(|| Arc::new(Backend::new(spec, self.threads)), |(b, _)| b.clone());
+                (backend, spec.weight)
+            })
+            .collect();
+        self.publish();
     }
 
     fn update(&mut self, members: &[Member]) {
@@ -100,7 +124,7 @@ impl Publisher {
         }
         for (name, mut group) in by_name {
             group.sort_by_key(|m| std::cmp::Reverse(m.id.generation));
-            let static_holds = self.statics.iter().any(|b| *b.name() == name);
+            let static_holds = self.statics.iter().any(|(b, _)| *b.name() == name);
             for (i, m) in group.iter().enumerate() {
                 let Some(backend) = self.known.get(&(m.id.gossip, m.id.generation)) else { continue };
                 let wanted = if i == 0 && !static_holds {
@@ -120,12 +144,16 @@ impl Publisher {
     fn publish(&mut self) {
         let threads = self.threads;
         let mut servers: Vec<(Arc<Backend>, u16, ServerState)> =
-            self.statics.iter().map(|b| (b.clone(), STATIC_WEIGHT, ServerState::Up)).collect();
+            self.statics.iter().map(|(b, weight)| (b.clone(), *weight, ServerState::Up)).collect();
         for m in &self.members {
             let Some(service) = m.id.service else { continue };
             let backend = self.known.entry((m.id.gossip, m.id.generation)).or_insert_with(|| {
-                let spec =
-                    BackendSpec { name: server_name(&m.id.name), host: service.ip().to_string(), port: service.port() };
+                let spec = BackendSpec {
+                    name: server_name(&m.id.name),
+                    host: service.ip().to_string(),
+                    port: service.port(),
+                    weight: m.weight(),
+                };
                 Arc::new(Backend::new(&spec, threads))
             });
             let state = if m.is_routable() {
@@ -217,7 +245,7 @@ mod tests {
 
     #[test]
     fn the_newest_of_two_members_of_one_name_takes_it() {
-        let statics = vec![Arc::new(Backend::new(&crate::config::value::backend("s0=10.0.0.9:80").unwrap(), 1))];
+        let statics = vec![(Arc::new(Backend::new(&crate::config::value::backend("s0=10.0.0.9:80").unwrap(), 1)), 100)];
         let shared = crate::balance::shared(BackendSet::default());
         let publisher = Publisher::new(statics, shared, 1, watch::channel(0).0);
         let mut p = publisher.lock();

@@ -79,6 +79,8 @@ pub struct Cluster {
     /// The address other members know this node by.
     pub advertised: SocketAddr,
     pub stats: Arc<GossipStats>,
+    /// A copy of the gossip socket, to hand to a new process on a binary upgrade.
+    pub socket: std::net::UdpSocket,
     commands: mpsc::UnboundedSender<node::Command>,
     thread: Option<JoinHandle<()>>,
 }
@@ -94,10 +96,29 @@ pub struct Announce {
     pub tags: Vec<(String, String)>,
 }
 
-/// Binds the gossip socket (so a bad address fails the start) and runs the node on its own thread.
-pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membership>) -> io::Result<Cluster> {
-    let socket = std::net::UdpSocket::bind(config.bind)
-        .map_err(|e| io::Error::new(e.kind(), format!("gossip bind {}: {e}", config.bind)))?;
+/// What a proxy started by a binary upgrade takes over from its predecessor: the gossip socket, and the
+/// members it knew, announced to at once so the new process routes to them without waiting to be found.
+#[derive(Default)]
+pub struct Takeover {
+    pub socket: Option<std::net::UdpSocket>,
+    pub peers: Vec<SocketAddr>,
+}
+
+/// Binds the gossip socket (so a bad address fails the start), or takes the one handed over, and runs the
+/// node on its own thread.
+pub fn start(
+    config: &ClusterConfig,
+    me: Announce,
+    membership: Box<dyn Membership>,
+    takeover: Takeover,
+) -> io::Result<Cluster> {
+    let Takeover { socket, peers } = takeover;
+    let socket = match socket {
+        Some(s) => s,
+        None => std::net::UdpSocket::bind(config.bind)
+            .map_err(|e| io::Error::new(e.kind(), format!("gossip bind {}: {e}", config.bind)))?,
+    };
+    let handle = socket.try_clone()?;
     socket.set_nonblocking(true)?;
     let bound = socket.local_addr()?;
     let ip = match (config.advertise, bound.ip()) {
@@ -143,15 +164,24 @@ pub fn start(config: &ClusterConfig, me: Announce, membership: Box<dyn Membershi
             match tokio::net::UdpSocket::from_std(socket) {
                 Ok(socket) => {
                     let advertise = node::Advertise { guessed, service_follows };
-                    let parts =
-                        node::Parts { me: id, advertise, state, socket, sealer, membership, hook, stats: node_stats };
+                    let parts = node::Parts {
+                        me: id,
+                        advertise,
+                        state,
+                        socket,
+                        sealer,
+                        membership,
+                        hook,
+                        stats: node_stats,
+                        peers,
+                    };
                     node::Node::new(&config, parts).run(rx).await
                 }
                 Err(e) => tracing::error!("gossip socket: {e}"),
             }
         });
     })?;
-    Ok(Cluster { advertised, stats, commands: tx, thread: Some(thread) })
+    Ok(Cluster { advertised, stats, socket: handle, commands: tx, thread: Some(thread) })
 }
 
 impl Cluster {

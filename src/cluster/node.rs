@@ -116,6 +116,8 @@ pub struct Parts {
     pub membership: Box<dyn Membership>,
     pub hook: Option<EventHook>,
     pub stats: Arc<GossipStats>,
+    /// Members to announce to at once (a predecessor's, after a binary upgrade).
+    pub peers: Vec<SocketAddr>,
 }
 
 impl Node {
@@ -131,7 +133,7 @@ impl Node {
         }
         let rng: StdRng = rand::make_rng();
         let table = Rc::new(RefCell::new(Table::default()));
-        let Parts { me, advertise, state, socket, sealer, membership, hook, stats } = parts;
+        let Parts { me, advertise, state, socket, sealer, membership, hook, stats, peers } = parts;
         let (seeds, resolutions) = Seeds::new(&config.join, me.gossip);
         let mut node = Node {
             foca: Foca::with_custom_broadcast(me.clone(), swim, rng, PostcardCodec, Handler(table.clone())),
@@ -162,6 +164,11 @@ impl Node {
             copies: VecDeque::new(),
         };
         node.broadcast_state();
+        for peer in peers {
+            if let Err(e) = node.foca.announce(NodeId::seed(peer), &mut node.runtime) {
+                tracing::debug!("announce to {peer}: {e}");
+            }
+        }
         node
     }
 

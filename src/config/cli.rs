@@ -155,6 +155,9 @@ pub struct ProxyArgs {
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check: bool,
+    /// Write the serving process's pid here (after a SIGUSR2 upgrade, the new process's).
+    #[arg(long, env = "SHOAL_PID_FILE", value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
     /// Address to accept clients on (repeatable) [default: 0.0.0.0:80].
     #[arg(long, env = "SHOAL_LISTEN", value_name = "ADDR", value_delimiter = ',', value_parser = value::listen_addr)]
     pub listen: Vec<SocketAddr>,

@@ -31,25 +31,41 @@ pub fn balance(s: &str) -> Result<Balance, String> {
     }
 }
 
-/// A backend: `[NAME=]HOST:PORT`. The host may be a name resolved when connecting.
+/// A backend: `[NAME=]HOST:PORT[ weight=N]`. The host may be a name resolved when connecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// Relative share of traffic, as HAProxy's `weight` (100 unless given; 0 keeps it out of rotation).
+    pub weight: u16,
 }
+
+/// The weight of a static server, and of an agent that does not say.
+pub const DEFAULT_WEIGHT: u16 = 100;
 
 pub fn backend(s: &str) -> Result<BackendSpec, String> {
     let s = s.trim();
-    let (name, addr) = match s.split_once('=') {
+    let mut words = s.split_whitespace();
+    let server = words.next().ok_or_else(|| "an empty backend".to_string())?;
+    let mut weight = DEFAULT_WEIGHT;
+    for option in words {
+        match option.split_once('=') {
+            Some(("weight", w)) => {
+                weight = w.parse().map_err(|_| format!("{s:?}: weight {w:?} is not a number from 0 to 65535"))?
+            }
+            _ => return Err(format!("{s:?}: unknown option {option:?} (weight=N)")),
+        }
+    }
+    let (name, addr) = match server.split_once('=') {
         Some((n, a)) if !n.is_empty() => (Some(n), a),
         Some(_) => return Err(format!("{s:?}: empty server name before '='")),
-        None => (None, s),
+        None => (None, server),
     };
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{s:?} is not [NAME=]HOST:PORT"))?;
     let port = port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("invalid port in {s:?}"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+    if host.is_empty() || host.contains('/') {
         return Err(format!("invalid host in {s:?}"));
     }
     if let Some(n) = name {
@@ -57,7 +73,7 @@ pub fn backend(s: &str) -> Result<BackendSpec, String> {
             return Err(format!("invalid server name {n:?}: use letters, digits, '-', '_', '.'"));
         }
     }
-    Ok(BackendSpec { name: name.unwrap_or(addr).to_string(), host: host.to_string(), port })
+    Ok(BackendSpec { name: name.unwrap_or(addr).to_string(), host: host.to_string(), port, weight })
 }
 
 /// A duration: a number with a unit (`ms`, `s`, `m`, `h`, `d`), or a bare number of milliseconds as in HAProxy.
@@ -118,7 +134,9 @@ mod tests {
         assert_eq!((b.name.as_str(), b.host.as_str(), b.port), ("s1", "web", 3000));
         let b = backend("[::1]:81").unwrap();
         assert_eq!((b.name.as_str(), b.host.as_str()), ("[::1]:81", "::1"));
-        for bad in ["web", "web:0", "=web:1", "web:x", ":80"] {
+        assert_eq!(backend("s2=web:3000 weight=50").unwrap().weight, 50);
+        assert_eq!(backend("web:3000").unwrap().weight, 100);
+        for bad in ["web", "web:0", "=web:1", "web:x", ":80", "web:80 weight=x", "web:80 maxconn=3"] {
             assert!(backend(bad).is_err(), "{bad}");
         }
     }

@@ -20,6 +20,8 @@ use crate::http::HeadLimits;
 
 /// After a refusal, how long unread client bytes are drained so the answer is not lost to a reset.
 const LINGER: Duration = Duration::from_secs(1);
+/// While stopping, how long an idle keep-alive connection must stay quiet before it is closed.
+const QUIET_BEFORE_CLOSE: Duration = Duration::from_secs(1);
 
 pub struct Client<T> {
     pub stream: T,
@@ -54,7 +56,7 @@ pub async fn serve<T: Transport>(worker: &Rc<Worker>, stream: T, peer: SocketAdd
     loop {
         if client.buf.is_empty() {
             worker.buffers.put(std::mem::take(&mut client.buf));
-            let timeouts = &worker.shared.config.timeouts;
+            let timeouts = worker.config().timeouts;
             let wait = if first { timeouts.head } else { timeouts.idle };
             if !wait_readable(worker, &mut client.stream, wait).await {
                 break;
@@ -90,19 +92,23 @@ pub async fn serve<T: Transport>(worker: &Rc<Worker>, stream: T, peer: SocketAdd
 }
 
 /// Waits for the first byte of the next request without holding a buffer. False: close the connection.
+///
+/// Once the proxy is stopping (or a new binary took over), an idle connection is not cut at once: a request
+/// may be on its way. It is served (and answered with `Connection: close`) if it comes, and the connection
+/// closes only after it has been quiet for [`QUIET_BEFORE_CLOSE`]: a client never sees its request dropped.
 async fn wait_readable<T: Transport>(worker: &Worker, stream: &mut T, wait: Duration) -> bool {
     let stop = worker.shutdown_started();
-    if worker.is_shutting_down() {
-        return false;
+    if !worker.is_shutting_down() {
+        tokio::select! {
+            _ = stop => {}
+            r = timeout(wait, stream.readable()) => return matches!(r, Ok(Ok(()))),
+        }
     }
-    tokio::select! {
-        _ = stop => false,
-        r = timeout(wait, stream.readable()) => matches!(r, Ok(Ok(()))),
-    }
+    matches!(timeout(QUIET_BEFORE_CLOSE.min(wait), stream.readable()).await, Ok(Ok(())))
 }
 
 async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Head {
-    let config = &worker.shared.config;
+    let config = worker.config();
     let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
     let mut started: Option<Started> = None;
     let mut deadline = Instant::now() + config.timeouts.head;
@@ -117,8 +123,9 @@ async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Hea
             match parse_request(&client.buf, &limits) {
                 Ok(Some(req)) => {
                     let started = Started { head_done: Instant::now(), ..s };
-                    if let (false, true, Some(port)) = (T::TLS, config.redirect_https, worker.shared.https_port) {
-                        return Head::Redirect(https_location(&req, port), req.line(), started);
+                    let https_port = worker.shared.https_port.load(std::sync::atomic::Ordering::Relaxed);
+                    if !T::TLS && config.redirect_https && https_port != 0 {
+                        return Head::Redirect(https_location(&req, https_port), req.line(), started);
                     }
                     let fwd =
                         Forwarded { client_ip: client.peer.ip().to_canonical(), port: client.local_port, tls: T::TLS };
@@ -174,7 +181,7 @@ async fn redirect<T: Transport>(worker: &Worker, client: &mut Client<T>, locatio
     );
     worker.frontend(T::TLS).response(301, answer.len() as u64);
     local_log_line(worker, client, 301, answer.len() as u64, *b"LR", started, Some(line));
-    let _ = timeout(worker.shared.config.timeouts.client, client.stream.write_all(answer.as_bytes())).await;
+    let _ = timeout(worker.config().timeouts.client, client.stream.write_all(answer.as_bytes())).await;
     close_gracefully(&mut client.stream).await;
 }
 
@@ -219,7 +226,7 @@ async fn refuse<T: Transport>(worker: &Worker, client: &mut Client<T>, status: u
     worker.frontend(T::TLS).response(status, bytes.len() as u64);
     let term = if status == 408 { *b"cR" } else { *b"PR" };
     local_log_line(worker, client, status, bytes.len() as u64, term, started, None);
-    let timeouts = worker.shared.config.timeouts;
+    let timeouts = worker.config().timeouts;
     let _ = timeout(timeouts.client, client.stream.write_all(bytes)).await;
     close_gracefully(&mut client.stream).await;
 }

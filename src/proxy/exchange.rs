@@ -64,7 +64,7 @@ pub async fn run<T: Transport>(
     head: Vec<u8>,
     started: Started,
 ) -> bool {
-    let config = &worker.shared.config;
+    let config = worker.config();
     let mut log =
         LogState { started, server: None, reached_server: false, connected: None, responded: None, retries: 0 };
     let mut tried: Vec<Arc<Backend>> = Vec::new();
@@ -219,7 +219,7 @@ async fn acquire(
         }
     }
     let left = attempt.deadline.saturating_duration_since(Instant::now());
-    let share = worker.shared.config.timeouts.attempt;
+    let share = worker.config().timeouts.attempt;
     let abandon = attempt.hurry && share < left;
     let limit = if abandon { share } else { left.max(Duration::from_millis(1)) };
     tokio::select! {
@@ -289,7 +289,7 @@ async fn answer<T: Transport>(
 ) -> bool {
     let bytes = refusal::response(status);
     use tokio::io::AsyncWriteExt;
-    let _ = timeout(worker.shared.config.timeouts.client, client.stream.write_all(bytes)).await;
+    let _ = timeout(worker.config().timeouts.client, client.stream.write_all(bytes)).await;
     log_line(worker, client, plan, log, refusal::status_of(bytes), bytes.len() as u64, term);
     close_gracefully(&mut client.stream).await;
     false

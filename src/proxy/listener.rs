@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::handover::{Inherited, Kind};
+
 /// One thread's listening socket and what it accepts.
 pub struct Listening {
     pub listener: std::net::TcpListener,
@@ -13,29 +15,55 @@ pub struct Listening {
     pub tls: bool,
 }
 
-/// Every listening socket, by thread, and the addresses they were bound to.
-pub struct Bound {
-    pub per_thread: Vec<Vec<Listening>>,
-    /// Each bound address (the port chosen for a 0) and whether it is TLS, in configuration order.
-    pub addrs: Vec<(SocketAddr, bool)>,
+/// The sockets of one configured address, as the main thread keeps them: to stop a reload's removed
+/// listener, or to hand them all to a new process.
+pub struct Group {
+    /// As configured (a port of 0 stays 0: a reload or an upgrade finds the group under the same text).
+    pub configured: SocketAddr,
+    pub tls: bool,
+    /// Where the sockets are bound.
+    pub bound: SocketAddr,
+    /// The main thread's copies of the sockets the threads accept on.
+    pub sockets: Vec<std::net::TcpListener>,
 }
 
-/// Binds `threads` sockets on each plain and each TLS address. A port of 0 is chosen once and shared by the
-/// whole group.
-pub fn bind_all(plain: &[SocketAddr], tls: &[SocketAddr], threads: usize) -> io::Result<Bound> {
-    let mut per_thread: Vec<Vec<Listening>> = (0..threads).map(|_| Vec::new()).collect();
-    let mut addrs = Vec::new();
-    let all = plain.iter().map(|a| (*a, false)).chain(tls.iter().map(|a| (*a, true)));
-    for (addr, tls) in all {
-        let first = bind_one(addr)?;
-        let actual = first.local_addr()?;
-        addrs.push((actual, tls));
-        per_thread[0].push(Listening { listener: first, tls });
-        for listeners in per_thread.iter_mut().skip(1) {
-            listeners.push(Listening { listener: bind_one(actual)?, tls });
-        }
+/// Binds the sockets of one address, one per thread (SO_REUSEPORT groups them, a port of 0 is chosen once), or
+/// takes those a previous process handed over. Returns the group and what each thread accepts on.
+pub fn bind_group(
+    configured: SocketAddr,
+    tls: bool,
+    threads: usize,
+    inherited: &mut Inherited,
+) -> io::Result<(Group, Vec<Vec<Listening>>)> {
+    let kind = if tls { Kind::Tls } else { Kind::Plain };
+    let mut sockets: Vec<std::net::TcpListener> =
+        inherited.take(kind, &configured.to_string()).into_iter().map(std::net::TcpListener::from).collect();
+    for s in &sockets {
+        s.set_nonblocking(true)?;
     }
-    Ok(Bound { per_thread, addrs })
+    if sockets.is_empty() {
+        sockets.push(bind_one(configured)?);
+    }
+    let bound = sockets[0].local_addr()?;
+    while sockets.len() < threads {
+        sockets.push(bind_one(bound)?);
+    }
+    let mut per_thread: Vec<Vec<Listening>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut copies = Vec::with_capacity(sockets.len());
+    // Every socket is accepted on, even beyond one per thread: a handed-over socket may hold queued clients.
+    for (i, listener) in sockets.into_iter().enumerate() {
+        copies.push(listener.try_clone()?);
+        per_thread[i % threads].push(Listening { listener, tls });
+    }
+    Ok((Group { configured, tls, bound, sockets: copies }, per_thread))
+}
+
+/// A plain listener (admin, runtime API), or the one a previous process handed over.
+pub fn bind_single(kind: Kind, addr: SocketAddr, inherited: &mut Inherited) -> io::Result<std::net::TcpListener> {
+    match inherited.take(kind, &addr.to_string()).pop() {
+        Some(fd) => Ok(std::net::TcpListener::from(fd)),
+        None => std::net::TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}"))),
+    }
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

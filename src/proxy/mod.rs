@@ -1,14 +1,18 @@
 //! The data plane: listeners, client connections, the upstream pool and forwarding.
 //!
 //! `run` binds every listener up front (so a bad address fails the start), starts one [`worker`] thread per
-//! core, and turns SIGTERM/SIGINT into a graceful stop: listeners close, in-flight requests finish within
-//! the grace period, then the process exits 0.
+//! core, and leaves the main thread to [`control`]: SIGHUP reloads the configuration in place, SIGUSR2 hands
+//! the listening sockets to a new binary, SIGTERM/SIGINT stop gracefully (listeners close, in-flight requests
+//! finish within the grace period, then the process exits 0).
 
+mod accept;
 mod access_log;
 mod body;
 mod buffers;
 mod client;
+mod control;
 mod exchange;
+mod handover;
 mod listener;
 mod refusal;
 mod relay;
@@ -19,17 +23,20 @@ mod tunnel;
 mod upstream;
 mod worker;
 
-use std::sync::atomic::AtomicUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, AtomicUsize};
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::balance::counters::PerThread;
 use crate::balance::{self, Backend, BackendSet, ClusterBackends, Publisher, SharedBackends};
 use crate::cluster::{self, Announce, Role};
 use crate::config::ProxyConfig;
-use crate::signals::BlockingStop;
+use crate::signals::ControlSignals;
+use handover::{Inherited, Kind};
 
 /// The frontend's and the backend's names in the access log and the stats, as HAProxy's proxy names: tools
 /// written for the lab's HAProxy (`nodes/s1`) find what they expect.
@@ -38,7 +45,10 @@ pub const BACKEND_NAME: &str = "nodes";
 
 /// State every data-plane thread reads. Only snapshots and relaxed counters live here.
 pub struct Shared {
-    pub config: ProxyConfig,
+    /// The configuration in effect; each thread keeps a copy of its own, refreshed on `config_changes`.
+    pub config: ArcSwap<ProxyConfig>,
+    /// Bumped whenever a reloaded configuration is stored.
+    pub config_changes: watch::Receiver<u64>,
     pub backends: SharedBackends,
     pub shutdown: watch::Receiver<bool>,
     pub log: Option<access_log::Sink>,
@@ -53,9 +63,9 @@ pub struct Shared {
     /// Bumped whenever a new backend set is published.
     pub set_changes: watch::Receiver<u64>,
     /// The TLS server configuration (certificates by SNI), when there are TLS listeners.
-    pub tls: Option<arc_swap::ArcSwap<rustls::ServerConfig>>,
-    /// Where plain requests are redirected with --redirect-https: the first TLS listener's port.
-    pub https_port: Option<u16>,
+    pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// Where plain requests are redirected with --redirect-https: the first TLS listener's port (0: none).
+    pub https_port: AtomicU16,
     /// What the gossip layer counts (refused packets, members).
     pub gossip: Arc<cluster::GossipStats>,
 }
@@ -71,37 +81,72 @@ pub enum ProxyError {
 }
 
 /// Loads the certificates and logs what each serves.
-fn start_tls(paths: &[std::path::PathBuf]) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
+fn start_tls(paths: &[PathBuf]) -> Result<Arc<rustls::ServerConfig>, tls::TlsError> {
     let certificates = tls::Certificates::load(paths)?;
     for (path, names) in &certificates.summary {
         tracing::info!("TLS certificate {} for {}", path.display(), names.join(", "));
     }
-    Ok(tls::server_config(Arc::new(certificates))?)
+    tls::server_config(Arc::new(certificates))
 }
 
-pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
-    let stop = BlockingStop::install().map_err(ProxyError::Start)?;
+/// Waits (at most a few seconds) until `n` servers are in rotation: a successor must route to its
+/// predecessor's members, health known, before it takes the clients.
+fn wait_for_members(shared: &Shared, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while shared.backends.load().rotation().len() < n {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!("upgrade: serving before every member of the predecessor was found");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Re-reads the configuration (the file; flags and environment as at start) for a SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<ProxyConfig, String>>;
+
+/// Runs the proxy until SIGTERM/SIGINT, or until a new binary took over after SIGUSR2.
+pub fn run(config: ProxyConfig, reload: Reload, pid_file: Option<PathBuf>) -> Result<(), ProxyError> {
+    // Read before anything else: a binary upgrade hands the sockets over in the environment.
+    let mut inherited = Inherited::from_env();
+    let signals = ControlSignals::install().map_err(ProxyError::Start)?;
+    // The path as started, not /proc/self/exe: an upgrade runs whatever binary is now at that path.
+    let exe = std::env::current_exe().map_err(ProxyError::Start)?;
     listener::raise_fd_limit();
     let tls = match config.tls_listen.is_empty() {
         true => None,
         false => Some(start_tls(&config.tls_certs)?),
     };
-    let listener::Bound { per_thread, addrs: bound } =
-        listener::bind_all(&config.listen, &config.tls_listen, config.threads).map_err(ProxyError::Listen)?;
-    for (addr, tls) in &bound {
+    let threads = config.threads;
+    let mut groups = Vec::new();
+    let mut per_thread: Vec<Vec<listener::Listening>> = (0..threads).map(|_| Vec::new()).collect();
+    let wanted = config.listen.iter().map(|a| (*a, false)).chain(config.tls_listen.iter().map(|a| (*a, true)));
+    for (addr, tls) in wanted {
+        let (group, sockets) = listener::bind_group(addr, tls, threads, &mut inherited).map_err(ProxyError::Listen)?;
         match tls {
-            false => tracing::info!("listening on {addr}"),
-            true => tracing::info!("accepting TLS on {addr}"),
+            false => tracing::info!("listening on {}", group.bound),
+            true => tracing::info!("accepting TLS on {}", group.bound),
         }
+        for (mine, more) in per_thread.iter_mut().zip(sockets) {
+            mine.extend(more);
+        }
+        groups.push(group);
     }
-    let https_port = bound.iter().find(|(_, tls)| *tls).map(|(a, _)| a.port());
+    let https_port = groups.iter().find(|g| g.tls).map_or(0, |g| g.bound.port());
     if config.backends.is_empty() {
         tracing::info!("no static backend: requests are answered 503 until an agent joins by gossip");
     }
-    let admin = std::net::TcpListener::bind(config.admin).map_err(ProxyError::Listen)?;
-    let runtime_api = std::net::TcpListener::bind(config.runtime_api).map_err(ProxyError::Listen)?;
-    let threads = config.threads;
-    let statics: Vec<Arc<Backend>> = config.backends.iter().map(|b| Arc::new(Backend::new(b, threads))).collect();
+    let admin = listener::bind_single(Kind::Admin, config.admin, &mut inherited).map_err(ProxyError::Listen)?;
+    let runtime_api =
+        listener::bind_single(Kind::RuntimeApi, config.runtime_api, &mut inherited).map_err(ProxyError::Listen)?;
+    let gossip = inherited.take(Kind::Gossip, &config.cluster.bind.to_string()).pop().map(std::net::UdpSocket::from);
+    let peers = std::mem::take(&mut inherited.peers);
+    if !inherited.is_empty() {
+        tracing::warn!("closing handed-over sockets this configuration no longer uses: {:?}", inherited.leftovers());
+    }
+    drop(inherited);
+    let statics: Vec<(Arc<Backend>, u16)> =
+        config.backends.iter().map(|b| (Arc::new(Backend::new(b, threads)), b.weight)).collect();
     let backends = balance::shared(BackendSet::default());
     let (set_changed, set_changes) = watch::channel(0);
     let publisher = Publisher::new(statics, backends.clone(), threads, set_changed);
@@ -110,17 +155,25 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         &config.cluster,
         Announce { role: Role::Proxy, service: None, weight: 0, checked: false, name: String::new(), tags: Vec::new() },
         Box::new(ClusterBackends(publisher.clone())),
+        cluster::Takeover { socket: gossip, peers: peers.clone() },
     )
     .map_err(ProxyError::Listen)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (config_changed, config_changes) = watch::channel(0);
     let (log, log_thread) = if config.access_log {
         let (sink, handle) = access_log::Sink::start().map_err(ProxyError::Start)?;
         (Some(sink), Some(handle))
     } else {
         (None, None)
     };
+    let handed = control::Handed {
+        admin: (config.admin, admin.try_clone().map_err(ProxyError::Start)?),
+        runtime_api: (config.runtime_api, runtime_api.try_clone().map_err(ProxyError::Start)?),
+        gossip: (config.cluster.bind, cluster.socket.try_clone().map_err(ProxyError::Start)?),
+    };
     let shared = Arc::new(Shared {
-        config,
+        config: ArcSwap::from_pointee(config),
+        config_changes,
         backends,
         shutdown: stop_rx,
         log,
@@ -129,25 +182,49 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         frontend_tls: PerThread::new(threads),
         started: std::time::SystemTime::now(),
         set_changes,
-        tls: tls.map(arc_swap::ArcSwap::new),
-        https_port,
+        tls: ArcSwapOption::new(tls),
+        https_port: AtomicU16::new(https_port),
         gossip: cluster.stats.clone(),
     });
     crate::admin::start(admin, shared.clone()).map_err(ProxyError::Start)?;
-    crate::admin::runtime::start(runtime_api, shared.clone(), publisher).map_err(ProxyError::Start)?;
+    crate::admin::runtime::start(runtime_api, shared.clone(), publisher.clone()).map_err(ProxyError::Start)?;
+    // A successor accepts only once it routes like its predecessor: until then the predecessor keeps
+    // accepting on the same sockets, and the clients stay with it.
+    let successor = !peers.is_empty();
+    let mut waiting = Vec::new();
     let mut workers = Vec::with_capacity(threads);
+    let mut commands = Vec::with_capacity(threads);
     for (id, listeners) in per_thread.into_iter().enumerate() {
         let shared = shared.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let now = if successor {
+            waiting.push(listeners);
+            Vec::new()
+        } else {
+            listeners
+        };
         let handle = std::thread::Builder::new()
             .name(format!("shoal-w{id}"))
-            .spawn(move || worker::run(id, shared, listeners))
+            .spawn(move || worker::run(id, shared, now, rx))
             .map_err(ProxyError::Start)?;
         workers.push(handle);
+        commands.push(tx);
     }
-    drop(shared);
+    if successor {
+        wait_for_members(&shared, peers.len());
+        for (tx, listeners) in commands.iter().zip(waiting) {
+            for l in listeners {
+                let _ = tx.send(worker::Command::Listen(l));
+            }
+        }
+    }
+    handover::report_ready();
+    let pid_file = control::PidFile::write(pid_file);
 
-    stop.wait();
-    tracing::info!("stopping: no new connections, finishing requests in flight");
+    let mut control =
+        control::Control { shared, publisher, groups, commands, handed, exe, reload, config_changed, signals };
+    control.serve();
+    drop(control);
     let _ = stop_tx.send(true);
     cluster.leave(std::time::Duration::from_secs(1));
     for w in workers {
@@ -156,6 +233,7 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     if let Some(handle) = log_thread {
         let _ = handle.join();
     }
+    drop(pid_file);
     tracing::info!("stopped");
     Ok(())
 }

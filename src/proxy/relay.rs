@@ -106,7 +106,7 @@ pub async fn transfer<T: Transport>(
     responded: &mut Option<Instant>,
     watch: Option<Watch<'_>>,
 ) -> Result<Relayed, Failure> {
-    let t = worker.shared.config.timeouts;
+    let t = worker.config().timeouts;
     let (mut cr, mut cw) = client.stream.split();
     let cbuf = &mut client.buf;
     let (mut ur, mut uw) = up.stream.split();
@@ -175,7 +175,7 @@ where
     R: AsyncRead + Unpin + RawTcp,
     W: AsyncWrite + Unpin + RawTcp,
 {
-    let splice_min = worker.shared.config.limits.splice_min;
+    let splice_min = worker.config().limits.splice_min;
     let both_tcp = src.raw_tcp().is_some() && dst.raw_tcp().is_some();
     if let (Framer::Length(left), true) = (&mut *framer, both_tcp) {
         if splice_min > 0 && *left >= splice_min {
@@ -210,7 +210,7 @@ async fn relay_response(
     watch: Option<Watch<'_>>,
 ) -> Result<Relayed, Failure> {
     use tokio::io::AsyncReadExt;
-    let config = &worker.shared.config;
+    let config = worker.config();
     let t = config.timeouts;
     let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
     let mut continue_relayed = false;

@@ -96,6 +96,11 @@ impl Pool {
         }
     }
 
+    /// New limits from a reloaded configuration; connections beyond them go at the next sweep or checkout.
+    pub fn set_limits(&mut self, max_idle: usize, ttl: Duration) {
+        (self.max_idle, self.ttl) = (max_idle, ttl);
+    }
+
     /// Drops every idle connection to an address `keep` refuses.
     pub fn retain(&mut self, keep: impl Fn(&SocketAddr) -> bool) {
         self.idle.retain(|addr, _| keep(addr));

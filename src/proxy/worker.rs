@@ -1,5 +1,6 @@
 //! One data-plane thread: a current-thread tokio runtime with its own listeners, upstream pool, buffers,
-//! balancing cursor and log buffer. Nothing here is shared with other threads except read-only snapshots.
+//! balancing cursor, log buffer and copy of the configuration. Nothing here is shared with other threads except
+//! read-only snapshots; the main thread reaches a worker only through its [`Command`] channel.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -8,18 +9,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
-use tokio::task::LocalSet;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::{AbortHandle, LocalSet};
 
 use arc_swap::Cache;
 
+use super::accept::accept_loop;
 use super::buffers::Buffers;
 use super::listener::Listening;
 use super::splice::Pipes;
 use super::upstream::Pool;
-use super::{client, Shared};
+use super::Shared;
 use crate::balance::counters::Slot;
 use crate::balance::{Backend, BackendSet, Balancer, SharedBackends};
+use crate::config::ProxyConfig;
+
+/// What the main thread asks of a data-plane thread.
+pub enum Command {
+    /// Accept on this socket too (a listener added by a reload).
+    Listen(Listening),
+    /// Stop accepting on the sockets bound to this address (a listener removed by a reload).
+    Unlisten(std::net::SocketAddr),
+    /// Stop accepting anywhere: a new process has the listening sockets (a binary upgrade).
+    StopAccepting,
+}
 
 /// Flush the thread's log buffer at least this often, and whenever it grows past `LOG_BATCH`.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -36,8 +49,11 @@ pub struct Worker {
     /// This thread's index: its slot in every per-thread counter.
     pub id: usize,
     pub shared: Arc<Shared>,
+    /// This thread's copy of the configuration, replaced when it is reloaded. An exchange holds the copy it
+    /// started with, so requests in flight finish under the configuration they began with.
+    config: RefCell<Rc<ProxyConfig>>,
     pub pool: RefCell<Pool>,
-    balancer: Balancer,
+    balancer: RefCell<Balancer>,
     /// This thread's view of the backend set, refreshed only when a new set is published.
     backends: RefCell<Cache<SharedBackends, Arc<BackendSet>>>,
     /// Woken on this thread when a new set is published, so connects to servers that left are abandoned.
@@ -45,31 +61,89 @@ pub struct Worker {
     pub buffers: Buffers,
     pub pipes: Pipes,
     log: RefCell<Vec<u8>>,
-    connections: Cell<usize>,
-    max_connections: usize,
-    connection_closed: Notify,
+    pub(super) connections: Cell<usize>,
+    pub(super) connection_closed: Notify,
     shutting_down: Cell<bool>,
     shutdown: Notify,
+    /// The accept loops running on this thread, by the address they accept on.
+    accepting: RefCell<Vec<(std::net::SocketAddr, AbortHandle)>>,
 }
 
 impl Worker {
     fn new(id: usize, shared: Arc<Shared>) -> Worker {
-        let c = &shared.config;
+        let c = Rc::new(ProxyConfig::clone(&shared.config.load()));
         Worker {
             id,
             pool: RefCell::new(Pool::new(c.limits.pool_max_idle, c.timeouts.pool)),
-            balancer: Balancer::new(c.balance, id),
+            balancer: RefCell::new(Balancer::new(c.balance, id)),
+            config: RefCell::new(c),
             backends: RefCell::new(Cache::new(shared.backends.clone())),
             set_changed: Notify::new(),
             buffers: Buffers::new(BUFFER_SIZE, IDLE_BUFFERS),
             pipes: Pipes::new(IDLE_PIPES),
             log: RefCell::new(Vec::new()),
             connections: Cell::new(0),
-            max_connections: c.limits.max_connections.div_ceil(c.threads),
             connection_closed: Notify::new(),
             shutting_down: Cell::new(false),
             shutdown: Notify::new(),
+            accepting: RefCell::new(Vec::new()),
             shared,
+        }
+    }
+
+    /// The configuration as this thread last heard of it.
+    pub fn config(&self) -> Rc<ProxyConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// This thread's share of `--max-connections`.
+    pub fn max_connections(&self) -> usize {
+        let c = self.config.borrow();
+        c.limits.max_connections.div_ceil(c.threads)
+    }
+
+    /// Takes a reloaded configuration: the next requests use it, the balancing algorithm and the pool follow.
+    async fn follow_config(self: Rc<Self>) {
+        let mut changes = self.shared.config_changes.clone();
+        while changes.changed().await.is_ok() {
+            let new = Rc::new(ProxyConfig::clone(&self.shared.config.load()));
+            if new.balance != self.config.borrow().balance {
+                *self.balancer.borrow_mut() = Balancer::new(new.balance, self.id);
+            }
+            self.pool.borrow_mut().set_limits(new.limits.pool_max_idle, new.timeouts.pool);
+            *self.config.borrow_mut() = new;
+        }
+    }
+
+    /// Runs the main thread's commands.
+    async fn obey(self: Rc<Self>, mut commands: mpsc::UnboundedReceiver<Command>) {
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::Listen(listening) => self.clone().listen(listening),
+                Command::Unlisten(addr) => self.accepting.borrow_mut().retain(|(a, handle)| {
+                    if *a == addr {
+                        handle.abort();
+                    }
+                    *a != addr
+                }),
+                Command::StopAccepting => {
+                    for (_, handle) in self.accepting.borrow_mut().drain(..) {
+                        handle.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts accepting on one more socket.
+    fn listen(self: Rc<Self>, Listening { listener, tls }: Listening) {
+        let addr = listener.local_addr();
+        match (TcpListener::from_std(listener), addr) {
+            (Ok(l), Ok(addr)) => {
+                let handle = tokio::task::spawn_local(accept_loop(self.clone(), l, tls)).abort_handle();
+                self.accepting.borrow_mut().push((addr, handle));
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::error!("thread {}: listener: {e}", self.id),
         }
     }
 
@@ -100,7 +174,7 @@ impl Worker {
     /// when another exists.
     pub fn pick_backend(&self, avoid: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let mut cache = self.backends.borrow_mut();
-        self.balancer.pick(cache.load(), avoid)
+        self.balancer.borrow().pick(cache.load(), avoid)
     }
 
     /// Whether a server other than `current` and those in `avoid` is in rotation and not ejected: an attempt
@@ -175,26 +249,6 @@ impl Worker {
     }
 }
 
-/// Counts a client connection for as long as it lives, however its task ends.
-struct ConnectionGuard(Rc<Worker>);
-
-impl ConnectionGuard {
-    fn new(worker: Rc<Worker>) -> ConnectionGuard {
-        worker.connections.set(worker.connections.get() + 1);
-        worker.shared.connections.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard(worker)
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        let w = &self.0;
-        w.connections.set(w.connections.get() - 1);
-        w.shared.connections.fetch_sub(1, Ordering::Relaxed);
-        w.connection_closed.notify_waiters();
-    }
-}
-
 /// Pins the calling thread to the `id`-th CPU this process may run on.
 fn pin_to_cpu(id: usize) {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity/sched_setaffinity read and write only the set we pass,
@@ -217,8 +271,8 @@ fn pin_to_cpu(id: usize) {
 }
 
 /// Runs one data-plane thread until shutdown has drained its connections (or the grace period ends).
-pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<Listening>) {
-    if shared.config.pin_cpus {
+pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<Listening>, commands: mpsc::UnboundedReceiver<Command>) {
+    if shared.config.load().pin_cpus {
         pin_to_cpu(id);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -233,19 +287,16 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<Listening>) {
         let worker = Rc::new(Worker::new(id, shared));
         tokio::task::spawn_local(housekeeping(worker.clone()));
         tokio::task::spawn_local(worker.clone().follow_set_changes());
-        for Listening { listener, tls } in listeners {
-            match TcpListener::from_std(listener) {
-                Ok(l) => {
-                    tokio::task::spawn_local(accept_loop(worker.clone(), l, tls));
-                }
-                Err(e) => tracing::error!("thread {id}: listener: {e}"),
-            }
+        tokio::task::spawn_local(worker.clone().follow_config());
+        tokio::task::spawn_local(worker.clone().obey(commands));
+        for listening in listeners {
+            worker.clone().listen(listening);
         }
         let mut signal = worker.shared.shutdown.clone();
         let _ = signal.wait_for(|stop| *stop).await;
         worker.shutting_down.set(true);
         worker.shutdown.notify_waiters();
-        let grace = worker.shared.config.timeouts.grace;
+        let grace = worker.config().timeouts.grace;
         let drained = async {
             while worker.connections.get() > 0 {
                 let closed = worker.connection_closed.notified();
@@ -260,76 +311,6 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<Listening>) {
         }
         worker.flush_log();
     });
-}
-
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
-    loop {
-        let stop = worker.shutdown_started();
-        if worker.is_shutting_down() {
-            return;
-        }
-        if worker.connections.get() >= worker.max_connections {
-            let closed = worker.connection_closed.notified();
-            tokio::select! {
-                _ = closed => continue,
-                _ = stop => return,
-            }
-        }
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let guard = ConnectionGuard::new(worker.clone());
-                let local_port = stream.local_addr().map_or(0, |a| a.port());
-                if tls {
-                    tokio::task::spawn_local(async move {
-                        serve_tls(&guard.0, stream, peer, local_port).await;
-                        drop(guard);
-                    });
-                } else {
-                    worker.frontend(false).session();
-                    tokio::task::spawn_local(async move {
-                        client::serve(&guard.0, stream, peer, local_port).await;
-                        drop(guard);
-                    });
-                }
-            }
-            Err(e) => {
-                // Out of descriptors or memory: back off rather than spin; the queue keeps the clients.
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Completes the TLS handshake within its own timeout, then serves the connection. A failed handshake is
-/// counted and logged at debug: scanners and broken clients must not fill the log or disturb anyone else.
-async fn serve_tls(worker: &Rc<Worker>, stream: tokio::net::TcpStream, peer: std::net::SocketAddr, local_port: u16) {
-    let Some(config) = worker.shared.tls.as_ref().map(|c| c.load_full()) else { return };
-    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-    let stop = worker.shutdown_started();
-    let outcome = tokio::select! {
-        done = tokio::time::timeout(worker.shared.config.timeouts.handshake, handshake) => done,
-        _ = stop => return,
-    };
-    match outcome {
-        Ok(Ok(tls)) => {
-            worker.frontend(true).session();
-            client::serve(worker, tls, peer, local_port).await;
-        }
-        Ok(Err(e)) => {
-            worker.frontend(true).handshake_error();
-            tracing::debug!("TLS handshake with {peer} failed: {e}");
-        }
-        Err(_) => {
-            worker.frontend(true).handshake_error();
-            tracing::debug!("TLS handshake with {peer} timed out");
-        }
-    }
 }
 
 async fn housekeeping(worker: Rc<Worker>) {

@@ -171,8 +171,18 @@ impl Proxy {
     }
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Proxy {
-        let mut cmd = shoal();
-        cmd.arg("proxy").args(["--listen", "127.0.0.1:0"]).args(args);
+        Proxy::start_from(std::path::Path::new(env!("CARGO_BIN_EXE_shoal")), args, env)
+    }
+
+    /// Starts the binary at `exe` as a proxy. Unless `args` say otherwise (or a `--config` file does), it
+    /// listens on an ephemeral loopback port and keeps every other socket on loopback too.
+    pub fn start_from(exe: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let mut cmd = Command::new(exe);
+        cmd.arg("proxy");
+        if !args.contains(&"--listen") && !args.contains(&"--config") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args);
         if !args.contains(&"--threads") {
             cmd.args(["--threads", "2"]);
         }

@@ -1,0 +1,221 @@
+//! The proxy's main thread once everything runs: it waits for signals and changes the running proxy in place.
+//!
+//! - SIGHUP reloads the configuration: static servers and weights, timeouts and limits, the balancing
+//!   algorithm and TLS certificates change at once for new requests (requests in flight finish under the
+//!   configuration they started with); listeners are added and removed. A file that does not load, a
+//!   certificate that does not, or an address that cannot be bound, leaves everything as it was.
+//! - SIGUSR2 hands the listening sockets to the binary now at this one's path (see [`super::handover`]);
+//!   once it serves, this process stops accepting, finishes what it has and exits.
+//! - SIGTERM or SIGINT stop gracefully.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use super::handover::{self, Inherited, Kind};
+use super::listener::{self, Group};
+use super::worker::Command;
+use super::{start_tls, Reload, Shared};
+use crate::balance::Publisher;
+use crate::config::ProxyConfig;
+use crate::signals::{Control as Signal, ControlSignals};
+
+/// How long a new binary may take to report that it serves.
+const UPGRADE_WITHIN: Duration = Duration::from_secs(30);
+
+/// The sockets besides the listeners that a new process takes over, with the address each was configured as.
+pub struct Handed {
+    pub admin: (std::net::SocketAddr, std::net::TcpListener),
+    pub runtime_api: (std::net::SocketAddr, std::net::TcpListener),
+    pub gossip: (std::net::SocketAddr, std::net::UdpSocket),
+}
+
+pub struct Control {
+    pub shared: Arc<Shared>,
+    pub publisher: Arc<Mutex<Publisher>>,
+    pub groups: Vec<Group>,
+    /// One channel per data-plane thread.
+    pub commands: Vec<mpsc::UnboundedSender<Command>>,
+    pub handed: Handed,
+    pub exe: PathBuf,
+    pub reload: Reload,
+    pub config_changed: watch::Sender<u64>,
+    pub signals: ControlSignals,
+}
+
+impl Control {
+    /// Serves signals until it is time to stop: SIGTERM/SIGINT, or a successful upgrade.
+    pub fn serve(&mut self) {
+        loop {
+            match self.signals.wait() {
+                Signal::Stop => {
+                    tracing::info!("stopping: no new connections, finishing requests in flight");
+                    return;
+                }
+                Signal::Reload => self.reload(),
+                Signal::Upgrade => {
+                    if self.upgrade() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        let new = match (self.reload)() {
+            Ok(config) => config,
+            Err(e) => return tracing::error!("configuration not reloaded, the running one stays: {e}"),
+        };
+        let old = self.shared.config.load_full();
+        let new = keep_what_needs_a_restart(&old, new);
+        // Everything that can fail comes first, so a failure changes nothing.
+        let tls = match new.tls_listen.is_empty() {
+            true => None,
+            false => match start_tls(&new.tls_certs) {
+                Ok(tls) => Some(tls),
+                Err(e) => return tracing::error!("configuration not reloaded, the running one stays: TLS: {e}"),
+            },
+        };
+        let wanted: Vec<(std::net::SocketAddr, bool)> =
+            new.listen.iter().map(|a| (*a, false)).chain(new.tls_listen.iter().map(|a| (*a, true))).collect();
+        let mut added = Vec::new();
+        for &(addr, tls) in &wanted {
+            if self.groups.iter().any(|g| (g.configured, g.tls) == (addr, tls)) {
+                continue;
+            }
+            match listener::bind_group(addr, tls, new.threads, &mut Inherited::default()) {
+                Ok(group) => added.push(group),
+                Err(e) => return tracing::error!("configuration not reloaded, the running one stays: {e}"),
+            }
+        }
+        self.shared.tls.store(tls);
+        self.publisher.lock().set_statics(&new.backends);
+        for (group, per_thread) in added {
+            tracing::info!("{} on {} (reload)", if group.tls { "accepting TLS" } else { "listening" }, group.bound);
+            for (tx, sockets) in self.commands.iter().zip(per_thread) {
+                for s in sockets {
+                    let _ = tx.send(Command::Listen(s));
+                }
+            }
+            self.groups.push(group);
+        }
+        let commands = &self.commands;
+        self.groups.retain(|g| {
+            let keep = wanted.contains(&(g.configured, g.tls));
+            if !keep {
+                tracing::info!("no longer listening on {} (reload)", g.bound);
+                for tx in commands {
+                    let _ = tx.send(Command::Unlisten(g.bound));
+                }
+            }
+            keep
+        });
+        let https = self.groups.iter().find(|g| g.tls).map_or(0, |g| g.bound.port());
+        self.shared.https_port.store(https, Ordering::Relaxed);
+        let summary = format!(
+            "{} static servers, balance {:?}, {} listeners",
+            new.backends.len(),
+            new.balance,
+            self.groups.len()
+        );
+        self.shared.config.store(Arc::new(new));
+        self.config_changed.send_modify(|n| *n += 1);
+        tracing::info!("configuration reloaded: {summary}");
+    }
+
+    /// Starts the new binary with every socket; true once it serves and this process stopped accepting.
+    fn upgrade(&mut self) -> bool {
+        let mut sockets = Vec::new();
+        for g in &self.groups {
+            let kind = if g.tls { Kind::Tls } else { Kind::Plain };
+            for s in &g.sockets {
+                sockets.push(handover::Handed { kind, configured: g.configured.to_string(), fd: s.as_raw_fd() });
+            }
+        }
+        let h = &self.handed;
+        sockets.push(handover::Handed {
+            kind: Kind::Admin,
+            configured: h.admin.0.to_string(),
+            fd: h.admin.1.as_raw_fd(),
+        });
+        sockets.push(handover::Handed {
+            kind: Kind::RuntimeApi,
+            configured: h.runtime_api.0.to_string(),
+            fd: h.runtime_api.1.as_raw_fd(),
+        });
+        sockets.push(handover::Handed {
+            kind: Kind::Gossip,
+            configured: h.gossip.0.to_string(),
+            fd: h.gossip.1.as_raw_fd(),
+        });
+        tracing::info!("upgrade: starting {} with {} sockets", self.exe.display(), sockets.len());
+        let peers = self.publisher.lock().routable_members();
+        match handover::start_successor(&self.exe, &sockets, &peers, UPGRADE_WITHIN) {
+            Ok(child) => {
+                tracing::info!(
+                    "upgrade: pid {} serves now; this one stops accepting and finishes its requests",
+                    child.id()
+                );
+                for tx in &self.commands {
+                    let _ = tx.send(Command::StopAccepting);
+                }
+                self.groups.clear();
+                true
+            }
+            Err(why) => {
+                tracing::error!("upgrade failed, this process keeps serving: {why}");
+                false
+            }
+        }
+    }
+}
+
+/// A reload changes what can change in place; the rest keeps its running value, with a warning.
+fn keep_what_needs_a_restart(old: &ProxyConfig, mut new: ProxyConfig) -> ProxyConfig {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($($field:ident as $name:literal),*) => {$(
+            if new.$field != old.$field {
+                kept.push($name);
+                new.$field = old.$field.clone();
+            }
+        )*};
+    }
+    keep!(threads as "threads", pin_cpus as "pin-cpus", admin as "admin", runtime_api as "runtime-api",
+        cluster as "gossip settings", access_log as "access-log");
+    if !kept.is_empty() {
+        tracing::warn!("reload: {} changed, which takes a restart or an upgrade (kill -USR2)", kept.join(", "));
+    }
+    new
+}
+
+/// `--pid-file`: written by whichever process serves, removed by it when it stops (unless a successor wrote
+/// its own pid meanwhile).
+pub struct PidFile(Option<PathBuf>);
+
+impl PidFile {
+    pub fn write(path: Option<PathBuf>) -> PidFile {
+        if let Some(p) = &path {
+            if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+                tracing::error!("cannot write the pid file {}: {e}", p.display());
+            }
+        }
+        PidFile(path)
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let Some(p) = &self.0 else { return };
+        let mine = std::fs::read_to_string(p).is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if mine {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Handing the listening sockets to a new process (`kill -USR2`): the binary now at this one's path starts with
+//! the same arguments and environment, plus the sockets as inherited descriptors, and reports when it serves.
+//! Passing the very sockets (not binding new ones) keeps their accept queues: no connection is refused or
+//! reset while one process gives way to the other.
+//!
+//! The new process finds the descriptors in `SHOAL_INHERIT` (`KEY=FD;...`, a key per configured address:
+//! `l/ADDR` plain, `t/ADDR` TLS, `a/ADDR` admin, `r/ADDR` runtime API, `g/ADDR` gossip) and writes one byte to
+//! `SHOAL_READY_FD` once it accepts.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const INHERIT: &str = "SHOAL_INHERIT";
+const READY_FD: &str = "SHOAL_READY_FD";
+/// The gossip members the predecessor knew, comma-separated.
+const PEERS: &str = "SHOAL_PEERS";
+
+/// What kind of socket a handed-over descriptor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Plain,
+    Tls,
+    Admin,
+    RuntimeApi,
+    Gossip,
+}
+
+impl Kind {
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::Plain => "l",
+            Kind::Tls => "t",
+            Kind::Admin => "a",
+            Kind::RuntimeApi => "r",
+            Kind::Gossip => "g",
+        }
+    }
+
+    fn from_tag(tag: &str) -> Option<Kind> {
+        Some(match tag {
+            "l" => Kind::Plain,
+            "t" => Kind::Tls,
+            "a" => Kind::Admin,
+            "r" => Kind::RuntimeApi,
+            "g" => Kind::Gossip,
+            _ => return None,
+        })
+    }
+}
+
+/// The descriptors a previous process handed to this one, by kind and configured address.
+#[derive(Default)]
+pub struct Inherited {
+    fds: HashMap<(Kind, String), Vec<OwnedFd>>,
+    /// The members the predecessor knew: announced to at once, and waited for before reporting ready.
+    pub peers: Vec<std::net::SocketAddr>,
+}
+
+impl Inherited {
+    /// What the environment says was handed over (nothing, for a process not started by an upgrade).
+    pub fn from_env() -> Inherited {
+        let mut inherited = Inherited::default();
+        let Ok(list) = std::env::var(INHERIT) else { return inherited };
+        let peers = std::env::var(PEERS).unwrap_or_default();
+        inherited.peers = peers.split(',').filter_map(|p| p.parse().ok()).collect();
+        for entry in list.split(';').filter(|e| !e.is_empty()) {
+            let parsed = entry.split_once('=').and_then(|(key, fd)| {
+                let (tag, addr) = key.split_once('/')?;
+                Some((Kind::from_tag(tag)?, addr.to_string(), fd.parse::<RawFd>().ok()?))
+            });
+            let Some((kind, addr, fd)) = parsed else {
+                tracing::warn!("ignoring {INHERIT} entry {entry:?}");
+                continue;
+            };
+            // SAFETY: the previous process placed this descriptor here for us alone; we own it from now on,
+            // and mark it close-on-exec so it goes no further than this process unless handed over again.
+            let owned = unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                OwnedFd::from_raw_fd(fd)
+            };
+            inherited.fds.entry((kind, addr)).or_default().push(owned);
+        }
+        inherited
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
+    /// The handed-over sockets of `kind` configured as `addr`.
+    pub fn take(&mut self, kind: Kind, addr: &str) -> Vec<OwnedFd> {
+        self.fds.remove(&(kind, addr.to_string())).unwrap_or_default()
+    }
+
+    /// What nothing in this configuration wanted (closed when dropped).
+    pub fn leftovers(&self) -> Vec<String> {
+        self.fds.keys().map(|(kind, addr)| format!("{}/{addr}", kind.tag())).collect()
+    }
+}
+
+/// Tells the previous process, if any, that this one now serves.
+pub fn report_ready() {
+    let Some(fd) = std::env::var(READY_FD).ok().and_then(|v| v.parse::<RawFd>().ok()) else { return };
+    // SAFETY: the previous process put the write end of its readiness pipe at this descriptor for us.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+    let _ = io::Write::write_all(&mut pipe, b"1");
+}
+
+/// A socket to hand over, with what it is.
+pub struct Handed {
+    pub kind: Kind,
+    /// The address as configured (`0.0.0.0:0` stays that, whatever port it got), so the new process finds
+    /// it under the same arguments.
+    pub configured: String,
+    pub fd: RawFd,
+}
+
+/// Starts `exe` with this process's arguments and environment, the `sockets` and the gossip `peers`; returns
+/// once it reports ready, or why it did not within `limit` (then it is killed, if still running).
+pub fn start_successor(
+    exe: &Path,
+    sockets: &[Handed],
+    peers: &[std::net::SocketAddr],
+    limit: Duration,
+) -> Result<Child, String> {
+    let mut ends = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills the two descriptors we pass.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: both ends are ours, just created.
+    let (ready_read, ready_write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    // The child finds the sockets at 3, 4, ... and the pipe after them.
+    let mut sources: Vec<RawFd> = sockets.iter().map(|s| s.fd).collect();
+    sources.push(ready_write.as_raw_fd());
+    let list: Vec<String> =
+        sockets.iter().enumerate().map(|(i, s)| format!("{}/{}={}", s.kind.tag(), s.configured, 3 + i)).collect();
+    let mut scratch = vec![0 as RawFd; sources.len()];
+    let mut command = Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(INHERIT, list.join(";"))
+        .env(PEERS, peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
+        .env(READY_FD, (3 + sockets.len()).to_string());
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) on descriptors this process owns, and no allocation:
+    // `scratch` is sized beforehand. Each source is first copied above every target, so placing one at its
+    // target never overwrites another source.
+    unsafe {
+        command.pre_exec(move || {
+            let above = (3 + sources.len() + 1) as i32;
+            for (i, &fd) in sources.iter().enumerate() {
+                scratch[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if scratch[i] < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (i, &fd) in scratch.iter().enumerate() {
+                if libc::dup2(fd, 3 + i as i32) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    drop(ready_write);
+    match wait_ready(&mut child, ready_read, limit) {
+        Ok(()) => Ok(child),
+        Err(why) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(why)
+        }
+    }
+}
+
+/// Waits for the byte on the pipe, or the child's exit, or the limit.
+fn wait_ready(child: &mut Child, pipe: OwnedFd, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    let mut pipe = std::fs::File::from(pipe);
+    loop {
+        let mut poll = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd, valid for the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, 100) };
+        if ready > 0 {
+            let mut byte = [0u8; 1];
+            return match pipe.read(&mut byte) {
+                Ok(1) => Ok(()),
+                _ => match child.wait() {
+                    Ok(status) => Err(format!("the new process exited ({status}) before it was ready")),
+                    Err(e) => Err(format!("the new process closed its readiness pipe: {e}")),
+                },
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the new process exited ({status}) before it was ready"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the new process was not ready within {limit:?}"));
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! SIGHUP reloads the configuration file in place: under load, a backend added to the file gets traffic and
+//! nothing fails; listeners come and go; a replaced certificate is served to new connections; a broken file is
+//! refused with the same message `--check` gives and the running configuration stays.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::certs::Pki;
+use common::{free_port, Backend, Proxy, TempFile, WAIT};
+
+fn wait_until(what: &str, done: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+fn config(listen: &[String], backends: &[&Backend]) -> String {
+    let listen: Vec<String> = listen.iter().map(|a| format!("\"{a}\"")).collect();
+    let backends: Vec<String> = backends.iter().enumerate().map(|(i, b)| format!("\"b{i}={}\"", b.addr)).collect();
+    format!("listen = [{}]\nbackend = [{}]\ntimeout-connect = \"2s\"\n", listen.join(", "), backends.join(", "))
+}
+
+#[test]
+fn sighup_adds_a_backend_under_load_changes_listeners_and_refuses_a_broken_file() {
+    let (first, second) = (Backend::http(|_| common::ok("first")), Backend::http(|_| common::ok("second")));
+    let main_addr = free_port().to_string();
+    let file = TempFile::new("reload.toml", &config(std::slice::from_ref(&main_addr), &[&first]));
+    let proxy = Proxy::start(&["--config", file.arg(), "--access-log", "off"]);
+    assert_eq!(proxy.addr.to_string(), main_addr);
+    let bodies = std::sync::Mutex::new(BTreeSet::new());
+    let (ok, failed, stop) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let r = common::get(proxy.addr, "/");
+                    if r.status() == 200 {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        bodies.lock().unwrap().insert(r.body_str());
+                    } else {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        wait_until("load through the first backend", || ok.load(Ordering::SeqCst) > 100);
+
+        // A backend added to the file: traffic reaches it once the proxy reloads.
+        file.write(&config(std::slice::from_ref(&main_addr), &[&first, &second]));
+        proxy.signal(libc::SIGHUP);
+        let took = wait_until("traffic to the added backend", || bodies.lock().unwrap().contains("second"));
+        eprintln!("SIGHUP to the added backend's first request: {took:?}");
+        proxy.stderr.wait_for("the reload logged", |l| l.contains("configuration reloaded: 2 static servers"));
+
+        // A broken file changes nothing, and says why as --check would.
+        file.write("listen = [\"127.0.0.1:1\"]\ntimeout-server = \"5x\"\n");
+        proxy.signal(libc::SIGHUP);
+        let refused = proxy.stderr.wait_for("the refusal", |l| l.contains("configuration not reloaded"));
+        assert!(refused.contains(":2: field `timeout-server`") && refused.contains("unknown unit"), "{refused}");
+        let served = ok.load(Ordering::SeqCst);
+        wait_until("load after the refused reload", || ok.load(Ordering::SeqCst) > served + 100);
+        stop.store(true, Ordering::SeqCst);
+    });
+    eprintln!("reloads under load: {} answered, {} failed", ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed across the reloads");
+    assert_eq!(common::get(proxy.addr, "/").status(), 200, "still serving the old configuration");
+
+    // A listener added, then the first one removed.
+    let extra = free_port().to_string();
+    file.write(&config(&[main_addr.clone(), extra.clone()], &[&first]));
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the new listener", |l| l.contains(&format!("listening on {extra} (reload)")));
+    assert_eq!(common::get(extra.parse().unwrap(), "/").body_str(), "first");
+    file.write(&config(std::slice::from_ref(&extra), &[&first]));
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the removal", |l| l.contains(&format!("no longer listening on {main_addr}")));
+    wait_until("the removed listener refusing", || std::net::TcpStream::connect(&main_addr).is_err());
+    assert_eq!(common::get(extra.parse().unwrap(), "/").body_str(), "first");
+}
+
+#[test]
+fn sighup_serves_a_replaced_certificate_to_new_connections() {
+    let pki = Pki::new();
+    let cert = pki.leaf("site.pem", &["a.test"]);
+    let backend = Backend::echo_path();
+    let file = TempFile::new(
+        "tls.toml",
+        &format!(
+            "tls-listen = [\"127.0.0.1:0\"]\ntls-cert = [\"{}\"]\nbackend = [\"{}\"]\n",
+            cert.display(),
+            backend.addr
+        ),
+    );
+    let proxy = Proxy::start(&["--config", file.arg(), "--listen", "127.0.0.1:0"]);
+    let tls = proxy.tls();
+    let curl = |name: &str| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(&pki.ca_file)
+            .args([
+                "--resolve",
+                &format!("{name}:{}:127.0.0.1", tls.port()),
+                &format!("https://{name}:{}/", tls.port()),
+            ])
+            .output()
+            .expect("curl")
+    };
+    assert!(curl("a.test").status.success());
+    assert_eq!(curl("b.test").status.code(), Some(60), "b.test is not served yet");
+    // The certificate is renewed on disk with one more name; new connections get it after SIGHUP.
+    pki.leaf("site.pem", &["a.test", "b.test"]);
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the reload", |l| l.contains("configuration reloaded"));
+    assert!(curl("b.test").status.success(), "the renewed certificate is served");
+    assert!(curl("a.test").status.success());
+}

@@ -1,0 +1,159 @@
+//! SIGUSR2 swaps the running proxy for the binary now at its path, with the listening sockets handed over:
+//! under wrk's keep-alive load and a client opening a new connection per request, no socket error, no non-2xx
+//! and no refused connection, the backend being a gossip member (health-checked) the new process must know at
+//! once; the pid file names the new process and the old one exits. A broken binary at that path leaves the
+//! old process serving, and says why.
+//!
+//! Needs wrk (`.ci/run` installs it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Agent, Backend, Proxy, WAIT};
+
+/// A copy of the shoal binary in a directory of its own, so the test can replace it; removed on drop.
+struct BinaryCopy {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl BinaryCopy {
+    fn new() -> BinaryCopy {
+        let dir = std::env::temp_dir().join(format!("shoal-upgrade-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let copy = BinaryCopy { path: dir.join("shoal"), dir };
+        copy.install(Path::new(env!("CARGO_BIN_EXE_shoal")));
+        copy
+    }
+
+    /// Puts `from` at the copy's path the way a package upgrade does: a new file renamed over the old one.
+    fn install(&self, from: &Path) {
+        let staged = self.dir.join("shoal.new");
+        std::fs::copy(from, &staged).unwrap();
+        std::fs::rename(&staged, &self.path).unwrap();
+    }
+
+    /// A "binary" that fails at once, as a broken build would.
+    fn install_broken(&self) {
+        let staged = self.dir.join("shoal.new");
+        std::fs::write(&staged, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::rename(&staged, &self.path).unwrap();
+    }
+}
+
+impl Drop for BinaryCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Kills the process named in the pid file when dropped: the upgraded proxy is not the test's child.
+struct KillFromPidFile(PathBuf);
+
+impl Drop for KillFromPidFile {
+    fn drop(&mut self) {
+        if let Some(pid) = read_pid(&self.0) {
+            // SAFETY: kill(2) on a pid the proxy wrote; SIGKILL ends it whatever it does.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigusr2_swaps_the_process_without_losing_a_request() {
+    let binary = BinaryCopy::new();
+    let backend = Backend::http(|_| common::ok("served"));
+    let pid_file = std::env::temp_dir().join(format!("shoal-upgrade-{}.pid", std::process::id()));
+    let _cleanup = KillFromPidFile(pid_file.clone());
+    let pid_arg = pid_file.to_str().unwrap();
+    let args = ["--pid-file", pid_arg, "--access-log", "off"];
+    let mut proxy = Proxy::start_from(&binary.path, &args, &[]);
+    let _agent = Agent::start(&backend.arg(), &proxy.gossip(), &["--name", "web", "--check-path", "/"]);
+    wait_until("the member routed", || common::get(proxy.addr, "/").body_str() == "served");
+    let old = proxy.pid();
+    wait_until("the pid file", || read_pid(&pid_file) == Some(old));
+
+    // A broken binary first: the old process keeps serving, and says why.
+    binary.install_broken();
+    proxy.signal(libc::SIGUSR2);
+    let failed = proxy.stderr.wait_for("the failed upgrade", |l| l.contains("upgrade failed"));
+    assert!(failed.contains("exited") && failed.contains("keeps serving"), "{failed}");
+    assert_eq!(common::get(proxy.addr, "/").body_str(), "served");
+    assert_eq!(read_pid(&pid_file), Some(old));
+
+    // Then a good one, under load.
+    binary.install(Path::new(env!("CARGO_BIN_EXE_shoal")));
+    let url = format!("http://{}/", proxy.addr);
+    let wrk = Command::new("wrk")
+        .args(["-t2", "-c32", "-d4s", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wrk (apt-get install wrk)");
+    let (ok, failed, refused, stop) =
+        (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match common::http_get(proxy.addr, "/", Duration::from_secs(3)) {
+                    Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(e) if e.contains("refused") => refused.fetch_add(1, Ordering::SeqCst),
+                    Err(e) => {
+                        eprintln!("failed: {e}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        });
+        wait_until("load flowing", || ok.load(Ordering::SeqCst) > 50);
+        proxy.signal(libc::SIGUSR2);
+        wait_until("the new process in the pid file", || read_pid(&pid_file).is_some_and(|p| p != old));
+        let before = ok.load(Ordering::SeqCst);
+        wait_until("load after the swap", || ok.load(Ordering::SeqCst) > before + 50);
+        stop.store(true, Ordering::SeqCst);
+    });
+    let out = wrk.wait_with_output().unwrap();
+
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}");
+    eprintln!(
+        "new connection per request: {} answered, {} failed, {} refused",
+        ok.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+        refused.load(Ordering::SeqCst)
+    );
+    assert!(report.contains("requests in"), "{report}");
+    assert!(!report.contains("Non-2xx") && !report.contains("Socket errors"), "wrk saw errors:\n{report}");
+    assert_eq!((failed.load(Ordering::SeqCst), refused.load(Ordering::SeqCst)), (0, 0));
+
+    let new = read_pid(&pid_file).unwrap();
+    assert!(alive(new), "the new process serves");
+    assert!(proxy.wait_exit().success(), "the old process exits cleanly");
+    assert!(!alive(old) || std::fs::read_to_string(format!("/proc/{old}/stat")).is_ok_and(|s| s.contains(") Z")));
+    assert_eq!(common::get(proxy.addr, "/").body_str(), "served", "the new process answers on the same port");
+    proxy.stderr.wait_for("the handover logged", |l| l.contains(&format!("upgrade: pid {new} serves now")));
+}
