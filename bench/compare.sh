@@ -4,6 +4,11 @@
 #   bench/compare.sh                 # full run: every scenario, 1 and 2 threads, 3 alternating runs
 #   DURATION=5 RUNS=3 bench/compare.sh
 #   SCENARIOS="small close" THREADS=1 bench/compare.sh
+#   SCENARIOS="tls-small tls-close tls-idle10k" PROXIES="shoal haproxy nginx" bench/compare.sh
+#   SHOAL_BASE=/path/to/older/shoal PROXIES="shoal shoal-base haproxy" SCENARIOS="small close" bench/compare.sh
+#
+# shoal-base runs another shoal binary (an older build, say) with the plain listener only, to compare two
+# versions in one run.
 #
 # Installs what it needs (HAProxy, nginx, wrk from Debian; oha from crates.io), builds shoal in release mode,
 # prints a table and writes it to bench/RESULTS.md. Every load is bounded in time (DURATION seconds) or count.
@@ -16,10 +21,12 @@ DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 THREADS=${THREADS:-"1 2"}
 PROXIES=${PROXIES:-"shoal shoal-splice haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"small close 1mib post64k idle10k"}
+SCENARIOS=${SCENARIOS:-"small close 1mib post64k idle10k tls-small tls-close tls-idle10k"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 BACKEND_PORT=18100
 PROXY_PORT=18080
+# Every proxy also terminates TLS here, on one ECDSA P-256 certificate (cert and key in one PEM file).
+TLS_PORT=18443
 export PATH="$HOME/.cargo/bin:$PATH"
 
 install() {
@@ -71,6 +78,14 @@ mem_kib() {
   echo "$total"
 }
 
+write_certificate() {
+  mkdir -p "$OUT/tls"
+  [ -s "$OUT/tls/site.pem" ] && return
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 -subj /CN=bench.test \
+    -addext subjectAltName=DNS:bench.test -keyout "$OUT/tls/key.pem" -out "$OUT/tls/cert.pem" 2>/dev/null
+  cat "$OUT/tls/cert.pem" "$OUT/tls/key.pem" >"$OUT/tls/site.pem"
+}
+
 write_backend() {
   mkdir -p "$OUT/backend/www"
   printf 'hello world\n' >"$OUT/backend/www/index.html"
@@ -100,7 +115,13 @@ start_proxy() {
       local splice=0
       [ "$proxy" = shoal-splice ] && splice=65536
       "$ROOT/target/release/shoal" proxy --listen "127.0.0.1:$PROXY_PORT" --backend "s1=127.0.0.1:$BACKEND_PORT" \
+        --tls-listen "127.0.0.1:$TLS_PORT" --tls-cert "$OUT/tls/site.pem" --gossip 127.0.0.1:0 \
         --threads "$threads" --access-log off --max-connections 12000 --splice-min "$splice" >"$dir/out.log" 2>&1 &
+      ;;
+    shoal-base)
+      "${SHOAL_BASE:?set SHOAL_BASE to the binary to compare}" proxy --listen "127.0.0.1:$PROXY_PORT" \
+        --backend "s1=127.0.0.1:$BACKEND_PORT" --gossip 127.0.0.1:0 --threads "$threads" --access-log off \
+        --max-connections 12000 >"$dir/out.log" 2>&1 &
       ;;
     haproxy)
       cat >"$dir/haproxy.cfg" <<CONF
@@ -119,8 +140,10 @@ defaults
   option forwardfor
 frontend fe
   bind 127.0.0.1:$PROXY_PORT
+  bind 127.0.0.1:$TLS_PORT ssl crt $OUT/tls/site.pem alpn http/1.1
   maxconn 12000
-  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+  http-request set-header X-Forwarded-Proto http unless { ssl_fc }
   http-request set-header X-Forwarded-Port %[dst_port]
   default_backend nodes
 backend nodes
@@ -139,12 +162,15 @@ http {
   upstream nodes { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
   server {
     listen 127.0.0.1:$PROXY_PORT reuseport backlog=4096;
+    listen 127.0.0.1:$TLS_PORT ssl reuseport backlog=4096;
+    ssl_certificate $OUT/tls/site.pem; ssl_certificate_key $OUT/tls/site.pem;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
     client_max_body_size 1m; client_body_buffer_size 128k;
     location / {
       proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_buffering off;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto http; proxy_set_header X-Forwarded-Port \$server_port;
+      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Port \$server_port;
     }
   }
 }
@@ -175,6 +201,10 @@ generate() {
     1mib) wrk -t1 -c8 -d"${DURATION}s" --latency "http://127.0.0.1:$port/1m" >"$log" ;;
     post64k) wrk -t1 -c16 -d"${DURATION}s" --latency -s "$ROOT/bench/post64k.lua" "http://127.0.0.1:$port/upload" >"$log" ;;
     close) oha -z "${DURATION}s" -c 64 --disable-keepalive --no-tui --output-format json "http://127.0.0.1:$port/" >"$log" ;;
+    # TLS: the same loads over https to the TLS listener (the backend is the same plain nginx).
+    tls-small) wrk -t1 -c64 -d"${DURATION}s" --latency "https://127.0.0.1:$TLS_PORT/" >"$log" ;;
+    tls-close) oha -z "${DURATION}s" -c 64 --disable-keepalive --insecure --no-tui --output-format json \
+      "https://127.0.0.1:$TLS_PORT/" >"$log" ;;
   esac
 }
 
@@ -186,7 +216,7 @@ load() {
   { time generate "$scenario" "$port" "$log"; } 2>"$log.cpu"
   client_cpu=$(awk '{printf "%.2f", $1 + $2}' "$log.cpu")
   case $scenario in
-    close)
+    close | tls-close)
       python3 - "$log" "$client_cpu" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -214,7 +244,7 @@ idle() {
   base=$(mem_kib "$pid" VmRSS)
   fifo="$OUT/idle.fifo"
   rm -f "$fifo"; mkfifo "$fifo"
-  python3 "$ROOT/bench/idle_conns.py" 127.0.0.1 "$port" -n "$IDLE_CONNS" --hold 120 <"$fifo" >"$log" 2>&1 &
+  python3 "$ROOT/bench/idle_conns.py" 127.0.0.1 "$port" -n "$IDLE_CONNS" --hold 120 ${4:-} <"$fifo" >"$log" 2>&1 &
   local client=$!
   exec 4>"$fifo"
   local i
@@ -239,6 +269,7 @@ machine() {
 main() {
   install
   mkdir -p "$OUT"
+  write_certificate
   write_backend
   nginx -c "$OUT/backend/nginx.conf" -p "$OUT/backend" &
   local backend=$!
@@ -251,7 +282,10 @@ main() {
     for scenario in $SCENARIOS; do
       for threads in $THREADS; do
         local order=$PROXIES
-        [ "$scenario" != idle10k ] && [ "$threads" = "$(echo "$THREADS" | awk '{print $1}')" ] && order="direct $PROXIES"
+        case $scenario in
+          idle10k | tls-*) ;;
+          *) [ "$threads" = "$(echo "$THREADS" | awk '{print $1}')" ] && order="direct $PROXIES" ;;
+        esac
         for proxy in $order; do
           # Only bodies of 64 KiB and more are spliced: elsewhere shoal-splice would be shoal again.
           if [ "$proxy" = shoal-splice ] && [ "$scenario" != 1mib ] && [ "$scenario" != post64k ]; then continue; fi
@@ -259,8 +293,10 @@ main() {
           local port=$PROXY_PORT
           [ "$proxy" = direct ] && port=$BACKEND_PORT && pid=$backend
           echo "run $run: $scenario, $threads thread(s), $proxy" >&2
-          if [ "$scenario" = idle10k ]; then
-            read -r base held peak failed < <(idle "$pid" "$port" "$OUT/last.log")
+          if [ "$scenario" = idle10k ] || [ "$scenario" = tls-idle10k ]; then
+            local tls_flag=""
+            [ "$scenario" = tls-idle10k ] && port=$TLS_PORT && tls_flag=--tls
+            read -r base held peak failed < <(idle "$pid" "$port" "$OUT/last.log" "$tls_flag")
             printf '%s\t%s\t%s\t%s\t0\t-\t-\t%s\t0\t%s\t%s\t%s\t-\t-\n' "$scenario" "$threads" "$proxy" "$run" "$failed" "$peak" "$base" "$held" >>"$raw"
           else
             # Warm up pools and caches, then measure.

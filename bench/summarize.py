@@ -23,18 +23,21 @@ TITLES = {
     "close": "New connection per request, 64 concurrent (oha --disable-keepalive -c64)",
     "1mib": "1 MiB responses, keep-alive, 8 connections (wrk -t1 -c8)",
     "post64k": "64 KiB POST uploads, keep-alive, 16 connections (wrk -t1 -c16)",
+    "tls-small": "TLS: small GETs over https, keep-alive, 64 connections (wrk -t1 -c64)",
+    "tls-close": "TLS: a new TLS connection per request, 64 concurrent (oha --disable-keepalive -c64); CPU us/req is per handshake",
 }
 
 out = ["# Benchmark results", "", "Produced by `bench/compare.sh`; medians of %s alternating runs of %s s each." % (runs, duration), ""]
 out += ["Machine:", "", machine, ""]
-ORDER = {"direct": 0, "shoal": 1, "shoal-splice": 2, "haproxy": 3, "nginx": 4}
+ORDER = {"direct": 0, "shoal": 1, "shoal-base": 2, "shoal-splice": 3, "haproxy": 4, "nginx": 5}
 scenarios = []
 for r in rows:
     if r["scenario"] not in scenarios:
         scenarios.append(r["scenario"])
 for sc in scenarios:
-    if sc == "idle10k":
-        out += ["## %s idle keep-alive connections (one request each, then held)" % idle_conns, ""]
+    if sc in ("idle10k", "tls-idle10k"):
+        what = "TLS connections" if sc == "tls-idle10k" else "keep-alive connections"
+        out += ["## %s idle %s (one request each, then held)" % (idle_conns, what), ""]
         out += ["| threads | proxy | failed | RSS before (MiB) | RSS held (MiB) | per connection (KiB) | peak RSS (MiB) | peak vs HAProxy |",
                 "|---|---|---|---|---|---|---|---|"]
         for (s, th, px), rs in sorted(groups.items()):
@@ -72,7 +75,7 @@ out += ["## How the two cores were shared", "",
         "how many of the machine's cores the three kept busy. The proxy's share is all any proxy can change.", "",
         "| scenario | threads | proxy | requests/s | generator us/req | backend us/req | proxy us/req | total us/req | cores busy |",
         "|---|---|---|---|---|---|---|---|---|"]
-for (s, th, px) in sorted((k for k in groups if k[0] != "idle10k"),
+for (s, th, px) in sorted((k for k in groups if not k[0].endswith("idle10k")),
                           key=lambda k: (scenarios.index(k[0]), int(k[1]), ORDER.get(k[2], 9))):
     rs = groups[(s, th, px)]
     rps, cpu, client, backend = (med(rs, k) for k in ("rps", "cpu_s", "client_cpu_s", "backend_cpu_s"))
