@@ -109,17 +109,6 @@ fn csv_page_and_metrics_count_what_clients_saw() {
     assert_eq!(admin_get(&proxy, "/nope").0, 404);
 }
 
-/// One runtime API exchange as `socat - tcp:HOST:9999` makes it: send the line, read until the proxy closes.
-fn runtime(proxy: &Proxy, line: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(proxy.runtime_api()).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The bodies of `n` GETs in a row.
 fn bodies(proxy: &Proxy, n: usize) -> Vec<String> {
     (0..n).map(|_| common::get(proxy.addr, "/").body_str()).collect()
@@ -137,44 +126,44 @@ fn runtime_api_sets_server_state_and_weight() {
     let proxy = proxy_with(1, &[("s1", one.addr), ("s2", two.addr)]);
     let status_of = |server: &str| csv(&proxy)[&format!("nodes/{server}")]["status"].clone();
 
-    let stat = runtime(&proxy, "show stat");
+    let stat = proxy.runtime("show stat");
     assert!(stat.starts_with("# pxname,svname,") && stat.ends_with("\n\n"), "CSV then an empty line: {stat:?}");
 
-    assert_eq!(runtime(&proxy, "set server nodes/s1 state maint"), "\n");
+    assert_eq!(proxy.runtime("set server nodes/s1 state maint"), "\n");
     assert_eq!(count(&bodies(&proxy, 4), "two"), 4, "s1 in maintenance takes nothing");
     assert_eq!(status_of("s1"), "MAINT");
 
-    assert_eq!(runtime(&proxy, "set server nodes/s1 state drain"), "\n");
+    assert_eq!(proxy.runtime("set server nodes/s1 state drain"), "\n");
     assert_eq!(count(&bodies(&proxy, 4), "two"), 4, "a draining s1 takes nothing new");
     assert_eq!(status_of("s1"), "DRAIN");
 
     // Two commands on one line, as HAProxy allows.
-    assert_eq!(runtime(&proxy, "set server nodes/s1 state ready; set server nodes/s1 weight 300"), "\n\n");
+    assert_eq!(proxy.runtime("set server nodes/s1 state ready; set server nodes/s1 weight 300"), "\n\n");
     let seen = bodies(&proxy, 8);
     assert_eq!((count(&seen, "one"), count(&seen, "two")), (6, 2), "weights 300:100: {seen:?}");
     assert_eq!((status_of("s1"), csv(&proxy)["nodes/s1"]["weight"].clone()), ("UP".into(), "300".into()));
 
-    let state = runtime(&proxy, "show servers state");
+    let state = proxy.runtime("show servers state");
     let mut lines = state.lines();
     assert_eq!(lines.next(), Some("1"));
     assert!(lines.next().unwrap().starts_with("# be_id be_name srv_id srv_name srv_addr srv_op_state"));
     let s1: Vec<&str> = lines.next().unwrap().split(' ').collect();
     assert_eq!((s1[1], s1[3], s1[5], s1[6], s1[7]), ("nodes", "s1", "2", "0", "300"), "{state}");
 
-    assert_eq!(runtime(&proxy, "disable server nodes/s2"), "\n");
+    assert_eq!(proxy.runtime("disable server nodes/s2"), "\n");
     assert_eq!(count(&bodies(&proxy, 3), "one"), 3);
-    assert_eq!(runtime(&proxy, "enable server nodes/s2"), "\n");
+    assert_eq!(proxy.runtime("enable server nodes/s2"), "\n");
 
-    assert_eq!(runtime(&proxy, "set server nodes/nope state maint"), "No such server.\n\n");
-    assert_eq!(runtime(&proxy, "set server other/s1 state maint"), "No such backend.\n\n");
-    assert!(runtime(&proxy, "set server nodes/s1 state sleepy").contains("expects 'ready', 'drain' and 'maint'"));
-    assert!(runtime(&proxy, "bogus").starts_with("Unknown command: 'bogus'"));
+    assert_eq!(proxy.runtime("set server nodes/nope state maint"), "No such server.\n\n");
+    assert_eq!(proxy.runtime("set server other/s1 state maint"), "No such backend.\n\n");
+    assert!(proxy.runtime("set server nodes/s1 state sleepy").contains("expects 'ready', 'drain' and 'maint'"));
+    assert!(proxy.runtime("bogus").starts_with("Unknown command: 'bogus'"));
     let long = format!("set server nodes/s1 state maint {}; show stat", "x".repeat(5000));
-    assert_eq!(runtime(&proxy, &long), "Line too long.\n\n", "nothing of an over-long line is run");
+    assert_eq!(proxy.runtime(&long), "Line too long.\n\n", "nothing of an over-long line is run");
     assert_eq!(status_of("s1"), "UP");
 
     // Interactive: a prompt after each answer until quit.
-    let session = runtime(&proxy, "prompt\nshow info\nquit");
+    let session = proxy.runtime("prompt\nshow info\nquit");
     assert!(session.starts_with("> Name: shoal\n") && session.ends_with("\n\n> "), "{session:?}");
     proxy.stderr.wait_for("the change logged", |l| l.contains("runtime API: server nodes/s1 weight set to 300"));
 }

@@ -47,8 +47,12 @@ fn leastconn_sends_new_requests_away_from_a_busy_server() {
 
 #[test]
 fn an_unknown_algorithm_is_refused_by_name() {
-    let out = common::shoal().args(["proxy", "--check", "--balance", "random"]).output().unwrap();
+    let out =
+        common::shoal().args(["proxy", "--check", "--gossip", "127.0.0.1:0", "--balance", "bogus"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--balance") && err.contains("roundrobin or leastconn"), "{err}");
+    assert!(
+        err.contains("--balance") && err.contains("roundrobin, leastconn, random, source, uri or hdr(NAME)"),
+        "{err}"
+    );
 }

@@ -254,23 +254,6 @@ fn weights_from_agents_share_traffic() {
     assert_eq!((heavy_share, light_share), (300, 100), "weights 300:100 over 400 requests");
 }
 
-/// `shoal webapp` named `name` on a free loopback port, as a process of its own that a test can kill.
-fn webapp(name: &str) -> (common::Process, String) {
-    let addr = common::free_port().to_string();
-    let child = common::shoal()
-        .args(["webapp", "--listen", &addr, "--name", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("webapp");
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "webapp did not start");
-        std::thread::yield_now();
-    }
-    (common::Process(child), addr)
-}
-
 fn frontend_requests(proxy: &Proxy) -> u64 {
     let text = common::get(proxy.admin(), "/metrics").body_str();
     let line = text.lines().find(|l| l.starts_with("shoal_frontend_requests_total ")).expect("metric");
@@ -280,12 +263,12 @@ fn frontend_requests(proxy: &Proxy) -> u64 {
 #[test]
 fn wrk_sees_no_error_while_a_node_and_its_app_are_killed() {
     let proxy = Proxy::start(&["--access-log", "off"]);
-    let (_survivor_app, survivor) = webapp("survivor");
+    let (_survivor_app, survivor) = common::webapp("survivor");
     let _survivor = Agent::start(&survivor, &proxy.gossip(), &["--name", "survivor"]);
     wait_routed(&proxy, "\"host\":\"survivor\"");
     for run in 1..=10 {
         let name = format!("doomed{run}");
-        let (mut app, addr) = webapp(&name);
+        let (mut app, addr) = common::webapp(&name);
         let mut agent = Agent::start(&addr, &proxy.gossip(), &["--name", &name]);
         wait_routed(&proxy, &format!("\"host\":\"{name}\""));
         let url = format!("http://{}/", proxy.addr);

@@ -16,6 +16,8 @@ hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,";
 struct Row<'a> {
     pxname: &'a str,
     svname: &'a str,
+    /// Requests queued (servers and the backend); `None` for frontends.
+    qcur: Option<u64>,
     scur: u64,
     slim: Option<u64>,
     totals: &'a Totals,
@@ -35,6 +37,7 @@ pub fn render(s: &Snapshot) -> String {
     row(Row {
         pxname: FRONTEND,
         svname: "FRONTEND",
+        qcur: None,
         scur: s.connections,
         slim: Some(s.max_connections),
         totals: &s.frontend,
@@ -49,6 +52,7 @@ pub fn render(s: &Snapshot) -> String {
         row(Row {
             pxname: FRONTEND_TLS,
             svname: "FRONTEND",
+            qcur: None,
             scur: 0,
             slim: Some(s.max_connections),
             totals: tls,
@@ -64,8 +68,9 @@ pub fn render(s: &Snapshot) -> String {
         row(Row {
             pxname: BACKEND,
             svname: &server.name,
+            qcur: Some(server.queued),
             scur: server.in_flight,
-            slim: None,
+            slim: server.maxconn,
             totals: &server.totals,
             status: server.status,
             weight: Some(u64::from(server.weight)),
@@ -80,6 +85,7 @@ pub fn render(s: &Snapshot) -> String {
     row(Row {
         pxname: BACKEND,
         svname: "BACKEND",
+        qcur: Some(s.servers.iter().map(|v| v.queued).sum()),
         scur: s.servers.iter().map(|v| v.in_flight).sum(),
         slim: None,
         totals: &s.backend,
@@ -109,7 +115,7 @@ fn write_row(out: &mut String, r: &Row) {
         "{},{},{},{},{},,{},{},,{},,,{ereq},{econ},{eresp},{wretr},,{},{},{},{},,,,,,1,{},{},,{lbtot},,{},,,,,,,",
         r.pxname,
         r.svname,
-        if frontend { "" } else { "0" },
+        opt(r.qcur),
         if frontend { "" } else { "0" },
         r.scur,
         opt(r.slim),

@@ -19,6 +19,9 @@ pub struct Server {
     pub status: &'static str,
     pub weight: u16,
     pub in_flight: u64,
+    /// Requests waiting for one of its `maxconn` slots.
+    pub queued: u64,
+    pub maxconn: Option<u64>,
     pub totals: Totals,
 }
 
@@ -65,6 +68,8 @@ impl Snapshot {
                 status: if state == ServerState::Up && b.is_ejected() { "DOWN" } else { state.as_str() },
                 weight,
                 in_flight: b.in_flight() as u64,
+                queued: u64::from(b.queued()),
+                maxconn: b.maxconn().map(u64::from),
                 totals: b.counters.sum(),
             })
             .collect();

@@ -16,6 +16,8 @@ pub struct CheckConfig {
     pub interval: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// Statuses that pass, inclusive.
+    pub expect: (u16, u16),
 }
 
 /// Rise/fall bookkeeping, separate from the I/O so it can be tested alone.
@@ -30,6 +32,11 @@ pub struct Verdicts {
 impl Verdicts {
     pub fn new(rise: u32, fall: u32) -> Verdicts {
         Verdicts { healthy: None, streak: 0, rise: rise.max(1), fall: fall.max(1) }
+    }
+
+    /// Healthy until `fall` checks fail in a row, as HAProxy's servers start UP.
+    pub fn starting_up(rise: u32, fall: u32) -> Verdicts {
+        Verdicts { healthy: Some(true), ..Verdicts::new(rise, fall) }
     }
 
     /// Records one check; returns the new health when it changes.
@@ -60,7 +67,7 @@ impl Verdicts {
     }
 }
 
-/// One check: connect, send the request, and pass on a 2xx or 3xx status line.
+/// One check: connect, send the request, and pass on a status within the expected range.
 pub async fn check(service: SocketAddr, config: &CheckConfig) -> Result<(), String> {
     let attempt = async {
         let mut stream = TcpStream::connect(service).await.map_err(|e| format!("connect: {e}"))?;
@@ -76,9 +83,16 @@ pub async fn check(service: SocketAddr, config: &CheckConfig) -> Result<(), Stri
                 Err(e) => return Err(format!("read: {e}")),
             }
         }
-        match &head[..12] {
-            [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', b'2' | b'3', _, _] => Ok(()),
-            other => Err(format!("status {:?}", String::from_utf8_lossy(&other[9..12]))),
+        let status = match &head[..12] {
+            [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', code @ ..] => {
+                std::str::from_utf8(code).ok().and_then(|c| c.parse::<u16>().ok())
+            }
+            _ => None,
+        };
+        match status {
+            Some(code) if (config.expect.0..=config.expect.1).contains(&code) => Ok(()),
+            Some(code) => Err(format!("status {code}")),
+            None => Err(format!("not an HTTP status line: {:?}", String::from_utf8_lossy(&head[..12]))),
         }
     };
     timeout(config.interval, attempt).await.unwrap_or_else(|_| Err("timed out".into()))

@@ -2,6 +2,7 @@
 //! proxies route to it; optionally supervises the app (`-- CMD ARGS`). On SIGTERM/SIGINT it leaves the
 //! cluster, then stops the app, and exits with the app's status.
 
+mod capacity;
 pub mod health;
 mod supervise;
 
@@ -9,9 +10,10 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::cluster::{self, Announce, Cluster, Member, Membership, NodeState, Role};
+use crate::cluster::{self, Announce, Member, Membership, NodeState, Role};
 use crate::config::AgentConfig;
 use crate::signals::StopSignals;
+use capacity::{Admin, Report};
 use health::{CheckConfig, Verdicts};
 use supervise::Supervisor;
 
@@ -70,6 +72,8 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
     runtime.block_on(async {
         let mut verdicts = config.check.as_ref().map(|c| Verdicts::new(c.rise, c.fall));
         let mut next_check = tokio::time::Instant::now();
+        let mut next_agent_check = tokio::time::Instant::now();
+        let mut said = Said { healthy: config.check.is_none(), report: Report::default(), failing: false };
         loop {
             tokio::select! {
                 _ = signals.stop.recv() => break,
@@ -84,7 +88,17 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
                 _ = tokio::time::sleep_until(next_check), if config.check.is_some() => {
                     let check = config.check.as_ref().expect("guarded");
                     next_check += check.interval;
-                    run_check(&config, check, verdicts.as_mut().expect("with check"), &node).await;
+                    if let Some(healthy) = run_check(&config, check, verdicts.as_mut().expect("with check")).await {
+                        said.healthy = healthy;
+                        node.set_state(said.state(&config));
+                    }
+                }
+                _ = tokio::time::sleep_until(next_agent_check), if config.agent_check.is_some() => {
+                    next_agent_check += config.agent_inter;
+                    let source = config.agent_check.as_deref().expect("guarded");
+                    if said.agent_check(source, config.agent_inter).await {
+                        node.set_state(said.state(&config));
+                    }
                 }
             }
         }
@@ -101,17 +115,64 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
     Ok(status.map_or(0, supervise::exit_code))
 }
 
-async fn run_check(config: &AgentConfig, check: &CheckConfig, verdicts: &mut Verdicts, node: &Cluster) {
+/// One health check; the new verdict when it changes.
+async fn run_check(config: &AgentConfig, check: &CheckConfig, verdicts: &mut Verdicts) -> Option<bool> {
     let result = health::check(config.service, check).await;
     if let Err(reason) = &result {
         tracing::debug!("health check of {} failed: {reason}", config.service);
     }
-    if let Some(healthy) = verdicts.record(result.is_ok()) {
-        match &result {
-            Ok(()) => tracing::info!("service {} is healthy", config.service),
-            Err(reason) => tracing::warn!("service {} is unhealthy: {reason}", config.service),
+    let healthy = verdicts.record(result.is_ok())?;
+    match &result {
+        Ok(()) => tracing::info!("service {} is healthy", config.service),
+        Err(reason) => tracing::warn!("service {} is unhealthy: {reason}", config.service),
+    }
+    Some(healthy)
+}
+
+/// What the agent says of its node: the health check's verdict and the agent check's report together.
+struct Said {
+    healthy: bool,
+    report: Report,
+    /// The agent check fails: the report is set aside (logged once per failing spell).
+    failing: bool,
+}
+
+impl Said {
+    fn state(&self, config: &AgentConfig) -> NodeState {
+        let percent = u64::from(self.report.percent.unwrap_or(100));
+        NodeState {
+            healthy: self.healthy && self.report.up != Some(false),
+            draining: self.report.admin == Some(Admin::Drain),
+            maint: self.report.admin == Some(Admin::Maint),
+            weight: (u64::from(config.weight) * percent / 100).min(u64::from(u16::MAX)) as u16,
+            tags: config.tags.clone(),
         }
-        node.set_state(NodeState { healthy, draining: false, weight: config.weight, tags: config.tags.clone() });
+    }
+
+    /// Asks the app; true when what it says changed. A failing check falls back to the configured weight and
+    /// state, with a log line.
+    async fn agent_check(&mut self, source: &str, limit: std::time::Duration) -> bool {
+        let answer = capacity::ask(source, limit).await.and_then(|line| capacity::parse(&line));
+        let report = match answer {
+            Ok(report) => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("agent check answers again");
+                }
+                report
+            }
+            Err(why) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::warn!("agent check {source:?} failed ({why}): back to the configured weight and state");
+                }
+                Report::default()
+            }
+        };
+        if report == self.report {
+            return false;
+        }
+        tracing::info!("agent check: {report:?}");
+        self.report = report;
+        true
     }
 }
 

@@ -2,13 +2,50 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use std::sync::Arc;
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::counters::PerThread;
+use super::hash::key_hash;
 use crate::config::BackendSpec;
+
+/// What the servers of one proxy share: how many data-plane threads count their requests, and the requests in
+/// flight on all of them together (HAProxy's backend `served`), the load bounded hashing compares a server
+/// with.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    threads: usize,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    pub fn new(threads: usize) -> Pool {
+        Pool { threads, in_flight: Arc::default() }
+    }
+}
+
+/// A server's `maxconn` slots and the requests waiting for one.
+#[derive(Debug)]
+struct Slots {
+    maxconn: u32,
+    free: Arc<Semaphore>,
+    waiting: AtomicU32,
+    maxqueue: u32,
+}
+
+/// Why a request could not get a slot on a full server.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    #[error("the server's queue is full")]
+    Full,
+    #[error("no slot freed within the queue timeout")]
+    Timeout,
+}
 
 /// A server requests can be sent to.
 ///
@@ -29,13 +66,22 @@ pub struct Backend {
     suspicions: AtomicU64,
     /// Requests currently using this server, on any thread.
     in_flight: AtomicUsize,
+    /// Requests in flight on every server of the pool.
+    pool_in_flight: Arc<AtomicUsize>,
+    /// Recent response time in microseconds, peak-sensitive (see `record_latency`); 0 before any.
+    latency_us: AtomicU64,
+    /// `maxconn`, when the server has one.
+    slots: Option<Slots>,
+    /// What the sticky cookie says for this server: a hash of its name, the same on every proxy and across
+    /// restarts, which says nothing about its address.
+    pub cookie_id: u64,
     /// What happened to requests sent here, per data-plane thread.
     pub counters: PerThread,
 }
 
 impl Backend {
-    /// A server counted by `threads` data-plane threads.
-    pub fn new(spec: &BackendSpec, threads: usize) -> Backend {
+    /// A server of `pool`.
+    pub fn new(spec: &BackendSpec, pool: &Pool) -> Backend {
         let literal = spec.host.parse::<IpAddr>().ok().map(|ip| Arc::new(SocketAddr::new(ip, spec.port)));
         Backend {
             name: ArcSwap::from_pointee(spec.name.clone()),
@@ -45,8 +91,61 @@ impl Backend {
             ejected: AtomicBool::new(false),
             suspicions: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            counters: PerThread::new(threads),
+            pool_in_flight: pool.in_flight.clone(),
+            latency_us: AtomicU64::new(0),
+            slots: (spec.maxconn > 0).then(|| Slots {
+                maxconn: spec.maxconn,
+                free: Arc::new(Semaphore::new(spec.maxconn as usize)),
+                waiting: AtomicU32::new(0),
+                maxqueue: spec.maxqueue,
+            }),
+            cookie_id: key_hash(format!("shoal server {}", spec.name).as_bytes()),
+            counters: PerThread::new(pool.threads),
         }
+    }
+
+    /// The sticky cookie's value for this server.
+    pub fn cookie(&self) -> String {
+        format!("{:016x}", self.cookie_id)
+    }
+
+    /// Whether every `maxconn` slot is taken.
+    pub fn is_full(&self) -> bool {
+        self.slots.as_ref().is_some_and(|s| s.free.available_permits() == 0)
+    }
+
+    /// Counts a request against this server if it has room for it now (always, without `maxconn`).
+    pub fn try_enter(self: &Arc<Self>) -> Option<InFlight> {
+        let permit = match &self.slots {
+            None => None,
+            Some(s) => Some(s.free.clone().try_acquire_owned().ok()?),
+        };
+        Some(self.clone().counted(permit))
+    }
+
+    /// Waits for a slot on a full server, in its queue, at most `limit`.
+    pub async fn enter_queued(self: &Arc<Self>, limit: Duration) -> Result<InFlight, QueueError> {
+        let Some(s) = &self.slots else { return Ok(self.clone().counted(None)) };
+        if s.waiting.fetch_add(1, Ordering::Relaxed) >= s.maxqueue {
+            s.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(QueueError::Full);
+        }
+        let got = tokio::time::timeout(limit, s.free.clone().acquire_owned()).await;
+        s.waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Ok(Ok(permit)) => Ok(self.clone().counted(Some(permit))),
+            _ => Err(QueueError::Timeout),
+        }
+    }
+
+    /// `maxconn`, if the server has one (HAProxy's `slim`).
+    pub fn maxconn(&self) -> Option<u32> {
+        self.slots.as_ref().map(|s| s.maxconn)
+    }
+
+    /// Requests waiting for a slot (HAProxy's `qcur`).
+    pub fn queued(&self) -> u32 {
+        self.slots.as_ref().map_or(0, |s| s.waiting.load(Ordering::Relaxed))
     }
 
     pub fn name(&self) -> Arc<String> {
@@ -85,14 +184,45 @@ impl Backend {
         self.suspicions.load(Ordering::Relaxed)
     }
 
-    /// Counts a request against this server until the guard drops; the guard keeps the server.
+    /// Counts a request against this server until the guard drops, ignoring `maxconn` (tests, and requests
+    /// already admitted).
     pub fn enter(self: Arc<Self>) -> InFlight {
+        self.counted(None)
+    }
+
+    fn counted(self: Arc<Self>, permit: Option<OwnedSemaphorePermit>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+        self.pool_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { backend: self, _slot: permit }
     }
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Folds one response time into the average: a slower sample counts at once, a faster one by 1/8, so a
+    /// server that turns slow is shunned at once and trusted again gradually (linkerd's peak EWMA).
+    pub fn record_latency(&self, us: u64) {
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 || us >= old { us } else { old - (old - us) / 8 };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// The recent response time in microseconds, at least 1.
+    pub fn latency_us(&self) -> u64 {
+        self.latency_us.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Lets the average fade by a quarter: a server shunned for being slow gets no new samples, so without
+    /// this it would stay shunned after it recovers. Busy servers' fresh samples outweigh the fading.
+    pub fn fade_latency(&self) {
+        let old = self.latency_us.load(Ordering::Relaxed);
+        self.latency_us.store(old - old / 4, Ordering::Relaxed);
+    }
+
+    /// Requests in flight on every server of this one's pool.
+    pub fn pool_in_flight(&self) -> usize {
+        self.pool_in_flight.load(Ordering::Relaxed)
     }
 
     fn is_literal(&self) -> bool {
@@ -120,17 +250,22 @@ impl Backend {
     }
 }
 
-/// A request in flight to a server (see [`Backend::enter`]).
-pub struct InFlight(Arc<Backend>);
+/// A request in flight to a server (see [`Backend::try_enter`]), holding its `maxconn` slot if any.
+pub struct InFlight {
+    backend: Arc<Backend>,
+    /// Released when the request ends, for the next one waiting.
+    _slot: Option<OwnedSemaphorePermit>,
+}
 
 impl InFlight {
     pub fn backend(&self) -> &Arc<Backend> {
-        &self.0
+        &self.backend
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.pool_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -84,7 +84,10 @@ impl PerThread {
 
     /// The slot of data-plane thread `thread`.
     pub fn slot(&self, thread: usize) -> &Slot {
-        &self.slots[thread % self.slots.len()]
+        match self.slots.get(thread) {
+            Some(slot) => slot,
+            None => &self.slots[thread % self.slots.len()],
+        }
     }
 
     /// All threads' counts added up.

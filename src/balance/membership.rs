@@ -4,16 +4,18 @@
 //! The [`Publisher`] is shared by the cluster thread (membership changes) and the runtime API (overrides);
 //! both republish through it. Neither is on the request path, which only loads the published snapshot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::{Backend, BackendSet, ServerState, SharedBackends};
+use super::{Backend, BackendSet, Pool, ServerState, SharedBackends};
 use crate::cluster::{Member, Membership, NodeId, Role};
+use crate::config::value::DEFAULT_MAXQUEUE;
 use crate::config::BackendSpec;
 
 /// What an operator set on a server (HAProxy's `set server ... state|weight`).
@@ -37,17 +39,23 @@ pub struct Publisher {
     known: HashMap<(SocketAddr, u64), Arc<Backend>>,
     members: Vec<Member>,
     overrides: HashMap<String, Override>,
-    /// Data-plane threads, each with its own counter slot in every backend.
-    threads: usize,
+    /// What every server shares (data-plane threads, the total load).
+    pool: Pool,
     /// Bumped after every publish: data-plane threads abandon connects to servers that left rotation.
     changes: watch::Sender<u64>,
+    /// Static servers their health checks say are down, by name.
+    statics_down: HashSet<String>,
+    /// `--slowstart`: how long a server new to rotation takes to reach its full weight.
+    slowstart: Duration,
+    /// When each server (by the address of its `Backend`) came into rotation, while it is still ramping up.
+    ramping: HashMap<usize, Instant>,
 }
 
 impl Publisher {
     pub fn new(
         statics: Vec<(Arc<Backend>, u16)>,
         shared: SharedBackends,
-        threads: usize,
+        pool: Pool,
         changes: watch::Sender<u64>,
     ) -> Arc<Mutex<Publisher>> {
         let mut p = Publisher {
@@ -56,8 +64,11 @@ impl Publisher {
             known: HashMap::new(),
             members: Vec::new(),
             overrides: HashMap::new(),
-            threads,
+            pool,
             changes,
+            statics_down: HashSet::new(),
+            slowstart: Duration::ZERO,
+            ramping: HashMap::new(),
         };
         p.publish();
         Arc::new(Mutex::new(p))
@@ -79,6 +90,33 @@ impl Publisher {
         Ok(())
     }
 
+    /// `--slowstart` (a reload may change it).
+    pub fn set_slowstart(&mut self, window: Duration) {
+        self.slowstart = window;
+    }
+
+    /// A static server's health check changed its verdict.
+    pub fn set_static_health(&mut self, name: &str, healthy: bool) {
+        let changed = if healthy { self.statics_down.remove(name) } else { self.statics_down.insert(name.to_string()) };
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// The static servers, for their health checks.
+    pub fn statics(&self) -> Vec<Arc<Backend>> {
+        self.statics.iter().map(|(b, _)| b.clone()).collect()
+    }
+
+    /// Republishes while a server ramps up, so its weight follows the clock; true while any does.
+    pub fn tick(&mut self) -> bool {
+        if self.ramping.is_empty() {
+            return false;
+        }
+        self.publish();
+        true
+    }
+
     /// The gossip addresses of the members in rotation now.
     pub fn routable_members(&self) -> Vec<SocketAddr> {
         self.members.iter().filter(|m| m.is_routable()).map(|m| m.id.gossip).collect()
@@ -94,10 +132,8 @@ impl Publisher {
                 let same = |(b, _): &&(Arc<Backend>, u16)| {
                     *b.name() == spec.name && b.host == spec.host && b.port == spec.port
                 };
-                let backend = old
-                    .iter()
-                    .find(same)
-                    .map_or_else(|| Arc::new(Backend::new(spec, self.threads)), |(b, _)| b.clone());
+                let backend =
+                    old.iter().find(same).map_or_else(|| Arc::new(Backend::new(spec, &self.pool)), |(b, _)| b.clone());
                 (backend, spec.weight)
             })
             .collect();
@@ -142,9 +178,16 @@ impl Publisher {
     }
 
     fn publish(&mut self) {
-        let threads = self.threads;
-        let mut servers: Vec<(Arc<Backend>, u16, ServerState)> =
-            self.statics.iter().map(|(b, weight)| (b.clone(), *weight, ServerState::Up)).collect();
+        let pool = self.pool.clone();
+        let mut servers: Vec<(Arc<Backend>, u16, ServerState)> = self
+            .statics
+            .iter()
+            .map(|(b, weight)| {
+                let state =
+                    if self.statics_down.contains(b.name().as_str()) { ServerState::Down } else { ServerState::Up };
+                (b.clone(), *weight, state)
+            })
+            .collect();
         for m in &self.members {
             let Some(service) = m.id.service else { continue };
             let backend = self.known.entry((m.id.gossip, m.id.generation)).or_insert_with(|| {
@@ -153,11 +196,15 @@ impl Publisher {
                     host: service.ip().to_string(),
                     port: service.port(),
                     weight: m.weight(),
+                    maxconn: 0,
+                    maxqueue: DEFAULT_MAXQUEUE,
                 };
-                Arc::new(Backend::new(&spec, threads))
+                Arc::new(Backend::new(&spec, &pool))
             });
             let state = if m.is_routable() {
                 ServerState::Up
+            } else if m.is_maint() {
+                ServerState::Maint
             } else if m.is_draining() {
                 ServerState::Drain
             } else {
@@ -176,6 +223,7 @@ impl Publisher {
             };
         }
         readmit_recovered(&self.shared.load(), &servers);
+        self.ramp(&mut servers);
         let set = BackendSet::new(servers);
         let up = set.rotation().len();
         let known = set.servers.len();
@@ -183,6 +231,47 @@ impl Publisher {
         self.changes.send_modify(|n| *n += 1);
         // Logged once published: tests (and operators) take this line to mean the set is in effect.
         tracing::info!("backend set now has {up} servers in rotation, {known} known");
+    }
+}
+
+impl Publisher {
+    /// Scales the weight of servers that came into rotation less than `--slowstart` ago, and keeps track of
+    /// which do. A server already UP when slow start is first seen (or at the proxy's start) is not ramped.
+    fn ramp(&mut self, servers: &mut [(Arc<Backend>, u16, ServerState)]) {
+        if self.slowstart.is_zero() {
+            self.ramping.clear();
+            return;
+        }
+        let old = self.shared.load();
+        let was_up: HashSet<usize> = old
+            .servers
+            .iter()
+            .zip(&old.states)
+            .filter(|(_, s)| **s == ServerState::Up)
+            .map(|(b, _)| Arc::as_ptr(b) as usize)
+            .collect();
+        let now = Instant::now();
+        let first = old.servers.is_empty();
+        let mut ramping = HashMap::new();
+        for (backend, weight, state) in servers.iter_mut() {
+            let key = Arc::as_ptr(backend) as usize;
+            if *state != ServerState::Up {
+                continue;
+            }
+            let since = match (self.ramping.get(&key), was_up.contains(&key) || first) {
+                (Some(since), _) => *since,
+                (None, true) => continue,
+                (None, false) => now,
+            };
+            let elapsed = now.duration_since(since);
+            if elapsed >= self.slowstart {
+                continue;
+            }
+            let share = elapsed.as_millis() as u64 * 1000 / self.slowstart.as_millis().max(1) as u64;
+            *weight = ((u64::from(*weight) * share / 1000) as u16).max(1);
+            ramping.insert(key, since);
+        }
+        self.ramping = ramping;
     }
 }
 
@@ -245,9 +334,12 @@ mod tests {
 
     #[test]
     fn the_newest_of_two_members_of_one_name_takes_it() {
-        let statics = vec![(Arc::new(Backend::new(&crate::config::value::backend("s0=10.0.0.9:80").unwrap(), 1)), 100)];
+        let statics = vec![(
+            Arc::new(Backend::new(&crate::config::value::backend("s0=10.0.0.9:80").unwrap(), &Pool::new(1))),
+            100,
+        )];
         let shared = crate::balance::shared(BackendSet::default());
-        let publisher = Publisher::new(statics, shared, 1, watch::channel(0).0);
+        let publisher = Publisher::new(statics, shared, Pool::new(1), watch::channel(0).0);
         let mut p = publisher.lock();
         let (old, new) = (member("web-1", "10.0.0.1:7946", 5), member("web-1", "10.0.0.2:7946", 9));
         p.update(std::slice::from_ref(&old));

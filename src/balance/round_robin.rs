@@ -39,10 +39,11 @@ impl RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::Pool;
     use crate::config::value::backend;
 
     fn server(port: usize) -> Arc<Backend> {
-        Arc::new(Backend::new(&backend(&format!("127.0.0.1:{port}")).unwrap(), 1))
+        Arc::new(Backend::new(&backend(&format!("127.0.0.1:{port}")).unwrap(), &Pool::new(1)))
     }
 
     fn set(n: usize) -> BackendSet {

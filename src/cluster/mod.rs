@@ -133,7 +133,7 @@ pub fn start(
     // Guessed from the interfaces: the first route to a seed will tell better (see `Node::adopt_route`).
     let guessed = config.advertise.is_none() && bound.ip().is_unspecified() && !config.join.is_empty();
     let service_follows = me.service.is_some_and(|s| s.ip().is_unspecified());
-    let state = NodeState { healthy: !me.checked, draining: false, weight: me.weight, tags: me.tags };
+    let state = NodeState { healthy: !me.checked, weight: me.weight, tags: me.tags, ..NodeState::default() };
     let keyring = config.keys.load().map_err(io::Error::other)?;
     tracing::info!("gossip on {bound}, advertised as {advertised}");
     let sealer = match keyring {

@@ -216,7 +216,9 @@ impl Node {
                 _ = housekeeping.tick() => self.housekeeping(),
                 command = commands.recv() => match command {
                     Some(Command::SetState(state)) => {
-                        self.state = NodeState { draining: self.state.draining, ..state };
+                        // A drain for leaving stays, whatever else the agent reports (its agent check may drain too).
+                        let leaving = self.drain.is_some() || self.leaving;
+                        self.state = NodeState { draining: state.draining || leaving, ..state };
                         self.broadcast_state();
                     }
                     Some(Command::Drain(within, done)) => {

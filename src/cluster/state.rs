@@ -24,11 +24,13 @@ pub struct NodeState {
     pub draining: bool,
     pub weight: u16,
     pub tags: Vec<(String, String)>,
+    /// The node's own agent check said `maint`: out of rotation, shown as MAINT.
+    pub maint: bool,
 }
 
 impl Default for NodeState {
     fn default() -> Self {
-        NodeState { healthy: true, draining: false, weight: 100, tags: Vec::new() }
+        NodeState { healthy: true, draining: false, weight: 100, tags: Vec::new(), maint: false }
     }
 }
 
@@ -44,9 +46,13 @@ impl Member {
     /// state broadcast has said it is healthy.
     pub fn is_routable(&self) -> bool {
         match &self.state {
-            Some(s) => s.healthy && !s.draining,
+            Some(s) => s.healthy && !s.draining && !s.maint,
             None => !self.id.checked,
         }
+    }
+
+    pub fn is_maint(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.maint)
     }
 
     pub fn is_draining(&self) -> bool {

@@ -136,6 +136,14 @@ pub struct AgentArgs {
     /// Consecutive failures to become unhealthy.
     #[arg(long, env = "SHOAL_FALL", value_name = "N", default_value_t = 3)]
     pub fall: u32,
+    /// Learn this node's capacity at run time, as HAProxy's agent-check: an http:// URL whose answer's first
+    /// body line, or a shell command whose first output line, says `75%`, `ready`, `drain`, `maint` or
+    /// `down`; gossiped to the proxies.
+    #[arg(long, env = "SHOAL_AGENT_CHECK", value_name = "URL|CMD")]
+    pub agent_check: Option<String>,
+    /// Time between agent checks.
+    #[arg(long, env = "SHOAL_AGENT_INTER", value_name = "DURATION", default_value = "2s", value_parser = value::duration)]
+    pub agent_inter: Duration,
     /// On SIGTERM, longest wait for the proxies to stop sending requests before leaving anyway.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = value::duration)]
     pub drain_timeout: Duration,
@@ -174,9 +182,10 @@ pub struct ProxyArgs {
     /// Longest TLS handshake [default: 5s].
     #[arg(long, env = "SHOAL_TIMEOUT_HANDSHAKE", value_name = "DURATION", value_parser = value::duration)]
     pub timeout_handshake: Option<Duration>,
-    /// Static backend `[NAME=]HOST:PORT` (repeatable); host names are resolved when connecting.
-    #[arg(long, env = "SHOAL_BACKEND", value_name = "BACKEND", value_delimiter = ',', value_parser = value::backend)]
-    pub backend: Vec<BackendSpec>,
+    /// Static backend `[NAME=]HOST:PORT[,weight=N][,maxconn=N][,maxqueue=N]` (repeatable, or several
+    /// separated by commas); host names are resolved when connecting.
+    #[arg(long, env = "SHOAL_BACKEND", value_name = "BACKEND", value_parser = value::backends)]
+    pub backend: Vec<Vec<BackendSpec>>,
     /// Admin and stats listener [default: 0.0.0.0:1936].
     #[arg(long, env = "SHOAL_ADMIN", value_name = "ADDR", value_parser = value::listen_addr)]
     pub admin: Option<SocketAddr>,
@@ -184,9 +193,38 @@ pub struct ProxyArgs {
     /// loopback unless told otherwise [default: 127.0.0.1:9999].
     #[arg(long, env = "SHOAL_RUNTIME_API", value_name = "ADDR", value_parser = value::listen_addr)]
     pub runtime_api: Option<SocketAddr>,
-    /// How servers are chosen: roundrobin (weighted) or leastconn [default: roundrobin].
+    /// How servers are chosen: roundrobin (weighted), leastconn, random (two choices), or consistent hashing
+    /// of the client address (source), the path (uri) or a header (hdr(NAME)) [default: roundrobin].
     #[arg(long, env = "SHOAL_BALANCE", value_name = "ALGORITHM", value_parser = value::balance)]
     pub balance: Option<value::Balance>,
+    /// With a hashing algorithm, a server above this percent of the average load passes keys on to the next
+    /// (HAProxy's hash-balance-factor); 0: off [default: 0].
+    #[arg(long, env = "SHOAL_HASH_BALANCE_FACTOR", value_name = "PERCENT")]
+    pub hash_balance_factor: Option<u32>,
+    /// leastconn and random also weigh servers by their recent response times: on or off [default: off].
+    #[arg(long, env = "SHOAL_LATENCY_AWARE", value_name = "on|off", value_parser = value::switch)]
+    pub latency_aware: Option<bool>,
+    /// Sticky sessions: insert this cookie naming the server (HAProxy's `cookie NAME insert indirect nocache`).
+    #[arg(long, env = "SHOAL_STICKY_COOKIE", value_name = "NAME")]
+    pub sticky_cookie: Option<String>,
+    /// A server new to rotation, or back in it, ramps its weight up over this long; 0: off [default: 0].
+    #[arg(long, env = "SHOAL_SLOWSTART", value_name = "DURATION", value_parser = value::duration)]
+    pub slowstart: Option<Duration>,
+    /// Health-check static servers (--backend) with an HTTP request to this path, as HAProxy's `check`.
+    #[arg(long, env = "SHOAL_BACKEND_CHECK_PATH", value_name = "PATH")]
+    pub backend_check_path: Option<String>,
+    /// Time between checks of static servers (also each check's timeout) [default: 2s].
+    #[arg(long, env = "SHOAL_BACKEND_CHECK_INTERVAL", value_name = "DURATION", value_parser = value::duration)]
+    pub backend_check_interval: Option<Duration>,
+    /// Consecutive passes for a static server to be UP again [default: 2].
+    #[arg(long, env = "SHOAL_BACKEND_RISE", value_name = "N")]
+    pub backend_rise: Option<u32>,
+    /// Consecutive failures for a static server to be DOWN [default: 3].
+    #[arg(long, env = "SHOAL_BACKEND_FALL", value_name = "N")]
+    pub backend_fall: Option<u32>,
+    /// Statuses a check accepts, LOW-HIGH [default: 200-399].
+    #[arg(long, env = "SHOAL_BACKEND_CHECK_STATUS", value_name = "LOW-HIGH", value_parser = value::status_range)]
+    pub backend_check_status: Option<(u16, u16)>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Data-plane threads, one accept loop each [default: the number of cores].
@@ -204,6 +242,9 @@ pub struct ProxyArgs {
     /// Client inactivity while a body is being sent or received [default: 50s].
     #[arg(long, env = "SHOAL_TIMEOUT_CLIENT", value_name = "DURATION", value_parser = value::duration)]
     pub timeout_client: Option<Duration>,
+    /// Longest wait in a full server's queue (servers with maxconn) before a 503 [default: 5s].
+    #[arg(long, env = "SHOAL_TIMEOUT_QUEUE", value_name = "DURATION", value_parser = value::duration)]
+    pub timeout_queue: Option<Duration>,
     /// Longest time to connect to a backend [default: 5s].
     #[arg(long, env = "SHOAL_TIMEOUT_CONNECT", value_name = "DURATION", value_parser = value::duration)]
     pub timeout_connect: Option<Duration>,

@@ -27,6 +27,8 @@ pub struct Timeouts {
     pub idle: Duration,
     /// `timeout client`.
     pub client: Duration,
+    /// `timeout queue`: a request waiting for a full server.
+    pub queue: Duration,
     /// `timeout connect`.
     pub connect: Duration,
     /// How long one attempt may go unanswered (a connect, or a sent request's TCP acknowledgement) before it
@@ -68,6 +70,15 @@ pub struct ProxyConfig {
     /// Where the runtime API (HAProxy's stats socket commands) listens.
     pub runtime_api: SocketAddr,
     pub balance: value::Balance,
+    /// `--hash-balance-factor` (percent; 0: off).
+    pub hash_balance_factor: u32,
+    pub latency_aware: bool,
+    /// Sticky sessions: the cookie's name.
+    pub sticky_cookie: Option<String>,
+    /// How long a server new to rotation ramps its weight up; zero: no ramp.
+    pub slowstart: Duration,
+    /// HTTP checks of the static servers, if asked for.
+    pub backend_check: Option<crate::agent::health::CheckConfig>,
     pub cluster: ClusterConfig,
     pub threads: usize,
     pub pin_cpus: bool,
@@ -247,6 +258,9 @@ pub struct AgentConfig {
     pub weight: u16,
     pub tags: Vec<(String, String)>,
     pub check: Option<crate::agent::health::CheckConfig>,
+    /// `--agent-check`: where the node's capacity is read (a URL or a shell command), and how often.
+    pub agent_check: Option<String>,
+    pub agent_inter: Duration,
     pub drain_timeout: Duration,
     pub cluster: ClusterConfig,
     /// The app to supervise, if any.
@@ -282,8 +296,11 @@ impl AgentConfig {
                     interval: args.check_interval,
                     rise: args.rise,
                     fall: args.fall,
+                    expect: (200, 399),
                 }),
             },
+            agent_check: args.agent_check.clone(),
+            agent_inter: args.agent_inter,
             drain_timeout: args.drain_timeout,
             cluster: cluster_config(&args.cluster, &nowhere, &nowhere.values)?,
             command: args.command.clone(),
@@ -292,6 +309,11 @@ impl AgentConfig {
 }
 
 impl ProxyConfig {
+    /// The settings every thread's algorithm shares.
+    pub fn balance_options(&self) -> crate::balance::Options {
+        crate::balance::Options { hash_factor: self.hash_balance_factor, latency: self.latency_aware }
+    }
+
     /// Merges flags (clap has already applied env) over the file over defaults, then validates.
     pub fn load(args: &ProxyArgs) -> Result<ProxyConfig, ConfigError> {
         let src = match &args.config {
@@ -333,7 +355,7 @@ impl ProxyConfig {
         let backends = if args.backend.is_empty() {
             s.get("backend", &f.backend, |v| file_list(v, value::backend))?.unwrap_or_default()
         } else {
-            args.backend.clone()
+            args.backend.concat()
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let config = ProxyConfig {
@@ -350,7 +372,62 @@ impl ProxyConfig {
                 .runtime_api
                 .or(s.get("runtime_api", &f.runtime_api, |v| value::listen_addr(v))?)
                 .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9999)),
-            balance: args.balance.or(s.get("balance", &f.balance, |v| value::balance(v))?).unwrap_or_default(),
+            balance: args.balance.clone().or(s.get("balance", &f.balance, |v| value::balance(v))?).unwrap_or_default(),
+            hash_balance_factor: {
+                let factor = count(
+                    args.hash_balance_factor.map(|v| v as usize),
+                    "hash-balance-factor",
+                    &f.hash_balance_factor,
+                    0,
+                )?;
+                if factor != 0 && factor < 100 {
+                    return Err(ConfigError::Field {
+                        field: "hash-balance-factor",
+                        message: format!("{factor} is below 100: a server may always carry at least the average"),
+                    });
+                }
+                in_range("hash-balance-factor", factor, 0, 100_000)? as u32
+            },
+            latency_aware: args.latency_aware.or(f.latency_aware.as_ref().map(|v| *v.get_ref())).unwrap_or(false),
+            sticky_cookie: match &args.sticky_cookie {
+                Some(name) => Some(
+                    value::cookie_name(name)
+                        .map_err(|message| ConfigError::Field { field: "sticky-cookie", message })?,
+                ),
+                None => s.get("sticky-cookie", &f.sticky_cookie, |v| value::cookie_name(v))?,
+            },
+            slowstart: dur(args.slowstart, "slowstart", &f.slowstart, Duration::ZERO)?,
+            backend_check: match args.backend_check_path.clone().or(s.get(
+                "backend-check-path",
+                &f.backend_check_path,
+                |v| Ok(v.clone()),
+            )?) {
+                None => None,
+                Some(path) if !path.starts_with('/') => {
+                    return Err(ConfigError::Field {
+                        field: "backend-check-path",
+                        message: format!("{path:?} must start with /"),
+                    })
+                }
+                Some(path) => Some(crate::agent::health::CheckConfig {
+                    method: "HEAD".into(),
+                    path,
+                    interval: dur(
+                        args.backend_check_interval,
+                        "backend-check-interval",
+                        &f.backend_check_interval,
+                        Duration::from_secs(2),
+                    )?,
+                    rise: count(args.backend_rise.map(|v| v as usize), "backend-rise", &f.backend_rise, 2)? as u32,
+                    fall: count(args.backend_fall.map(|v| v as usize), "backend-fall", &f.backend_fall, 3)? as u32,
+                    expect: match args.backend_check_status {
+                        Some(range) => range,
+                        None => s
+                            .get("backend-check-status", &f.backend_check_status, |v| value::status_range(v))?
+                            .unwrap_or((200, 399)),
+                    },
+                }),
+            },
             cluster: cluster_config(&args.cluster, s, f)?,
             threads: in_range("threads", count(args.threads, "threads", &f.threads, cores)?, 1, 1024)?,
             pin_cpus: args.pin_cpus.or(f.pin_cpus.as_ref().map(|v| *v.get_ref())).unwrap_or(false),
@@ -359,6 +436,7 @@ impl ProxyConfig {
                 idle: dur(args.timeout_idle, "timeout-idle", &f.timeout_idle, Duration::from_secs(50))?,
                 client: dur(args.timeout_client, "timeout-client", &f.timeout_client, Duration::from_secs(50))?,
                 connect: dur(args.timeout_connect, "timeout-connect", &f.timeout_connect, Duration::from_secs(5))?,
+                queue: dur(args.timeout_queue, "timeout-queue", &f.timeout_queue, Duration::from_secs(5))?,
                 attempt: dur(args.timeout_attempt, "timeout-attempt", &f.timeout_attempt, Duration::from_millis(250))?,
                 server: dur(args.timeout_server, "timeout-server", &f.timeout_server, Duration::from_secs(50))?,
                 tunnel: dur(args.timeout_tunnel, "timeout-tunnel", &f.timeout_tunnel, Duration::from_secs(3600))?,
@@ -416,6 +494,7 @@ impl ProxyConfig {
             ("timeout-client", config.timeouts.client),
             ("timeout-connect", config.timeouts.connect),
             ("timeout-attempt", config.timeouts.attempt),
+            ("timeout-queue", config.timeouts.queue),
             ("timeout-server", config.timeouts.server),
             ("timeout-tunnel", config.timeouts.tunnel),
             ("timeout-handshake", config.timeouts.handshake),

@@ -14,24 +14,52 @@ pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// How a server is chosen for each request (HAProxy's `balance`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Balance {
     /// Weighted round robin.
     #[default]
     RoundRobin,
     /// The server with the fewest requests in flight for its weight.
     LeastConn,
+    /// The less loaded of two servers drawn at random, by weight (power of two choices).
+    Random,
+    /// Consistent hashing of the client's address.
+    Source,
+    /// Consistent hashing of the path (before `?`).
+    Uri,
+    /// Consistent hashing of a request header's value.
+    Header(String),
 }
 
-pub fn balance(s: &str) -> Result<Balance, String> {
-    match s.trim() {
-        "roundrobin" => Ok(Balance::RoundRobin),
-        "leastconn" => Ok(Balance::LeastConn),
-        other => Err(format!("{other:?} is not a balancing algorithm: roundrobin or leastconn")),
+impl Balance {
+    /// Whether the algorithm hashes a request key onto a ring.
+    pub fn hashes(&self) -> bool {
+        matches!(self, Balance::Source | Balance::Uri | Balance::Header(_))
     }
 }
 
-/// A backend: `[NAME=]HOST:PORT[ weight=N]`. The host may be a name resolved when connecting.
+pub fn balance(s: &str) -> Result<Balance, String> {
+    let s = s.trim();
+    if let Some(name) = s.strip_prefix("hdr(").and_then(|r| r.strip_suffix(')')) {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+            return Err(format!("{s:?}: hdr(NAME) needs a header name"));
+        }
+        return Ok(Balance::Header(name.to_ascii_lowercase()));
+    }
+    match s {
+        "roundrobin" => Ok(Balance::RoundRobin),
+        "leastconn" => Ok(Balance::LeastConn),
+        "random" => Ok(Balance::Random),
+        "source" => Ok(Balance::Source),
+        "uri" => Ok(Balance::Uri),
+        other => Err(format!(
+            "{other:?} is not a balancing algorithm: roundrobin, leastconn, random, source, uri or hdr(NAME)"
+        )),
+    }
+}
+
+/// A backend: `[NAME=]HOST:PORT[,weight=N][,maxconn=N][,maxqueue=N]` (options after commas or spaces). The
+/// host may be a name resolved when connecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     pub name: String,
@@ -39,22 +67,32 @@ pub struct BackendSpec {
     pub port: u16,
     /// Relative share of traffic, as HAProxy's `weight` (100 unless given; 0 keeps it out of rotation).
     pub weight: u16,
+    /// Most requests in flight at once (HAProxy's `maxconn`); 0: no limit. More wait in a queue.
+    pub maxconn: u32,
+    /// Most requests waiting for this server (HAProxy's `maxqueue`); beyond, the request is answered 503.
+    pub maxqueue: u32,
 }
+
+/// Requests that may wait for a full server unless `maxqueue` says otherwise.
+pub const DEFAULT_MAXQUEUE: u32 = 1024;
 
 /// The weight of a static server, and of an agent that does not say.
 pub const DEFAULT_WEIGHT: u16 = 100;
 
 pub fn backend(s: &str) -> Result<BackendSpec, String> {
     let s = s.trim();
-    let mut words = s.split_whitespace();
+    let mut words = s.split(|c: char| c.is_whitespace() || c == ',').filter(|w| !w.is_empty());
     let server = words.next().ok_or_else(|| "an empty backend".to_string())?;
-    let mut weight = DEFAULT_WEIGHT;
+    let (mut weight, mut maxconn, mut maxqueue) = (DEFAULT_WEIGHT, 0, DEFAULT_MAXQUEUE);
     for option in words {
+        let number = |v: &str, what: &str| v.parse::<u32>().map_err(|_| format!("{s:?}: {what} {v:?} is not a number"));
         match option.split_once('=') {
             Some(("weight", w)) => {
                 weight = w.parse().map_err(|_| format!("{s:?}: weight {w:?} is not a number from 0 to 65535"))?
             }
-            _ => return Err(format!("{s:?}: unknown option {option:?} (weight=N)")),
+            Some(("maxconn", v)) => maxconn = number(v, "maxconn")?,
+            Some(("maxqueue", v)) => maxqueue = number(v, "maxqueue")?,
+            _ => return Err(format!("{s:?}: unknown option {option:?} (weight=N, maxconn=N, maxqueue=N)")),
         }
     }
     let (name, addr) = match server.split_once('=') {
@@ -73,7 +111,29 @@ pub fn backend(s: &str) -> Result<BackendSpec, String> {
             return Err(format!("invalid server name {n:?}: use letters, digits, '-', '_', '.'"));
         }
     }
-    Ok(BackendSpec { name: name.unwrap_or(addr).to_string(), host: host.to_string(), port, weight })
+    Ok(BackendSpec { name: name.unwrap_or(addr).to_string(), host: host.to_string(), port, weight, maxconn, maxqueue })
+}
+
+/// One or more backends separated by commas (`s1=web1:3000,weight=50,s2=web2:3000`): a word that is one of
+/// the options (`weight=N`, `maxconn=N`, `maxqueue=N`) belongs to the server before it.
+pub fn backends(s: &str) -> Result<Vec<BackendSpec>, String> {
+    let is_option = |word: &str| {
+        word.split_once('=').is_some_and(|(k, v)| ["weight", "maxconn", "maxqueue"].contains(&k) && !v.contains(':'))
+    };
+    let mut servers: Vec<String> = Vec::new();
+    for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match servers.last_mut() {
+            Some(server) if is_option(word) => {
+                server.push(' ');
+                server.push_str(word);
+            }
+            _ => servers.push(word.to_string()),
+        }
+    }
+    if servers.is_empty() {
+        return Err("an empty backend".into());
+    }
+    servers.iter().map(|server| backend(server)).collect()
 }
 
 /// A duration: a number with a unit (`ms`, `s`, `m`, `h`, `d`), or a bare number of milliseconds as in HAProxy.
@@ -108,6 +168,27 @@ pub fn tag(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A status range `LOW-HIGH` (or one status).
+pub fn status_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a status range like 200-399");
+    let (lo, hi) = s.trim().split_once('-').unwrap_or((s.trim(), s.trim()));
+    let (lo, hi): (u16, u16) = (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?);
+    if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+/// A sticky cookie's name: an HTTP token, as RFC 6265 requires.
+pub fn cookie_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"))
+    }
+}
+
 /// `on`/`off` and the usual boolean spellings.
 pub fn switch(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -136,9 +217,21 @@ mod tests {
         assert_eq!((b.name.as_str(), b.host.as_str()), ("[::1]:81", "::1"));
         assert_eq!(backend("s2=web:3000 weight=50").unwrap().weight, 50);
         assert_eq!(backend("web:3000").unwrap().weight, 100);
-        for bad in ["web", "web:0", "=web:1", "web:x", ":80", "web:80 weight=x", "web:80 maxconn=3"] {
+        let b = backend("web:80 maxconn=3 maxqueue=7").unwrap();
+        assert_eq!((b.maxconn, b.maxqueue), (3, 7));
+        assert_eq!(balance("hdr(X-User)").unwrap(), Balance::Header("x-user".into()));
+        assert!(balance("hdr()").is_err() && balance("ring").is_err());
+        for bad in ["web", "web:0", "=web:1", "web:x", ":80", "web:80 weight=x", "web:80 slowstart=3"] {
             assert!(backend(bad).is_err(), "{bad}");
         }
+        let list = backends("s1=web1:3000,weight=50,maxconn=2, s2=web2:3000,weight=10.0.0.1:80").unwrap();
+        let got: Vec<_> = list.iter().map(|b| (b.name.as_str(), b.weight, b.maxconn)).collect();
+        assert_eq!(
+            got,
+            [("s1", 50, 2), ("s2", 100, 0), ("weight", 100, 0)],
+            "an option belongs to the server before it"
+        );
+        assert!(backends("").is_err() && backends("web:1,maxconn=x").is_err());
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub fn request_round_trip(input: &[u8]) {
     lower_minor_version(&mut buf);
     let Ok(Some(req)) = parse_request(&buf, &LIMITS) else { return };
     let mut out = Vec::new();
-    let fwd = Forwarded { client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), port: 80, tls: false };
+    let fwd =
+        Forwarded { client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), port: 80, tls: false, strip_cookie: None };
     upstream_request(&req, &fwd, &mut out);
     let again = match parse_request(&out, &ROOMY) {
         Ok(Some(again)) => again,
@@ -54,7 +55,8 @@ pub fn response_round_trip(input: &[u8]) {
     let upgrade = resp.status == 101;
     let dechunk = flags & 2 != 0 && resp.body == ResponseBody::Chunked;
     let close = !upgrade && (flags & 4 != 0 || dechunk || resp.body == ResponseBody::UntilClose);
-    let delivery = Delivery { close, dechunk, http10_keep_alive: !close && !upgrade && flags & 8 != 0, upgrade };
+    let delivery =
+        Delivery { close, dechunk, http10_keep_alive: !close && !upgrade && flags & 8 != 0, upgrade, set_cookie: None };
     let mut out = Vec::new();
     client_response(&resp, &delivery, &mut out);
     let again = match parse_response(&out, &ROOMY, request_is_head) {

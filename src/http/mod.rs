@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod chunked;
+pub mod cookie;
 pub mod error;
 pub mod fields;
 pub mod request;

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
+use super::cookie;
 use super::fields;
 use super::request::{Request, RequestBody};
 use super::response::{Response, ResponseBody};
@@ -11,16 +12,18 @@ use super::Version;
 
 /// Facts about the client connection that the backend is told in X-Forwarded-* fields.
 #[derive(Debug, Clone, Copy)]
-pub struct Forwarded {
+pub struct Forwarded<'a> {
     pub client_ip: IpAddr,
     /// The port the client connected to (HAProxy's `%[dst_port]`).
     pub port: u16,
     /// The client connected over TLS: `X-Forwarded-Proto: https`.
     pub tls: bool,
+    /// The sticky-session cookie, removed from `Cookie` before the request reaches the app.
+    pub strip_cookie: Option<&'a str>,
 }
 
 /// The head sent to the backend for `req`.
-pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded, out: &mut Vec<u8>) {
+pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.target.as_bytes());
@@ -32,6 +35,12 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded, out: &mut Vec<u8>) {
         let replaced = n.eq_ignore_ascii_case(b"x-forwarded-proto") || n.eq_ignore_ascii_case(b"x-forwarded-port");
         let named_by_connection = req.connection.names(n) && !fields::is_protected(n);
         if fields::is_hop_by_hop(n) || named_by_connection || replaced {
+            continue;
+        }
+        if let (Some(sticky), true) = (fwd.strip_cookie, n.eq_ignore_ascii_case(b"cookie")) {
+            if let Some(rest) = cookie::without(value, sticky) {
+                field(out, n, &rest);
+            }
             continue;
         }
         field(out, n, value);
@@ -62,7 +71,7 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded, out: &mut Vec<u8>) {
 
 /// How the response is delivered to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivery {
+pub struct Delivery<'a> {
     /// The client connection closes after this response.
     pub close: bool,
     /// Chunked framing is removed (an HTTP/1.0 client); the body then ends when the connection closes.
@@ -71,10 +80,12 @@ pub struct Delivery {
     pub http10_keep_alive: bool,
     /// A 101 that starts a tunnel: Upgrade is kept.
     pub upgrade: bool,
+    /// `NAME=VALUE` of a sticky-session cookie to set.
+    pub set_cookie: Option<&'a str>,
 }
 
 /// The head sent to the client for `resp`.
-pub fn client_response(resp: &Response<'_>, delivery: &Delivery, out: &mut Vec<u8>) {
+pub fn client_response(resp: &Response<'_>, delivery: &Delivery<'_>, out: &mut Vec<u8>) {
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
     // A bodiless answer to HEAD or a 304 still describes the representation's length.
     let keep_length = resp.body == ResponseBody::None && !(100..200).contains(&resp.status) && resp.status != 204;
@@ -107,6 +118,20 @@ pub fn client_response(resp: &Response<'_>, delivery: &Delivery, out: &mut Vec<u
         }
         ResponseBody::Chunked | ResponseBody::None => {}
     }
+    if let Some(cookie) = delivery.set_cookie {
+        let _ = write!(out, "Set-Cookie: {cookie}; Path=/; HttpOnly\r\n");
+        // A shared cache must not hand this cookie to others (HAProxy's `nocache`), unless the response is
+        // already kept out of shared caches.
+        let private = resp.headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("cache-control") && {
+                let v = String::from_utf8_lossy(v).to_ascii_lowercase();
+                v.contains("private") || v.contains("no-store")
+            }
+        });
+        if !private {
+            field(out, b"Cache-Control", b"no-cache=\"Set-Cookie\"");
+        }
+    }
     if delivery.upgrade {
         field(out, b"Connection", b"upgrade");
     } else if delivery.close {
@@ -136,7 +161,11 @@ mod tests {
     fn rewrite_request(raw: &[u8]) -> String {
         let req = parse_request(raw, &LIMITS).unwrap().unwrap();
         let mut out = Vec::new();
-        upstream_request(&req, &Forwarded { client_ip: "10.0.0.9".parse().unwrap(), port: 80, tls: false }, &mut out);
+        upstream_request(
+            &req,
+            &Forwarded { client_ip: "10.0.0.9".parse().unwrap(), port: 80, tls: false, strip_cookie: None },
+            &mut out,
+        );
         String::from_utf8(out).unwrap()
     }
 
@@ -175,7 +204,8 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    const KEEP: Delivery = Delivery { close: false, dechunk: false, http10_keep_alive: false, upgrade: false };
+    const KEEP: Delivery =
+        Delivery { close: false, dechunk: false, http10_keep_alive: false, upgrade: false, set_cookie: None };
 
     #[test]
     fn response_rewrites() {

@@ -14,7 +14,11 @@ use super::exchange::{self, Plan};
 use super::refusal;
 use super::transport::Transport;
 use super::worker::Worker;
-use crate::http::request::{lower_minor_version, parse_request};
+use crate::balance::{key_hash, Affinity};
+use crate::config::value::Balance;
+use crate::config::ProxyConfig;
+use crate::http::cookie;
+use crate::http::request::{lower_minor_version, parse_request, Request};
 use crate::http::rewrite::{self, Forwarded};
 use crate::http::HeadLimits;
 
@@ -127,11 +131,12 @@ async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Hea
                     if !T::TLS && config.redirect_https && https_port != 0 {
                         return Head::Redirect(https_location(&req, https_port), req.line(), started);
                     }
-                    let fwd =
-                        Forwarded { client_ip: client.peer.ip().to_canonical(), port: client.local_port, tls: T::TLS };
+                    let client_ip = client.peer.ip().to_canonical();
+                    let sticky = config.sticky_cookie.as_deref();
+                    let fwd = Forwarded { client_ip, port: client.local_port, tls: T::TLS, strip_cookie: sticky };
                     let mut head = Vec::with_capacity(req.head_len + 128);
                     rewrite::upstream_request(&req, &fwd, &mut head);
-                    let plan = Plan::new(&req, worker.log_enabled());
+                    let plan = Plan::new(&req, worker.log_enabled(), affinity(&req, &config, client_ip));
                     let len = req.head_len;
                     client.buf.advance(len);
                     return Head::Ready(plan, head, started);
@@ -154,9 +159,29 @@ async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Hea
     }
 }
 
+/// What the balancing algorithm may use of a request: the server its sticky cookie names, and the hash of
+/// its key under a hashing algorithm (the client's address, the path before `?`, or a header's value).
+fn affinity(req: &Request<'_>, config: &ProxyConfig, client_ip: std::net::IpAddr) -> Affinity {
+    let header = |name: &str| req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
+    let cookie = config.sticky_cookie.as_deref().and_then(|name| {
+        let values = req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie"));
+        values.filter_map(|(_, v)| cookie::find(v, name)).find_map(cookie::server_id)
+    });
+    let hash = match &config.balance {
+        Balance::Source => Some(match client_ip {
+            std::net::IpAddr::V4(ip) => key_hash(&ip.octets()),
+            std::net::IpAddr::V6(ip) => key_hash(&ip.octets()),
+        }),
+        Balance::Uri => Some(key_hash(req.target.split('?').next().unwrap_or("").as_bytes())),
+        Balance::Header(name) => header(name).map(key_hash),
+        _ => None,
+    };
+    Affinity { cookie, hash }
+}
+
 /// `https://HOST[:PORT]/PATH` for a plain request: its Host without the port, the TLS listener's port unless
 /// it is 443, and the path of its target.
-fn https_location(req: &crate::http::request::Request<'_>, port: u16) -> String {
+fn https_location(req: &Request<'_>, port: u16) -> String {
     let host = req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map_or(&b""[..], |(_, v)| *v);
     let host = String::from_utf8_lossy(host);
     let name = match host.rfind(':') {

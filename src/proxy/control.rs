@@ -95,7 +95,11 @@ impl Control {
             }
         }
         self.shared.tls.store(tls);
-        self.publisher.lock().set_statics(&new.backends);
+        {
+            let mut publisher = self.publisher.lock();
+            publisher.set_slowstart(new.slowstart);
+            publisher.set_statics(&new.backends);
+        }
         for (group, per_thread) in added {
             tracing::info!("{} on {} (reload)", if group.tls { "accepting TLS" } else { "listening" }, group.bound);
             for (tx, sockets) in self.commands.iter().zip(per_thread) {

@@ -16,7 +16,7 @@ use super::transport::Transport;
 use super::upstream::{self, ConnectError, Upstream};
 use super::worker::Worker;
 use super::{refusal, tunnel};
-use crate::balance::{Backend, InFlight};
+use crate::balance::{Affinity, Backend, InFlight, Pick};
 use crate::http::request::{Request, RequestBody};
 use crate::http::Version;
 
@@ -26,6 +26,8 @@ const MAX_RETRIES: u32 = 3;
 /// What the exchange needs to remember of the request head once its bytes are gone.
 pub struct Plan {
     body: RequestBody,
+    /// The sticky cookie and key hash the algorithm may use.
+    pub affinity: Affinity,
     pub is_head: bool,
     pub http10: bool,
     pub keep_alive: bool,
@@ -35,9 +37,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(req: &Request<'_>, keep_line: bool) -> Plan {
+    pub fn new(req: &Request<'_>, keep_line: bool, affinity: Affinity) -> Plan {
         Plan {
             body: req.body,
+            affinity,
             is_head: req.is_head(),
             http10: req.version == Version::Http10,
             keep_alive: req.keep_alive,
@@ -65,15 +68,22 @@ pub async fn run<T: Transport>(
     started: Started,
 ) -> bool {
     let config = worker.config();
-    let mut log =
-        LogState { started, server: None, reached_server: false, connected: None, responded: None, retries: 0 };
+    let mut log = LogState {
+        started,
+        server: None,
+        reached_server: false,
+        queued: None,
+        connected: None,
+        responded: None,
+        retries: 0,
+    };
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
     let connect_deadline = Instant::now() + config.timeouts.connect;
     // Why the last attempt that reached a server failed: the answer if no server is left to retry on.
     let mut last_failure: Option<Failure> = None;
     loop {
-        let Some(picked) = worker.pick_backend(&tried) else {
+        let Some(Pick { backend: picked, by_cookie }) = worker.pick_backend(&plan.affinity, &tried) else {
             return match last_failure {
                 Some(failure) => fail(worker, client, &plan, &log, failure).await,
                 None => answer(worker, client, &plan, &log, 503, *b"SC").await,
@@ -82,8 +92,25 @@ pub async fn run<T: Transport>(
         // The only server left already lost a pooled connection for this request: a fresh one, then.
         let fresh_only = tried.iter().any(|t| Arc::ptr_eq(t, &picked));
         let hurry = worker.has_alternative(&picked, &tried);
-        // Counted from the pick on, so a draining server is acknowledged only once nothing here uses it.
-        let backend = log.server.insert(picked.enter()).backend();
+        // Counted from the pick on, so a draining server is acknowledged only once nothing here uses it. A
+        // server at its maxconn makes the request wait in its queue.
+        let entered = match picked.try_enter() {
+            Some(entered) => entered,
+            None => {
+                let queued = Instant::now();
+                let waited = picked.enter_queued(config.timeouts.queue).await;
+                log.queued = Some(queued.elapsed());
+                match waited {
+                    Ok(entered) => entered,
+                    Err(e) => {
+                        tracing::warn!("server {}: {e}: request answered 503", picked.name());
+                        log.server = Some(picked.enter());
+                        return answer(worker, client, &plan, &log, 503, *b"sQ").await;
+                    }
+                }
+            }
+        };
+        let backend = log.server.insert(entered).backend();
         // A retry starts afresh: the stats and the log describe the attempt that ends the exchange.
         (log.reached_server, log.connected, log.responded) = (false, None, None);
         let attempt = Attempt { hurry, deadline: connect_deadline };
@@ -114,7 +141,7 @@ pub async fn run<T: Transport>(
             }
         };
         log.reached_server = true;
-        if worker.log_enabled() {
+        if worker.timing() {
             log.connected = Some(Instant::now());
         }
         let mut up_buf = worker.buffers.get();
@@ -124,9 +151,19 @@ pub async fn run<T: Transport>(
             backend,
             suspicions: backend.suspicions(),
         });
+        // A response from a server other than the one the request's cookie named sets the cookie anew.
+        let set_cookie = match (&config.sticky_cookie, by_cookie) {
+            (Some(name), false) => Some(format!("{name}={}", backend.cookie())),
+            _ => None,
+        };
+        let asks = relay::Asks { watch, set_cookie: set_cookie.as_deref() };
         let result =
-            relay::transfer(worker, client, &plan, &head, &mut framer, &mut up, &mut up_buf, &mut log.responded, watch)
+            relay::transfer(worker, client, &plan, &head, &mut framer, &mut up, &mut up_buf, &mut log.responded, asks)
                 .await;
+        if let (true, Some(connected), Some(responded)) = (config.latency_aware, log.connected, log.responded) {
+            let us = responded.saturating_duration_since(connected).as_micros() as u64;
+            backend.record_latency(us);
+        }
         match result {
             Err(failure @ (Failure::NoResponse | Failure::Unanswered(_)))
                 if plan.retryable && log.retries < MAX_RETRIES =>
@@ -302,6 +339,8 @@ struct LogState {
     server: Option<InFlight>,
     /// A connection to the server was made (counted against it whether or not the log is on).
     reached_server: bool,
+    /// How long the request waited in a full server's queue (`%Tw`).
+    queued: Option<Duration>,
     connected: Option<Instant>,
     responded: Option<Instant>,
     retries: u32,
@@ -348,7 +387,7 @@ fn log_line<T: Transport>(
                 tls: T::TLS,
                 accepted: s.at,
                 server,
-                timers: [t_req, 0, t_connect, t_response, t_total],
+                timers: [t_req, log.queued.map_or(0, |q| q.as_millis() as i64), t_connect, t_response, t_total],
                 status,
                 bytes,
                 termination: term,

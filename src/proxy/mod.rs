@@ -32,7 +32,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::balance::counters::PerThread;
-use crate::balance::{self, Backend, BackendSet, ClusterBackends, Publisher, SharedBackends};
+use crate::balance::{self, Backend, BackendSet, ClusterBackends, Pool, Publisher, SharedBackends};
 use crate::cluster::{self, Announce, Role};
 use crate::config::ProxyConfig;
 use crate::signals::ControlSignals;
@@ -145,12 +145,16 @@ pub fn run(config: ProxyConfig, reload: Reload, pid_file: Option<PathBuf>) -> Re
         tracing::warn!("closing handed-over sockets this configuration no longer uses: {:?}", inherited.leftovers());
     }
     drop(inherited);
+    let pool = Pool::new(threads);
     let statics: Vec<(Arc<Backend>, u16)> =
-        config.backends.iter().map(|b| (Arc::new(Backend::new(b, threads)), b.weight)).collect();
+        config.backends.iter().map(|b| (Arc::new(Backend::new(b, &pool)), b.weight)).collect();
     let backends = balance::shared(BackendSet::default());
     let (set_changed, set_changes) = watch::channel(0);
-    let publisher = Publisher::new(statics, backends.clone(), threads, set_changed);
-    balance::recovery::start(backends.clone(), config.timeouts.connect).map_err(ProxyError::Start)?;
+    let publisher = Publisher::new(statics, backends.clone(), pool, set_changed);
+    publisher.lock().set_slowstart(config.slowstart);
+    let checks = config.backend_check.clone();
+    balance::health::start(backends.clone(), publisher.clone(), checks, config.timeouts.connect)
+        .map_err(ProxyError::Start)?;
     let cluster = cluster::start(
         &config.cluster,
         Announce { role: Role::Proxy, service: None, weight: 0, checked: false, name: String::new(), tags: Vec::new() },

@@ -42,7 +42,7 @@ impl Unanswered {
         match self {
             Unanswered::NotAcknowledged => "request not acknowledged by its host: abandoned",
             Unanswered::Suspected => "its host failed a gossip probe while the request waited: abandoned",
-            Unanswered::TakenOut => "taken out of rotation while the request waited: abandoned",
+            Unanswered::TakenOut => "server taken out (DOWN, MAINT or gone) while the request waited: abandoned",
         }
     }
 }
@@ -61,12 +61,20 @@ impl Watch<'_> {
             Some(Unanswered::NotAcknowledged)
         } else if self.backend.suspicions() != self.suspicions {
             Some(Unanswered::Suspected)
-        } else if !worker.in_rotation(self.backend) {
+        } else if !worker.serves(self.backend) {
             Some(Unanswered::TakenOut)
         } else {
             None
         }
     }
+}
+
+/// What an attempt asks of the transfer beyond moving the bytes.
+pub struct Asks<'a> {
+    /// Give the request up early if it turns out unanswerable (idempotent requests only).
+    pub watch: Option<Watch<'a>>,
+    /// `NAME=VALUE` of a sticky-session cookie for the response.
+    pub set_cookie: Option<&'a str>,
 }
 
 /// How a transfer failed, deciding the status (if the response has not started) and `%tsc`.
@@ -104,7 +112,7 @@ pub async fn transfer<T: Transport>(
     up: &mut Upstream,
     up_buf: &mut BytesMut,
     responded: &mut Option<Instant>,
-    watch: Option<Watch<'_>>,
+    asks: Asks<'_>,
 ) -> Result<Relayed, Failure> {
     let t = worker.config().timeouts;
     let (mut cr, mut cw) = client.stream.split();
@@ -136,7 +144,7 @@ pub async fn transfer<T: Transport>(
         }
         forward(worker, &mut cr, cbuf, &mut uw, framer, t.client, t.server).await.map(|_| ())
     };
-    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_status, watch);
+    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_status, asks);
     tokio::pin!(send_body, relay);
     let mut body_finished = request_done.get();
     let outcome = loop {
@@ -154,7 +162,7 @@ pub async fn transfer<T: Transport>(
             relayed = &mut relay => break relayed,
         }
     };
-    if worker.log_enabled() && (outcome.is_ok() || response_status.get() != 0) {
+    if worker.timing() && (outcome.is_ok() || response_status.get() != 0) {
         responded.get_or_insert_with(Instant::now);
     }
     outcome
@@ -207,9 +215,10 @@ async fn relay_response(
     cw: &mut (impl AsyncWrite + Unpin + RawTcp),
     request_done: &Cell<bool>,
     response_status: &Cell<u16>,
-    watch: Option<Watch<'_>>,
+    asks: Asks<'_>,
 ) -> Result<Relayed, Failure> {
     use tokio::io::AsyncReadExt;
+    let watch = asks.watch;
     let config = worker.config();
     let t = config.timeouts;
     let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
@@ -245,7 +254,13 @@ async fn relay_response(
                 let mut out = Vec::with_capacity(head_len);
                 rewrite::client_response(
                     &parsed,
-                    &Delivery { close: false, dechunk: false, http10_keep_alive: false, upgrade: false },
+                    &Delivery {
+                        close: false,
+                        dechunk: false,
+                        http10_keep_alive: false,
+                        upgrade: false,
+                        set_cookie: None,
+                    },
                     &mut out,
                 );
                 continue_relayed |= status == 100;
@@ -271,6 +286,7 @@ async fn relay_response(
             dechunk,
             http10_keep_alive: plan.http10 && !close_client,
             upgrade: upgraded,
+            set_cookie: asks.set_cookie.filter(|_| !upgraded),
         };
         let mut out = Vec::with_capacity(head_len + 32);
         rewrite::client_response(&parsed, &delivery, &mut out);

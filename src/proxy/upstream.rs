@@ -33,7 +33,7 @@ pub enum ConnectError {
     #[error("no answer to connect within {0:?}: abandoned")]
     Abandoned(Duration),
     /// Membership, a health check or an operator took the server out while connecting.
-    #[error("taken out of rotation while connecting: abandoned")]
+    #[error("server taken out (DOWN, MAINT or gone) while connecting: abandoned")]
     TakenOut,
 }
 

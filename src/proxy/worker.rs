@@ -21,7 +21,7 @@ use super::splice::Pipes;
 use super::upstream::Pool;
 use super::Shared;
 use crate::balance::counters::Slot;
-use crate::balance::{Backend, BackendSet, Balancer, SharedBackends};
+use crate::balance::{Affinity, Backend, BackendSet, Balancer, Pick, SharedBackends};
 use crate::config::ProxyConfig;
 
 /// What the main thread asks of a data-plane thread.
@@ -75,7 +75,7 @@ impl Worker {
         Worker {
             id,
             pool: RefCell::new(Pool::new(c.limits.pool_max_idle, c.timeouts.pool)),
-            balancer: RefCell::new(Balancer::new(c.balance, id)),
+            balancer: RefCell::new(Balancer::new(&c.balance, id, c.balance_options())),
             config: RefCell::new(c),
             backends: RefCell::new(Cache::new(shared.backends.clone())),
             set_changed: Notify::new(),
@@ -107,9 +107,7 @@ impl Worker {
         let mut changes = self.shared.config_changes.clone();
         while changes.changed().await.is_ok() {
             let new = Rc::new(ProxyConfig::clone(&self.shared.config.load()));
-            if new.balance != self.config.borrow().balance {
-                *self.balancer.borrow_mut() = Balancer::new(new.balance, self.id);
-            }
+            *self.balancer.borrow_mut() = Balancer::new(&new.balance, self.id, new.balance_options());
             self.pool.borrow_mut().set_limits(new.limits.pool_max_idle, new.timeouts.pool);
             *self.config.borrow_mut() = new;
         }
@@ -170,11 +168,11 @@ impl Worker {
         self.shutdown.notified()
     }
 
-    /// The next server by the balancing algorithm, avoiding those in `avoid` (they failed this request)
+    /// The next server for a request with `affinity`, avoiding those in `avoid` (they failed this request)
     /// when another exists.
-    pub fn pick_backend(&self, avoid: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+    pub fn pick_backend(&self, affinity: &Affinity, avoid: &[Arc<Backend>]) -> Option<Pick> {
         let mut cache = self.backends.borrow_mut();
-        self.balancer.borrow().pick(cache.load(), avoid)
+        self.balancer.borrow().pick(cache.load(), affinity, avoid)
     }
 
     /// Whether a server other than `current` and those in `avoid` is in rotation and not ejected: an attempt
@@ -188,18 +186,17 @@ impl Worker {
             .any(|b| !Arc::ptr_eq(b, current) && !b.is_ejected() && !avoid.iter().any(|a| Arc::ptr_eq(a, b)))
     }
 
-    pub fn in_rotation(&self, backend: &Arc<Backend>) -> bool {
-        let mut cache = self.backends.borrow_mut();
-        let set = cache.load();
-        set.rotation().iter().any(|&i| Arc::ptr_eq(&set.servers[i], backend))
+    /// Whether `backend` still finishes requests (see [`crate::balance::BackendSet::serves`]).
+    pub fn serves(&self, backend: &Arc<Backend>) -> bool {
+        self.backends.borrow_mut().load().serves(backend)
     }
 
-    /// Resolves once `backend` is no longer in rotation (membership, a health check or an operator took it
-    /// out): what an attempt to reach it races against.
+    /// Resolves once `backend` no longer finishes requests (membership, a health check or an operator took
+    /// it out; a server set to DRAIN still does): what an attempt to reach it races against.
     pub async fn taken_out(&self, backend: &Arc<Backend>) {
         loop {
             self.set_changed.notified().await;
-            if !self.in_rotation(backend) {
+            if !self.serves(backend) {
                 return;
             }
         }
@@ -218,6 +215,12 @@ impl Worker {
             };
             self.pool.borrow_mut().retain(|addr| usable.contains(addr));
         }
+    }
+
+    /// Whether exchanges note when they connected and when the response began: for the log, and for
+    /// latency-aware balancing.
+    pub fn timing(&self) -> bool {
+        self.log_enabled() || self.config.borrow().latency_aware
     }
 
     pub fn log_enabled(&self) -> bool {

@@ -251,6 +251,57 @@ impl Proxy {
         self.child.wait_exit()
     }
 
+    /// One runtime API exchange as `socat - tcp:HOST:9999` makes it: send the line, read until the proxy closes.
+    pub fn runtime(&self, line: &str) -> String {
+        let mut stream = TcpStream::connect(self.runtime_api()).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// The rows of the stats CSV for servers of the backend, by server name (column name -> value).
+    pub fn server_rows(&self) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
+        let csv = get(self.admin(), "/;csv").body_str();
+        let mut lines = csv.lines();
+        let header: Vec<String> = lines.next().unwrap().trim_start_matches("# ").split(',').map(String::from).collect();
+        lines
+            .map(|l| {
+                header.iter().cloned().zip(l.split(',').map(String::from)).collect::<std::collections::HashMap<_, _>>()
+            })
+            .filter(|row| row["pxname"] == "nodes" && row["svname"] != "BACKEND")
+            .map(|row| (row["svname"].clone(), row))
+            .collect()
+    }
+
+    /// Each server's `status` and `weight` in the stats CSV, by server name.
+    pub fn servers(&self) -> std::collections::HashMap<String, (String, u64)> {
+        let rows = self.server_rows();
+        rows.into_iter()
+            .map(|(name, row)| (name, (row["status"].clone(), row["weight"].parse().unwrap_or(0))))
+            .collect()
+    }
+
+    /// Server `name`'s value in CSV column `column`.
+    pub fn servers_column(&self, name: &str, column: &str) -> String {
+        self.server_rows()[name][column].clone()
+    }
+
+    /// Waits until server `name`'s CSV row satisfies `done` (status, weight); returns that row.
+    pub fn wait_server(&self, name: &str, what: &str, done: impl Fn(&str, u64) -> bool) -> (String, u64) {
+        let start = Instant::now();
+        loop {
+            if let Some((status, weight)) = self.servers().remove(name) {
+                if done(&status, weight) {
+                    return (status, weight);
+                }
+            }
+            assert!(start.elapsed() < WAIT, "server {name} never {what}: {:?}", self.servers());
+            std::thread::yield_now();
+        }
+    }
+
     /// The access log line that mentions `needle`.
     pub fn log_line(&self, needle: &str) -> String {
         self.stdout.wait_for(needle, |l| l.contains(needle))
@@ -642,6 +693,24 @@ pub fn record(received: &Arc<(Mutex<Vec<Message>>, Condvar)>, msg: Message) {
 /// `200 OK` with a text body.
 pub fn ok(body: &str) -> Vec<u8> {
     format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// `shoal webapp` (the lab's Node app) named `name` on a free loopback port, as a process of its own that a
+/// test can kill; returns it with its address.
+pub fn webapp(name: &str) -> (Process, String) {
+    let addr = free_port().to_string();
+    let child = shoal()
+        .args(["webapp", "--listen", &addr, "--name", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("webapp");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "webapp did not start");
+        std::thread::yield_now();
+    }
+    (Process(child), addr)
 }
 
 /// A loopback port with nothing listening on it right now, for a server the test is about to start.

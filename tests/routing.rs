@@ -1,0 +1,512 @@
+//! Routing beyond round robin, through the real binary: sticky sessions with the lab's webapp, consistent
+//! hashing, random and latency-aware choices around a slowed node, capacity reported by agent checks, health
+//! checks of static servers, slow start and queueing at maxconn.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use common::{Agent, Backend, Message, Proxy, TempFile, Wire, WAIT};
+
+/// A client that keeps cookies, as a browser does.
+#[derive(Default)]
+struct Browser {
+    jar: BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn get(&mut self, addr: SocketAddr) -> Message {
+        let cookies: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let cookie = match cookies.is_empty() {
+            true => String::new(),
+            false => format!("Cookie: {}\r\n", cookies.join("; ")),
+        };
+        let raw = format!("GET / HTTP/1.1\r\nHost: lab\r\n{cookie}Connection: close\r\n\r\n");
+        let r = common::request(addr, raw.as_bytes());
+        assert_eq!(r.status(), 200, "{r:?}");
+        for set in r.headers("set-cookie") {
+            let pair = set.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            self.jar.insert(name.trim().to_string(), value.trim().to_string());
+        }
+        r
+    }
+}
+
+/// Field `name` of the webapp's one-line JSON answer, as text.
+fn field(body: &str, name: &str) -> String {
+    let at = body.find(&format!("\"{name}\":")).unwrap_or_else(|| panic!("no {name} in {body}")) + name.len() + 3;
+    let rest = body[at..].trim_start_matches('"');
+    rest[..rest.find(['"', ',', '}']).unwrap()].to_string()
+}
+
+/// The sticky cookies a response sets.
+fn sticky_set(r: &Message, name: &str) -> Vec<String> {
+    r.headers("set-cookie").into_iter().filter(|c| c.starts_with(&format!("{name}="))).collect()
+}
+
+fn visit(browser: &mut Browser, addr: SocketAddr) -> (String, u64) {
+    let body = browser.get(addr).body_str();
+    (field(&body, "host"), field(&body, "sessionViews").parse().unwrap())
+}
+
+#[test]
+fn a_sticky_cookie_keeps_a_session_on_its_node_through_two_proxies_and_moves_once_on_maint() {
+    let a = Proxy::start(&["--sticky-cookie", "SRV"]);
+    let b = Proxy::start(&["--sticky-cookie", "SRV", "--join", &a.gossip()]);
+    let names = ["w1", "w2", "w3"];
+    let apps: Vec<_> = names.iter().map(|n| common::webapp(n)).collect();
+    let _agents: Vec<Agent> =
+        names.iter().zip(&apps).map(|(n, (_, addr))| Agent::start(addr, &a.gossip(), &["--name", n])).collect();
+    for proxy in [&a, &b] {
+        for name in names {
+            proxy.wait_server(name, "UP", |status, _| status == "UP");
+        }
+    }
+
+    let mut browser = Browser::default();
+    let first = browser.get(a.addr);
+    let node = field(&first.body_str(), "host");
+    assert_eq!(field(&first.body_str(), "sessionViews"), "1");
+    let set = sticky_set(&first, "SRV");
+    assert_eq!(set.len(), 1, "one persistence cookie: {:?}", first.headers("set-cookie"));
+    assert!(set[0].ends_with("; Path=/; HttpOnly"), "{}", set[0]);
+    assert_eq!(first.header("cache-control").as_deref(), Some("no-cache=\"Set-Cookie\""), "HAProxy's nocache");
+    let id = browser.jar["SRV"].clone();
+    assert!(id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()), "an opaque id, not an address: {id}");
+
+    for views in 2..=6 {
+        let r = browser.get(a.addr);
+        let body = r.body_str();
+        assert_eq!((field(&body, "host"), field(&body, "sessionViews")), (node.clone(), views.to_string()));
+        assert!(sticky_set(&r, "SRV").is_empty(), "a valid cookie is not set again");
+    }
+    // The id comes from the node's name: the second proxy honours the first one's cookie.
+    for views in 7..=9 {
+        assert_eq!(visit(&mut browser, b.addr), (node.clone(), views), "through the second proxy");
+    }
+
+    // Its node goes to maintenance: the session moves once, gets a new cookie, and stays on its new node.
+    assert_eq!(a.runtime(&format!("set server nodes/{node} state maint")), "\n");
+    a.wait_server(&node, "MAINT", |status, _| status == "MAINT");
+    let moved = browser.get(a.addr);
+    let new_node = field(&moved.body_str(), "host");
+    assert_ne!(new_node, node, "a MAINT server keeps no session");
+    assert_eq!(field(&moved.body_str(), "sessionViews"), "1", "a new node, a new session");
+    assert_eq!(sticky_set(&moved, "SRV").len(), 1, "the stale cookie is replaced");
+    assert_ne!(browser.jar["SRV"], id);
+    for views in 2..=4 {
+        assert_eq!(visit(&mut browser, a.addr), (new_node.clone(), views), "moved once, then sticks");
+    }
+
+    // A draining node keeps the sessions it has (HAProxy's drain) and takes no new client.
+    assert_eq!(a.runtime(&format!("set server nodes/{new_node} state drain")), "\n");
+    a.wait_server(&new_node, "DRAIN", |status, _| status == "DRAIN");
+    assert_eq!(visit(&mut browser, a.addr), (new_node.clone(), 5), "draining keeps the session");
+    for _ in 0..6 {
+        let (host, _) = visit(&mut Browser::default(), a.addr);
+        assert!(host != new_node && host != node, "a new client went to {host}");
+    }
+}
+
+#[test]
+fn the_sticky_cookie_never_reaches_the_app_and_a_stale_one_is_replaced() {
+    let s1 = Backend::http(|_| common::ok("s1"));
+    let s2 = Backend::http(|_| common::ok("s2"));
+    let private =
+        Backend::http(|_| b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 7\r\n\r\nprivate".to_vec());
+    let proxy = Proxy::start(&[
+        "--sticky-cookie",
+        "SRV",
+        "--backend",
+        &format!("s1={}", s1.addr),
+        "--backend",
+        &format!("s2={},weight=100", s2.addr),
+    ]);
+    let first = common::get(proxy.addr, "/");
+    let set = sticky_set(&first, "SRV");
+    let value = set[0].strip_prefix("SRV=").unwrap().split(';').next().unwrap().to_string();
+    let owner = first.body_str();
+    let (mine, other) = if owner == "s1" { (&s1, &s2) } else { (&s2, &s1) };
+    mine.clear();
+    other.clear();
+
+    let with = |cookie: &str| {
+        let raw = format!("GET /x HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+        common::request(proxy.addr, raw.as_bytes())
+    };
+    for _ in 0..4 {
+        let r = with(&format!("theme=dark; SRV={value}; lang=en"));
+        assert_eq!(r.body_str(), owner, "the cookie decides");
+        assert!(r.header("set-cookie").is_none());
+    }
+    assert_eq!(with(&format!("SRV={value}")).body_str(), owner);
+    let seen = mine.wait_requests(5);
+    for req in &seen[..4] {
+        assert_eq!(req.headers("cookie"), ["theme=dark; lang=en"], "only the sticky cookie is removed");
+    }
+    assert!(seen[4].header("cookie").is_none(), "a Cookie field holding only the sticky cookie is dropped");
+    assert!(other.requests().is_empty(), "the other server saw none of them");
+
+    // A cookie naming no server, or not an id at all: the algorithm decides and the cookie is replaced.
+    for stale in ["SRV=0123456789abcdef", "SRV=not-an-id", "SRV="] {
+        let r = with(stale);
+        assert_eq!(r.status(), 200, "{stale}");
+        let set = sticky_set(&r, "SRV");
+        assert!(set.len() == 1 && set[0] != format!("{stale}; Path=/; HttpOnly"), "{stale} replaced: {set:?}");
+    }
+    for req in s1.requests().iter().chain(&s2.requests()) {
+        assert!(!req.headers("cookie").concat().contains("SRV"), "the app saw the persistence cookie: {req:?}");
+    }
+
+    // A response already private to the client needs no cache warning.
+    let proxy = Proxy::start(&["--sticky-cookie", "SRV", "--backend", &format!("p={}", private.addr)]);
+    let r = common::get(proxy.addr, "/");
+    assert_eq!(sticky_set(&r, "SRV").len(), 1);
+    assert_eq!(r.headers("cache-control"), ["private"]);
+}
+
+fn named(name: &'static str) -> Backend {
+    Backend::http(move |_| common::ok(name))
+}
+
+/// A proxy in front of `servers` static backends named s0, s1, ..., with `args`.
+fn proxy_over(servers: &[Backend], args: &[&str]) -> Proxy {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    for (i, s) in servers.iter().enumerate() {
+        all.extend(["--backend".to_string(), format!("s{i}={}", s.addr)]);
+    }
+    Proxy::start(&all.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn four() -> Vec<Backend> {
+    vec![named("s0"), named("s1"), named("s2"), named("s3")]
+}
+
+#[test]
+fn uri_hashing_keeps_each_path_on_one_server_and_a_leaving_server_moves_only_its_own() {
+    let servers = four();
+    let proxy = proxy_over(&servers, &["--balance", "uri"]);
+    let keys: Vec<String> = (0..200).map(|k| format!("/items/{k}")).collect();
+    // The query string is not part of the key (HAProxy's `uri` hashes the path).
+    let pass = |query: &str| -> Vec<String> {
+        keys.iter().map(|k| common::get(proxy.addr, &format!("{k}?{query}")).body_str()).collect()
+    };
+    let first = pass("v=1");
+    assert_eq!(first, pass("v=2"), "each key stays on its server");
+    let mut shares: HashMap<&str, usize> = HashMap::new();
+    for owner in &first {
+        *shares.entry(owner).or_default() += 1;
+    }
+    assert!(shares.len() == 4 && shares.values().all(|&n| n >= 20), "every server owns keys: {shares:?}");
+
+    assert_eq!(proxy.runtime("set server nodes/s2 state maint"), "\n");
+    proxy.wait_server("s2", "MAINT", |status, _| status == "MAINT");
+    let third = pass("v=3");
+    let stayed = first.iter().filter(|o| *o != "s2").count();
+    let moved = first.iter().zip(&third).filter(|(before, after)| *before != "s2" && before != after).count();
+    eprintln!("of {stayed} keys on the servers that stayed, {moved} moved");
+    assert!(moved * 100 <= stayed * 3, "{moved} of {stayed} keys of the remaining servers moved");
+    assert!(third.iter().all(|o| o != "s2"), "no key on the server in maintenance");
+}
+
+/// GET `path` from source address `ip` (any of 127.0.0.0/8 is this host).
+fn get_from(ip: Ipv4Addr, addr: SocketAddr, path: &str) -> String {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(IpAddr::V4(ip), 0).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut wire = Wire::new(TcpStream::from(socket));
+    wire.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes());
+    wire.read_response(false).expect("a response").body_str()
+}
+
+#[test]
+fn source_and_header_hashing_keep_clients_on_their_servers() {
+    let servers = four();
+    let by_source = proxy_over(&servers, &["--balance", "source"]);
+    let clients: Vec<Ipv4Addr> = (10..50).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+    let owners: Vec<String> = clients.iter().map(|&ip| get_from(ip, by_source.addr, "/a")).collect();
+    let again: Vec<String> = clients.iter().map(|&ip| get_from(ip, by_source.addr, "/b")).collect();
+    assert_eq!(owners, again, "a client address keeps its server whatever the path");
+    let distinct: std::collections::HashSet<_> = owners.iter().collect();
+    assert!(distinct.len() >= 3, "40 clients spread: {owners:?}");
+
+    let by_header = proxy_over(&servers, &["--balance", "hdr(X-User)"]);
+    let ask = |user: &str| {
+        let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nX-User: {user}\r\nConnection: close\r\n\r\n");
+        common::request(by_header.addr, raw.as_bytes()).body_str()
+    };
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    let owners: Vec<String> = users.iter().map(|u| ask(u)).collect();
+    assert_eq!(owners, users.iter().map(|u| ask(u)).collect::<Vec<_>>(), "a header value keeps its server");
+    assert!(owners.iter().collect::<std::collections::HashSet<_>>().len() >= 3, "{owners:?}");
+    // A request without the header still gets an answer (round robin).
+    let bodies: Vec<String> = (0..8).map(|_| common::get(by_header.addr, "/").body_str()).collect();
+    assert!(bodies.iter().collect::<std::collections::HashSet<_>>().len() >= 2, "{bodies:?}");
+}
+
+/// Backends that hold every request until `open` is called, counting arrivals.
+struct Gate {
+    state: Arc<(Mutex<bool>, Condvar)>,
+    arrived: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate { state: Arc::default(), arrived: Arc::default() }
+    }
+
+    fn backend(&self, name: &'static str) -> Backend {
+        let (state, arrived) = (self.state.clone(), self.arrived.clone());
+        Backend::http(move |_| {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            let deadline = Instant::now() + WAIT;
+            let (lock, cv) = &*state;
+            let mut open = lock.lock().unwrap();
+            while !*open && Instant::now() < deadline {
+                open = cv.wait_timeout(open, WAIT).unwrap().0;
+            }
+            common::ok(name)
+        })
+    }
+
+    fn wait_arrived(&self, n: usize) {
+        let start = Instant::now();
+        while self.arrived.load(Ordering::SeqCst) < n {
+            assert!(start.elapsed() < WAIT, "request {n} never reached a backend");
+            std::thread::yield_now();
+        }
+    }
+
+    fn open(&self) {
+        *self.state.0.lock().unwrap() = true;
+        self.state.1.notify_all();
+    }
+}
+
+/// Sends `n` requests for `path` one after the other, each held at its backend; returns where they went.
+fn hot_key(proxy: &Proxy, gate: &Gate, path: &'static str, n: usize) -> HashMap<String, usize> {
+    let addr = proxy.addr;
+    let before = gate.arrived.load(Ordering::SeqCst);
+    let held: Vec<_> = (0..n)
+        .map(|i| {
+            let t = std::thread::spawn(move || common::get(addr, path).body_str());
+            gate.wait_arrived(before + i + 1);
+            t
+        })
+        .collect();
+    gate.open();
+    let mut counts = HashMap::new();
+    for t in held {
+        *counts.entry(t.join().unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_balance_factor_caps_the_server_of_a_hot_key() {
+    let gate = Gate::new();
+    let servers = vec![gate.backend("s0"), gate.backend("s1"), gate.backend("s2"), gate.backend("s3")];
+    let unbounded = proxy_over(&servers, &["--balance", "uri"]);
+    let counts = hot_key(&unbounded, &gate, "/hot", 8);
+    assert_eq!(counts.len(), 1, "without a factor a hot key stays on its server: {counts:?}");
+
+    let gate = Gate::new();
+    let servers = vec![gate.backend("s0"), gate.backend("s1"), gate.backend("s2"), gate.backend("s3")];
+    let bounded = proxy_over(&servers, &["--balance", "uri", "--hash-balance-factor", "150"]);
+    let counts = hot_key(&bounded, &gate, "/hot", 8);
+    // 8 requests over 4 servers: 1.5 x the average of 2 is 3.
+    assert!(counts.values().all(|&n| n <= 3), "no server above 150% of the average: {counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 8);
+}
+
+/// The share of `requests` (from `clients` threads at once) each webapp host answered.
+fn shares(proxy: &Proxy, clients: usize, requests: usize) -> HashMap<String, usize> {
+    let addr = proxy.addr;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..requests / clients).map(|_| field(&common::get(addr, "/").body_str(), "host")).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut counts = HashMap::new();
+    for t in threads {
+        for host in t.join().unwrap() {
+            *counts.entry(host).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn random_and_latency_aware_choices_avoid_a_slowed_node() {
+    let apps: Vec<_> = ["w1", "w2", "slow"].iter().map(|n| common::webapp(n)).collect();
+    let slow_addr: SocketAddr = apps[2].1.parse().unwrap();
+    let body = br#"{"delay": 200}"#;
+    let raw = format!("POST /delay HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let r = common::request(slow_addr, &[raw.as_bytes(), body].concat());
+    assert_eq!(r.status(), 200, "{r:?}");
+    let backends: Vec<String> = apps.iter().map(|(_, addr)| addr.clone()).collect();
+    let mut results = Vec::new();
+    for args in [
+        &["--balance", "roundrobin"][..],
+        &["--balance", "random"],
+        &["--balance", "random", "--latency-aware", "on"],
+        &["--balance", "leastconn", "--latency-aware", "on"],
+    ] {
+        let mut all: Vec<&str> = args.to_vec();
+        for b in &backends {
+            all.extend(["--backend", b]);
+        }
+        let proxy = Proxy::start(&all);
+        let counts = shares(&proxy, 4, 100);
+        let slow = counts.get("slow").copied().unwrap_or(0);
+        eprintln!("{args:?}: {counts:?}");
+        results.push((args.join(" "), slow));
+    }
+    assert!((30..=36).contains(&results[0].1), "round robin gives the slow node its third: {results:?}");
+    for (args, slow) in &results[1..] {
+        assert!(*slow < 20, "{args}: the slow node got {slow} of 100");
+    }
+}
+
+#[test]
+fn an_agent_check_sets_weight_drain_and_maint_and_a_failing_one_falls_back() {
+    let (app_a, app_b) = (named("a"), named("b"));
+    let proxy = Proxy::start(&[]);
+    let report = TempFile::new("agent-check", "ready\n");
+    let check = format!("cat {}", report.arg());
+    let mut agent_a = Agent::start(
+        &app_a.arg(),
+        &proxy.gossip(),
+        &["--name", "a", "--agent-check", &check, "--agent-inter", "100ms"],
+    );
+    let _agent_b = Agent::start(&app_b.arg(), &proxy.gossip(), &["--name", "b"]);
+    let (_, full) = proxy.wait_server("a", "UP", |status, _| status == "UP");
+    proxy.wait_server("b", "UP", |status, _| status == "UP");
+
+    report.write("50%\n");
+    let asked = Instant::now();
+    proxy.wait_server("a", "at half weight", |status, weight| status == "UP" && weight == full / 2);
+    eprintln!("'50%' applied by the proxy {:?} after the app said it (checked every 100ms)", asked.elapsed());
+    let bodies: Vec<String> = (0..300).map(|_| common::get(proxy.addr, "/").body_str()).collect();
+    let a = bodies.iter().filter(|b| *b == "a").count();
+    assert!((90..=110).contains(&a), "half the weight, a third of 300 requests rather than half: {a}");
+
+    report.write("drain\n");
+    proxy.wait_server("a", "DRAIN", |status, _| status == "DRAIN");
+    assert!((0..20).all(|_| common::get(proxy.addr, "/").body_str() == "b"), "a draining node takes nothing new");
+    report.write("maint\n");
+    proxy.wait_server("a", "MAINT", |status, _| status == "MAINT");
+
+    // The check itself fails (the command exits non-zero): back to the configured weight and state, logged.
+    std::fs::remove_file(&report.0).unwrap();
+    agent_a.stderr.wait_for("the failure logged", |l| l.contains("agent check") && l.contains("failed"));
+    proxy.wait_server("a", "back to its configured weight", |status, weight| status == "UP" && weight == full);
+    assert!((0..20).any(|_| common::get(proxy.addr, "/").body_str() == "a"));
+    agent_a.signal(libc::SIGTERM);
+    assert!(agent_a.wait_exit().success());
+}
+
+#[test]
+fn static_servers_are_health_checked_with_rise_fall_and_a_status_range() {
+    let status = Arc::new(AtomicU16::new(200));
+    let answer = status.clone();
+    let checked = Backend::http(move |req| {
+        if req.start_line().contains("/health") {
+            let code = answer.load(Ordering::SeqCst);
+            return format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").into_bytes();
+        }
+        common::ok("checked")
+    });
+    let steady = named("steady");
+    let proxy = Proxy::start(&[
+        "--backend",
+        &format!("checked={}", checked.addr),
+        "--backend",
+        &format!("steady={}", steady.addr),
+        "--backend-check-path",
+        "/health",
+        "--backend-check-interval",
+        "100ms",
+        "--backend-rise",
+        "2",
+        "--backend-fall",
+        "2",
+        "--backend-check-status",
+        "200-299",
+    ]);
+    proxy.wait_server("checked", "UP", |s, _| s == "UP");
+    // A redirect is outside 200-299.
+    status.store(302, Ordering::SeqCst);
+    proxy.wait_server("checked", "DOWN", |s, _| s == "DOWN");
+    proxy.stderr.wait_for("the verdict logged", |l| l.contains("server checked is DOWN: check failed"));
+    assert!((0..10).all(|_| common::get(proxy.addr, "/").body_str() == "steady"), "a DOWN server gets nothing");
+    status.store(204, Ordering::SeqCst);
+    proxy.wait_server("checked", "UP again", |s, _| s == "UP");
+    proxy.stderr.wait_for("the recovery logged", |l| l.contains("server checked is UP"));
+    assert!((0..10).any(|_| common::get(proxy.addr, "/").body_str() == "checked"));
+    let checks = checked.requests().iter().filter(|r| r.start_line().contains(" /health ")).count();
+    assert!(checks >= 4, "two failed checks took it down, two passing ones back: {checks}");
+}
+
+#[test]
+fn a_joining_node_ramps_its_weight_up_under_slowstart() {
+    let (app_a, app_b) = (named("a"), named("b"));
+    let proxy = Proxy::start(&["--slowstart", "5s"]);
+    let _a = Agent::start(&app_a.arg(), &proxy.gossip(), &["--name", "a"]);
+    let (_, full) = proxy.wait_server("a", "UP", |s, _| s == "UP");
+    let _b = Agent::start(&app_b.arg(), &proxy.gossip(), &["--name", "b"]);
+    let (_, start) = proxy.wait_server("b", "UP", |s, _| s == "UP");
+    assert!(start < full, "a server new to rotation starts below its weight: {start} of {full}");
+    let mut seen = vec![start];
+    let begun = Instant::now();
+    while seen.last() != Some(&full) {
+        let (_, weight) = proxy.servers()["b"].clone();
+        if seen.last() != Some(&weight) {
+            seen.push(weight);
+        }
+        assert!(begun.elapsed() < WAIT, "never reached its full weight: {seen:?}");
+        std::thread::yield_now();
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]) && seen.len() >= 4, "ramped up in steps: {seen:?}");
+}
+
+#[test]
+fn a_full_server_queues_requests_until_a_slot_frees_or_the_queue_timeout() {
+    let (app, release) = Backend::gated("slow done", "fast");
+    let proxy = Proxy::start(&["--backend", &format!("one={},maxconn=1", app.addr), "--timeout-queue", "300ms"]);
+    let addr = proxy.addr;
+    let slow = std::thread::spawn(move || common::get(addr, "/slow").body_str());
+    app.wait_requests(1);
+    // The one slot is taken: the next request waits in the queue, and is served once the slot frees.
+    let queued = std::thread::spawn(move || common::get(addr, "/queued").body_str());
+    let start = Instant::now();
+    while proxy.servers_column("one", "qcur") != "1" {
+        assert!(start.elapsed() < WAIT, "the second request never queued");
+        std::thread::yield_now();
+    }
+    assert_eq!(proxy.servers_column("one", "slim"), "1");
+    assert_eq!(app.requests().len(), 1, "the queued request has not reached the server");
+    release.send(()).unwrap();
+    assert_eq!(slow.join().unwrap(), "slow done");
+    assert_eq!(queued.join().unwrap(), "fast");
+    let line = proxy.log_line("GET /queued");
+    let timers: Vec<i64> =
+        line.split(' ').find(|w| w.matches('/').count() == 4).unwrap().split('/').map(|t| t.parse().unwrap()).collect();
+    assert!(timers[1] >= 0, "Tw is the time spent queued: {line}");
+
+    // Held longer than --timeout-queue: a 503 with HAProxy's sQ flags.
+    let slow = std::thread::spawn(move || common::get(addr, "/slow").body_str());
+    app.wait_requests(3);
+    let r = common::get(addr, "/too-late");
+    assert_eq!(r.status(), 503);
+    assert!(proxy.log_line("GET /too-late").contains(" sQ"), "{}", proxy.log_line("GET /too-late"));
+    release.send(()).unwrap();
+    assert_eq!(slow.join().unwrap(), "slow done");
+}
