@@ -1,12 +1,16 @@
 //! `shoal demo`: one command that shows the whole product on one machine: a proxy, then N nodes, each an
-//! agent supervising a `shoal webapp`, joining by gossip. All are child processes of this binary. Ctrl-C
-//! drains the nodes, stops the proxy, and exits.
+//! agent supervising a `shoal webapp`, joining by gossip. All are child processes of this binary, each in a
+//! process group of its own, so a Ctrl-C at the terminal reaches the demo alone and it stops them in order:
+//! the proxy finishes what is in flight first, then the agents leave and stop their apps.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use crate::logging::say;
 
 pub struct DemoConfig {
     pub listen: SocketAddr,
@@ -31,6 +35,7 @@ pub fn run(config: DemoConfig) -> std::io::Result<()> {
         .env("SHOAL_CLUSTER_KEY", &key)
         .args(["proxy", "--listen", &config.listen.to_string(), "--gossip", &seed])
         .args(["--admin", &admin, "--runtime-api", &runtime_api])
+        .process_group(0)
         .spawn()?;
     let mut agents: Vec<Child> = Vec::new();
     for i in 1..=config.nodes {
@@ -43,36 +48,55 @@ pub fn run(config: DemoConfig) -> std::io::Result<()> {
             .args(["--check-path", "/", "--check-interval", "1s", "--"])
             .arg(&exe)
             .args(["webapp", "--listen", &service, "--name", &name])
+            .process_group(0)
             .spawn()?;
         agents.push(agent);
     }
     let url = format!("http://{}/", config.listen);
-    match wait_all_nodes(config.listen, config.nodes, Duration::from_secs(15)) {
-        Ok(()) => println!("shoal demo ready: {} nodes behind {url}", config.nodes),
-        Err(seen) => println!("shoal demo: only {seen} of {} nodes answer yet behind {url}", config.nodes),
+    let ready = wait_all_nodes(&mut proxy, config.listen, config.nodes, Duration::from_secs(15));
+    let out = &mut io::stdout();
+    match ready {
+        Ok(()) => say(out, format_args!("shoal demo ready: {} nodes behind {url}", config.nodes)),
+        Err(Waited::ProxyExited(status)) => {
+            stop_all(&mut proxy, &mut agents);
+            return Err(io::Error::other(format!("the proxy could not start ({status}); its log says why above")));
+        }
+        Err(Waited::Seen(seen)) => {
+            say(out, format_args!("shoal demo: only {seen} of {} nodes answer yet behind {url}", config.nodes))
+        }
     }
-    println!("  curl -i {url}                                  # round robin across the nodes");
-    println!("  curl -i -c /tmp/jar -b /tmp/jar {url}          # sessionViews counts per node");
-    println!("  curl -X POST -d '{{\"delay\":500}}' {url}delay     # slow the next node down");
+    say(out, format_args!("  curl -i {url}                                  # round robin across the nodes"));
+    say(out, format_args!("  curl -i -c /tmp/jar -b /tmp/jar {url}          # sessionViews counts per node"));
+    say(out, format_args!("  curl -X POST -d '{{\"delay\":500}}' {url}delay     # slow the next node down"));
     if config.admin_port != 0 {
-        println!("  curl 'http://{admin}/;csv'                   # HAProxy's stats CSV (the page: /)");
+        say(out, format_args!("  curl 'http://{admin}/;csv'                   # HAProxy's stats CSV (the page: /)"));
     }
     if config.runtime_api_port != 0 {
-        println!("  echo 'set server nodes/s1 state drain' | socat - tcp:{runtime_api}   # HAProxy's runtime API");
+        say(
+            out,
+            format_args!(
+                "  echo 'set server nodes/s1 state drain' | socat - tcp:{runtime_api}   # HAProxy's runtime API"
+            ),
+        );
     }
-    println!("Ctrl-C drains the nodes and stops everything.");
-    let _ = std::io::stdout().flush();
+    say(out, format_args!("Ctrl-C stops everything in order: the proxy finishes its requests, then the nodes leave."));
 
     stop.wait();
-    for a in &agents {
+    stop_all(&mut proxy, &mut agents);
+    Ok(())
+}
+
+/// The proxy first (it finishes requests in flight and stops accepting), then the agents (each leaves the
+/// cluster and stops its app last).
+fn stop_all(proxy: &mut Child, agents: &mut [Child]) {
+    signal(proxy, libc::SIGTERM);
+    let _ = proxy.wait();
+    for a in agents.iter() {
         signal(a, libc::SIGTERM);
     }
-    for a in &mut agents {
+    for a in agents.iter_mut() {
         let _ = a.wait();
     }
-    signal(&proxy, libc::SIGTERM);
-    let _ = proxy.wait();
-    Ok(())
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -84,21 +108,31 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Polls GET / through the proxy until `n` distinct nodes have answered; Err carries how many did.
-fn wait_all_nodes(proxy: SocketAddr, n: usize, within: Duration) -> Result<(), usize> {
+enum Waited {
+    /// How many distinct nodes answered in time.
+    Seen(usize),
+    ProxyExited(std::process::ExitStatus),
+}
+
+/// Polls GET / through the proxy, 20 times a second at most (the stats then show the demo's own traffic as
+/// a trickle), until `n` distinct nodes have answered.
+fn wait_all_nodes(proxy: &mut Child, addr: SocketAddr, n: usize, within: Duration) -> Result<(), Waited> {
     let deadline = Instant::now() + within;
     let mut seen = HashSet::new();
     while Instant::now() < deadline {
-        if let Some(host) = fetch_host(proxy) {
+        if let Ok(Some(status)) = proxy.try_wait() {
+            return Err(Waited::ProxyExited(status));
+        }
+        let next = Instant::now() + Duration::from_millis(50);
+        if let Some(host) = fetch_host(addr) {
             seen.insert(host);
             if seen.len() >= n {
                 return Ok(());
             }
-        } else {
-            std::thread::sleep(Duration::from_millis(50));
         }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    Err(seen.len())
+    Err(Waited::Seen(seen.len()))
 }
 
 /// The `host` field of one `GET /` answer.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod host;
 pub mod http;
+pub mod logging;
 pub mod proxy;
 pub mod signals;
 pub mod webapp;

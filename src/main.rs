@@ -1,12 +1,15 @@
 //! The `shoal` command: parses the command line and hands over to the library.
 
 use std::fmt::Display;
+use std::io;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use mimalloc::MiMalloc;
 use shoal::config::{AgentConfig, Cli, Command, ProxyConfig};
 use shoal::demo::{self, DemoConfig};
+use shoal::logging;
 use shoal::webapp::{self, WebappConfig};
 
 #[global_allocator]
@@ -14,7 +17,22 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_diagnostics();
+    let diagnostics = logging::init_diagnostics();
+    let (code, why) = run(cli, diagnostics.clone());
+    // The last log lines are written before it exits (unless stderr is stuck), then why it stops.
+    if let Some(sink) = diagnostics {
+        sink.flush(Duration::from_secs(1));
+    }
+    if let Some(why) = why {
+        logging::say(&mut io::stderr(), format_args!("{why}"));
+    }
+    code
+}
+
+/// The exit code, and what to say on stderr last.
+type Ended = (ExitCode, Option<String>);
+
+fn run(cli: Cli, diagnostics: Option<logging::Sink>) -> Ended {
     match cli.command {
         Command::Proxy(args) => match ProxyConfig::load(&args) {
             Err(e) => config_error(e),
@@ -24,14 +42,14 @@ fn main() -> ExitCode {
                         return config_error(format!("`tls-cert`: {e}"));
                     }
                 }
-                println!("configuration is valid:\n{config:#?}");
-                ExitCode::SUCCESS
+                logging::say(&mut io::stdout(), format_args!("configuration is valid:\n{config:#?}"));
+                (ExitCode::SUCCESS, None)
             }
             Ok(config) => {
                 let pid_file = args.pid_file.clone();
                 let reload: shoal::proxy::Reload =
                     Box::new(move || ProxyConfig::load(&args).map_err(|e| e.to_string()));
-                finish(shoal::proxy::run(config, reload, pid_file))
+                finish(shoal::proxy::run(config, reload, pid_file, diagnostics))
             }
         },
         Command::Webapp(a) => finish(webapp::run(WebappConfig { listen: a.listen, name: a.name, tag: a.tag })),
@@ -50,45 +68,28 @@ fn main() -> ExitCode {
         }
         Command::Keygen => match shoal::cluster::seal::generate() {
             Ok(key) => {
-                println!("{key}");
-                ExitCode::SUCCESS
+                logging::say(&mut io::stdout(), format_args!("{key}"));
+                (ExitCode::SUCCESS, None)
             }
             Err(e) => finish::<std::io::Error>(Err(e)),
         },
         Command::Agent(args) => match AgentConfig::load(&args) {
             Err(e) => config_error(e),
             Ok(config) => match shoal::agent::run(config) {
-                Ok(code) => ExitCode::from(code),
+                Ok(code) => (ExitCode::from(code), None),
                 Err(e) => finish::<std::io::Error>(Err(e)),
             },
         },
     }
 }
 
-fn config_error(e: impl Display) -> ExitCode {
-    eprintln!("shoal: configuration error: {e}");
-    ExitCode::from(2)
+fn config_error(e: impl Display) -> Ended {
+    (ExitCode::from(2), Some(format!("shoal: configuration error: {e}")))
 }
 
-fn finish<E: Display>(result: Result<(), E>) -> ExitCode {
+fn finish<E: Display>(result: Result<(), E>) -> Ended {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shoal: {e}");
-            ExitCode::from(1)
-        }
+        Ok(()) => (ExitCode::SUCCESS, None),
+        Err(e) => (ExitCode::from(1), Some(format!("shoal: {e}"))),
     }
-}
-
-/// Diagnostics go to stderr (stdout carries the access log); `SHOAL_LOG` sets the filter, `info` by default.
-fn init_diagnostics() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
 }

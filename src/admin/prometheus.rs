@@ -60,6 +60,13 @@ pub fn render(s: &Snapshot) -> String {
     metric("gossip_packets_refused_total", "counter", "Gossip packets dropped, by reason.", refused.collect());
     metric("gossip_members_refused_total", "counter", "Members ignored over --max-members.", one(g.members_refused));
     metric("gossip_rejoins_total", "counter", "Times this proxy was declared down and rejoined.", one(g.rejoins));
+    let lost = s.log_lost.iter().map(|(log, cause, n)| (format!("{{log=\"{log}\",cause=\"{cause}\"}}"), *n));
+    metric(
+        "log_lines_lost_total",
+        "counter",
+        "Log lines lost: dropped (the sink was too slow) or failed (writing failed, e.g. a closed pipe).",
+        lost.collect(),
+    );
     out
 }
 

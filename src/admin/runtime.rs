@@ -17,7 +17,13 @@ use crate::proxy::Shared;
 
 /// How long an interactive session may stay silent.
 const IDLE: Duration = Duration::from_secs(60);
+/// How long a client may take to read an answer.
+const WRITE: Duration = Duration::from_secs(5);
 const LINE_LIMIT: usize = 4096;
+/// Sessions at once, as HAProxy's TCP stats socket default (`maxconn 10`).
+const SESSIONS: usize = 10;
+/// Most output one line of commands may produce; the rest of the line is refused.
+const OUTPUT_LIMIT: usize = 4 << 20;
 
 const HELP: &str = "The following commands are valid at this level:
   help                                    : this message
@@ -40,7 +46,7 @@ pub fn start(
     publisher: Arc<Mutex<Publisher>>,
 ) -> std::io::Result<()> {
     tracing::info!("runtime API on {}", listener.local_addr()?);
-    serve_listener("shoal-runtime", listener, shared.clone(), move |stream| {
+    serve_listener("shoal-runtime", listener, shared.clone(), SESSIONS, move |stream| {
         session(stream, shared.clone(), publisher.clone())
     })
 }
@@ -58,7 +64,7 @@ async fn session(stream: TcpStream, shared: Arc<Shared>, publisher: Arc<Mutex<Pu
         }
         if !line.ends_with('\n') && n >= LINE_LIMIT {
             // Its tail would otherwise be read as a command of its own.
-            let _ = write.write_all(b"Line too long.\n\n").await;
+            let _ = tokio::time::timeout(WRITE, write.write_all(b"Line too long.\n\n")).await;
             // Read what is left before closing, briefly: unread bytes would make the close a reset that can
             // destroy the answer before the client reads it.
             let _ = write.shutdown().await;
@@ -73,6 +79,10 @@ async fn session(stream: TcpStream, shared: Arc<Shared>, publisher: Arc<Mutex<Pu
             match command {
                 "quit" => quit = true,
                 "prompt" => interactive = !interactive,
+                _ if out.len() > OUTPUT_LIMIT => {
+                    out.push_str("Output limit reached: the rest of the line is ignored.\n\n");
+                    break;
+                }
                 _ => {
                     out.push_str(&answer(command, &shared, &publisher));
                     out.push('\n');
@@ -82,7 +92,9 @@ async fn session(stream: TcpStream, shared: Arc<Shared>, publisher: Arc<Mutex<Pu
         if interactive && !quit {
             out.push_str("> ");
         }
-        if write.write_all(out.as_bytes()).await.is_err() || quit || !interactive {
+        // A client that does not read its answers is let go.
+        let written = tokio::time::timeout(WRITE, write.write_all(out.as_bytes())).await;
+        if !matches!(written, Ok(Ok(()))) || quit || !interactive {
             return;
         }
     }

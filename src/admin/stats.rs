@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub backend: Totals,
     pub uptime_s: u64,
     pub gossip: Gossip,
+    /// Log lines lost: (log, cause, count), for the access log and diagnostics.
+    pub log_lost: Vec<(&'static str, &'static str, u64)>,
 }
 
 /// The gossip layer's counters.
@@ -91,6 +93,11 @@ impl Snapshot {
                 members_refused: shared.gossip.members_refused.load(Relaxed),
                 rejoins: shared.gossip.rejoins.load(Relaxed),
             },
+            log_lost: [("access", &shared.log), ("diagnostics", &shared.diagnostics)]
+                .into_iter()
+                .filter_map(|(log, sink)| Some((log, sink.as_ref()?.stats().clone())))
+                .flat_map(|(log, s)| [(log, "dropped", s.dropped()), (log, "failed", s.failed())])
+                .collect(),
         }
     }
 

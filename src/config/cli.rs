@@ -186,13 +186,17 @@ pub struct ProxyArgs {
     /// separated by commas); host names are resolved when connecting.
     #[arg(long, env = "SHOAL_BACKEND", value_name = "BACKEND", value_parser = value::backends)]
     pub backend: Vec<Vec<BackendSpec>>,
-    /// Admin and stats listener [default: 0.0.0.0:1936].
-    #[arg(long, env = "SHOAL_ADMIN", value_name = "ADDR", value_parser = value::listen_addr)]
-    pub admin: Option<SocketAddr>,
-    /// Runtime API listener, HAProxy's `stats socket` commands over TCP. It changes routing, so it stays on
-    /// loopback unless told otherwise [default: 127.0.0.1:9999].
-    #[arg(long, env = "SHOAL_RUNTIME_API", value_name = "ADDR", value_parser = value::listen_addr)]
-    pub runtime_api: Option<SocketAddr>,
+    /// Admin and stats listener, or off [default: 0.0.0.0:1936].
+    #[arg(long, env = "SHOAL_ADMIN", value_name = "ADDR", value_parser = value::optional_listen_addr)]
+    pub admin: Option<value::Endpoint>,
+    /// Protects the stats page, CSV and metrics with HTTP basic authentication (HAProxy's `stats auth`).
+    // Checked when the configuration is loaded, not by clap, whose message would repeat the secret.
+    #[arg(long, env = "SHOAL_ADMIN_AUTH", value_name = "USER:PASS", hide_env_values = true)]
+    pub admin_auth: Option<String>,
+    /// Runtime API listener, HAProxy's `stats socket` commands over TCP, or off. It changes routing, so it
+    /// stays on loopback unless told otherwise [default: 127.0.0.1:9999].
+    #[arg(long, env = "SHOAL_RUNTIME_API", value_name = "ADDR", value_parser = value::optional_listen_addr)]
+    pub runtime_api: Option<value::Endpoint>,
     /// How servers are chosen: roundrobin (weighted), leastconn, random (two choices), or consistent hashing
     /// of the client address (source), the path (uri) or a header (hdr(NAME)) [default: roundrobin].
     #[arg(long, env = "SHOAL_BALANCE", value_name = "ALGORITHM", value_parser = value::balance)]

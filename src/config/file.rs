@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub timeout_handshake: Option<Spanned<DurationText>>,
     pub admin: Option<Spanned<String>>,
     pub runtime_api: Option<Spanned<String>>,
+    pub admin_auth: Option<Spanned<String>>,
     pub balance: Option<Spanned<String>>,
     pub hash_balance_factor: Option<Spanned<i64>>,
     pub latency_aware: Option<Spanned<bool>>,

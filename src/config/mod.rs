@@ -66,9 +66,12 @@ pub struct ProxyConfig {
     /// Plain requests are answered with a redirect to https.
     pub redirect_https: bool,
     pub backends: Vec<BackendSpec>,
-    pub admin: SocketAddr,
-    /// Where the runtime API (HAProxy's stats socket commands) listens.
-    pub runtime_api: SocketAddr,
+    /// Where the stats page, CSV and metrics are served; `None`: nowhere.
+    pub admin: Option<SocketAddr>,
+    /// `USER:PASS` the admin endpoints ask for, when set.
+    pub admin_auth: Option<Secret>,
+    /// Where the runtime API (HAProxy's stats socket commands) listens; `None`: nowhere.
+    pub runtime_api: Option<SocketAddr>,
     pub balance: value::Balance,
     /// `--hash-balance-factor` (percent; 0: off).
     pub hash_balance_factor: u32,
@@ -366,12 +369,18 @@ impl ProxyConfig {
             backends,
             admin: args
                 .admin
-                .or(s.get("admin", &f.admin, |v| value::listen_addr(v))?)
-                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1936)),
+                .or(s.get("admin", &f.admin, |v| value::optional_listen_addr(v))?)
+                .map_or(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1936)), |e| e.0),
+            admin_auth: match &args.admin_auth {
+                Some(given) => Some(
+                    value::user_pass(given).map_err(|message| ConfigError::Field { field: "admin-auth", message })?,
+                ),
+                None => s.get("admin-auth", &f.admin_auth, |v| value::user_pass(v))?,
+            },
             runtime_api: args
                 .runtime_api
-                .or(s.get("runtime_api", &f.runtime_api, |v| value::listen_addr(v))?)
-                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9999)),
+                .or(s.get("runtime_api", &f.runtime_api, |v| value::optional_listen_addr(v))?)
+                .map_or(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9999)), |e| e.0),
             balance: args.balance.clone().or(s.get("balance", &f.balance, |v| value::balance(v))?).unwrap_or_default(),
             hash_balance_factor: {
                 let factor = count(

@@ -13,6 +13,17 @@ pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| format!("{s:?} is not IP:PORT (like 0.0.0.0:80 or [::]:80)"))
 }
 
+/// A control listener's address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint(pub Option<SocketAddr>);
+
+pub fn optional_listen_addr(s: &str) -> Result<Endpoint, String> {
+    match s.trim() {
+        "off" | "none" => Ok(Endpoint(None)),
+        s => listen_addr(s).map(|a| Endpoint(Some(a))).map_err(|e| format!("{e}, or off")),
+    }
+}
+
 /// How a server is chosen for each request (HAProxy's `balance`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Balance {
@@ -186,6 +197,14 @@ pub fn cookie_name(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err(format!("{s:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"))
+    }
+}
+
+/// `USER:PASS` for HTTP basic authentication; the error never repeats the value (it is a secret).
+pub fn user_pass(s: &str) -> Result<crate::cluster::Secret, String> {
+    match s.split_once(':') {
+        Some((user, pass)) if !user.is_empty() && !pass.is_empty() => Ok(crate::cluster::Secret(s.to_string())),
+        _ => Err("expected USER:PASS, both non-empty".into()),
     }
 }
 

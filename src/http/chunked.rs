@@ -30,7 +30,7 @@ enum State {
 }
 
 /// Incremental decoder: feed it whatever bytes arrived, it consumes what belongs to the body.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     state: State,
     emit: Emit,

@@ -82,7 +82,9 @@ pub struct TransferCodings {
 
 /// Parses every Transfer-Encoding instance.
 ///
-/// Refuses empty elements, `chunked` more than once or anywhere but last, and codings nobody knows (501).
+/// Refuses empty elements, parameters (`chunked;x`: whether the next hop reads that as chunked is anybody's
+/// guess, so HAProxy refuses it too), `chunked` more than once or anywhere but last, and codings nobody knows
+/// (501).
 /// A list whose last coding is not chunked is returned with `chunked_last == false`: a request must refuse
 /// it, a response reads to close.
 pub fn transfer_codings(values: &[&[u8]]) -> Result<TransferCodings, HttpError> {
@@ -90,7 +92,10 @@ pub fn transfer_codings(values: &[&[u8]]) -> Result<TransferCodings, HttpError> 
     let mut chunked_seen = false;
     let mut chunked_last = false;
     for element in list_elements(values) {
-        let name = trim_ows(element.split(|&b| b == b';').next().unwrap_or_default());
+        if element.contains(&b';') {
+            return Err(HttpError::BadTransferEncoding("coding with parameters"));
+        }
+        let name = trim_ows(element);
         if !is_token(name) {
             return Err(HttpError::BadTransferEncoding("empty or invalid coding"));
         }
@@ -109,7 +114,7 @@ pub fn transfer_codings(values: &[&[u8]]) -> Result<TransferCodings, HttpError> 
         if !joined.is_empty() {
             joined.push_str(", ");
         }
-        joined.push_str(&String::from_utf8_lossy(&element.to_ascii_lowercase()));
+        joined.push_str(&String::from_utf8_lossy(&lower));
     }
     if joined.is_empty() {
         return Err(HttpError::BadTransferEncoding("empty"));
@@ -203,6 +208,11 @@ mod tests {
         assert!(matches!(transfer_codings(&[b"chunked, chunked"]), Err(HttpError::BadTransferEncoding(_))));
         assert!(matches!(transfer_codings(&[b"chunked, gzip"]), Err(HttpError::BadTransferEncoding(_))));
         assert!(matches!(transfer_codings(&[b"chunked,"]), Err(HttpError::BadTransferEncoding(_))));
+        for with_parameters in [&b"chunked;"[..], b"chunked; foo=bar", b"chunked ;x", b"gzip;q=1, chunked"] {
+            let refused = transfer_codings(&[with_parameters]);
+            assert!(matches!(refused, Err(HttpError::BadTransferEncoding(_))), "{with_parameters:?}: {refused:?}");
+        }
+        assert!(transfer_codings(&[b" chunked "]).unwrap().chunked_last, "whitespace around elements is allowed");
         assert_eq!(transfer_codings(&[b"foo, chunked"]), Err(HttpError::UnknownTransferCoding));
         assert_eq!(transfer_codings(&[b"identity"]), Err(HttpError::UnknownTransferCoding));
     }

@@ -1,51 +1,14 @@
-//! Access log lines in HAProxy's `option httplog` shape, written to stdout by one logger thread.
+//! Access log lines in HAProxy's `option httplog` shape.
 //!
-//! Each data-plane thread formats into its own buffer and hands whole batches over a bounded channel, so the
-//! request path never takes a lock shared with other threads and never blocks on a slow stdout: when the
-//! channel is full, the batch is dropped and counted.
+//! Each data-plane thread formats into its own buffer and hands whole batches to a [`crate::logging::Sink`] on
+//! stdout, so the request path never takes a lock shared with other threads and never blocks on a slow or
+//! closed stdout.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{BACKEND_NAME, FRONTEND_NAME};
-
-/// The sending side, shared by every thread.
-pub struct Sink {
-    tx: SyncSender<Vec<u8>>,
-    pub dropped_batches: AtomicU64,
-}
-
-impl Sink {
-    /// Starts the logger thread; it ends when every `Sink` is dropped and the queue is drained.
-    pub fn start() -> std::io::Result<(Sink, JoinHandle<()>)> {
-        let (tx, rx) = sync_channel(256);
-        let handle = std::thread::Builder::new().name("shoal-log".into()).spawn(move || write_batches(rx))?;
-        Ok((Sink { tx, dropped_batches: AtomicU64::new(0) }, handle))
-    }
-
-    pub fn send(&self, batch: Vec<u8>) {
-        match self.tx.try_send(batch) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped_batches.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-fn write_batches(rx: Receiver<Vec<u8>>) {
-    let stdout = std::io::stdout();
-    for batch in rx {
-        let mut out = stdout.lock();
-        if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
-            return;
-        }
-    }
-}
 
 /// What one log line says.
 pub struct Record<'a> {

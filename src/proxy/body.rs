@@ -43,6 +43,18 @@ impl Framer {
         }
     }
 
+    /// Checks the framing of body bytes that arrived with the head, consuming nothing: a body already known
+    /// to be malformed is refused before any server sees the request. What arrives later is checked as it
+    /// streams.
+    pub fn check_buffered(&self, buffered: &[u8]) -> Result<(), HttpError> {
+        match self {
+            Framer::Chunked(decoder) if !buffered.is_empty() => {
+                decoder.clone().feed(buffered, &mut Vec::new()).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn is_done(&self) -> bool {
         match self {
             Framer::Done => true,

@@ -22,8 +22,10 @@ use crate::http::request::{lower_minor_version, parse_request, Request};
 use crate::http::rewrite::{self, Forwarded};
 use crate::http::HeadLimits;
 
-/// After a refusal, how long unread client bytes are drained so the answer is not lost to a reset.
-const LINGER: Duration = Duration::from_secs(1);
+/// Closing with unread client bytes (a refusal, an early answer) first drains them for at most this long and
+/// this much, as nginx's lingering close, so the answer is not lost to a reset.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 32 << 20;
 /// While stopping, how long an idle keep-alive connection must stay quiet before it is closed.
 const QUIET_BEFORE_CLOSE: Duration = Duration::from_secs(1);
 
@@ -262,9 +264,9 @@ pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S)
     let _ = stream.shutdown().await;
     let drain = async {
         // On the heap: an array here would sit inside every connection's future, idle or not.
-        let mut sink = vec![0u8; 4096];
+        let mut sink = vec![0u8; 64 << 10];
         let mut total = 0usize;
-        while total < 1 << 20 {
+        while total < LINGER_BYTES {
             match stream.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,

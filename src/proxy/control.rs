@@ -30,8 +30,8 @@ const UPGRADE_WITHIN: Duration = Duration::from_secs(30);
 
 /// The sockets besides the listeners that a new process takes over, with the address each was configured as.
 pub struct Handed {
-    pub admin: (std::net::SocketAddr, std::net::TcpListener),
-    pub runtime_api: (std::net::SocketAddr, std::net::TcpListener),
+    pub admin: Option<(std::net::SocketAddr, std::net::TcpListener)>,
+    pub runtime_api: Option<(std::net::SocketAddr, std::net::TcpListener)>,
     pub gossip: (std::net::SocketAddr, std::net::UdpSocket),
 }
 
@@ -143,16 +143,11 @@ impl Control {
             }
         }
         let h = &self.handed;
-        sockets.push(handover::Handed {
-            kind: Kind::Admin,
-            configured: h.admin.0.to_string(),
-            fd: h.admin.1.as_raw_fd(),
-        });
-        sockets.push(handover::Handed {
-            kind: Kind::RuntimeApi,
-            configured: h.runtime_api.0.to_string(),
-            fd: h.runtime_api.1.as_raw_fd(),
-        });
+        for (kind, handed) in [(Kind::Admin, &h.admin), (Kind::RuntimeApi, &h.runtime_api)] {
+            if let Some((addr, listener)) = handed {
+                sockets.push(handover::Handed { kind, configured: addr.to_string(), fd: listener.as_raw_fd() });
+            }
+        }
         sockets.push(handover::Handed {
             kind: Kind::Gossip,
             configured: h.gossip.0.to_string(),

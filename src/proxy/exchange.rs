@@ -79,6 +79,10 @@ pub async fn run<T: Transport>(
     };
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
+    if let Err(e) = framer.check_buffered(&client.buf) {
+        tracing::info!("refused request body from {}: {e}", client.peer);
+        return answer(worker, client, &plan, &log, 400, *b"CR").await;
+    }
     let connect_deadline = Instant::now() + config.timeouts.connect;
     // Why the last attempt that reached a server failed: the answer if no server is left to retry on.
     let mut last_failure: Option<Failure> = None;
@@ -216,6 +220,11 @@ pub async fn run<T: Transport>(
                     worker.pool.borrow_mut().checkin(up);
                 }
                 log_line(worker, client, &plan, &log, relayed.status, relayed.bytes, *b"--");
+                if relayed.close_client {
+                    // Unread request bytes (an early answer, say 413) would make the close a reset, which
+                    // can wipe the answer before the client reads it.
+                    close_gracefully(&mut client.stream).await;
+                }
                 return !relayed.close_client;
             }
             Err(failure) => {

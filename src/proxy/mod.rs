@@ -23,6 +23,7 @@ mod tunnel;
 mod upstream;
 mod worker;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, AtomicUsize};
 use std::sync::Arc;
@@ -38,6 +39,13 @@ use crate::config::ProxyConfig;
 use crate::signals::ControlSignals;
 use handover::{Inherited, Kind};
 
+/// A second handle on a control listener, kept for a binary upgrade's handover.
+fn try_clone(
+    bound: &Option<(SocketAddr, std::net::TcpListener)>,
+) -> std::io::Result<Option<(SocketAddr, std::net::TcpListener)>> {
+    bound.as_ref().map(|(a, l)| l.try_clone().map(|l| (*a, l))).transpose()
+}
+
 /// The frontend's and the backend's names in the access log and the stats, as HAProxy's proxy names: tools
 /// written for the lab's HAProxy (`nodes/s1`) find what they expect.
 pub const FRONTEND_NAME: &str = "shoal";
@@ -51,7 +59,9 @@ pub struct Shared {
     pub config_changes: watch::Receiver<u64>,
     pub backends: SharedBackends,
     pub shutdown: watch::Receiver<bool>,
-    pub log: Option<access_log::Sink>,
+    pub log: Option<crate::logging::Sink>,
+    /// Diagnostics' sink, for its loss counters.
+    pub diagnostics: Option<crate::logging::Sink>,
     /// Client connections open across all threads (`%ac` in the log).
     pub connections: AtomicUsize,
     /// The plain frontend's counters, one slot per thread.
@@ -106,7 +116,12 @@ fn wait_for_members(shared: &Shared, n: usize) {
 pub type Reload = Box<dyn Fn() -> Result<ProxyConfig, String>>;
 
 /// Runs the proxy until SIGTERM/SIGINT, or until a new binary took over after SIGUSR2.
-pub fn run(config: ProxyConfig, reload: Reload, pid_file: Option<PathBuf>) -> Result<(), ProxyError> {
+pub fn run(
+    config: ProxyConfig,
+    reload: Reload,
+    pid_file: Option<PathBuf>,
+    diagnostics: Option<crate::logging::Sink>,
+) -> Result<(), ProxyError> {
     // Read before anything else: a binary upgrade hands the sockets over in the environment.
     let mut inherited = Inherited::from_env();
     let signals = ControlSignals::install().map_err(ProxyError::Start)?;
@@ -136,9 +151,13 @@ pub fn run(config: ProxyConfig, reload: Reload, pid_file: Option<PathBuf>) -> Re
     if config.backends.is_empty() {
         tracing::info!("no static backend: requests are answered 503 until an agent joins by gossip");
     }
-    let admin = listener::bind_single(Kind::Admin, config.admin, &mut inherited).map_err(ProxyError::Listen)?;
-    let runtime_api =
-        listener::bind_single(Kind::RuntimeApi, config.runtime_api, &mut inherited).map_err(ProxyError::Listen)?;
+    let mut bind_control = |kind, addr: Option<SocketAddr>| -> Result<_, ProxyError> {
+        addr.map(|a| listener::bind_single(kind, a, &mut inherited).map(|l| (a, l)))
+            .transpose()
+            .map_err(ProxyError::Listen)
+    };
+    let admin = bind_control(Kind::Admin, config.admin)?;
+    let runtime_api = bind_control(Kind::RuntimeApi, config.runtime_api)?;
     let gossip = inherited.take(Kind::Gossip, &config.cluster.bind.to_string()).pop().map(std::net::UdpSocket::from);
     let peers = std::mem::take(&mut inherited.peers);
     if !inherited.is_empty() {
@@ -164,15 +183,14 @@ pub fn run(config: ProxyConfig, reload: Reload, pid_file: Option<PathBuf>) -> Re
     .map_err(ProxyError::Listen)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (config_changed, config_changes) = watch::channel(0);
-    let (log, log_thread) = if config.access_log {
-        let (sink, handle) = access_log::Sink::start().map_err(ProxyError::Start)?;
-        (Some(sink), Some(handle))
-    } else {
-        (None, None)
+    let log = match config.access_log {
+        true => Some(crate::logging::Sink::start("shoal-log", std::io::stdout()).map_err(ProxyError::Start)?.0),
+        false => None,
     };
+    let log_flush = log.clone();
     let handed = control::Handed {
-        admin: (config.admin, admin.try_clone().map_err(ProxyError::Start)?),
-        runtime_api: (config.runtime_api, runtime_api.try_clone().map_err(ProxyError::Start)?),
+        admin: try_clone(&admin).map_err(ProxyError::Start)?,
+        runtime_api: try_clone(&runtime_api).map_err(ProxyError::Start)?,
         gossip: (config.cluster.bind, cluster.socket.try_clone().map_err(ProxyError::Start)?),
     };
     let shared = Arc::new(Shared {
@@ -181,6 +199,7 @@ pub fn run(config: ProxyConfig, reload: Reload, pid_file: Option<PathBuf>) -> Re
         backends,
         shutdown: stop_rx,
         log,
+        diagnostics,
         connections: AtomicUsize::new(0),
         frontend: PerThread::new(threads),
         frontend_tls: PerThread::new(threads),
@@ -190,8 +209,12 @@ pub fn run(config: ProxyConfig, reload: Reload, pid_file: Option<PathBuf>) -> Re
         https_port: AtomicU16::new(https_port),
         gossip: cluster.stats.clone(),
     });
-    crate::admin::start(admin, shared.clone()).map_err(ProxyError::Start)?;
-    crate::admin::runtime::start(runtime_api, shared.clone(), publisher.clone()).map_err(ProxyError::Start)?;
+    if let Some((_, admin)) = admin {
+        crate::admin::start(admin, shared.clone()).map_err(ProxyError::Start)?;
+    }
+    if let Some((_, runtime_api)) = runtime_api {
+        crate::admin::runtime::start(runtime_api, shared.clone(), publisher.clone()).map_err(ProxyError::Start)?;
+    }
     // A successor accepts only once it routes like its predecessor: until then the predecessor keeps
     // accepting on the same sockets, and the clients stay with it.
     let successor = !peers.is_empty();
@@ -234,8 +257,9 @@ pub fn run(config: ProxyConfig, reload: Reload, pid_file: Option<PathBuf>) -> Re
     for w in workers {
         let _ = w.join();
     }
-    if let Some(handle) = log_thread {
-        let _ = handle.join();
+    // Bounded: a stuck stdout must not hold the exit.
+    if let Some(sink) = log_flush {
+        sink.flush(std::time::Duration::from_secs(1));
     }
     drop(pid_file);
     tracing::info!("stopped");

@@ -240,7 +240,7 @@ impl Proxy {
     /// Where the admin endpoints (stats page, CSV, metrics) are served.
     pub fn admin(&self) -> SocketAddr {
         let line = self.stderr.wait_for("admin line", |l| l.contains("admin on "));
-        line.rsplit("admin on ").next().unwrap().trim().parse().unwrap()
+        line.rsplit("admin on ").next().unwrap().split_whitespace().next().unwrap().parse().unwrap()
     }
 
     pub fn signal(&self, sig: i32) {

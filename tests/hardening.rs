@@ -1,0 +1,285 @@
+//! Hostile surroundings, through the real binary: a log pipe whose reader went away, request bodies that are
+//! already known to be broken, backends that answer before reading.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Backend, Process, Proxy, Wire, WAIT};
+
+/// Polls until something accepts on `addr`.
+fn wait_listening(addr: SocketAddr) {
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(start.elapsed() < WAIT, "nothing listens on {addr}");
+        std::thread::yield_now();
+    }
+}
+
+/// `n` requests on new connections (spread over every data-plane thread by SO_REUSEPORT): how many got 200.
+fn answered(addr: SocketAddr, n: usize) -> usize {
+    (0..n).filter(|_| common::http_get(addr, "/", Duration::from_secs(5)).is_ok()).count()
+}
+
+#[test]
+fn a_log_pipe_whose_reader_is_gone_neither_stops_nor_weakens_the_proxy() {
+    let backend = Backend::http(|_| common::ok("fine"));
+    // Closed from the start, as `shoal proxy ... 2>&1 | head -0` would be: the first log line meets EPIPE.
+    let addr = common::free_port();
+    let admin = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["proxy", "--listen", &addr.to_string(), "--admin", &admin.to_string(), "--threads", "2"])
+        .args(["--gossip", "127.0.0.1:0", "--runtime-api", "127.0.0.1:0", "--backend", &backend.arg()])
+        .env("SHOAL_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shoal");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let mut child = Process(child);
+    wait_listening(addr);
+    // Every request writes an access line and debug lines into the closed pipes, on both threads.
+    assert_eq!(answered(addr, 200), 200, "every request answered while its log lines fail");
+    assert!(child.try_wait().unwrap().is_none(), "the proxy is still running");
+    // Threads hand their access lines over in batches, a moment later.
+    let lost = |log: &str| -> u64 {
+        let metrics = common::get(admin, "/metrics").body_str();
+        let prefix = format!("shoal_log_lines_lost_total{{log=\"{log}\",cause=\"failed\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{prefix}\n{metrics}"));
+        line[prefix.len()..].parse().unwrap()
+    };
+    let start = Instant::now();
+    while lost("access") < 200 {
+        assert!(start.elapsed() < WAIT, "the access lines that could not be written are counted: {}", lost("access"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lost("diagnostics") > 0, "so are the diagnostics");
+    // A clean stop still: SIGTERM, exit 0.
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_exit().success());
+}
+
+#[test]
+fn a_check_whose_stdout_is_closed_does_not_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["proxy", "--check", "--backend", "127.0.0.1:9"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(status.code(), Some(101), "no panic exit: {err}");
+}
+
+/// Sends `raw` through the proxy and returns the status; the backend must have seen nothing.
+fn refused_before_any_server(raw: &[u8]) -> u16 {
+    let backend = Backend::http(|_| common::ok("reached"));
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let status = common::request(proxy.addr, raw).status();
+    // The proxy answered, so whatever it would have sent was sent already; and it logged why.
+    proxy.stderr.wait_for("the refusal logged", |l| l.contains("refused"));
+    assert_eq!(backend.connection_count(), 0, "nothing reached a server for {:?}", String::from_utf8_lossy(raw));
+    status
+}
+
+#[test]
+fn transfer_encoding_with_parameters_is_refused_before_any_server() {
+    for te in ["chunked;", "chunked; foo=bar", "chunked ;x", "gzip;q=1, chunked"] {
+        let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(refused_before_any_server(raw.as_bytes()), 400, "Transfer-Encoding: {te}");
+    }
+}
+
+#[test]
+fn a_chunked_body_broken_in_its_first_bytes_reaches_no_server() {
+    let head = "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for body in [
+        "0x3\r\nabc\r\n0\r\n\r\n",
+        "\r\nabc\r\n0\r\n\r\n",
+        "fffffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+        "3;ext\nabc\r\n0\r\n\r\n",
+        "3\r\nabcdef\r\n0\r\n\r\n",
+    ] {
+        let status = refused_before_any_server(format!("{head}{body}").as_bytes());
+        assert_eq!(status, 400, "body {body:?}");
+    }
+    // The same head with a good body goes through whole.
+    let backend = Backend::http(|_| common::ok("reached"));
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let r = common::request(proxy.addr, format!("{head}3\r\nabc\r\n0\r\n\r\n").as_bytes());
+    assert_eq!(r.body_str(), "reached");
+    assert_eq!(backend.wait_requests(1)[0].body, b"abc");
+}
+
+#[test]
+fn an_early_answer_reaches_the_client_although_the_body_was_never_read() {
+    // Answers 413 to the head alone, as an app with a body size limit does, and reads nothing more.
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!");
+            std::thread::park_timeout(WAIT);
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    // More than the socket buffers on the way hold, and within what the proxy drains before closing.
+    let body = vec![b'x'; 8 << 20];
+    for attempt in 0..5 {
+        let mut client = TcpStream::connect(proxy.addr).unwrap();
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        client.set_write_timeout(Some(WAIT)).unwrap();
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+        // As curl without `Expect: 100-continue` does: the whole body first, then the answer. A reset while
+        // sending is the answer lost.
+        client.write_all(head.as_bytes()).unwrap();
+        if let Err(e) = client.write_all(&body) {
+            panic!("attempt {attempt}: the connection was reset under the client while it sent the body: {e}");
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"too big!") {
+            match client.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("attempt {attempt}: the answer was lost: {e}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 413"), "attempt {attempt}: {text:?}");
+    }
+}
+
+/// A python3 child holding `n` connections to `addr` (non-blocking connects: those beyond what the listener
+/// accepts wait in its queue or in SYN_SENT), each sent `payload` when it could take it, none ever read.
+/// They all close when the guard drops.
+struct Crowd(std::process::Child);
+
+const CROWD: &str = r#"
+import resource, select, socket, sys, time
+host, port, n, payload = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].encode()
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect((host, port))
+    except BlockingIOError:
+        pass
+    socks.append(s)
+if payload:
+    deadline = time.monotonic() + 2
+    pending = list(socks)
+    poller = select.poll()
+    by_fd = {s.fileno(): s for s in socks}
+    for fd in by_fd:
+        poller.register(fd, select.POLLOUT)
+    while by_fd and time.monotonic() < deadline:
+        for fd, _ in poller.poll(200):
+            try:
+                by_fd[fd].send(payload)
+            except OSError:
+                pass
+            poller.unregister(fd)
+            del by_fd[fd]
+print(len(socks), flush=True)
+sys.stdin.read()
+"#;
+
+impl Crowd {
+    fn gather(addr: SocketAddr, n: usize, payload: &str) -> Crowd {
+        let mut child = Command::new("python3")
+            .args(["-c", CROWD, &addr.ip().to_string(), &addr.port().to_string(), &n.to_string(), payload])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), n.to_string(), "the crowd opened its connections");
+        Crowd(child)
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn crowds_on_the_control_listeners_leave_the_data_plane_answering() {
+    let backend = Backend::http(|_| common::ok("fine"));
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--access-log", "off"]);
+    let before = open_descriptors(proxy.pid());
+    // 20,000 connections across the runtime API and the admin listener (two processes: one may not hold
+    // them all under this machine's descriptor limit), half of the runtime ones in `prompt` sessions, and 500
+    // that ask for the CSV in bulk and never read.
+    let prompt = Crowd::gather(proxy.runtime_api(), 10_000, "prompt\n");
+    let admin = Crowd::gather(proxy.admin(), 9_500, "GET /;csv HTTP/1.1\r\nHost: x\r\n\r\n");
+    let bulk = "show stat;".repeat(400) + "\n";
+    let non_readers = Crowd::gather(proxy.runtime_api(), 500, &bulk);
+    assert_eq!(answered(proxy.addr, 300), 300, "the data plane answered every request");
+    let held = open_descriptors(proxy.pid());
+    eprintln!("descriptors: {before} at start, {held} with 20,000 control connections pending");
+    assert!(held < before + 100, "the control listeners took {} descriptors", held - before);
+    drop((prompt, admin, non_readers));
+    // And the operator gets in again once the crowd has gone.
+    let start = Instant::now();
+    loop {
+        let mut s = TcpStream::connect(proxy.runtime_api()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.write_all(b"show info\n").unwrap();
+        let mut out = String::new();
+        if s.read_to_string(&mut out).is_ok() && out.contains("Name: shoal") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "the runtime API never answered again");
+    }
+}
+
+#[test]
+fn the_runtime_api_can_be_off_and_the_admin_page_locked() {
+    let proxy = Proxy::start(&["--runtime-api", "off", "--admin-auth", "ops:s3cret"]);
+    let admin = proxy.admin();
+    assert!(!proxy.stderr.all().iter().any(|l| l.contains("runtime API on")), "no runtime API listener");
+    for path in ["/", "/;csv", "/metrics"] {
+        let r = common::get(admin, path);
+        assert_eq!(r.status(), 401, "{path} without credentials");
+        assert_eq!(r.header("www-authenticate").as_deref(), Some("Basic realm=\"shoal\""));
+    }
+    let ask = |credentials: &str| {
+        let raw = format!("GET /;csv HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {credentials}\r\n\r\n");
+        common::request(admin, raw.as_bytes())
+    };
+    // base64("ops:s3cret") and base64("ops:wrong").
+    assert_eq!(ask("b3BzOnMzY3JldA==").status(), 200);
+    assert_eq!(ask("b3BzOndyb25n").status(), 401);
+    // The password never shows in --check.
+    let out = common::shoal()
+        .args(["proxy", "--check", "--gossip", "127.0.0.1:7946", "--admin-auth", "ops:s3cret"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains("s3cret"), "{text}");
+    let bad = common::shoal()
+        .args(["proxy", "--check", "--gossip", "127.0.0.1:7946", "--admin-auth", "s3cret"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("admin-auth") && !err.contains("s3cret"), "{err}");
+}
