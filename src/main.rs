@@ -16,7 +16,7 @@ use shoal::webapp::{self, WebappConfig};
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| refuse(e));
     let diagnostics = logging::init_diagnostics();
     let (code, why) = run(cli, diagnostics.clone());
     // The last log lines are written before it exits (unless stderr is stuck), then why it stops.
@@ -27,6 +27,28 @@ fn main() -> ExitCode {
         logging::say(&mut io::stderr(), format_args!("{why}"));
     }
     code
+}
+
+/// Exits on a command-line error. A bad value that came from a `SHOAL_*` variable rather than the command
+/// line is reported under the variable's name (clap would name only the flag).
+fn refuse(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+            let flag = arg.split_whitespace().next().unwrap_or(arg);
+            let on_command_line = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+            let var = format!("SHOAL_{}", flag.trim_start_matches('-').to_ascii_uppercase().replace('-', "_"));
+            if !on_command_line && std::env::var_os(&var).is_some() {
+                let why = std::error::Error::source(&e).map_or_else(|| e.kind().to_string(), |s| s.to_string());
+                logging::say(
+                    &mut io::stderr(),
+                    format_args!("shoal: configuration error: `{var}` (for {flag}): {why}"),
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    e.exit()
 }
 
 /// The exit code, and what to say on stderr last.
@@ -42,7 +64,10 @@ fn run(cli: Cli, diagnostics: Option<logging::Sink>) -> Ended {
                         return config_error(format!("`tls-cert`: {e}"));
                     }
                 }
-                logging::say(&mut io::stdout(), format_args!("configuration is valid:\n{config:#?}"));
+                logging::say(
+                    &mut io::stdout(),
+                    format_args!("configuration is valid:\n{}", config.as_flags().trim_end()),
+                );
                 (ExitCode::SUCCESS, None)
             }
             Ok(config) => {

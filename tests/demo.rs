@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+
 use common::{free_port, shoal, Lines, Process, Wire};
 use std::process::Stdio;
 
@@ -70,11 +72,15 @@ fn demo_brings_up_three_nodes_and_stops_on_ctrl_c() {
             "0",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
+        // A group of its own, as a shell job: Ctrl-C at a terminal signals the whole group.
+        .process_group(0)
         .spawn()
         .unwrap();
     let stdout = Lines::default();
     stdout.clone().collect_from(child.stdout.take().unwrap());
+    let stderr = Lines::default();
+    stderr.clone().collect_from(child.stderr.take().unwrap());
     stdout.wait_for("ready line", |l| l.starts_with("shoal demo ready: 3 nodes"));
     let hosts: std::collections::HashSet<String> = (0..9)
         .map(|_| {
@@ -85,8 +91,26 @@ fn demo_brings_up_three_nodes_and_stops_on_ctrl_c() {
     assert_eq!(hosts.len(), 3, "round robin over three nodes: {hosts:?}");
 
     let mut demo = Process(child);
-    demo.signal(libc::SIGINT);
+    // SAFETY: kill(2) on the process group of a child we spawned.
+    unsafe { libc::kill(-(demo.id() as i32), libc::SIGINT) };
     let status = demo.wait_exit();
     assert!(status.success(), "{status:?}");
     assert!(std::net::TcpStream::connect(listen).is_err(), "the demo's proxy is gone");
+    // In order: no app restarted mid-shutdown, no agent stopping before the proxy let go of it.
+    let log = stderr.all().join("\n");
+    assert!(!log.contains("restarting in"), "an app was restarted during the stop:\n{log}");
+    assert!(!log.contains("WARN"), "the stop was not clean:\n{log}");
+}
+
+#[test]
+fn a_demo_whose_proxy_cannot_start_says_so_and_fails() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = shoal()
+        .args(["demo", "--listen", &taken.local_addr().unwrap().to_string(), "--first-port", "0"])
+        .args(["--gossip-port", "0", "--admin-port", "0", "--runtime-api-port", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("the proxy could not start") && err.contains("Address already in use"), "{err}");
 }

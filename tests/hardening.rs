@@ -283,3 +283,137 @@ fn the_runtime_api_can_be_off_and_the_admin_page_locked() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("admin-auth") && !err.contains("s3cret"), "{err}");
 }
+
+/// POSTs `pieces` of 512 bytes, one every `pace`, and returns the status.
+fn slow_upload(proxy: SocketAddr, pieces: usize, pace: Duration) -> u16 {
+    let mut client = TcpStream::connect(proxy).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", pieces * 512);
+    client.write_all(head.as_bytes()).unwrap();
+    for _ in 0..pieces {
+        std::thread::sleep(pace);
+        if client.write_all(&[b'u'; 512]).is_err() {
+            break;
+        }
+    }
+    let mut w = Wire::new(client);
+    w.read_response(false).map_or(0, |r| r.status())
+}
+
+#[test]
+fn a_slow_upload_that_keeps_moving_is_not_cut_by_the_server_timeout() {
+    let backend = Backend::http(|req| common::ok(&format!("{} bytes", req.body.len())));
+    // Server and client timeouts of 1 s; the upload lasts about 2.4 s, with a piece every 150 ms.
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-server", "1s", "--timeout-client", "1s"]);
+    assert_eq!(slow_upload(proxy.addr, 16, Duration::from_millis(150)), 200, "the upload completes");
+    assert_eq!(backend.wait_requests(1)[0].body.len(), 16 * 512);
+    // Inactivity still counts: a server that takes the whole body and never answers gets a 504.
+    let silent = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_request().is_some() {
+            std::thread::park_timeout(WAIT);
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &silent.arg(), "--timeout-server", "1s"]);
+    assert_eq!(slow_upload(proxy.addr, 2, Duration::from_millis(10)), 504);
+}
+
+#[test]
+fn a_connection_limit_the_descriptor_limit_cannot_hold_is_refused_at_start() {
+    let out = common::shoal()
+        .args(["proxy", "--check", "--gossip", "127.0.0.1:7946", "--max-connections", "30000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("`max-connections`") && err.contains("ulimit -n"), "{err}");
+}
+
+/// Sets `pid`'s soft open-file limit (the hard one stays, so it can be raised again without privileges).
+fn limit_descriptors(pid: u32, n: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit reads and writes only the structs we pass, which live on this stack frame.
+    let rc = unsafe {
+        libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim);
+        lim.rlim_cur = n.min(lim.rlim_max);
+        libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut())
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn out_of_descriptors_accept_backs_off_logs_once_a_second_and_recovers() {
+    let backend = Backend::http(|_| common::ok("fine"));
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "1", "--max-connections", "500"]);
+    assert_eq!(answered(proxy.addr, 1), 1);
+    // Room for a handful more descriptors only, as when another part of the process took them.
+    limit_descriptors(proxy.pid(), (open_descriptors(proxy.pid()) + 8) as u64);
+    let started = Instant::now();
+    let crowd: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(proxy.addr).unwrap()).collect();
+    // Three lines: a second apart when the back-off holds the log, 50 ms apart if it logged every attempt.
+    let emfile = |l: &str| l.contains("accept on") && l.contains("Too many open files");
+    proxy.stderr.wait_count("three EMFILE lines", 3, emfile);
+    let elapsed = started.elapsed().as_secs() as usize;
+    let lines = proxy.stderr.all().iter().filter(|l| emfile(l)).count();
+    assert!(lines <= elapsed + 2, "{lines} EMFILE lines in {elapsed} s:\n{}", proxy.stderr.all().join("\n"));
+    // Descriptors free up: accepting works again, and the queued clients are served.
+    limit_descriptors(proxy.pid(), u64::MAX);
+    drop(crowd);
+    proxy.stderr.wait_for("recovery logged", |l| l.contains("works again after"));
+    assert_eq!(answered(proxy.addr, 20), 20);
+}
+
+#[test]
+fn a_response_cut_mid_body_is_logged_and_counted_with_the_bytes_delivered() {
+    // Promises 1,000,000 bytes, sends 300,000 and closes.
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+            w.send(&vec![b'c'; 300_000]);
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut client = Wire::connect(proxy.addr);
+    client.send(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n");
+    let got = client.read_all();
+    assert!(got.len() > 300_000 && got.len() < 1_000_000, "the client got the part that came: {}", got.len());
+    let line = proxy.log_line("GET /cut");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (status, bytes, term) = (fields[5], fields[6].parse::<u64>().unwrap(), fields[9]);
+    assert_eq!((status, term), ("200", "SD--"), "{line}");
+    assert_eq!(bytes, got.len() as u64, "the log counts what the client got: {line}");
+    assert_eq!(proxy.metric("shoal_frontend_bytes_out_total"), got.len() as u64);
+}
+
+#[test]
+fn every_bind_error_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (tcp, udp) = (taken.local_addr().unwrap().to_string(), taken_udp.local_addr().unwrap().to_string());
+    let base = ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--runtime-api", "127.0.0.1:0"];
+    let runs: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["proxy", "--listen", &tcp, "--gossip", "127.0.0.1:0"], &tcp),
+        (vec!["proxy", "--admin", &tcp, "--gossip", "127.0.0.1:0"], &tcp),
+        (vec!["proxy", "--runtime-api", &tcp, "--gossip", "127.0.0.1:0"], &tcp),
+        (vec!["proxy", "--gossip", &udp], &udp),
+        (vec!["agent", "--service", "127.0.0.1:1", "--gossip", &udp, "--join", "127.0.0.1:1"], &udp),
+        (vec!["webapp", "--listen", &tcp], &tcp),
+    ];
+    for (args, addr) in runs {
+        let mut cmd = common::shoal();
+        cmd.args(&args);
+        if args[0] == "proxy" {
+            // The defaults for whatever the run does not set itself.
+            for pair in base.chunks(2) {
+                if !args.contains(&pair[0]) {
+                    cmd.args(pair);
+                }
+            }
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started although {addr} is taken");
+        assert!(err.contains(&format!("bind {addr}")), "{args:?}: the error names {addr}: {err}");
+    }
+}

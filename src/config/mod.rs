@@ -2,6 +2,8 @@
 //! then defaults.
 
 mod cli;
+mod describe;
+pub mod descriptors;
 mod file;
 pub mod value;
 
@@ -317,6 +319,32 @@ impl ProxyConfig {
         crate::balance::Options { hash_factor: self.hash_balance_factor, latency: self.latency_aware }
     }
 
+    /// Checks `--max-connections` against the descriptor limit (raised to the hard one first). A value given
+    /// that cannot fit is refused; the default is lowered to what fits, with a log line.
+    fn fit_descriptors(&mut self, given: bool) -> Result<(), ConfigError> {
+        let limit = descriptors::raise_limit();
+        let reserve = descriptors::reserve(self.threads, self.listen.len() + self.tls_listen.len());
+        let fits = descriptors::connections_within(limit, reserve);
+        let wanted = self.limits.max_connections;
+        if wanted <= fits {
+            return Ok(());
+        }
+        if given || fits == 0 {
+            return Err(ConfigError::Field {
+                field: "max-connections",
+                message: format!(
+                    "{wanted} client connections need up to {} descriptors (each may hold a backend connection, \
+                     plus {reserve} for listeners, pools and the admin side), and this process may open {limit} \
+                     (ulimit -n): lower it to {fits} or raise the limit",
+                    wanted * 2 + reserve
+                ),
+            });
+        }
+        tracing::info!("max-connections {fits}: what {limit} descriptors hold (ulimit -n); the default is {wanted}");
+        self.limits.max_connections = fits;
+        Ok(())
+    }
+
     /// Merges flags (clap has already applied env) over the file over defaults, then validates.
     pub fn load(args: &ProxyArgs) -> Result<ProxyConfig, ConfigError> {
         let src = match &args.config {
@@ -361,7 +389,7 @@ impl ProxyConfig {
             args.backend.concat()
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let config = ProxyConfig {
+        let mut config = ProxyConfig {
             listen,
             tls_listen,
             tls_certs,
@@ -485,6 +513,7 @@ impl ProxyConfig {
         if config.listen.is_empty() && config.tls_listen.is_empty() {
             return Err(ConfigError::Field { field: "listen", message: "at least one address is needed".into() });
         }
+        config.fit_descriptors(args.max_connections.is_some() || f.max_connections.is_some())?;
         if !config.tls_listen.is_empty() && config.tls_certs.is_empty() {
             return Err(ConfigError::Field {
                 field: "tls-cert",

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -32,6 +32,7 @@ impl Drop for ConnectionGuard {
 }
 
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
+    let mut failing = AcceptFailures::default();
     loop {
         let stop = worker.shutdown_started();
         if worker.is_shutting_down() {
@@ -50,6 +51,7 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                failing.recovered(&listener);
                 let _ = stream.set_nodelay(true);
                 let guard = ConnectionGuard::new(worker.clone());
                 let local_port = stream.local_addr().map_or(0, |a| a.port());
@@ -68,10 +70,45 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
             }
             Err(e) => {
                 // Out of descriptors or memory: back off rather than spin; the queue keeps the clients.
-                tracing::warn!("accept: {e}");
+                failing.failed(&listener, &e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Accept errors come in bursts (EMFILE while descriptors are short): logged at most once a second, with how
+/// many were held back, and once when accepting works again.
+#[derive(Default)]
+struct AcceptFailures {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+    since: u64,
+    spell_logged: bool,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, listener: &TcpListener, e: &std::io::Error) {
+        self.since += 1;
+        if self.last_logged.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            self.unlogged += 1;
+            return;
+        }
+        let addr = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+        let held = std::mem::take(&mut self.unlogged);
+        let more = if held > 0 { format!(" ({held} more since the last line)") } else { String::new() };
+        tracing::warn!("accept on {addr}: {e}{more}; backing off, clients wait in the queue");
+        self.last_logged = Some(Instant::now());
+        self.spell_logged = true;
+    }
+
+    /// Said once per failing spell that was logged: descriptors that come and go make accepting flap.
+    fn recovered(&mut self, listener: &TcpListener) {
+        if std::mem::take(&mut self.spell_logged) {
+            let addr = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+            tracing::info!("accept on {addr} works again after {} failures", self.since);
+        }
+        self.since = 0;
     }
 }
 

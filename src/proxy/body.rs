@@ -1,12 +1,13 @@
 //! Streams a message body from one socket to another, framed as decided from the head.
 
+use std::cell::Cell;
 use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use crate::http::chunked::{ChunkedDecoder, Emit};
 use crate::http::request::RequestBody;
@@ -15,6 +16,8 @@ use crate::http::HttpError;
 
 /// Largest read while streaming a body: large reads matter for big responses.
 const BODY_READ: usize = 64 * 1024;
+/// The first read of a body, and the size reads go back to never: see [`forward`].
+const FIRST_READ: usize = 4096;
 
 /// Where the body ends.
 pub enum Framer {
@@ -81,22 +84,47 @@ pub enum BodyError {
     Framing(HttpError),
 }
 
+/// What a forwarding tells the rest of the exchange as it goes.
+pub struct Progress {
+    /// When the destination last took bytes.
+    pub at: Cell<Instant>,
+    /// Bytes the destination took.
+    pub bytes: Cell<u64>,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress { at: Cell::new(Instant::now()), bytes: Cell::new(0) }
+    }
+
+    pub fn add(&self, n: usize) {
+        self.at.set(Instant::now());
+        self.bytes.set(self.bytes.get() + n as u64);
+    }
+}
+
 /// Bytes of `buf` that belong to the body are forwarded first; then the source is read until the framer ends.
 /// Bytes beyond the body stay in `buf` (a pipelined request, or a backend's protocol fault).
+///
+/// Reads start small and grow while they come back full: a body that trickles in (a slow upload) holds a few
+/// KiB per connection, a bulk one soon moves in `BODY_READ` pieces. `progress` follows every write, so a cut
+/// body still tells how much went through.
 pub async fn forward<R, W>(
     src: &mut R,
     buf: &mut BytesMut,
     dst: &mut W,
     framer: &mut Framer,
-    src_idle: Duration,
-    dst_idle: Duration,
+    idle: (Duration, Duration),
+    progress: Option<&Progress>,
 ) -> Result<u64, BodyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let (src_idle, dst_idle) = idle;
     let mut sent = 0u64;
     let mut scratch = Vec::new();
+    let mut read_size = FIRST_READ;
     loop {
         if !buf.is_empty() {
             let (consumed, out): (usize, &[u8]) = match framer {
@@ -116,6 +144,9 @@ where
             if !out.is_empty() {
                 write(dst, out, dst_idle).await?;
                 sent += out.len() as u64;
+                if let Some(p) = progress {
+                    p.add(out.len());
+                }
             }
             buf.advance(consumed);
             if matches!(framer, Framer::Length(0)) {
@@ -126,11 +157,16 @@ where
             return Ok(sent);
         }
         let want = match framer {
-            Framer::Length(left) => (*left).min(BODY_READ as u64) as usize,
-            _ => BODY_READ,
+            Framer::Length(left) => (*left).min(read_size as u64) as usize,
+            _ => read_size,
         };
-        buf.reserve(want.max(4096));
-        match timeout(src_idle, src.read_buf(buf)).await {
+        buf.reserve(want.max(1));
+        let before = buf.len();
+        let read = timeout(src_idle, src.read_buf(buf)).await;
+        if buf.len() - before >= read_size {
+            read_size = (read_size * 2).min(BODY_READ);
+        }
+        match read {
             Err(_) => return Err(BodyError::SrcTimeout),
             Ok(Err(e)) => return Err(BodyError::SrcRead(e)),
             Ok(Ok(0)) if matches!(framer, Framer::UntilClose) => {

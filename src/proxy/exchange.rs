@@ -288,7 +288,7 @@ async fn fail<T: Transport>(
             | Failure::Unanswered(_)
             | Failure::ServerTimeout
             | Failure::BadResponse(_)
-            | Failure::AbortedMidResponse([b'S' | b's' | b'P', _], _)
+            | Failure::AbortedMidResponse([b'S' | b's' | b'P', _], _, _)
     );
     if let (true, Some(server)) = (server_failed, &log.server) {
         server.backend().counters.slot(worker.id).response_error();
@@ -306,18 +306,17 @@ async fn fail<T: Transport>(
             (e.status(), *b"PD")
         }
         Failure::RequestBody(BodyError::SrcTimeout) => (408, *b"cD"),
-        // The status a client already received is logged and counted as HAProxy does; the bytes of a cut
-        // body are not tracked (logged as 0).
+        // The status a client already received is logged and counted as HAProxy does, with the bytes it got.
         Failure::RequestBody(_) => {
             log_line(worker, client, plan, log, 0, 0, *b"CD");
             return false;
         }
-        Failure::ClientGone(status) => {
-            log_line(worker, client, plan, log, status, 0, *b"CD");
+        Failure::ClientGone(status, bytes) => {
+            log_line(worker, client, plan, log, status, bytes, *b"CD");
             return false;
         }
-        Failure::AbortedMidResponse(term, status) => {
-            log_line(worker, client, plan, log, status, 0, term);
+        Failure::AbortedMidResponse(term, status, bytes) => {
+            log_line(worker, client, plan, log, status, bytes, term);
             return false;
         }
     };

@@ -72,18 +72,6 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
-    socket.listen(4096)?;
+    socket.listen(4096).map_err(|e| io::Error::new(e.kind(), format!("listen on {addr}: {e}")))?;
     Ok(socket.into())
-}
-
-/// Raises the open-file limit to its hard maximum: every proxied connection needs two descriptors.
-pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass, which lives on this stack frame.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }

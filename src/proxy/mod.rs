@@ -127,7 +127,6 @@ pub fn run(
     let signals = ControlSignals::install().map_err(ProxyError::Start)?;
     // The path as started, not /proc/self/exe: an upgrade runs whatever binary is now at that path.
     let exe = std::env::current_exe().map_err(ProxyError::Start)?;
-    listener::raise_fd_limit();
     let tls = match config.tls_listen.is_empty() {
         true => None,
         false => Some(start_tls(&config.tls_certs)?),

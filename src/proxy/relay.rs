@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::ReadHalf;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use super::body::{self, BodyError, Framer};
 use super::client::Client;
@@ -89,9 +89,10 @@ pub enum Failure {
     RequestBody(BodyError),
     /// Writing to the client failed: nobody to answer.
     /// The status sent, or 0 if none reached the client.
-    ClientGone(u16),
-    /// The response was under way when the backend failed: the client connection can only be closed.
-    AbortedMidResponse([u8; 2], u16),
+    ClientGone(u16, u64),
+    /// The response was under way when the backend failed: the client connection can only be closed. With
+    /// the status and the bytes the client got.
+    AbortedMidResponse([u8; 2], u16, u64),
 }
 
 pub struct Relayed {
@@ -136,15 +137,21 @@ pub async fn transfer<T: Transport>(
     }
 
     let request_done = Cell::new(framer.is_done());
+    // When the server last took request-body bytes: its timeout counts inactivity, as HAProxy's does, so a
+    // slow upload that keeps moving is not cut.
+    let progress = body::Progress::new();
+    // What reached the client, counted even when the response is cut.
+    let delivered = body::Progress::new();
     // The status whose head went to the client; 0 until then.
     let response_status = Cell::new(0u16);
     let send_body = async {
         if framer.is_done() {
             return Ok(());
         }
-        forward(worker, &mut cr, cbuf, &mut uw, framer, t.client, t.server).await.map(|_| ())
+        forward(worker, &mut cr, cbuf, &mut uw, framer, (t.client, t.server), Some(&progress)).await.map(|_| ())
     };
-    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, &request_done, &response_status, asks);
+    let sent = Sent { done: &request_done, progress: &progress.at };
+    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, sent, (&response_status, &delivered), asks);
     tokio::pin!(send_body, relay);
     let mut body_finished = request_done.get();
     let outcome = loop {
@@ -156,7 +163,9 @@ pub async fn transfer<T: Transport>(
                     // The backend stopped reading: it may still have answered early, so keep relaying.
                     Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => {}
                     Err(e) if response_status.get() == 0 => break Err(Failure::RequestBody(e)),
-                    Err(_) => break Err(Failure::AbortedMidResponse(*b"CD", response_status.get())),
+                    Err(_) => {
+                        break Err(Failure::AbortedMidResponse(*b"CD", response_status.get(), delivered.bytes.get()))
+                    }
                 }
             }
             relayed = &mut relay => break relayed,
@@ -176,13 +185,14 @@ async fn forward<R, W>(
     buf: &mut BytesMut,
     dst: &mut W,
     framer: &mut Framer,
-    src_idle: Duration,
-    dst_idle: Duration,
+    idle: (Duration, Duration),
+    progress: Option<&body::Progress>,
 ) -> Result<u64, BodyError>
 where
     R: AsyncRead + Unpin + RawTcp,
     W: AsyncWrite + Unpin + RawTcp,
 {
+    let (src_idle, dst_idle) = idle;
     let splice_min = worker.config().limits.splice_min;
     let both_tcp = src.raw_tcp().is_some() && dst.raw_tcp().is_some();
     if let (Framer::Length(left), true) = (&mut *framer, both_tcp) {
@@ -199,7 +209,7 @@ where
             return Ok(take as u64 + moved);
         }
     }
-    body::forward(src, buf, dst, framer, src_idle, dst_idle).await
+    body::forward(src, buf, dst, framer, idle, progress).await
 }
 
 /// Reads response heads (relaying interim 1xx), then the final head and body, to the client.
@@ -213,8 +223,8 @@ async fn relay_response(
     ur: &mut ReadHalf<'_>,
     up_buf: &mut BytesMut,
     cw: &mut (impl AsyncWrite + Unpin + RawTcp),
-    request_done: &Cell<bool>,
-    response_status: &Cell<u16>,
+    sent: Sent<'_>,
+    (response_status, delivered): (&Cell<u16>, &body::Progress),
     asks: Asks<'_>,
 ) -> Result<Relayed, Failure> {
     use tokio::io::AsyncReadExt;
@@ -234,8 +244,10 @@ async fn relay_response(
             }
             up_buf.reserve(4096);
             let read = match &watch {
-                Some(w) if up_buf.is_empty() && !interim_seen => first_read(worker, ur, up_buf, w, t.server).await?,
-                _ => timeout(t.server, ur.read_buf(up_buf)).await,
+                Some(w) if up_buf.is_empty() && !interim_seen => {
+                    first_read(worker, ur, up_buf, w, t.server, sent.progress).await?
+                }
+                _ => while_active(ur.read_buf(up_buf), t.server, sent.progress).await,
             };
             match read {
                 Err(_) => return Err(Failure::ServerTimeout),
@@ -279,7 +291,7 @@ async fn relay_response(
             || upgraded
             || parsed.body == ResponseBody::UntilClose
             || dechunk
-            || !request_done.get()
+            || !sent.done.get()
             || worker.is_shutting_down();
         let delivery = Delivery {
             close: close_client,
@@ -305,6 +317,7 @@ async fn relay_response(
         };
         response_status.set(status);
         write_client(cw, &out, &up_buf[..initial], t.client).await?;
+        delivered.add(out.len() + initial);
         up_buf.advance(initial);
         if matches!(framer, Framer::Length(0)) {
             framer = Framer::Done;
@@ -313,14 +326,17 @@ async fn relay_response(
         if upgraded {
             return Ok(Relayed { status, bytes, close_client: true, reuse_upstream: false, upgraded });
         }
-        match forward(worker, ur, up_buf, cw, &mut framer, t.server, t.client).await {
+        let cut = |term| Failure::AbortedMidResponse(term, status, delivered.bytes.get());
+        match forward(worker, ur, up_buf, cw, &mut framer, (t.server, t.client), Some(delivered)).await {
             Ok(n) => bytes += n,
-            Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => return Err(Failure::ClientGone(status)),
-            Err(BodyError::SrcTimeout) => return Err(Failure::AbortedMidResponse(*b"sD", status)),
-            Err(BodyError::Framing(_)) => return Err(Failure::AbortedMidResponse(*b"PD", status)),
-            Err(_) => return Err(Failure::AbortedMidResponse(*b"SD", status)),
+            Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => {
+                return Err(Failure::ClientGone(status, delivered.bytes.get()))
+            }
+            Err(BodyError::SrcTimeout) => return Err(cut(*b"sD")),
+            Err(BodyError::Framing(_)) => return Err(cut(*b"PD")),
+            Err(_) => return Err(cut(*b"SD")),
         }
-        let reuse_upstream = server_keeps && up_buf.is_empty() && request_done.get();
+        let reuse_upstream = server_keeps && up_buf.is_empty() && sent.done.get();
         return Ok(Relayed { status, bytes, close_client, reuse_upstream, upgraded: false });
     }
 }
@@ -332,13 +348,15 @@ async fn first_read(
     up_buf: &mut BytesMut,
     watch: &Watch<'_>,
     limit: Duration,
+    progress: &Cell<Instant>,
 ) -> Result<Result<std::io::Result<usize>, tokio::time::error::Elapsed>, Failure> {
     use tokio::io::AsyncReadExt;
-    let deadline = Instant::now() + limit;
+    let start = Instant::now();
     let fd = std::os::fd::AsRawFd::as_raw_fd((*ur).as_ref());
     let read = ur.read_buf(up_buf);
     tokio::pin!(read);
     loop {
+        let deadline = progress.get().max(start) + limit;
         let step = (Instant::now() + watch.every).min(deadline);
         match tokio::time::timeout_at(step, &mut read).await {
             Ok(done) => return Ok(Ok(done)),
@@ -352,11 +370,39 @@ async fn first_read(
     }
 }
 
+/// `read`, under the server timeout counted from the later of now and the server's last progress on the
+/// request body.
+async fn while_active<F: std::future::Future>(
+    read: F,
+    limit: Duration,
+    progress: &Cell<Instant>,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let start = Instant::now();
+    tokio::pin!(read);
+    loop {
+        let deadline = progress.get().max(start) + limit;
+        match tokio::time::timeout_at(deadline, &mut read).await {
+            Ok(done) => return Ok(done),
+            Err(elapsed) if progress.get().max(start) + limit <= Instant::now() => return Err(elapsed),
+            Err(_) => {}
+        }
+    }
+}
+
+/// How the request body is going, for the response side.
+#[derive(Clone, Copy)]
+struct Sent<'a> {
+    /// All of it reached the server.
+    done: &'a Cell<bool>,
+    /// When the server last took some.
+    progress: &'a Cell<Instant>,
+}
+
 async fn write_client<W: tokio::io::AsyncWrite + Unpin>(
     cw: &mut W,
     head: &[u8],
     body: &[u8],
     idle: std::time::Duration,
 ) -> Result<(), Failure> {
-    body::write_head_and_body(cw, head, body, idle).await.map_err(|_| Failure::ClientGone(0))
+    body::write_head_and_body(cw, head, body, idle).await.map_err(|_| Failure::ClientGone(0, 0))
 }

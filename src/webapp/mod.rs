@@ -39,7 +39,9 @@ pub fn run(config: WebappConfig) -> std::io::Result<()> {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let mut stop = crate::signals::StopSignals::install()?;
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("bind {}: {e}", config.listen)))?;
         tracing::info!("webapp listening on {}", listener.local_addr()?);
         let app = Rc::new(App {
             host: config.name.unwrap_or_else(hostname),
