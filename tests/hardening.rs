@@ -417,3 +417,41 @@ fn every_bind_error_names_the_address() {
         assert!(err.contains(&format!("bind {addr}")), "{args:?}: the error names {addr}: {err}");
     }
 }
+
+/// `wrk`'s "Socket errors" line as (connect, read, write, timeout); all zero when absent.
+fn socket_errors(report: &str) -> [u64; 4] {
+    let Some(line) = report.lines().find(|l| l.contains("Socket errors:")) else { return [0; 4] };
+    let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    [numbers[0], numbers[1], numbers[2], numbers[3]]
+}
+
+#[test]
+fn sigterm_under_wrk_loses_no_request_in_flight() {
+    let (_app, app) = common::webapp("steady");
+    for run in 1..=10 {
+        let mut proxy = Proxy::start(&["--backend", &app, "--access-log", "off"]);
+        let admin = proxy.admin();
+        let wrk = Command::new("wrk")
+            .args(["-t2", "-c50", "-d2s", &format!("http://{}/", proxy.addr)])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("wrk (apt-get install wrk)");
+        let requests = || {
+            let metrics = common::get(admin, "/metrics").body_str();
+            let line = metrics.lines().find(|l| l.starts_with("shoal_frontend_requests_total ")).unwrap().to_string();
+            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        };
+        let start = Instant::now();
+        while requests() < 2000 {
+            assert!(start.elapsed() < WAIT, "wrk's load never reached the proxy");
+        }
+        proxy.signal(libc::SIGTERM);
+        assert!(proxy.wait_exit().success(), "run {run}: a clean exit");
+        let report = String::from_utf8_lossy(&wrk.wait_with_output().unwrap().stdout).into_owned();
+        let [_, read, _, timeout] = socket_errors(&report);
+        // What wrk reports as connect and write errors are its reconnects to a listener that is gone (HAProxy's
+        // soft stop shows the same); read errors and timeouts would be requests lost in flight.
+        assert_eq!((read, timeout), (0, 0), "run {run}: requests lost in flight:\n{report}");
+        assert!(!report.contains("Non-2xx"), "run {run}:\n{report}");
+    }
+}

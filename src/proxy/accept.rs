@@ -36,37 +36,23 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
     loop {
         let stop = worker.shutdown_started();
         if worker.is_shutting_down() {
-            return;
+            return drain_queue(&worker, &listener, tls).await;
         }
         if worker.connections.get() >= worker.max_connections() {
             let closed = worker.connection_closed.notified();
             tokio::select! {
                 _ = closed => continue,
-                _ = stop => return,
+                _ = stop => return drain_queue(&worker, &listener, tls).await,
             }
         }
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop => return,
+            _ = stop => return drain_queue(&worker, &listener, tls).await,
         };
         match accepted {
             Ok((stream, peer)) => {
                 failing.recovered(&listener);
-                let _ = stream.set_nodelay(true);
-                let guard = ConnectionGuard::new(worker.clone());
-                let local_port = stream.local_addr().map_or(0, |a| a.port());
-                if tls {
-                    tokio::task::spawn_local(async move {
-                        serve_tls(&guard.0, stream, peer, local_port).await;
-                        drop(guard);
-                    });
-                } else {
-                    worker.frontend(false).session();
-                    tokio::task::spawn_local(async move {
-                        client::serve(&guard.0, stream, peer, local_port).await;
-                        drop(guard);
-                    });
-                }
+                serve(&worker, stream, peer, tls);
             }
             Err(e) => {
                 // Out of descriptors or memory: back off rather than spin; the queue keeps the clients.
@@ -74,6 +60,53 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool) {
+    let _ = stream.set_nodelay(true);
+    let guard = ConnectionGuard::new(worker.clone());
+    let local_port = stream.local_addr().map_or(0, |a| a.port());
+    if tls {
+        tokio::task::spawn_local(async move {
+            serve_tls(&guard.0, stream, peer, local_port).await;
+            drop(guard);
+        });
+    } else {
+        worker.frontend(false).session();
+        tokio::task::spawn_local(async move {
+            client::serve(&guard.0, stream, peer, local_port).await;
+            drop(guard);
+        });
+    }
+}
+
+/// How long a stopping listener keeps taking the connections whose handshakes were under way.
+const DRAIN_WINDOW: Duration = Duration::from_millis(100);
+
+/// A socket filter that drops TCP segments with SYN set and keeps all others: `ldb [13]` (the flags byte
+/// of the TCP header), `jset #0x02`, `ret #0` (drop), `ret #-1` (keep).
+const DROP_SYN: [(u16, u8, u8, u32); 4] =
+    [(0x30, 0, 0, 13), (0x45, 0, 1, 0x02), (0x06, 0, 0, 0), (0x06, 0, 0, u32::MAX)];
+
+/// Stopping: closing a listener resets the connections the kernel has completed in its queue, and their
+/// clients may have sent a request already. So first no new handshake may start (a socket filter drops SYNs
+/// to the listener: the client's SYN goes unanswered, and its retry is refused once the listener is
+/// closed), while those under way complete; for a short window what reaches the queue is accepted and
+/// served (each request answered with `Connection: close`); only then does the caller drop the listener.
+async fn drain_queue(worker: &Rc<Worker>, listener: &TcpListener, tls: bool) {
+    let filter = DROP_SYN.map(|(code, jt, jf, k)| socket2::SockFilter::new(code, jt, jf, k));
+    if let Err(e) = socket2::SockRef::from(listener).attach_filter(&filter) {
+        tracing::debug!("stop: no filter on the listener ({e}); closing it as it is");
+        return;
+    }
+    let mut drained = 0;
+    while let Ok(Ok((stream, peer))) = tokio::time::timeout(DRAIN_WINDOW, listener.accept()).await {
+        serve(worker, stream, peer, tls);
+        drained += 1;
+    }
+    if drained > 0 {
+        tracing::debug!("stop: served {drained} connections that were still in the accept queue");
     }
 }
 
