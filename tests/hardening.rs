@@ -455,3 +455,222 @@ fn sigterm_under_wrk_loses_no_request_in_flight() {
         assert!(!report.contains("Non-2xx"), "run {run}:\n{report}");
     }
 }
+
+/// A backend whose keep-alive connections answer `/bad` with `bad` (as it is) and `/good` with a clean
+/// 200: after a bad answer, a good request must get the good one, never leftovers of the bad.
+fn misbehaving(bad: &'static [u8]) -> Backend {
+    Backend::raw(move |stream, _| {
+        let mut w = Wire::new(stream);
+        while let Some(req) = w.read_request() {
+            if req.start_line().contains("/bad") {
+                w.send(bad);
+            } else {
+                w.send(&common::ok("good"));
+            }
+        }
+    })
+}
+
+#[test]
+fn hostile_backends_get_clean_answers_and_poison_no_pooled_connection() {
+    let endless_headers: &'static [u8] =
+        Box::leak([b"HTTP/1.1 200 OK\r\n".to_vec(), b"X-Endless: yes\r\n".repeat(4096)].concat().into_boxed_slice());
+    let cases: Vec<(&str, &'static [u8], &str, u16, &str)> = vec![
+        ("garbage for a status line", b"HELLO THERE\r\n\r\n", "GET", 502, ""),
+        (
+            "more bytes than Content-Length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokGARBAGE-AFTER",
+            "GET",
+            200,
+            "ok",
+        ),
+        ("a body on a 204", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", "GET", 204, ""),
+        ("a body on a 304", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\nhello", "GET", 304, ""),
+        ("a body on a HEAD answer", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "HEAD", 200, ""),
+        ("endless headers", endless_headers, "GET", 502, ""),
+        (
+            "two Content-Lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+            "GET",
+            502,
+            "",
+        ),
+    ];
+    for (what, bad, method, status, body) in cases {
+        let backend = misbehaving(bad);
+        // One thread, so the good request finds the pooled connection the bad one used, if it was kept.
+        // Idle pooled connections expire after a second, so descriptors must come back to the baseline.
+        let proxy = Proxy::start(&[
+            "--backend",
+            &backend.arg(),
+            "--threads",
+            "1",
+            "--access-log",
+            "off",
+            "--timeout-pool",
+            "1s",
+        ]);
+        // The baseline once every thread is up and a pooled connection exists.
+        assert_eq!(common::get(proxy.addr, "/good").status(), 200);
+        let fds = open_descriptors(proxy.pid());
+        for round in 0..3 {
+            let mut client = Wire::connect(proxy.addr);
+            client.send(format!("{method} /bad HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+            let r = client.read_response(method == "HEAD").unwrap_or_else(|| panic!("{what}: no answer"));
+            assert_eq!(r.status(), status, "{what}, round {round}");
+            if status < 500 {
+                assert_eq!(r.body_str(), body, "{what}, round {round}: the body as framed");
+            }
+            let good = common::get(proxy.addr, "/good");
+            assert_eq!((good.status(), good.body_str().as_str()), (200, "good"), "{what}: the next request");
+        }
+        // Connections closing (a lingering close lasts up to 2 s) give their descriptors back.
+        let start = Instant::now();
+        while open_descriptors(proxy.pid()) > fds + 2 {
+            if start.elapsed() > WAIT {
+                let links: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+                    .unwrap()
+                    .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .map(|l| l.display().to_string())
+                    .collect();
+                panic!("{what}: descriptors leaked: {fds} -> {}: {links:?}", links.len());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn an_endless_body_to_a_client_that_does_not_read_holds_no_more_than_buffers() {
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            let chunk = [b"10000\r\n".to_vec(), vec![b'e'; 0x10000], b"\r\n".to_vec()].concat();
+            while w.stream.write_all(&chunk).is_ok() {}
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "1"]);
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    // RSS once it stops changing: the backend writes for ever, so growing memory would never settle.
+    let settled = || -> u64 {
+        let (mut previous, start) = (0, Instant::now());
+        loop {
+            let now = rss();
+            if now == previous && start.elapsed() > Duration::from_secs(1) {
+                return now;
+            }
+            previous = now;
+            assert!(start.elapsed() < WAIT, "RSS never settled: {now} KiB");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let before = rss();
+    let mut client = TcpStream::connect(proxy.addr).unwrap();
+    client.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // Read a little, then stop reading: the socket buffers on the way fill and the backend is held back.
+    let mut buf = vec![0u8; 1 << 20];
+    client.read_exact(&mut buf[..65536]).unwrap();
+    let first = settled();
+    // Another 32 MiB through, then stalled again: nothing may have piled up meanwhile.
+    for _ in 0..32 {
+        client.read_exact(&mut buf).unwrap();
+    }
+    let second = settled();
+    eprintln!("RSS {before} KiB before, {first} KiB at the first stall, {second} KiB after 32 MiB more");
+    assert!(second <= first + 1024, "memory piles up with the bytes relayed: {first} -> {second} KiB");
+    assert!(first - before < 16 << 10, "the proxy holds {} KiB for one stalled response", first - before);
+}
+
+#[test]
+fn clients_that_vanish_mid_request_or_mid_response_poison_nothing() {
+    // `/big` answers 8 MiB; anything else echoes the length of the body it read.
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        while let Some(req) = w.read_request() {
+            if req.start_line().contains("/big") {
+                w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 8388608\r\n\r\n");
+                if w.stream.write_all(&vec![b'b'; 8 << 20]).is_err() {
+                    return;
+                }
+            } else {
+                w.send(&common::ok(&format!("{} bytes", req.body.len())));
+            }
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "1", "--timeout-pool", "1s"]);
+    assert_eq!(common::get(proxy.addr, "/").body_str(), "0 bytes");
+    let fds = open_descriptors(proxy.pid());
+    for round in 0..5 {
+        // Gone mid-body: half of a 1000-byte upload, then the connection closes.
+        let mut c = TcpStream::connect(proxy.addr).unwrap();
+        c.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n").unwrap();
+        c.write_all(&[b'u'; 500]).unwrap();
+        drop(c);
+        // Gone mid-response: 64 KiB of an 8 MiB answer read, then closed.
+        let mut c = TcpStream::connect(proxy.addr).unwrap();
+        c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        c.read_exact(&mut [0u8; 65536]).unwrap();
+        drop(c);
+        // The next request on the pooled side gets a clean answer.
+        let r = common::request(proxy.addr, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(r.body_str(), "3 bytes", "round {round}");
+    }
+    // Both cut exchanges are logged: a request cut by its client (CD) and a response cut by its client (CD,
+    // with the bytes delivered).
+    let cut_download = proxy.log_line("GET /big");
+    let lines = proxy.stdout.all();
+    assert!(lines.iter().any(|l| l.contains("/upload") && l.contains(" CD--")), "{lines:?}");
+    assert!(cut_download.contains(" CD--"), "{cut_download}");
+    let start = Instant::now();
+    while open_descriptors(proxy.pid()) > fds + 2 {
+        assert!(start.elapsed() < WAIT, "descriptors leaked: {fds} -> {}", open_descriptors(proxy.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn slowloris_and_slow_posts_by_the_thousand_leave_a_normal_client_answered() {
+    let backend = Backend::http(|req| common::ok(&format!("{} bytes", req.body.len())));
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--access-log", "off", "--timeout-head", "2s"]);
+    // 2,000 heads that never end, and 2,000 uploads that stall after their first bytes.
+    let loris = Crowd::gather(proxy.addr, 2000, "GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+    let posts =
+        Crowd::gather(proxy.addr, 2000, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc");
+    assert_eq!(answered(proxy.addr, 200), 200, "the normal client is answered throughout");
+    // The slowloris heads are cut by --timeout-head with a 408, as HAProxy's `timeout http-request` does.
+    let start = Instant::now();
+    while proxy.metric("shoal_frontend_responses_total{code=\"4xx\"}") < 2000 {
+        assert!(start.elapsed() < WAIT, "the slow heads were not cut");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(answered(proxy.addr, 20), 20);
+    drop((loris, posts));
+}
+
+#[test]
+fn a_flood_past_max_connections_waits_in_the_queue_and_is_served_as_slots_free() {
+    let backend = Backend::http(|_| common::ok("fine"));
+    let proxy = Proxy::start(&[
+        "--backend",
+        &backend.arg(),
+        "--access-log",
+        "off",
+        "--max-connections",
+        "500",
+        "--timeout-head",
+        "1s",
+    ]);
+    // 1,500 silent connections: 500 take every slot, the rest wait in the accept queue.
+    let flood = Crowd::gather(proxy.addr, 1500, "");
+    // A normal client waits its turn (slots free as --timeout-head cuts the silent ones) and is served.
+    for _ in 0..5 {
+        let body = common::http_get(proxy.addr, "/", WAIT).expect("served once a slot frees");
+        assert_eq!(body, "fine");
+    }
+    drop(flood);
+}
