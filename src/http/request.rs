@@ -81,6 +81,9 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<Re
         if !fields::is_token(h.name.as_bytes()) {
             return Err(HttpError::Malformed("invalid header name"));
         }
+        if is_framing_in_disguise(h.name) {
+            return Err(HttpError::Malformed("Content_Length or Transfer_Encoding"));
+        }
         if !fields::is_valid_value(h.value) {
             return Err(HttpError::Malformed("invalid header value"));
         }
@@ -164,6 +167,20 @@ pub fn lower_minor_version(buf: &mut [u8]) {
     if let [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor @ b'2'..=b'9'] = line {
         *minor = b'1';
     }
+}
+
+/// `Content_Length` and `Transfer_Encoding` are valid names, but CGI-style backends (WSGI, PHP, ...) read
+/// `_` and `-` alike, so a server would see a second framing header this proxy did not: refused, as
+/// gunicorn's `header_map = refuse` does (nginx drops every name with `_` by default).
+fn is_framing_in_disguise(name: &str) -> bool {
+    name.contains('_')
+        && ["content-length", "transfer-encoding"].iter().any(|framing| {
+            name.len() == framing.len()
+                && name
+                    .bytes()
+                    .zip(framing.bytes())
+                    .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+        })
 }
 
 /// Tells an unsupported version (505) apart from plain garbage (400).
@@ -289,6 +306,8 @@ mod tests {
         let cases: &[(&[u8], u16)] = &[
             (b"GET / HTTP/1.1\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n", 400),
             (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
             (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
