@@ -91,6 +91,13 @@ fn run(cli: Cli, diagnostics: Option<logging::Sink>) -> Ended {
                 runtime_api_port: a.runtime_api_port,
             }))
         }
+        Command::Members(args) => match shoal::admin::members::run(&args) {
+            Ok(text) => {
+                logging::say(&mut io::stdout(), format_args!("{}", text.trim_end()));
+                (ExitCode::SUCCESS, None)
+            }
+            Err(e) => (ExitCode::from(1), Some(format!("shoal: {e}"))),
+        },
         Command::Keygen => match shoal::cluster::seal::generate() {
             Ok(key) => {
                 logging::say(&mut io::stdout(), format_args!("{key}"));

@@ -296,3 +296,56 @@ fn wrk_sees_no_error_while_a_node_and_its_app_are_killed() {
         assert!(!report.contains("Socket errors"), "run {run}: socket errors while {name} was killed:\n{report}");
     }
 }
+
+/// `shoal members --admin ADDR` with `extra` flags: its stdout.
+fn members(proxy: &Proxy, extra: &[&str]) -> String {
+    let out = common::shoal().args(["members", "--admin", &proxy.admin().to_string()]).args(extra).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn shoal_members_lists_proxy_and_agents_with_roles_tags_and_states_and_agrees_with_the_page() {
+    let proxy = Proxy::start(&[]);
+    let (_blue_app, blue) = common::webapp("blue");
+    let (_green_app, green) = common::webapp("green");
+    let _blue = Agent::start(&blue, &proxy.gossip(), &["--name", "blue", "--tag", "color=blue"]);
+    let mut green_agent = Agent::start(&green, &proxy.gossip(), &["--name", "green", "--tag", "color=green"]);
+    proxy.stderr.wait_for("both members in the set", |l| l.contains("backend set now has 2 servers"));
+    // Tags come with each member's state broadcast, a moment after it joins.
+    let start = Instant::now();
+    while !(members(&proxy, &[]).contains("color=blue") && members(&proxy, &[]).contains("color=green")) {
+        assert!(start.elapsed() < WAIT, "tags never arrived:\n{}", members(&proxy, &[]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let table = members(&proxy, &[]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("Node") && lines.len() == 4, "the proxy and two agents:\n{table}");
+    assert!(
+        lines.iter().any(|l| l.contains(" balancer")),
+        "the proxy itself, role `balancer` as event handlers see it:\n{table}"
+    );
+    for (name, app) in [("blue", &blue), ("green", &green)] {
+        let line = lines.iter().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{table}"));
+        assert!(line.contains("alive") && line.contains("backend") && line.contains(app.as_str()), "{line}");
+        assert!(line.contains(&format!("color={name}")), "{line}");
+    }
+    let only_green = members(&proxy, &["--tag", "color=green"]);
+    assert!(only_green.contains("green") && !only_green.contains("blue"), "{only_green}");
+    let json: serde_json::Value = serde_json::from_str(&members(&proxy, &["--format", "json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3, "{json}");
+    // The page's cluster table says the same.
+    let page = common::get(proxy.admin(), "/").body_str();
+    for name in ["blue", "green"] {
+        assert!(page.contains(&format!("<td>{name}</td>")), "{name} on the page");
+    }
+    // A member that dies stays listed, as failed, with its generation.
+    green_agent.child.kill().unwrap();
+    let start = Instant::now();
+    while !members(&proxy, &["--status", "failed"]).contains("green") {
+        assert!(start.elapsed() < WAIT, "green never shown as failed:\n{}", members(&proxy, &[]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let page = common::get(proxy.admin(), "/").body_str();
+    assert!(page.contains("class=\"failed\""), "the page shows it failed");
+}

@@ -7,6 +7,7 @@
 //! write, a cap on what one request may make us buffer.
 
 mod csv;
+pub mod members;
 mod page;
 mod prometheus;
 pub mod runtime;
@@ -159,12 +160,16 @@ fn respond(target: &str, shared: &Shared) -> (&'static str, &'static str, String
         "/" if options.split(';').any(|o| o == "csv") => {
             ("200 OK", "text/plain; charset=utf-8", csv::render(&snapshot))
         }
-        "/" => ("200 OK", "text/html; charset=utf-8", page::render(&snapshot)),
+        "/" => ("200 OK", "text/html; charset=utf-8", page::render(&snapshot, &shared.roster.rows())),
         "/metrics" => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", prometheus::render(&snapshot)),
+        "/members" => {
+            let rows = shared.roster.rows();
+            ("200 OK", "application/json", serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()) + "\n")
+        }
         _ => (
             "404 Not Found",
             "text/plain; charset=utf-8",
-            "not found: the stats are at / (;csv for CSV) and /metrics\n".into(),
+            "not found: the stats are at / (;csv for CSV), /metrics and /members\n".into(),
         ),
     }
 }

@@ -4,13 +4,16 @@ use std::fmt::Write;
 
 use super::stats::{Snapshot, BACKEND, FRONTEND};
 use crate::balance::counters::Totals;
+use crate::cluster::roster::Row;
 
-pub fn render(s: &Snapshot) -> String {
+pub fn render(s: &Snapshot, members: &[Row]) -> String {
     let mut out = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
 <title>shoal statistics</title><style>body{font-family:sans-serif}table{border-collapse:collapse}\
 td,th{border:1px solid #999;padding:2px 8px;text-align:right}td:first-child{text-align:left}\
-.UP{background:#c0ffc0}.DOWN{background:#ffa0a0}.OPEN{background:#e0e0ff}</style></head><body>",
+.UP,.alive{background:#c0ffc0}.DOWN,.failed,.unhealthy{background:#ffa0a0}.OPEN{background:#e0e0ff}\
+.DRAIN,.draining{background:#a0c0ff}.MAINT,.maint{background:#c0a070}.left,.joining{background:#e0e0e0}\
+</style></head><body>",
     );
     let _ = write!(
         out,
@@ -32,6 +35,27 @@ metrics at <a href=\"/metrics\">/metrics</a></p><table><tr><th>{FRONTEND} / {BAC
     let weight: u64 = s.servers.iter().map(|v| u64::from(v.weight)).sum();
     let current = s.servers.iter().map(|v| v.in_flight).sum();
     row(&mut out, "BACKEND", s.backend_status(), &weight.to_string(), current, &s.backend);
+    out.push_str(
+        "</table><h2>cluster</h2><table><tr><th>member</th><th>address</th><th>status</th><th>role</th>\
+<th>service</th><th>tags</th><th>generation</th><th>last change</th></tr>",
+    );
+    for m in members {
+        let tags = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+<td>{} s ago</td></tr>",
+            escape(&m.name),
+            escape(&m.address),
+            escape(&m.status),
+            escape(&m.status),
+            escape(&m.role),
+            escape(m.service.as_deref().unwrap_or("")),
+            escape(&tags),
+            m.generation,
+            m.since_change_s
+        );
+    }
     out.push_str("</table></body></html>\n");
     out
 }

@@ -294,11 +294,12 @@ fn server_name(announced: &str) -> String {
     announced.chars().map(|c| if c.is_alphanumeric() || "-_.:@[]".contains(c) { c } else { '_' }).collect()
 }
 
-/// The cluster thread's handle on the publisher.
-pub struct ClusterBackends(pub Arc<Mutex<Publisher>>);
+/// The cluster thread's handle on the publisher, and on the roster the admin side shows.
+pub struct ClusterBackends(pub Arc<Mutex<Publisher>>, pub Arc<crate::cluster::Roster>);
 
 impl Membership for ClusterBackends {
     fn changed(&mut self, members: &[Member]) {
+        self.1.observe(members);
         self.0.lock().update(members);
     }
 

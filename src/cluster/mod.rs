@@ -7,6 +7,7 @@ mod events;
 mod identity;
 mod keys;
 mod node;
+pub mod roster;
 pub mod seal;
 mod seeds;
 mod state;
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use identity::{NodeId, Role};
 pub use keys::{KeySource, Secret};
+pub use roster::Roster;
 pub use seal::Refused;
 pub use state::{Member, NodeState};
 

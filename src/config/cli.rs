@@ -27,6 +27,27 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print a fresh random cluster key (for --cluster-key, SHOAL_CLUSTER_KEY or a key file).
     Keygen,
+    /// List the cluster's members as a proxy sees them, as `serf members` does.
+    Members(MembersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// A proxy's admin address, where `/members` is served.
+    #[arg(long, env = "SHOAL_ADMIN", value_name = "ADDR", default_value = "127.0.0.1:1936")]
+    pub admin: String,
+    /// The admin side's USER:PASS, when it asks for one.
+    #[arg(long, env = "SHOAL_ADMIN_AUTH", value_name = "USER:PASS", hide_env_values = true)]
+    pub admin_auth: Option<String>,
+    /// Only members with this status (alive, joining, unhealthy, draining, maint, left, failed).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only members with this tag, `K=V` (repeatable: all must match).
+    #[arg(long = "tag", value_name = "K=V")]
+    pub tags: Vec<String>,
+    /// `table` or `json`.
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
 }
 
 #[derive(Debug, Args)]

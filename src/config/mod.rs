@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::cluster::{ClusterConfig, KeySource, Secret};
 use toml::Spanned;
 
-pub use cli::{AgentArgs, Cli, ClusterArgs, Command, DemoArgs, ProxyArgs, WebappArgs};
+pub use cli::{AgentArgs, Cli, ClusterArgs, Command, DemoArgs, MembersArgs, ProxyArgs, WebappArgs};
 use file::{DurationText, FileConfig, KeyList};
 pub use value::BackendSpec;
 

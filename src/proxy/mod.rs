@@ -13,6 +13,8 @@ mod client;
 mod control;
 mod exchange;
 mod handover;
+#[doc(hidden)]
+pub mod harness;
 mod listener;
 mod refusal;
 mod relay;
@@ -78,6 +80,8 @@ pub struct Shared {
     pub https_port: AtomicU16,
     /// What the gossip layer counts (refused packets, members).
     pub gossip: Arc<cluster::GossipStats>,
+    /// The cluster as this proxy sees it, for `/members`.
+    pub roster: Arc<cluster::Roster>,
 }
 
 #[derive(Debug, Error)]
@@ -173,13 +177,15 @@ pub fn run(
     let checks = config.backend_check.clone();
     balance::health::start(backends.clone(), publisher.clone(), checks, config.timeouts.connect)
         .map_err(ProxyError::Start)?;
+    let roster = Arc::new(cluster::Roster::default());
     let cluster = cluster::start(
         &config.cluster,
         Announce { role: Role::Proxy, service: None, weight: 0, checked: false, name: String::new(), tags: Vec::new() },
-        Box::new(ClusterBackends(publisher.clone())),
+        Box::new(ClusterBackends(publisher.clone(), roster.clone())),
         cluster::Takeover { socket: gossip, peers: peers.clone() },
     )
     .map_err(ProxyError::Listen)?;
+    roster.set_this(&crate::host::name().unwrap_or_else(|| "proxy".into()), cluster.advertised, Role::Proxy);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (config_changed, config_changes) = watch::channel(0);
     let log = match config.access_log {
@@ -207,6 +213,7 @@ pub fn run(
         tls: ArcSwapOption::new(tls),
         https_port: AtomicU16::new(https_port),
         gossip: cluster.stats.clone(),
+        roster,
     });
     if let Some((_, admin)) = admin {
         crate::admin::start(admin, shared.clone()).map_err(ProxyError::Start)?;

@@ -70,7 +70,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn new(id: usize, shared: Arc<Shared>) -> Worker {
+    pub(super) fn new(id: usize, shared: Arc<Shared>) -> Worker {
         let c = Rc::new(ProxyConfig::clone(&shared.config.load()));
         Worker {
             id,

@@ -1,0 +1,133 @@
+//! The cluster as this node sees it, as `serf members` shows it: every member with its role, addresses,
+//! tags, status and generation, this node included, and members that went away for a while after (`left`
+//! when they drained first, `failed` otherwise). Read by the admin side (`/members`) and printed by
+//! `shoal members`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::identity::Role;
+use super::state::Member;
+
+/// How long a member that went away stays listed.
+pub const RETENTION: Duration = Duration::from_secs(600);
+
+/// One member, as `/members` serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Row {
+    pub name: String,
+    /// Where it gossips.
+    pub address: String,
+    pub role: String,
+    /// Where a backend serves HTTP.
+    pub service: Option<String>,
+    /// `alive`, `joining` (health not known yet), `unhealthy`, `draining`, `maint`, `left` or `failed`.
+    pub status: String,
+    pub tags: Vec<(String, String)>,
+    /// Milliseconds since the epoch when it started: a restart is a new generation (foca's identity renewal).
+    pub generation: u64,
+    /// Seconds since its status last changed.
+    pub since_change_s: u64,
+}
+
+struct Tracked {
+    row: Row,
+    changed: Instant,
+    /// When it went away, for retention.
+    gone: Option<Instant>,
+}
+
+/// What the gossip thread updates and the admin thread reads.
+pub struct Roster {
+    this: Mutex<Option<Row>>,
+    tracked: Mutex<HashMap<(String, u64), Tracked>>,
+    rows: ArcSwap<Vec<Row>>,
+}
+
+impl Default for Roster {
+    fn default() -> Self {
+        Roster { this: Mutex::new(None), tracked: Mutex::new(HashMap::new()), rows: ArcSwap::from_pointee(Vec::new()) }
+    }
+}
+
+impl Roster {
+    /// This node's own row.
+    pub fn set_this(&self, name: &str, address: std::net::SocketAddr, role: Role) {
+        *self.this.lock() = Some(Row {
+            name: name.to_string(),
+            address: address.to_string(),
+            role: role.as_str().to_string(),
+            service: None,
+            status: "alive".into(),
+            tags: Vec::new(),
+            generation: 0,
+            since_change_s: 0,
+        });
+        self.publish();
+    }
+
+    /// Takes the live members (this node excluded) after a change.
+    pub fn observe(&self, members: &[Member]) {
+        let now = Instant::now();
+        let mut tracked = self.tracked.lock();
+        let mut live = std::collections::HashSet::new();
+        for m in members {
+            let key = (m.id.gossip.to_string(), m.id.generation);
+            live.insert(key.clone());
+            let status = match &m.state {
+                None if m.id.checked => "joining",
+                None => "alive",
+                Some(s) if s.maint => "maint",
+                Some(s) if s.draining => "draining",
+                Some(s) if !s.healthy => "unhealthy",
+                Some(_) => "alive",
+            };
+            let row = Row {
+                name: m.id.name.clone(),
+                address: key.0.clone(),
+                role: m.id.role.as_str().to_string(),
+                service: m.id.service.map(|s| s.to_string()),
+                status: status.into(),
+                tags: m.state.as_ref().map(|s| s.tags.clone()).unwrap_or_default(),
+                generation: m.id.generation,
+                since_change_s: 0,
+            };
+            let entry = tracked.entry(key).or_insert_with(|| Tracked { row: row.clone(), changed: now, gone: None });
+            if entry.row.status != row.status || entry.gone.is_some() {
+                entry.changed = now;
+            }
+            entry.row = row;
+            entry.gone = None;
+        }
+        for (key, t) in tracked.iter_mut() {
+            if !live.contains(key) && t.gone.is_none() {
+                t.row.status = if t.row.status == "draining" { "left" } else { "failed" }.into();
+                t.changed = now;
+                t.gone = Some(now);
+            }
+        }
+        tracked.retain(|_, t| t.gone.is_none_or(|g| now.duration_since(g) < RETENTION));
+        drop(tracked);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let tracked = self.tracked.lock();
+        let mut rows: Vec<Row> = self.this.lock().iter().cloned().collect();
+        let mut others: Vec<Row> =
+            tracked.values().map(|t| Row { since_change_s: t.changed.elapsed().as_secs(), ..t.row.clone() }).collect();
+        others.sort_by(|a, b| (&a.name, &a.address, a.generation).cmp(&(&b.name, &b.address, b.generation)));
+        rows.extend(others);
+        self.rows.store(std::sync::Arc::new(rows));
+    }
+
+    /// The rows as last published, with their ages brought up to date.
+    pub fn rows(&self) -> Vec<Row> {
+        self.publish();
+        self.rows.load().as_ref().clone()
+    }
+}
