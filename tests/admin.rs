@@ -196,3 +196,37 @@ fn a_response_cut_mid_body_counts_its_status_and_a_server_error() {
     assert_eq!((num(s1, "hrsp_2xx"), num(s1, "eresp")), (1, 1), "{s1:?}");
     assert_eq!(num(&rows["shoal/FRONTEND"], "hrsp_2xx"), 1);
 }
+
+#[test]
+fn the_csv_header_is_haproxy_2_6_s_byte_for_byte_and_every_row_fills_it() {
+    // Captured with `echo "show stat" | socat - tcp:...` from Debian 12's haproxy 2.6.12.
+    let haproxy =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/haproxy-2.6-show-stat-header.txt"))
+            .unwrap();
+    let backend = Backend::http(|_| common::ok("ok"));
+    let proxy = Proxy::start(&[
+        "--backend",
+        &format!("s1={}", backend.addr),
+        "--sticky-cookie",
+        "SRV",
+        "--balance",
+        "leastconn",
+    ]);
+    assert_eq!(common::get(proxy.addr, "/").status(), 200);
+    let (_, body) = admin_get(&proxy, "/;csv");
+    let mut lines = body.lines();
+    let header = lines.next().unwrap();
+    assert_eq!(header, haproxy.trim_end_matches('\n'), "HAProxy 2.6's header, byte for byte");
+    let columns: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
+    assert_eq!(columns.len(), 129, "128 columns and the trailing comma");
+    for line in lines.clone() {
+        assert_eq!(line.split(',').count(), columns.len(), "a row as wide as the header: {line}");
+    }
+    let rows = csv_after(&proxy, 1);
+    let server = &rows["nodes/s1"];
+    assert_eq!(server["addr"], backend.addr.to_string());
+    assert_eq!(server["mode"], "http");
+    assert!(!server["cookie"].is_empty(), "the sticky cookie's id");
+    assert_eq!(rows["nodes/BACKEND"]["algo"], "leastconn");
+    assert_eq!(rows["shoal/FRONTEND"]["req_tot"], "1");
+}

@@ -1,16 +1,28 @@
-//! HAProxy's stats CSV (`show stat`, `/;csv`): the same header and the same column order for the columns
-//! up to `srv_abrt`, one FRONTEND row, one row per server, one BACKEND row. Columns shoal has no value for
-//! are empty, as HAProxy leaves columns that do not apply.
+//! HAProxy's stats CSV (`show stat`, `/;csv`): HAProxy 2.6's header byte for byte (all 128 columns, in
+//! order; `tests/data/haproxy-2.6-show-stat-header.txt` was captured from Debian's haproxy 2.6.12), one
+//! FRONTEND row, one row per server, one BACKEND row. Columns shoal has no value for are empty, as HAProxy
+//! leaves columns that do not apply.
 
 use std::fmt::Write;
 
 use super::stats::{Snapshot, BACKEND, FRONTEND, FRONTEND_TLS};
 use crate::balance::counters::Totals;
 
-const HEADER: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,\
-status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,\
+const HEADER: &str =
+    "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,\
+weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,\
 rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,\
-hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,";
+hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,\
+lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,\
+agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,\
+conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,\
+srv_icur,src_ilim,qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,used_conn_cur,\
+need_conn_est,uweight,agg_server_status,agg_server_check_status,agg_check_status,-,ssl_sess,\
+ssl_reused_sess,ssl_failed_handshake,h2_headers_rcvd,h2_data_rcvd,h2_settings_rcvd,h2_rst_stream_rcvd,\
+h2_goaway_rcvd,h2_detected_conn_protocol_errors,h2_detected_strm_protocol_errors,h2_rst_stream_resp,\
+h2_goaway_resp,h2_open_connections,h2_backend_open_streams,h2_total_connections,h2_backend_total_streams,\
+h1_open_connections,h1_open_streams,h1_total_connections,h1_total_streams,h1_bytes_in,h1_bytes_out,\
+h1_spliced_bytes_in,h1_spliced_bytes_out,";
 
 /// One row's values; `None` prints as an empty field.
 struct Row<'a> {
@@ -28,6 +40,10 @@ struct Row<'a> {
     sid: u64,
     /// 0 frontend, 1 backend, 2 server.
     kind: u8,
+    /// `addr`, `cookie` (servers) and `algo` (the backend).
+    addr: Option<&'a str>,
+    cookie: Option<&'a str>,
+    algo: Option<&'a str>,
 }
 
 pub fn render(s: &Snapshot) -> String {
@@ -47,6 +63,9 @@ pub fn render(s: &Snapshot) -> String {
         iid: 1,
         sid: 0,
         kind: 0,
+        addr: None,
+        cookie: None,
+        algo: None,
     });
     if let Some(tls) = &s.frontend_tls {
         row(Row {
@@ -62,6 +81,9 @@ pub fn render(s: &Snapshot) -> String {
             iid: 3,
             sid: 0,
             kind: 0,
+            addr: None,
+            cookie: None,
+            algo: None,
         });
     }
     for (i, server) in s.servers.iter().enumerate() {
@@ -78,6 +100,9 @@ pub fn render(s: &Snapshot) -> String {
             iid: 2,
             sid: i as u64 + 1,
             kind: 2,
+            addr: Some(&server.address),
+            cookie: server.cookie.as_deref(),
+            algo: None,
         });
     }
     // As HAProxy: the backend's weight and active count are those of its usable servers.
@@ -95,6 +120,9 @@ pub fn render(s: &Snapshot) -> String {
         iid: 2,
         sid: 0,
         kind: 1,
+        addr: None,
+        cookie: None,
+        algo: Some(&s.algo),
     });
     out
 }
@@ -132,5 +160,18 @@ fn write_row(out: &mut String, r: &Row) {
     for n in t.responses {
         let _ = write!(out, "{n},");
     }
-    let _ = writeln!(out, ",,,{},,,", t.requests);
+    let _ = write!(out, ",,,{},,,", t.requests);
+    // The columns after `srv_abrt`.
+    for column in HEADER.split(',').skip_while(|c| *c != "srv_abrt").skip(1).filter(|c| !c.is_empty()) {
+        let value = match column {
+            "addr" => r.addr.unwrap_or(""),
+            "cookie" => r.cookie.unwrap_or(""),
+            "mode" => "http",
+            "algo" => r.algo.unwrap_or(""),
+            _ => "",
+        };
+        out.push_str(value);
+        out.push(',');
+    }
+    out.push('\n');
 }

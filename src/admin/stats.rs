@@ -22,6 +22,8 @@ pub struct Server {
     /// Requests waiting for one of its `maxconn` slots.
     pub queued: u64,
     pub maxconn: Option<u64>,
+    /// The id its sticky cookie carries, when sticky sessions are on.
+    pub cookie: Option<String>,
     pub totals: Totals,
 }
 
@@ -42,6 +44,8 @@ pub struct Snapshot {
     pub backend: Totals,
     pub uptime_s: u64,
     pub gossip: Gossip,
+    /// The balancing algorithm, as HAProxy's CSV `algo` names it.
+    pub algo: String,
     /// Log lines lost: (log, cause, count), for the access log and diagnostics.
     pub log_lost: Vec<(&'static str, &'static str, u64)>,
 }
@@ -58,6 +62,8 @@ pub struct Gossip {
 impl Snapshot {
     pub fn read(shared: &Shared) -> Snapshot {
         let set = shared.backends.load();
+        let config = shared.config.load();
+        let sticky = config.sticky_cookie.is_some();
         let servers: Vec<Server> = set
             .servers
             .iter()
@@ -66,6 +72,7 @@ impl Snapshot {
             .map(|((b, &weight), &state)| Server {
                 name: b.name().to_string(),
                 address: format!("{}:{}", b.host, b.port),
+                cookie: sticky.then(|| b.cookie()),
                 // A server skipped after a failed connect is down for now, whatever membership says.
                 status: if state == ServerState::Up && b.is_ejected() { "DOWN" } else { state.as_str() },
                 weight,
@@ -93,6 +100,7 @@ impl Snapshot {
                 members_refused: shared.gossip.members_refused.load(Relaxed),
                 rejoins: shared.gossip.rejoins.load(Relaxed),
             },
+            algo: config.balance.haproxy_name(),
             log_lost: [("access", &shared.log), ("diagnostics", &shared.diagnostics)]
                 .into_iter()
                 .filter_map(|(log, sink)| Some((log, sink.as_ref()?.stats().clone())))

@@ -5,7 +5,6 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use super::value::Balance;
 use super::ProxyConfig;
 use crate::cluster::KeySource;
 
@@ -43,14 +42,7 @@ impl ProxyConfig {
             flag("admin-auth", &"<secret>");
         }
         flag("runtime-api", &or_off(self.runtime_api));
-        let balance = match &self.balance {
-            Balance::RoundRobin => "roundrobin".to_string(),
-            Balance::LeastConn => "leastconn".to_string(),
-            Balance::Random => "random".to_string(),
-            Balance::Source => "source".to_string(),
-            Balance::Uri => "uri".to_string(),
-            Balance::Header(name) => format!("hdr({name})"),
-        };
+        let balance = self.balance.haproxy_name();
         flag("balance", &balance);
         flag("hash-balance-factor", &self.hash_balance_factor);
         flag("latency-aware", &on(self.latency_aware));

@@ -24,6 +24,20 @@ pub fn optional_listen_addr(s: &str) -> Result<Endpoint, String> {
     }
 }
 
+impl Balance {
+    /// The name HAProxy's stats CSV gives the algorithm (`algo`).
+    pub fn haproxy_name(&self) -> String {
+        match self {
+            Balance::RoundRobin => "roundrobin".into(),
+            Balance::LeastConn => "leastconn".into(),
+            Balance::Random => "random".into(),
+            Balance::Source => "source".into(),
+            Balance::Uri => "uri".into(),
+            Balance::Header(name) => format!("hdr({name})"),
+        }
+    }
+}
+
 /// How a server is chosen for each request (HAProxy's `balance`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Balance {
