@@ -349,3 +349,38 @@ fn shoal_members_lists_proxy_and_agents_with_roles_tags_and_states_and_agrees_wi
     let page = common::get(proxy.admin(), "/").body_str();
     assert!(page.contains("class=\"failed\""), "the page shows it failed");
 }
+
+#[test]
+fn a_dead_node_stays_listed_down_with_its_counters_and_keeps_them_when_it_comes_back() {
+    let proxy = Proxy::start(&["--access-log", "off"]);
+    let (_keeper_app, keeper) = common::webapp("keeper");
+    let _keeper = Agent::start(&keeper, &proxy.gossip(), &["--name", "keeper"]);
+    let (mut phoenix_app, phoenix) = common::webapp("phoenix");
+    let mut agent = Agent::start(&phoenix, &proxy.gossip(), &["--name", "phoenix"]);
+    wait_routed(&proxy, "\"host\":\"phoenix\"");
+    for _ in 0..40 {
+        assert_eq!(common::get(proxy.addr, "/").status(), 200);
+    }
+    let stot = |name: &str| proxy.servers_column(name, "stot").parse::<u64>().unwrap();
+    let served = stot("phoenix");
+    assert!(served > 0, "phoenix served some of the 40");
+    agent.child.kill().unwrap();
+    phoenix_app.kill().unwrap();
+    let _ = (agent.child.wait(), phoenix_app.wait());
+    // Gossip declares it gone; it stays listed, DOWN, with what it served.
+    proxy.wait_server("phoenix", "listed DOWN once gone", |status, _| status == "DOWN");
+    let start = Instant::now();
+    while !proxy.stderr.all().iter().any(|l| l.contains("1 servers in rotation, 2 known")) {
+        assert!(start.elapsed() < WAIT, "phoenix never left rotation while staying known");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stot("phoenix"), served, "its counters kept");
+    // Back under the same name (a restart: new process, new port): its counts go on from there.
+    let (_phoenix_app, phoenix) = common::webapp("phoenix");
+    let _agent = Agent::start(&phoenix, &proxy.gossip(), &["--name", "phoenix"]);
+    proxy.wait_server("phoenix", "UP again", |status, _| status == "UP");
+    wait_routed(&proxy, "\"host\":\"phoenix\"");
+    assert!(stot("phoenix") > served, "counting on from {served}: {}", stot("phoenix"));
+    let rows = proxy.server_rows();
+    assert_eq!(rows.len(), 2, "one row per name, not one per generation: {:?}", rows.keys());
+}

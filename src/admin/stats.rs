@@ -79,10 +79,10 @@ impl Snapshot {
                 in_flight: b.in_flight() as u64,
                 queued: u64::from(b.queued()),
                 maxconn: b.maxconn().map(u64::from),
-                totals: b.counters.sum(),
+                totals: b.totals(),
             })
             .collect();
-        let mut backend = Totals::default();
+        let mut backend = set.retired;
         for s in &servers {
             backend += s.totals;
         }

@@ -77,6 +77,9 @@ pub struct Backend {
     pub cookie_id: u64,
     /// What happened to requests sent here, per data-plane thread.
     pub counters: PerThread,
+    /// What a member of the same name counted before it went away and came back (a restart): its totals
+    /// go on under this one.
+    carried: super::counters::Totals,
 }
 
 impl Backend {
@@ -101,7 +104,20 @@ impl Backend {
             }),
             cookie_id: key_hash(format!("shoal server {}", spec.name).as_bytes()),
             counters: PerThread::new(pool.threads),
+            carried: super::counters::Totals::default(),
         }
+    }
+
+    /// A server that takes over the counts of `predecessor` (a node back under the same name).
+    pub fn succeeding(spec: &BackendSpec, pool: &Pool, predecessor: &Backend) -> Backend {
+        Backend { carried: predecessor.totals(), ..Backend::new(spec, pool) }
+    }
+
+    /// Everything counted under this server's name, its predecessors' included.
+    pub fn totals(&self) -> super::counters::Totals {
+        let mut t = self.counters.sum();
+        t += self.carried;
+        t
     }
 
     /// The sticky cookie's value for this server.

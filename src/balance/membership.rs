@@ -49,7 +49,16 @@ pub struct Publisher {
     slowstart: Duration,
     /// When each server (by the address of its `Backend`) came into rotation, while it is still ramping up.
     ramping: HashMap<usize, Instant>,
+    /// Members' servers that went away, by name, with their last weight and when: listed DOWN with their
+    /// counters for [`RETENTION`], and succeeded by a member that comes back under the same name.
+    departed: HashMap<String, (Arc<Backend>, u16, Instant)>,
+    /// What servers no longer listed counted, so the backend's totals do not drop.
+    retired: super::counters::Totals,
 }
+
+/// How long a member's server that went away stays listed (DOWN, with its counters), as the roster keeps
+/// the member itself.
+pub const RETENTION: Duration = crate::cluster::roster::RETENTION;
 
 impl Publisher {
     pub fn new(
@@ -69,6 +78,8 @@ impl Publisher {
             statics_down: HashSet::new(),
             slowstart: Duration::ZERO,
             ramping: HashMap::new(),
+            departed: HashMap::new(),
+            retired: super::counters::Totals::default(),
         };
         p.publish();
         Arc::new(Mutex::new(p))
@@ -144,7 +155,31 @@ impl Publisher {
         self.members =
             members.iter().filter(|m| m.id.role == Role::Backend && m.id.service.is_some()).cloned().collect();
         let live = &self.members;
-        self.known.retain(|key, _| live.iter().any(|m| (m.id.gossip, m.id.generation) == *key));
+        let now = Instant::now();
+        let weights: HashMap<usize, u16> = {
+            let set = self.shared.load();
+            set.servers.iter().zip(&set.weights).map(|(b, &w)| (Arc::as_ptr(b) as usize, w)).collect()
+        };
+        let mut gone = Vec::new();
+        self.known.retain(|key, backend| {
+            let alive = live.iter().any(|m| (m.id.gossip, m.id.generation) == *key);
+            if !alive {
+                gone.push(backend.clone());
+            }
+            alive
+        });
+        for backend in gone {
+            // One that had lost its name to a newer member of the same name (`name@address`) is that
+            // member's past: its counts go to the backend's totals, not to a row of its own.
+            if backend.name().contains('@') {
+                self.retired += backend.totals();
+                continue;
+            }
+            let weight = weights.get(&(Arc::as_ptr(&backend) as usize)).copied().unwrap_or(0);
+            if let Some((older, _, _)) = self.departed.insert(backend.name().to_string(), (backend, weight, now)) {
+                self.retired += older.totals();
+            }
+        }
         self.publish();
     }
 
@@ -190,6 +225,7 @@ impl Publisher {
             .collect();
         for m in &self.members {
             let Some(service) = m.id.service else { continue };
+            let departed = &mut self.departed;
             let backend = self.known.entry((m.id.gossip, m.id.generation)).or_insert_with(|| {
                 let spec = BackendSpec {
                     name: server_name(&m.id.name),
@@ -199,7 +235,11 @@ impl Publisher {
                     maxconn: 0,
                     maxqueue: DEFAULT_MAXQUEUE,
                 };
-                Arc::new(Backend::new(&spec, &pool))
+                // Back under its name (a restart, a rescheduled task): its counts go on.
+                match departed.remove(&spec.name) {
+                    Some((old, _, _)) => Arc::new(Backend::succeeding(&spec, &pool, &old)),
+                    None => Arc::new(Backend::new(&spec, &pool)),
+                }
             });
             let state = if m.is_routable() {
                 ServerState::Up
@@ -213,6 +253,22 @@ impl Publisher {
             servers.push((backend.clone(), m.weight(), state));
         }
         self.name_members();
+        // Members' servers that went away, DOWN, for the retention window; not when a live server has the
+        // name (their counts then go to the backend's retired totals).
+        let now = Instant::now();
+        let listed: HashSet<String> = servers.iter().map(|(b, _, _)| b.name().to_string()).collect();
+        let mut retired = super::counters::Totals::default();
+        self.departed.retain(|name, (backend, _, since)| {
+            let keep = now.duration_since(*since) < RETENTION && !listed.contains(name);
+            if !keep {
+                retired += backend.totals();
+            }
+            keep
+        });
+        self.retired += retired;
+        let mut gone: Vec<_> = self.departed.values().map(|(b, w, _)| (b.clone(), *w, ServerState::Down)).collect();
+        gone.sort_by_key(|(b, _, _)| b.name().to_string());
+        servers.extend(gone);
         for (backend, weight, state) in &mut servers {
             let Some(o) = self.overrides.get(backend.name().as_str()) else { continue };
             *weight = o.weight.unwrap_or(*weight);
@@ -224,7 +280,8 @@ impl Publisher {
         }
         readmit_recovered(&self.shared.load(), &servers);
         self.ramp(&mut servers);
-        let set = BackendSet::new(servers);
+        let mut set = BackendSet::new(servers);
+        set.retired = self.retired;
         let up = set.rotation().len();
         let known = set.servers.len();
         self.shared.store(Arc::new(set));
@@ -349,10 +406,13 @@ mod tests {
         p.update(&[old.clone(), new.clone()]);
         assert_eq!(names(&p), ["s0", "web-1", "web-1@10.0.0.1:7946"]);
         p.update(std::slice::from_ref(&new));
-        assert_eq!(names(&p), ["s0", "web-1"]);
-        // A static server keeps its name whatever a member announces.
+        assert_eq!(names(&p), ["s0", "web-1"], "the predecessor's counts went to the backend's, not a row");
+        // A static server keeps its name whatever a member announces; web-1, gone, stays listed (DOWN).
         p.update(&[member("s0", "10.0.0.3:7946", 1)]);
-        assert_eq!(names(&p), ["s0", "s0@10.0.0.3:7946"]);
+        assert_eq!(names(&p), ["s0", "s0@10.0.0.3:7946", "web-1"]);
+        let set = p.shared.load();
+        let web1 = set.servers.iter().position(|b| *b.name() == "web-1").unwrap();
+        assert_eq!(set.states[web1], ServerState::Down);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct BackendSet {
     /// The same servers with what comparing their loads needs, side by side, so leastconn's scan of a large
     /// set reads one array.
     rotating: Vec<Rotating>,
+    /// What servers no longer listed counted: the backend's totals keep it.
+    pub retired: super::counters::Totals,
 }
 
 /// A server in rotation, as leastconn compares it.
