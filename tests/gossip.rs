@@ -192,11 +192,6 @@ fn keys_rotate_in_three_steps_under_load_losing_nothing() {
     assert!((0..10).all(|_| common::get(proxy.addr, "/").body_str() != "late"));
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// CPU time (user + system) the process has used, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -221,7 +216,7 @@ fn a_hundred_thousand_junk_datagrams_change_nothing() {
         let _agent = Agent::start(&app.arg(), &proxy.gossip(), &[&key_args[..], &["--name", "steady"]].concat());
         wait_routed(&proxy, "steady");
         let pid = proxy.pid();
-        let (rss_before, idle_before) = (rss_kib(pid), idle_cpu(pid));
+        let (rss_before, idle_before) = (common::rss_kib(pid), idle_cpu(pid));
         let cpu_before = cpu_ticks(pid);
 
         // Random bytes of every length, packets with a sealed header and a broken tag, and authentic packets
@@ -267,7 +262,7 @@ fn a_hundred_thousand_junk_datagrams_change_nothing() {
         // Still the same member, still routed, once the flood is processed.
         wait_routed(&proxy, "steady");
         let flood_cpu = cpu_ticks(pid) - cpu_before;
-        let (rss_after, idle_after) = (rss_kib(pid), idle_cpu(pid));
+        let (rss_after, idle_after) = (common::rss_kib(pid), idle_cpu(pid));
         eprintln!(
             "keyed {keyed}: 100,000 junk datagrams cost {flood_cpu} ticks of CPU; idle CPU {idle_before} -> \
              {idle_after} ticks per 2 s; RSS {rss_before} -> {rss_after} KiB"

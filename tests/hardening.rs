@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Backend, Process, Proxy, Wire, WAIT};
+use common::{open_descriptors, Backend, Process, Proxy, Wire, WAIT};
 
 /// Polls until something accepts on `addr`.
 fn wait_listening(addr: SocketAddr) {
@@ -217,8 +217,21 @@ impl Drop for Crowd {
     }
 }
 
-fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+/// Waits until `pid` holds no more than `baseline` + 2 descriptors (connections closing give theirs back;
+/// a lingering close lasts up to 2 s); otherwise fails, listing what it holds.
+fn descriptors_come_back(pid: u32, baseline: usize, what: &str) {
+    let start = Instant::now();
+    while open_descriptors(pid) > baseline + 2 {
+        if start.elapsed() > WAIT {
+            let links: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|l| l.display().to_string())
+                .collect();
+            panic!("{what}: descriptors leaked: {baseline} -> {}: {links:?}", links.len());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -430,19 +443,13 @@ fn sigterm_under_wrk_loses_no_request_in_flight() {
     let (_app, app) = common::webapp("steady");
     for run in 1..=10 {
         let mut proxy = Proxy::start(&["--backend", &app, "--access-log", "off"]);
-        let admin = proxy.admin();
         let wrk = Command::new("wrk")
             .args(["-t2", "-c50", "-d2s", &format!("http://{}/", proxy.addr)])
             .stdout(Stdio::piped())
             .spawn()
             .expect("wrk (apt-get install wrk)");
-        let requests = || {
-            let metrics = common::get(admin, "/metrics").body_str();
-            let line = metrics.lines().find(|l| l.starts_with("shoal_frontend_requests_total ")).unwrap().to_string();
-            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
-        };
         let start = Instant::now();
-        while requests() < 2000 {
+        while proxy.metric("shoal_frontend_requests_total") < 2000 {
             assert!(start.elapsed() < WAIT, "wrk's load never reached the proxy");
         }
         proxy.signal(libc::SIGTERM);
@@ -524,19 +531,7 @@ fn hostile_backends_get_clean_answers_and_poison_no_pooled_connection() {
             let good = common::get(proxy.addr, "/good");
             assert_eq!((good.status(), good.body_str().as_str()), (200, "good"), "{what}: the next request");
         }
-        // Connections closing (a lingering close lasts up to 2 s) give their descriptors back.
-        let start = Instant::now();
-        while open_descriptors(proxy.pid()) > fds + 2 {
-            if start.elapsed() > WAIT {
-                let links: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
-                    .unwrap()
-                    .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .map(|l| l.display().to_string())
-                    .collect();
-                panic!("{what}: descriptors leaked: {fds} -> {}: {links:?}", links.len());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        descriptors_come_back(proxy.pid(), fds, what);
     }
 }
 
@@ -551,11 +546,7 @@ fn an_endless_body_to_a_client_that_does_not_read_holds_no_more_than_buffers() {
         }
     });
     let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "1"]);
-    let rss = || -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_string();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
+    let rss = || common::rss_kib(proxy.pid());
     // RSS once it stops changing: the backend writes for ever, so growing memory would never settle.
     let settled = || -> u64 {
         let (mut previous, start) = (0, Instant::now());
@@ -626,11 +617,7 @@ fn clients_that_vanish_mid_request_or_mid_response_poison_nothing() {
     let lines = proxy.stdout.all();
     assert!(lines.iter().any(|l| l.contains("/upload") && l.contains(" CD--")), "{lines:?}");
     assert!(cut_download.contains(" CD--"), "{cut_download}");
-    let start = Instant::now();
-    while open_descriptors(proxy.pid()) > fds + 2 {
-        assert!(start.elapsed() < WAIT, "descriptors leaked: {fds} -> {}", open_descriptors(proxy.pid()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    descriptors_come_back(proxy.pid(), fds, "clients that vanished");
 }
 
 #[test]

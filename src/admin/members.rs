@@ -61,10 +61,7 @@ fn fetch(admin: &str, auth: Option<&str>) -> Result<Vec<Row>, String> {
     let fail = |e: std::io::Error| format!("cannot read {admin}/members: {e}");
     let mut stream = TcpStream::connect(admin).map_err(fail)?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;
-    let credentials = auth.map_or(String::new(), |a| {
-        use base64::Engine;
-        format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(a))
-    });
+    let credentials = auth.map_or(String::new(), |a| format!("Authorization: {}\r\n", super::basic_credentials(a)));
     let request = format!("GET /members HTTP/1.1\r\nHost: {admin}\r\n{credentials}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(fail)?;
     let mut response = String::new();

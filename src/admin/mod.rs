@@ -43,7 +43,7 @@ pub fn start(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result
 }
 
 /// The `Authorization` value that `USER:PASS` gives.
-fn basic_credentials(user_pass: &str) -> String {
+pub(crate) fn basic_credentials(user_pass: &str) -> String {
     use base64::Engine;
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(user_pass))
 }

@@ -90,7 +90,7 @@ impl Snapshot {
             frontend: shared.frontend.sum(),
             frontend_tls: shared.tls.load().as_ref().map(|_| shared.frontend_tls.sum()),
             connections: shared.connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
-            max_connections: shared.config.load().limits.max_connections as u64,
+            max_connections: config.limits.max_connections as u64,
             servers,
             backend,
             uptime_s: SystemTime::now().duration_since(shared.started).map_or(0, |d| d.as_secs()),

@@ -156,10 +156,6 @@ impl Publisher {
             members.iter().filter(|m| m.id.role == Role::Backend && m.id.service.is_some()).cloned().collect();
         let live = &self.members;
         let now = Instant::now();
-        let weights: HashMap<usize, u16> = {
-            let set = self.shared.load();
-            set.servers.iter().zip(&set.weights).map(|(b, &w)| (Arc::as_ptr(b) as usize, w)).collect()
-        };
         let mut gone = Vec::new();
         self.known.retain(|key, backend| {
             let alive = live.iter().any(|m| (m.id.gossip, m.id.generation) == *key);
@@ -168,6 +164,10 @@ impl Publisher {
             }
             alive
         });
+        let set = self.shared.load();
+        let last_weight = |backend: &Arc<Backend>| {
+            set.servers.iter().position(|b| Arc::ptr_eq(b, backend)).map_or(0, |i| set.weights[i])
+        };
         for backend in gone {
             // One that had lost its name to a newer member of the same name (`name@address`) is that
             // member's past: its counts go to the backend's totals, not to a row of its own.
@@ -175,7 +175,7 @@ impl Publisher {
                 self.retired += backend.totals();
                 continue;
             }
-            let weight = weights.get(&(Arc::as_ptr(&backend) as usize)).copied().unwrap_or(0);
+            let weight = last_weight(&backend);
             if let Some((older, _, _)) = self.departed.insert(backend.name().to_string(), (backend, weight, now)) {
                 self.retired += older.totals();
             }

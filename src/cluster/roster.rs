@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -41,17 +40,11 @@ struct Tracked {
     gone: Option<Instant>,
 }
 
-/// What the gossip thread updates and the admin thread reads.
+/// What the gossip thread updates and the admin thread reads (rarely: a lock is fine).
+#[derive(Default)]
 pub struct Roster {
     this: Mutex<Option<Row>>,
     tracked: Mutex<HashMap<(String, u64), Tracked>>,
-    rows: ArcSwap<Vec<Row>>,
-}
-
-impl Default for Roster {
-    fn default() -> Self {
-        Roster { this: Mutex::new(None), tracked: Mutex::new(HashMap::new()), rows: ArcSwap::from_pointee(Vec::new()) }
-    }
 }
 
 impl Roster {
@@ -67,7 +60,6 @@ impl Roster {
             generation: 0,
             since_change_s: 0,
         });
-        self.publish();
     }
 
     /// Takes the live members (this node excluded) after a change.
@@ -111,23 +103,16 @@ impl Roster {
             }
         }
         tracked.retain(|_, t| t.gone.is_none_or(|g| now.duration_since(g) < RETENTION));
-        drop(tracked);
-        self.publish();
     }
 
-    fn publish(&self) {
+    /// This node first, then every member by name, with their ages brought up to date.
+    pub fn rows(&self) -> Vec<Row> {
         let tracked = self.tracked.lock();
         let mut rows: Vec<Row> = self.this.lock().iter().cloned().collect();
         let mut others: Vec<Row> =
             tracked.values().map(|t| Row { since_change_s: t.changed.elapsed().as_secs(), ..t.row.clone() }).collect();
         others.sort_by(|a, b| (&a.name, &a.address, a.generation).cmp(&(&b.name, &b.address, b.generation)));
         rows.extend(others);
-        self.rows.store(std::sync::Arc::new(rows));
-    }
-
-    /// The rows as last published, with their ages brought up to date.
-    pub fn rows(&self) -> Vec<Row> {
-        self.publish();
-        self.rows.load().as_ref().clone()
+        rows
     }
 }

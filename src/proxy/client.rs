@@ -263,11 +263,12 @@ async fn refuse<T: Transport>(worker: &Worker, client: &mut Client<T>, status: u
 pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
     let drain = async {
-        // On the heap: an array here would sit inside every connection's future, idle or not.
-        let mut sink = vec![0u8; 64 << 10];
+        // On the heap (an array would sit inside every connection's future) and never zero-filled.
+        let mut sink = BytesMut::with_capacity(64 << 10);
         let mut total = 0usize;
         while total < LINGER_BYTES {
-            match stream.read(&mut sink).await {
+            sink.clear();
+            match stream.read_buf(&mut sink).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }

@@ -220,9 +220,10 @@ pub async fn run<T: Transport>(
                     worker.pool.borrow_mut().checkin(up);
                 }
                 log_line(worker, client, &plan, &log, relayed.status, relayed.bytes, *b"--");
+                // Unread request bytes (an early answer, say 413, or a request already on its way that the
+                // kernel holds and this side has not read) would make the close a reset, which can wipe the
+                // answer before the client reads it.
                 if relayed.close_client {
-                    // Unread request bytes (an early answer, say 413) would make the close a reset, which
-                    // can wipe the answer before the client reads it.
                     close_gracefully(&mut client.stream).await;
                 }
                 return !relayed.close_client;
