@@ -340,6 +340,23 @@ fn a_connection_limit_the_descriptor_limit_cannot_hold_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("`max-connections`") && err.contains("ulimit -n"), "{err}");
+    // As HAProxy's `no strict-limits`: kept, with a warning.
+    let out = common::shoal()
+        .args([
+            "proxy",
+            "--check",
+            "--gossip",
+            "127.0.0.1:7946",
+            "--max-connections",
+            "30000",
+            "--strict-limits",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("--strict-limits off"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--max-connections 30000"));
 }
 
 /// Sets `pid`'s soft open-file limit (the hard one stays, so it can be raised again without privileges).

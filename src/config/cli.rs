@@ -299,6 +299,10 @@ pub struct ProxyArgs {
     /// Most client connections at once; more wait in the listen queue [default: 10000].
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Refuse to start with a --max-connections the descriptor limit cannot hold; off only warns, as
+    /// HAProxy's `no strict-limits` [default: on].
+    #[arg(long, env = "SHOAL_STRICT_LIMITS", value_name = "on|off", value_parser = value::switch)]
+    pub strict_limits: Option<bool>,
     /// Content-Length bodies at least this large, and each tunnel direction once it has carried this many
     /// bytes, are moved with splice(2), without a copy; 0 disables it.
     /// Off by default: on loopback it measured slower than copying (bench/README.md) [default: 0].

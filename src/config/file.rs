@@ -67,6 +67,7 @@ pub struct FileConfig {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub strict_limits: Option<Spanned<bool>>,
     pub pool_max_idle: Option<Spanned<i64>>,
     pub splice_min: Option<Spanned<i64>>,
     pub access_log: Option<Spanned<bool>>,

@@ -320,13 +320,22 @@ impl ProxyConfig {
     }
 
     /// Checks `--max-connections` against the descriptor limit (raised to the hard one first). A value given
-    /// that cannot fit is refused; the default is lowered to what fits, with a log line.
-    fn fit_descriptors(&mut self, given: bool) -> Result<(), ConfigError> {
+    /// that cannot fit is refused (with `--strict-limits off`, kept with a warning, for connections that
+    /// will not all hold a backend connection); the default is lowered to what fits, with a log line.
+    fn fit_descriptors(&mut self, given: bool, strict: bool) -> Result<(), ConfigError> {
         let limit = descriptors::raise_limit();
         let reserve = descriptors::reserve(self.threads, self.listen.len() + self.tls_listen.len());
         let fits = descriptors::connections_within(limit, reserve);
         let wanted = self.limits.max_connections;
         if wanted <= fits {
+            return Ok(());
+        }
+        if given && !strict {
+            tracing::warn!(
+                "max-connections {wanted} may need up to {} descriptors and {limit} are allowed (ulimit -n): \
+                 kept, as --strict-limits off asks",
+                wanted * 2 + reserve
+            );
             return Ok(());
         }
         if given || fits == 0 {
@@ -513,7 +522,8 @@ impl ProxyConfig {
         if config.listen.is_empty() && config.tls_listen.is_empty() {
             return Err(ConfigError::Field { field: "listen", message: "at least one address is needed".into() });
         }
-        config.fit_descriptors(args.max_connections.is_some() || f.max_connections.is_some())?;
+        let strict = args.strict_limits.or(f.strict_limits.as_ref().map(|v| *v.get_ref())).unwrap_or(true);
+        config.fit_descriptors(args.max_connections.is_some() || f.max_connections.is_some(), strict)?;
         if !config.tls_listen.is_empty() && config.tls_certs.is_empty() {
             return Err(ConfigError::Field {
                 field: "tls-cert",
