@@ -362,6 +362,11 @@ fn a_dead_node_stays_listed_down_with_its_counters_and_keeps_them_when_it_comes_
         assert_eq!(common::get(proxy.addr, "/").status(), 200);
     }
     let stot = |name: &str| proxy.servers_column(name, "stot").parse::<u64>().unwrap();
+    // A response reaches the client just before it is counted: read once every request is.
+    let start = Instant::now();
+    while stot("keeper") + stot("phoenix") < proxy.metric("shoal_frontend_requests_total") {
+        assert!(start.elapsed() < WAIT, "the servers' counts never added up to the frontend's");
+    }
     let served = stot("phoenix");
     assert!(served > 0, "phoenix served some of the 40");
     agent.child.kill().unwrap();
