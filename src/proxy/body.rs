@@ -13,11 +13,14 @@ use crate::http::chunked::{ChunkedDecoder, Emit};
 use crate::http::request::RequestBody;
 use crate::http::response::ResponseBody;
 use crate::http::HttpError;
+use crate::proxy::transport::RawTcp;
 
 /// Largest read while streaming a body: large reads matter for big responses.
 const BODY_READ: usize = 64 * 1024;
-/// The first read of a body, and the size reads go back to never: see [`forward`].
+/// The first read of a body from a source that cannot say when bytes are waiting (TLS): see [`forward`].
 const FIRST_READ: usize = 4096;
+/// A read shorter than this means the body trickles in: its buffer is given back between reads.
+const TRICKLE: usize = 4096;
 
 /// Where the body ends.
 pub enum Framer {
@@ -106,9 +109,11 @@ impl Progress {
 /// Bytes of `buf` that belong to the body are forwarded first; then the source is read until the framer ends.
 /// Bytes beyond the body stay in `buf` (a pipelined request, or a backend's protocol fault).
 ///
-/// Reads start small and grow while they come back full: a body that trickles in (a slow upload) holds a few
-/// KiB per connection, a bulk one soon moves in `BODY_READ` pieces. `progress` follows every write, so a cut
-/// body still tells how much went through.
+/// Memory follows the data, not the wait: from a TCP socket, the read buffer is reserved only once bytes are
+/// there (a full `BODY_READ`, so a bulk body moves in few system calls), and a body that trickles in (a slow
+/// upload) gives its buffer back before it waits again. A source that cannot say when bytes are waiting (TLS)
+/// starts with small reads that grow while they come back full. `progress` follows every write, so a cut body
+/// still tells how much went through.
 pub async fn forward<R, W>(
     src: &mut R,
     buf: &mut BytesMut,
@@ -118,13 +123,15 @@ pub async fn forward<R, W>(
     progress: Option<&Progress>,
 ) -> Result<u64, BodyError>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + RawTcp,
     W: AsyncWrite + Unpin,
 {
     let (src_idle, dst_idle) = idle;
     let mut sent = 0u64;
     let mut scratch = Vec::new();
-    let mut read_size = FIRST_READ;
+    let waits_unbuffered = src.raw_tcp().is_some();
+    let mut read_size = if waits_unbuffered { BODY_READ } else { FIRST_READ };
+    let mut trickling = false;
     loop {
         if !buf.is_empty() {
             let (consumed, out): (usize, &[u8]) = match framer {
@@ -160,10 +167,21 @@ where
             Framer::Length(left) => (*left).min(read_size as u64) as usize,
             _ => read_size,
         };
-        buf.reserve(want.max(1));
+        if trickling && buf.is_empty() && buf.capacity() > TRICKLE {
+            *buf = BytesMut::new();
+        }
         let before = buf.len();
-        let read = timeout(src_idle, src.read_buf(buf)).await;
-        if buf.len() - before >= read_size {
+        let read = timeout(src_idle, async {
+            if let Some(socket) = src.raw_tcp() {
+                socket.readable().await?;
+            }
+            buf.reserve(want.max(1));
+            src.read_buf(buf).await
+        })
+        .await;
+        let got = buf.len() - before;
+        trickling = waits_unbuffered && got < TRICKLE;
+        if got >= read_size {
             read_size = (read_size * 2).min(BODY_READ);
         }
         match read {
