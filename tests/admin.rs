@@ -35,6 +35,9 @@ fn csv(proxy: &Proxy) -> HashMap<String, HashMap<String, String>> {
         .collect()
 }
 
+/// The CSV's rows by "pxname/svname".
+type Rows = HashMap<String, HashMap<String, String>>;
+
 /// A proxy with `threads` data-plane threads in front of the named static servers.
 fn proxy_with(threads: usize, servers: &[(&str, SocketAddr)]) -> Proxy {
     let mut args = vec!["--threads".to_string(), threads.to_string()];
@@ -229,4 +232,148 @@ fn the_csv_header_is_haproxy_2_6_s_byte_for_byte_and_every_row_fills_it() {
     assert!(!server["cookie"].is_empty(), "the sticky cookie's id");
     assert_eq!(rows["nodes/BACKEND"]["algo"], "leastconn");
     assert_eq!(rows["shoal/FRONTEND"]["req_tot"], "1");
+}
+
+/// The CSV's `qtime`..`ttime` and `*_max` columns, the page's percentiles and Prometheus' histograms, for a
+/// server that makes every client wait 150 ms and one that answers at once.
+#[test]
+fn latencies_show_which_server_made_clients_wait() {
+    const SLOW_MS: u64 = 150;
+    let slow = Backend::http(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(SLOW_MS));
+        common::ok("slow")
+    });
+    let fast = Backend::http(|_| common::ok("fast"));
+    let proxy = proxy_with(2, &[("slow", slow.addr), ("fast", fast.addr)]);
+    let bodies = bodies(&proxy, 8);
+    let waited = count(&bodies, "slow") as u64;
+    assert!(waited > 0 && waited < 8, "round robin sent requests to both: {bodies:?}");
+
+    // Latencies are published a moment after the counters: wait until every request is in them.
+    let start = Instant::now();
+    let metrics = loop {
+        let (_, metrics) = admin_get(&proxy, "/metrics");
+        let line = format!("shoal_backend_total_seconds_count {}", 8);
+        if metrics.lines().any(|l| l == line) {
+            break metrics;
+        }
+        assert!(start.elapsed() < WAIT, "latencies never covered 8 requests:\n{metrics}");
+    };
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("shoal_server_response_seconds_count{server=\"slow\"}") as u64, waited);
+    assert_eq!(value("shoal_server_response_seconds_bucket{server=\"slow\",le=\"0.1\"}"), 0.0, "none under 100 ms");
+    assert_eq!(value("shoal_server_response_seconds_bucket{server=\"slow\",le=\"+Inf\"}") as u64, waited);
+    assert!(value("shoal_server_response_seconds_sum{server=\"slow\"}") >= waited as f64 * SLOW_MS as f64 / 1e3);
+    assert_eq!(value("shoal_server_queue_seconds_count{server=\"fast\"}") as u64, 8 - waited);
+    assert_eq!(value("shoal_frontend_total_seconds_count{frontend=\"http\"}"), 8.0);
+
+    let rows = csv_after(&proxy, 8);
+    let (s, f, be) = (&rows["nodes/slow"], &rows["nodes/fast"], &rows["nodes/BACKEND"]);
+    for column in ["rtime", "ttime", "rtime_max", "ttime_max"] {
+        assert!(num(s, column) >= SLOW_MS, "slow {column} = {}", s[column]);
+        assert!(num(f, column) < num(s, column), "fast {column} = {} vs slow {}", f[column], s[column]);
+    }
+    assert_eq!((num(s, "qtime"), num(s, "qtime_max")), (0, 0), "no maxconn, no queue");
+    assert_eq!(num(be, "rtime_max"), num(s, "rtime_max"), "the backend's maximum is its slowest server's");
+    assert!(num(be, "rtime") < num(s, "rtime") && num(be, "rtime") > num(f, "rtime"), "an average of both: {be:?}");
+    assert_eq!(rows["shoal/FRONTEND"]["rtime"], "", "HAProxy leaves frontends' latencies empty");
+
+    let (_, page) = admin_get(&proxy, "/");
+    let slow_row = page.split("<tr").find(|r| r.contains("slow (")).expect("a row for the slow server");
+    let p50 = slow_row.split("class=\"latency\"").nth(1).expect("latency cells").trim_start_matches('>');
+    let p50_ms: f64 = p50[..p50.find(' ').unwrap()].parse().unwrap_or_else(|_| panic!("{slow_row}"));
+    assert!(p50_ms >= SLOW_MS as f64, "p50 of the slow server on the page: {slow_row}");
+}
+
+/// Rates (`rate`, `req_rate` and their maxima) are sampled once a second: under a steady trickle of requests
+/// they show up, and never exceed what was sent.
+#[test]
+fn rates_show_requests_per_second() {
+    let backend = Backend::http(|_| common::ok("ok"));
+    let proxy = proxy_with(1, &[("s1", backend.addr)]);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let rows = loop {
+        for _ in 0..20 {
+            assert_eq!(common::get(proxy.addr, "/").status(), 200);
+            sent += 1;
+        }
+        let rows = csv(&proxy);
+        let shown = ["req_rate_max", "rate_max"].map(|c| num(&rows["shoal/FRONTEND"], c));
+        if shown.iter().all(|&v| v > 0) && num(&rows["nodes/s1"], "rate_max") > 0 {
+            break rows;
+        }
+        assert!(start.elapsed() < WAIT, "no rate after {sent} requests: {:?}", rows["shoal/FRONTEND"]);
+    };
+    let (fe, s1) = (&rows["shoal/FRONTEND"], &rows["nodes/s1"]);
+    assert!(num(fe, "req_rate_max") <= sent && num(s1, "rate_max") <= sent, "{fe:?}\n{s1:?}");
+    assert!(num(fe, "req_rate") <= num(fe, "req_rate_max"));
+    assert!(num(s1, "lastsess") <= 1, "a request within the last sample: {}", s1["lastsess"]);
+    assert_eq!((num(s1, "chkdown"), num(s1, "downtime")), (0, 0));
+    assert_eq!(s1["cli_abrt"], "0");
+}
+
+/// The proxy's own health checks of static servers fill HAProxy's check columns: `check_status`,
+/// `check_code`, `check_duration`, `check_desc`, `last_chk` and `chkfail`.
+#[test]
+fn check_columns_tell_what_the_last_health_check_found() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let answer = std::sync::Arc::new(AtomicU16::new(200));
+    let code = answer.clone();
+    let checked = Backend::http(move |req| {
+        if req.start_line().contains("/health") {
+            let code = code.load(Ordering::SeqCst);
+            return format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").into_bytes();
+        }
+        common::ok("checked")
+    });
+    let dead = common::refused_port();
+    let proxy = Proxy::start(&[
+        "--backend",
+        &format!("checked={}", checked.addr),
+        "--backend",
+        &format!("dead={}", dead.addr),
+        "--backend-check-path",
+        "/health",
+        "--backend-check-interval",
+        "100ms",
+        "--backend-fall",
+        "2",
+    ]);
+    let wait = |what: &str, done: &dyn Fn(&Rows) -> bool| {
+        let start = Instant::now();
+        loop {
+            let rows = csv(&proxy);
+            if done(&rows) {
+                return rows;
+            }
+            assert!(start.elapsed() < WAIT, "{what}: {:?}", rows["nodes/checked"]);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let rows = wait("a passing check", &|rows| rows["nodes/checked"]["check_status"] == "L7OK");
+    let (ok, down) = (&rows["nodes/checked"], &rows["nodes/dead"]);
+    assert_eq!((ok["check_code"].as_str(), ok["check_desc"].as_str()), ("200", "Layer7 check passed"));
+    assert!(num(ok, "check_duration") < 100, "within the interval: {}", ok["check_duration"]);
+    assert_eq!(num(ok, "chkfail"), 0);
+    let down = if down["check_status"].is_empty() {
+        wait("the dead server's check", &|rows| !rows["nodes/dead"]["check_status"].is_empty())["nodes/dead"].clone()
+    } else {
+        down.clone()
+    };
+    assert_eq!((down["check_status"].as_str(), down["check_code"].as_str()), ("L4CON", ""), "{down:?}");
+    assert!(down["last_chk"].contains("connect"), "the reason: {}", down["last_chk"]);
+
+    answer.store(503, Ordering::SeqCst);
+    let rows = wait("a failing check counted", &|rows| {
+        rows["nodes/checked"]["status"] == "DOWN" && rows["nodes/checked"]["check_status"] == "L7STS"
+    });
+    let failing = &rows["nodes/checked"];
+    assert_eq!((failing["check_code"].as_str(), failing["last_chk"].as_str()), ("503", "status 503"));
+    assert!(num(failing, "chkfail") >= 2, "fall 2: two failures took it down: {}", failing["chkfail"]);
+    let page = admin_get(&proxy, "/").1;
+    assert!(page.contains("L7STS/503 in "), "the page's last check column");
 }

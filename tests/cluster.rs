@@ -380,12 +380,27 @@ fn a_dead_node_stays_listed_down_with_its_counters_and_keeps_them_when_it_comes_
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(stot("phoenix"), served, "its counters kept");
+    // The stats sample state changes once a second: one fall, and downtime that grows while it stays down.
+    let column = |name: &str| proxy.servers_column("phoenix", name).parse::<u64>().unwrap();
+    let start = Instant::now();
+    while !(column("chkdown") == 1 && column("downtime") >= 1) {
+        assert!(start.elapsed() < WAIT, "chkdown {} downtime {}", column("chkdown"), column("downtime"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(column("lastchg") >= column("downtime"), "down since its last change");
+    let restarted = Instant::now();
     // Back under the same name (a restart: new process, new port): its counts go on from there.
     let (_phoenix_app, phoenix) = common::webapp("phoenix");
     let _agent = Agent::start(&phoenix, &proxy.gossip(), &["--name", "phoenix"]);
     proxy.wait_server("phoenix", "UP again", |status, _| status == "UP");
     wait_routed(&proxy, "\"host\":\"phoenix\"");
     assert!(stot("phoenix") > served, "counting on from {served}: {}", stot("phoenix"));
+    let start = Instant::now();
+    while column("lastchg") > restarted.elapsed().as_secs() {
+        assert!(start.elapsed() < WAIT, "lastchg {} never counted from the restart", column("lastchg"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(column("chkdown"), 1, "coming back up is no fall");
     let rows = proxy.server_rows();
     assert_eq!(rows.len(), 2, "one row per name, not one per generation: {:?}", rows.keys());
 }

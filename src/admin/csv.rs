@@ -3,10 +3,11 @@
 //! FRONTEND row, one row per server, one BACKEND row. Columns shoal has no value for are empty, as HAProxy
 //! leaves columns that do not apply.
 
-use std::fmt::Write;
-
+use super::history::{FrontendRates, Seen};
 use super::stats::{Snapshot, BACKEND, FRONTEND, FRONTEND_TLS};
+use crate::agent::health::CheckReport;
 use crate::balance::counters::Totals;
+use crate::balance::timings::{Phase, Phases, PHASES};
 
 const HEADER: &str =
     "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,\
@@ -24,11 +25,20 @@ h2_goaway_resp,h2_open_connections,h2_backend_open_streams,h2_total_connections,
 h1_open_connections,h1_open_streams,h1_total_connections,h1_total_streams,h1_bytes_in,h1_bytes_out,\
 h1_spliced_bytes_in,h1_spliced_bytes_out,";
 
+/// What a row describes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Frontend = 0,
+    Backend = 1,
+    Server = 2,
+}
+
 /// One row's values; `None` prints as an empty field.
 struct Row<'a> {
     pxname: &'a str,
     svname: &'a str,
-    /// Requests queued (servers and the backend); `None` for frontends.
+    kind: Kind,
+    /// Requests queued (servers and the backend).
     qcur: Option<u64>,
     scur: u64,
     slim: Option<u64>,
@@ -38,58 +48,67 @@ struct Row<'a> {
     act: Option<u64>,
     iid: u64,
     sid: u64,
-    /// 0 frontend, 1 backend, 2 server.
-    kind: u8,
     /// `addr`, `cookie` (servers) and `algo` (the backend).
     addr: Option<&'a str>,
     cookie: Option<&'a str>,
     algo: Option<&'a str>,
+    /// Latencies: servers and the backend (HAProxy leaves them empty for frontends).
+    timings: Option<&'a Phases>,
+    /// Rate and state changes: servers and the backend.
+    seen: Option<Seen>,
+    /// Connection and request rates: frontends.
+    rates: Option<FrontendRates>,
+    /// The last health check and the failed count: servers the proxy checks.
+    check: Option<&'a (CheckReport, u64)>,
+}
+
+impl Row<'_> {
+    fn frontend<'a>(
+        pxname: &'a str,
+        iid: u64,
+        scur: u64,
+        s: &Snapshot,
+        totals: &'a Totals,
+        rates: FrontendRates,
+    ) -> Row<'a> {
+        Row {
+            pxname,
+            svname: "FRONTEND",
+            kind: Kind::Frontend,
+            qcur: None,
+            scur,
+            slim: Some(s.max_connections),
+            totals,
+            status: "OPEN",
+            weight: None,
+            act: None,
+            iid,
+            sid: 0,
+            addr: None,
+            cookie: None,
+            algo: None,
+            timings: None,
+            seen: None,
+            rates: Some(rates),
+            check: None,
+        }
+    }
 }
 
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::from(HEADER);
     out.push('\n');
-    let mut row = |r: Row| write_row(&mut out, &r);
-    row(Row {
-        pxname: FRONTEND,
-        svname: "FRONTEND",
-        qcur: None,
-        scur: s.connections,
-        slim: Some(s.max_connections),
-        totals: &s.frontend,
-        status: "OPEN",
-        weight: None,
-        act: None,
-        iid: 1,
-        sid: 0,
-        kind: 0,
-        addr: None,
-        cookie: None,
-        algo: None,
-    });
+    let columns: Vec<&str> = HEADER.trim_start_matches("# ").split(',').filter(|c| !c.is_empty()).collect();
+    let mut row = |r: Row| write_row(&mut out, &columns, &r);
+    row(Row::frontend(FRONTEND, 1, s.connections, s, &s.frontend, s.frontend_rates[0]));
     if let Some(tls) = &s.frontend_tls {
-        row(Row {
-            pxname: FRONTEND_TLS,
-            svname: "FRONTEND",
-            qcur: None,
-            scur: 0,
-            slim: Some(s.max_connections),
-            totals: tls,
-            status: "OPEN",
-            weight: None,
-            act: None,
-            iid: 3,
-            sid: 0,
-            kind: 0,
-            addr: None,
-            cookie: None,
-            algo: None,
-        });
+        row(Row::frontend(FRONTEND_TLS, 3, 0, s, tls, s.frontend_rates[1]));
     }
     for (i, server) in s.servers.iter().enumerate() {
         row(Row {
             pxname: BACKEND,
             svname: &server.name,
+            kind: Kind::Server,
             qcur: Some(server.queued),
             scur: server.in_flight,
             slim: server.maxconn,
@@ -99,10 +118,13 @@ pub fn render(s: &Snapshot) -> String {
             act: Some(1),
             iid: 2,
             sid: i as u64 + 1,
-            kind: 2,
             addr: Some(&server.address),
             cookie: server.cookie.as_deref(),
             algo: None,
+            timings: Some(&server.timings),
+            seen: server.seen,
+            rates: None,
+            check: server.check.as_ref(),
         });
     }
     // As HAProxy: the backend's weight and active count are those of its usable servers.
@@ -110,6 +132,7 @@ pub fn render(s: &Snapshot) -> String {
     row(Row {
         pxname: BACKEND,
         svname: "BACKEND",
+        kind: Kind::Backend,
         qcur: Some(s.servers.iter().map(|v| v.queued).sum()),
         scur: s.servers.iter().map(|v| v.in_flight).sum(),
         slim: None,
@@ -119,59 +142,99 @@ pub fn render(s: &Snapshot) -> String {
         act: Some(usable().count() as u64),
         iid: 2,
         sid: 0,
-        kind: 1,
         addr: None,
         cookie: None,
         algo: Some(&s.algo),
+        timings: Some(&s.backend_timings),
+        seen: s.backend_seen,
+        rates: None,
+        check: None,
     });
     out
 }
 
-fn write_row(out: &mut String, r: &Row) {
-    let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
-    let t = r.totals;
-    let frontend = r.kind == 0;
-    let sessions = if r.kind == 1 { t.requests } else { t.sessions };
-    let (ereq, econ, eresp, wretr) = if frontend {
-        (t.refused.to_string(), String::new(), String::new(), String::new())
-    } else {
-        (String::new(), t.connect_errors.to_string(), t.response_errors.to_string(), t.retries.to_string())
+/// The latency a CSV column reports: its phase, and whether it is the maximum rather than the average.
+fn latency(column: &str) -> Option<(Phase, bool)> {
+    let (name, max) = match column.strip_suffix("_max") {
+        Some(name) => (name, true),
+        None => (column, false),
     };
-    let lbtot = if frontend { String::new() } else { t.sessions.to_string() };
-    let _ = write!(
-        out,
-        "{},{},{},{},{},,{},{},,{},,,{ereq},{econ},{eresp},{wretr},,{},{},{},{},,,,,,1,{},{},,{lbtot},,{},,,,,,,",
-        r.pxname,
-        r.svname,
-        opt(r.qcur),
-        if frontend { "" } else { "0" },
-        r.scur,
-        opt(r.slim),
-        sessions,
-        t.bytes_out,
-        r.status,
-        opt(r.weight),
-        opt(r.act),
-        if frontend { "" } else { "0" },
-        r.iid,
-        r.sid,
-        r.kind,
-    );
-    for n in t.responses {
-        let _ = write!(out, "{n},");
-    }
-    let _ = write!(out, ",,,{},,,", t.requests);
-    // The columns after `srv_abrt`.
-    for column in HEADER.split(',').skip_while(|c| *c != "srv_abrt").skip(1).filter(|c| !c.is_empty()) {
-        let value = match column {
-            "addr" => r.addr.unwrap_or(""),
-            "cookie" => r.cookie.unwrap_or(""),
-            "mode" => "http",
-            "algo" => r.algo.unwrap_or(""),
-            _ => "",
-        };
-        out.push_str(value);
+    PHASES.into_iter().find(|p| p.csv_name() == name).map(|p| (p, max))
+}
+
+fn write_row(out: &mut String, columns: &[&str], r: &Row) {
+    for column in columns {
+        if let Some(value) = value(r, column) {
+            // Names from gossip and error texts must not break the row.
+            out.extend(value.chars().map(|c| if c == ',' || c.is_control() { ' ' } else { c }));
+        }
         out.push(',');
     }
     out.push('\n');
+}
+
+/// One cell, as HAProxy 2.6 fills it for this kind of row; `None` where it leaves the cell empty or shoal has
+/// nothing to say.
+fn value(r: &Row, column: &str) -> Option<String> {
+    let t = r.totals;
+    let frontend = r.kind == Kind::Frontend;
+    let proxied = !frontend;
+    let n = |v: u64| Some(v.to_string());
+    let when = |cond: bool, v: u64| if cond { n(v) } else { None };
+    if let Some(code) = column.strip_prefix("hrsp_") {
+        let i = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"].iter().position(|c| *c == code)?;
+        return n(t.responses[i]);
+    }
+    if let (Some(timings), Some((phase, max))) = (r.timings, latency(column)) {
+        // Milliseconds, as HAProxy prints them: averages over recent requests, and maxima.
+        let series = timings.get(phase);
+        return n(if max { series.max_us() } else { series.recent_us() } / 1000);
+    }
+    match column {
+        "pxname" => Some(r.pxname.to_string()),
+        "svname" => Some(r.svname.to_string()),
+        "qcur" => r.qcur.map(|v| v.to_string()),
+        "qmax" => when(proxied, 0),
+        "scur" => n(r.scur),
+        "slim" => r.slim.map(|v| v.to_string()),
+        // A backend's sessions are its requests; a frontend's and a server's, connections and requests sent.
+        "stot" => n(if r.kind == Kind::Backend { t.requests } else { t.sessions }),
+        "bout" => n(t.bytes_out),
+        "ereq" => when(frontend, t.refused),
+        "econ" => when(proxied, t.connect_errors),
+        "eresp" => when(proxied, t.response_errors),
+        "wretr" => when(proxied, t.retries),
+        "status" => Some(r.status.to_string()),
+        "weight" => r.weight.map(|v| v.to_string()),
+        "act" => r.act.map(|v| v.to_string()),
+        "bck" => when(proxied, 0),
+        "chkdown" => r.seen.map(|s| s.went_down.to_string()),
+        "lastchg" => r.seen.map(|s| s.since_change_s().to_string()),
+        "downtime" => r.seen.map(|s| s.downtime_s().to_string()),
+        "pid" => n(1),
+        "iid" => n(r.iid),
+        "sid" => n(r.sid),
+        "lbtot" => when(proxied, t.sessions),
+        "type" => n(r.kind as u64),
+        "rate" => r.seen.map(|s| s.rate.now).or(r.rates.map(|f| f.connections.now)).map(|v| v.to_string()),
+        "rate_max" => r.seen.map(|s| s.rate.max).or(r.rates.map(|f| f.connections.max)).map(|v| v.to_string()),
+        "req_rate" => r.rates.map(|f| f.requests.now.to_string()),
+        "req_rate_max" => r.rates.map(|f| f.requests.max.to_string()),
+        "req_tot" => n(t.requests),
+        "cli_abrt" => when(proxied, t.client_aborts),
+        "srv_abrt" => when(proxied, t.server_aborts),
+        "lastsess" => r.seen.map(|s| s.since_request_s().map_or(-1, |v| v as i64).to_string()),
+        "wrew" => n(0),
+        "check_status" => r.check.map(|(c, _)| c.status.to_string()),
+        "check_code" => r.check.and_then(|(c, _)| c.code).map(|v| v.to_string()),
+        "check_duration" => r.check.map(|(c, _)| c.duration.as_millis().to_string()),
+        "check_desc" => r.check.map(|(c, _)| c.description().to_string()),
+        "last_chk" => r.check.map(|(c, _)| c.error.clone().unwrap_or_else(|| c.description().to_string())),
+        "chkfail" => r.check.map(|(_, failed)| failed.to_string()),
+        "addr" => r.addr.map(str::to_string),
+        "cookie" => r.cookie.map(str::to_string),
+        "mode" => Some("http".to_string()),
+        "algo" => r.algo.map(str::to_string),
+        _ => None,
+    }
 }

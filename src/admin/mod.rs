@@ -7,6 +7,7 @@
 //! write, a cap on what one request may make us buffer.
 
 mod csv;
+pub mod history;
 pub mod members;
 mod page;
 mod prometheus;

@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use super::stats::Snapshot;
 use crate::balance::counters::Totals;
+use crate::balance::timings::{Phase, Phases, PHASES};
 use crate::cluster::Refused;
 
 const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
@@ -67,7 +68,47 @@ pub fn render(s: &Snapshot) -> String {
         "Log lines lost: dropped (the sink was too slow) or failed (writing failed, e.g. a closed pipe).",
         lost.collect(),
     );
+    let frontends = std::iter::once(("http", &s.frontend_timings))
+        .chain(s.frontend_tls_timings.as_ref().map(|t| ("https", t)))
+        .map(|(name, t)| (format!("frontend=\"{name}\""), t));
+    histograms(&mut out, "frontend", &[Phase::Total], frontends.collect());
+    histograms(&mut out, "backend", &PHASES, vec![(String::new(), &s.backend_timings)]);
+    let servers = s.servers.iter().map(|v| (format!("server=\"{}\"", label(&v.name)), &v.timings));
+    histograms(&mut out, "server", &PHASES, servers.collect());
     out
+}
+
+/// Bucket bounds of the latency histograms, in seconds.
+const BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// `shoal_{scope}_{phase}_seconds` histograms, one per labelled source.
+fn histograms(out: &mut String, scope: &str, phases: &[Phase], sources: Vec<(String, &Phases)>) {
+    for &phase in phases {
+        let name = format!("shoal_{scope}_{}_seconds", phase.word());
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", help(phase));
+        for (labels, timings) in &sources {
+            let series = timings.get(phase);
+            let sep = if labels.is_empty() { "" } else { "," };
+            for le in BUCKETS {
+                let at_most = series.count_at_most((le * 1e6) as u64);
+                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {at_most}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", series.count());
+            let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+            let _ = writeln!(out, "{name}_sum{braces} {}", series.sum_us() as f64 / 1e6);
+            let _ = writeln!(out, "{name}_count{braces} {}", series.count());
+        }
+    }
+}
+
+fn help(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Queue => "Time requests waited for a slot on a full server (HAProxy's Tw).",
+        Phase::Connect => "Time to connect to the server, 0 on a pooled connection (Tc).",
+        Phase::Response => "Time from connected to the response head (Tr).",
+        Phase::Total => "Time from the request's first byte to the end of its exchange (Tt).",
+    }
 }
 
 fn by_code(prefix: &str, t: &Totals) -> Vec<(String, u64)> {

@@ -3,7 +3,10 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
+use super::history::{FrontendRates, Seen};
+use crate::agent::health::CheckReport;
 use crate::balance::counters::Totals;
+use crate::balance::timings::Phases;
 use crate::balance::ServerState;
 use crate::proxy::Shared;
 
@@ -25,6 +28,21 @@ pub struct Server {
     /// The id its sticky cookie carries, when sticky sessions are on.
     pub cookie: Option<String>,
     pub totals: Totals,
+    pub timings: Phases,
+    /// Its rate and state changes, once sampled.
+    pub seen: Option<Seen>,
+    /// The proxy's last health check of it and how many failed (static servers with checks).
+    pub check: Option<(CheckReport, u64)>,
+}
+
+/// A server's status as the stats show it: one skipped after a failed connect is down for now, whatever
+/// membership says.
+pub fn status_of(b: &crate::balance::Backend, state: ServerState) -> &'static str {
+    if state == ServerState::Up && b.is_ejected() {
+        "DOWN"
+    } else {
+        state.as_str()
+    }
 }
 
 impl Server {
@@ -38,6 +56,13 @@ pub struct Snapshot {
     pub frontend: Totals,
     /// The TLS frontend's, when there are TLS listeners.
     pub frontend_tls: Option<Totals>,
+    /// Latencies of the plain frontend, the TLS frontend (when there are TLS listeners) and the backend.
+    pub frontend_timings: Phases,
+    pub frontend_tls_timings: Option<Phases>,
+    pub backend_timings: Phases,
+    /// Rates of the plain and TLS frontends; the backend's rate and state changes.
+    pub frontend_rates: [FrontendRates; 2],
+    pub backend_seen: Option<Seen>,
     pub connections: u64,
     pub max_connections: u64,
     pub servers: Vec<Server>,
@@ -73,13 +98,15 @@ impl Snapshot {
                 name: b.name().to_string(),
                 address: format!("{}:{}", b.host, b.port),
                 cookie: sticky.then(|| b.cookie()),
-                // A server skipped after a failed connect is down for now, whatever membership says.
-                status: if state == ServerState::Up && b.is_ejected() { "DOWN" } else { state.as_str() },
+                status: status_of(b, state),
                 weight,
                 in_flight: b.in_flight() as u64,
                 queued: u64::from(b.queued()),
                 maxconn: b.maxconn().map(u64::from),
                 totals: b.totals(),
+                timings: b.timings.read(),
+                seen: shared.history.server(&b.name()),
+                check: b.last_check(),
             })
             .collect();
         let mut backend = set.retired;
@@ -89,6 +116,11 @@ impl Snapshot {
         Snapshot {
             frontend: shared.frontend.sum(),
             frontend_tls: shared.tls.load().as_ref().map(|_| shared.frontend_tls.sum()),
+            frontend_timings: shared.timings.frontends[0].read(),
+            frontend_tls_timings: shared.tls.load().as_ref().map(|_| shared.timings.frontends[1].read()),
+            backend_timings: shared.timings.backend.read(),
+            frontend_rates: [shared.history.frontend(0), shared.history.frontend(1)],
+            backend_seen: shared.history.backend(),
             connections: shared.connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
             max_connections: config.limits.max_connections as u64,
             servers,

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::counters::PerThread;
 use super::hash::key_hash;
+use crate::agent::health::CheckReport;
 use crate::config::BackendSpec;
 
 /// What the servers of one proxy share: how many data-plane threads count their requests, and the requests in
@@ -80,6 +81,12 @@ pub struct Backend {
     /// What a member of the same name counted before it went away and came back (a restart): its totals
     /// go on under this one.
     carried: super::counters::Totals,
+    /// Its requests' queue, connect, response and total times, shared with the members of the same name
+    /// before and after it.
+    pub timings: Arc<super::timings::Timings>,
+    /// The proxy's last health check of it (static servers with `--backend-check-path`) and how many failed.
+    last_check: parking_lot::Mutex<Option<CheckReport>>,
+    failed_checks: AtomicU64,
 }
 
 impl Backend {
@@ -105,12 +112,29 @@ impl Backend {
             cookie_id: key_hash(format!("shoal server {}", spec.name).as_bytes()),
             counters: PerThread::new(pool.threads),
             carried: super::counters::Totals::default(),
+            timings: Arc::default(),
+            last_check: parking_lot::Mutex::new(None),
+            failed_checks: AtomicU64::new(0),
         }
     }
 
     /// A server that takes over the counts of `predecessor` (a node back under the same name).
     pub fn succeeding(spec: &BackendSpec, pool: &Pool, predecessor: &Backend) -> Backend {
-        Backend { carried: predecessor.totals(), ..Backend::new(spec, pool) }
+        Backend { carried: predecessor.totals(), timings: predecessor.timings.clone(), ..Backend::new(spec, pool) }
+    }
+
+    /// Records a health check's result for the stats.
+    pub fn checked(&self, report: CheckReport) {
+        if !report.passed() {
+            self.failed_checks.fetch_add(1, Ordering::Relaxed);
+        }
+        *self.last_check.lock() = Some(report);
+    }
+
+    /// The last health check and the number that failed, if the proxy checks this server.
+    pub fn last_check(&self) -> Option<(CheckReport, u64)> {
+        let report = self.last_check.lock().clone()?;
+        Some((report, self.failed_checks.load(Ordering::Relaxed)))
     }
 
     /// Everything counted under this server's name, its predecessors' included.

@@ -23,6 +23,9 @@ pub struct Slot {
     retries: AtomicU64,
     /// TLS handshakes that failed or timed out (the TLS frontend).
     handshake_errors: AtomicU64,
+    /// Responses cut because the client went away (`cli_abrt`) or the server did (`srv_abrt`).
+    client_aborts: AtomicU64,
+    server_aborts: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -61,6 +64,14 @@ impl Slot {
 
     pub fn handshake_error(&self) {
         bump(&self.handshake_errors, 1);
+    }
+
+    pub fn client_abort(&self) {
+        bump(&self.client_aborts, 1);
+    }
+
+    pub fn server_abort(&self) {
+        bump(&self.server_aborts, 1);
     }
 }
 
@@ -106,6 +117,8 @@ impl PerThread {
             t.response_errors += get(&s.response_errors);
             t.retries += get(&s.retries);
             t.handshake_errors += get(&s.handshake_errors);
+            t.client_aborts += get(&s.client_aborts);
+            t.server_aborts += get(&s.server_aborts);
         }
         t
     }
@@ -123,6 +136,8 @@ pub struct Totals {
     pub response_errors: u64,
     pub retries: u64,
     pub handshake_errors: u64,
+    pub client_aborts: u64,
+    pub server_aborts: u64,
 }
 
 impl std::ops::AddAssign for Totals {
@@ -138,6 +153,8 @@ impl std::ops::AddAssign for Totals {
         self.response_errors += o.response_errors;
         self.retries += o.retries;
         self.handshake_errors += o.handshake_errors;
+        self.client_aborts += o.client_aborts;
+        self.server_aborts += o.server_aborts;
     }
 }
 

@@ -79,22 +79,31 @@ async fn check_statics(publisher: Arc<Mutex<Publisher>>, config: CheckConfig) {
         for backend in statics {
             let config = config.clone();
             checks.spawn_local(async move {
-                let result = match backend.address(false).await {
-                    Ok(addr) => health::check(addr, &config).await,
-                    Err(e) => Err(format!("cannot resolve: {e}")),
+                let report = match backend.address(false).await {
+                    Ok(addr) => health::check_report(addr, &config).await,
+                    Err(e) => health::CheckReport {
+                        status: "L4CON",
+                        code: None,
+                        duration: Duration::ZERO,
+                        error: Some(format!("cannot resolve: {e}")),
+                    },
                 };
-                (backend, result)
+                (backend, report)
             });
         }
-        while let Some(Ok((backend, result))) = checks.join_next().await {
+        while let Some(Ok((backend, report))) = checks.join_next().await {
             let verdict = verdicts
                 .entry(Arc::as_ptr(&backend) as usize)
                 .or_insert_with(|| Verdicts::starting_up(config.rise, config.fall));
-            if let Some(healthy) = verdict.record(result.is_ok()) {
-                match &result {
-                    Ok(()) => tracing::info!("server {} is UP: its check passes", backend.name()),
-                    Err(why) => tracing::warn!("server {} is DOWN: check failed: {why}", backend.name()),
+            let changed = verdict.record(report.passed());
+            if changed.is_some() {
+                match &report.error {
+                    None => tracing::info!("server {} is UP: its check passes", backend.name()),
+                    Some(why) => tracing::warn!("server {} is DOWN: check failed: {why}", backend.name()),
                 }
+            }
+            backend.checked(report);
+            if let Some(healthy) = changed {
                 publisher.lock().set_static_health(&backend.name(), healthy);
             }
         }

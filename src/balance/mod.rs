@@ -17,6 +17,7 @@ mod membership;
 mod random;
 mod round_robin;
 mod set;
+pub mod timings;
 
 use std::sync::Arc;
 

@@ -16,6 +16,7 @@ use super::transport::Transport;
 use super::upstream::{self, ConnectError, Upstream};
 use super::worker::Worker;
 use super::{refusal, tunnel};
+use crate::balance::timings::Sample;
 use crate::balance::{Affinity, Backend, InFlight, Pick};
 use crate::http::request::{Request, RequestBody};
 use crate::http::Version;
@@ -73,6 +74,7 @@ pub async fn run<T: Transport>(
         server: None,
         reached_server: false,
         queued: None,
+        entered: None,
         connected: None,
         responded: None,
         retries: 0,
@@ -117,6 +119,7 @@ pub async fn run<T: Transport>(
         let backend = log.server.insert(entered).backend();
         // A retry starts afresh: the stats and the log describe the attempt that ends the exchange.
         (log.reached_server, log.connected, log.responded) = (false, None, None);
+        log.entered = Some(Instant::now());
         let attempt = Attempt { hurry, deadline: connect_deadline };
         let mut up = match acquire(worker, backend, fresh_only, !plan.retryable, attempt).await {
             Ok(up) => up,
@@ -145,9 +148,7 @@ pub async fn run<T: Transport>(
             }
         };
         log.reached_server = true;
-        if worker.timing() {
-            log.connected = Some(Instant::now());
-        }
+        log.connected = Some(Instant::now());
         let mut up_buf = worker.buffers.get();
         // Only a request that may be sent again is worth watching for an acknowledgement.
         let watch = (plan.retryable && hurry).then(|| Watch {
@@ -350,7 +351,10 @@ struct LogState {
     reached_server: bool,
     /// How long the request waited in a full server's queue (`%Tw`).
     queued: Option<Duration>,
+    /// When the attempt that ends the exchange began: `Tc` counts from there.
+    entered: Option<Instant>,
     connected: Option<Instant>,
+    /// When the response head came.
     responded: Option<Instant>,
     retries: u32,
 }
@@ -371,22 +375,38 @@ fn log_line<T: Transport>(
     bytes: u64,
     term: [u8; 2],
 ) {
+    let now = Instant::now();
+    let s = log.started;
     worker.frontend(T::TLS).response(status, bytes);
-    if let (true, Some(server)) = (log.reached_server, &log.server) {
-        let slot = server.backend().counters.slot(worker.id);
+    let reached = log.server.as_ref().filter(|_| log.reached_server).map(|f| f.backend());
+    if let Some(server) = reached {
+        let slot = server.counters.slot(worker.id);
         slot.session();
         slot.response(status, bytes);
+        // HAProxy's cli_abrt and srv_abrt: data transfers cut by either side.
+        match term {
+            [b'C', b'D'] => slot.client_abort(),
+            [b'S' | b's', b'D'] => slot.server_abort(),
+            _ => {}
+        }
     }
+    let us = |from: Instant, to: Instant| to.saturating_duration_since(from).as_micros() as u64;
+    let sample = Sample([
+        reached.map(|_| log.queued.map_or(0, |q| q.as_micros() as u64)),
+        log.entered.zip(log.connected).map(|(e, c)| us(e, c)),
+        log.connected.zip(log.responded).map(|(c, r)| us(c, r)),
+        Some(us(s.instant, now)),
+    ]);
+    worker.record_timings(T::TLS, reached.map(|b| &b.timings), &sample);
     if !worker.log_enabled() {
         return;
     }
     let ms =
         |from: Instant, to: Option<Instant>| to.map_or(-1, |t| t.saturating_duration_since(from).as_millis() as i64);
-    let s = log.started;
     let t_req = ms(s.instant, Some(s.head_done));
     let t_connect = ms(s.head_done, log.connected);
     let t_response = log.connected.map_or(-1, |c| ms(c, log.responded));
-    let t_total = ms(s.instant, Some(Instant::now()));
+    let t_total = ms(s.instant, Some(now));
     let name = log.connected.and(log.server.as_ref()).map(|f| f.backend().name());
     let server = name.as_deref().map(String::as_str);
     worker.log(|out| {

@@ -108,6 +108,8 @@ impl Harness {
             connections: AtomicUsize::new(0),
             frontend: PerThread::new(1),
             frontend_tls: PerThread::new(1),
+            timings: Default::default(),
+            history: Default::default(),
             started: std::time::SystemTime::now(),
             set_changes,
             tls: ArcSwapOption::empty(),

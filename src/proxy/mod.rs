@@ -35,6 +35,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::balance::counters::PerThread;
+use crate::balance::timings::Timings;
 use crate::balance::{self, Backend, BackendSet, ClusterBackends, Pool, Publisher, SharedBackends};
 use crate::cluster::{self, Announce, Role};
 use crate::config::ProxyConfig;
@@ -70,6 +71,10 @@ pub struct Shared {
     pub frontend: PerThread,
     /// The TLS frontend's, counted apart (HAProxy users give HTTPS a frontend of its own).
     pub frontend_tls: PerThread,
+    /// Latencies of the plain and TLS frontends and of the backend; servers keep their own.
+    pub timings: ProxyTimings,
+    /// Rates and state changes, sampled once a second for the stats.
+    pub history: Arc<crate::admin::history::History>,
     /// When the proxy started, for the stats page.
     pub started: std::time::SystemTime,
     /// Bumped whenever a new backend set is published.
@@ -82,6 +87,14 @@ pub struct Shared {
     pub gossip: Arc<cluster::GossipStats>,
     /// The cluster as this proxy sees it, for `/members`.
     pub roster: Arc<cluster::Roster>,
+}
+
+/// Where the frontends' and the backend's latencies are published.
+#[derive(Default)]
+pub struct ProxyTimings {
+    /// The plain frontend's, then the TLS frontend's.
+    pub frontends: [Arc<Timings>; 2],
+    pub backend: Arc<Timings>,
 }
 
 #[derive(Debug, Error)]
@@ -208,6 +221,8 @@ pub fn run(
         connections: AtomicUsize::new(0),
         frontend: PerThread::new(threads),
         frontend_tls: PerThread::new(threads),
+        timings: Default::default(),
+        history: Default::default(),
         started: std::time::SystemTime::now(),
         set_changes,
         tls: ArcSwapOption::new(tls),
@@ -215,6 +230,7 @@ pub fn run(
         gossip: cluster.stats.clone(),
         roster,
     });
+    crate::admin::history::start(shared.clone(), shared.history.clone()).map_err(ProxyError::Start)?;
     if let Some((_, admin)) = admin {
         crate::admin::start(admin, shared.clone()).map_err(ProxyError::Start)?;
     }

@@ -144,6 +144,8 @@ pub async fn transfer<T: Transport>(
     let delivered = body::Progress::new();
     // The status whose head went to the client; 0 until then.
     let response_status = Cell::new(0u16);
+    // When the final response head came (HAProxy's `Tr` ends there).
+    let head_at = Cell::new(None);
     let send_body = async {
         if framer.is_done() {
             return Ok(());
@@ -151,7 +153,8 @@ pub async fn transfer<T: Transport>(
         forward(worker, &mut cr, cbuf, &mut uw, framer, (t.client, t.server), Some(&progress)).await.map(|_| ())
     };
     let sent = Sent { done: &request_done, progress: &progress.at };
-    let relay = relay_response(worker, plan, &mut ur, up_buf, &mut cw, sent, (&response_status, &delivered), asks);
+    let relay =
+        relay_response(worker, plan, &mut ur, up_buf, &mut cw, sent, (&response_status, &delivered, &head_at), asks);
     tokio::pin!(send_body, relay);
     let mut body_finished = request_done.get();
     let outcome = loop {
@@ -171,9 +174,7 @@ pub async fn transfer<T: Transport>(
             relayed = &mut relay => break relayed,
         }
     };
-    if worker.timing() && (outcome.is_ok() || response_status.get() != 0) {
-        responded.get_or_insert_with(Instant::now);
-    }
+    *responded = head_at.get();
     outcome
 }
 
@@ -224,7 +225,7 @@ async fn relay_response(
     up_buf: &mut BytesMut,
     cw: &mut (impl AsyncWrite + Unpin + RawTcp),
     sent: Sent<'_>,
-    (response_status, delivered): (&Cell<u16>, &body::Progress),
+    (response_status, delivered, head_at): (&Cell<u16>, &body::Progress, &Cell<Option<Instant>>),
     asks: Asks<'_>,
 ) -> Result<Relayed, Failure> {
     use tokio::io::AsyncReadExt;
@@ -316,6 +317,7 @@ async fn relay_response(
             _ => 0,
         };
         response_status.set(status);
+        head_at.set(Some(Instant::now()));
         write_client(cw, &out, &up_buf[..initial], t.client).await?;
         delivered.add(out.len() + initial);
         up_buf.advance(initial);

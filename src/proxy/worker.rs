@@ -21,6 +21,7 @@ use super::splice::Pipes;
 use super::upstream::Pool;
 use super::Shared;
 use crate::balance::counters::Slot;
+use crate::balance::timings::{Recorder, Sample, Timings};
 use crate::balance::{Affinity, Backend, BackendSet, Balancer, Pick, SharedBackends};
 use crate::config::ProxyConfig;
 
@@ -35,6 +36,7 @@ pub enum Command {
 }
 
 /// Flush the thread's log buffer at least this often, and whenever it grows past `LOG_BATCH`.
+/// Latencies are published as often.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(200);
 const LOG_BATCH: usize = 32 * 1024;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
@@ -61,6 +63,8 @@ pub struct Worker {
     pub buffers: Buffers,
     pub pipes: Pipes,
     log: RefCell<Vec<u8>>,
+    /// Latencies recorded on this thread, published with the log's flushes.
+    timings: RefCell<Recorder>,
     pub(super) connections: Cell<usize>,
     pub(super) connection_closed: Notify,
     shutting_down: Cell<bool>,
@@ -82,6 +86,7 @@ impl Worker {
             buffers: Buffers::new(BUFFER_SIZE, IDLE_BUFFERS),
             pipes: Pipes::new(IDLE_PIPES),
             log: RefCell::new(Vec::new()),
+            timings: RefCell::new(Recorder::new(&shared.timings.frontends, &shared.timings.backend)),
             connections: Cell::new(0),
             connection_closed: Notify::new(),
             shutting_down: Cell::new(false),
@@ -217,10 +222,9 @@ impl Worker {
         }
     }
 
-    /// Whether exchanges note when they connected and when the response began: for the log, and for
-    /// latency-aware balancing.
-    pub fn timing(&self) -> bool {
-        self.log_enabled() || self.config.borrow().latency_aware
+    /// Records an exchange's times for the frontend (TLS or not) and the server it reached.
+    pub fn record_timings(&self, tls: bool, server: Option<&Arc<Timings>>, sample: &Sample) {
+        self.timings.borrow_mut().record(usize::from(tls), server, sample);
     }
 
     pub fn log_enabled(&self) -> bool {
@@ -313,6 +317,7 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<Listening>, commands: 
             tracing::warn!("thread {id}: grace period over with {} connections open", worker.connections.get());
         }
         worker.flush_log();
+        worker.timings.borrow_mut().publish();
     });
 }
 
@@ -321,6 +326,7 @@ async fn housekeeping(worker: Rc<Worker>) {
     loop {
         tokio::time::sleep(LOG_FLUSH_EVERY).await;
         worker.flush_log();
+        worker.timings.borrow_mut().publish();
         ticks += 1;
         if ticks * (LOG_FLUSH_EVERY.as_millis() as u32) >= HOUSEKEEPING_EVERY.as_millis() as u32 {
             ticks = 0;

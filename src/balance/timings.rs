@@ -1,0 +1,323 @@
+//! Where a request's time goes, as HAProxy splits it: waiting in a server's queue (`Tw`), connecting (`Tc`),
+//! waiting for the response head (`Tr`), and the whole exchange (`Tt`), per server, per backend and per
+//! frontend.
+//!
+//! A data-plane thread records into histograms of its own (a [`Recorder`], never shared), and every few
+//! hundred milliseconds adds what it recorded into the shared [`Timings`] of each place it served, under a
+//! lock the request path never takes. Readers (the CSV, the page, the metrics) lock the shared side, so they
+//! see figures at most one publication old.
+
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+/// The phases of an exchange, in HAProxy's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `Tw`: waiting for a slot on a full server.
+    Queue = 0,
+    /// `Tc`: connecting to the server (0 on a pooled connection).
+    Connect = 1,
+    /// `Tr`: from connected to the response head.
+    Response = 2,
+    /// `Tt`: from the request's first byte to the end of the exchange.
+    Total = 3,
+}
+
+pub const PHASES: [Phase; 4] = [Phase::Queue, Phase::Connect, Phase::Response, Phase::Total];
+
+impl Phase {
+    /// HAProxy's CSV name for its average; `{name}_max` is its maximum.
+    pub fn csv_name(self) -> &'static str {
+        ["qtime", "ctime", "rtime", "ttime"][self as usize]
+    }
+
+    /// The word in metric names and on the page.
+    pub fn word(self) -> &'static str {
+        ["queue", "connect", "response", "total"][self as usize]
+    }
+}
+
+/// Samples over HAProxy's `TIME_STATS_SAMPLES`: the CSV's averages describe about this many recent requests.
+const RECENT_SAMPLES: f64 = 1024.0;
+/// Longest time a histogram tells apart; longer ones count as this. One hour, in microseconds.
+const LONGEST_US: u64 = 3_600_000_000;
+
+fn histogram() -> Histogram<u64> {
+    // Two significant digits: percentiles within 1%, about 20 KiB per histogram.
+    Histogram::new_with_bounds(1, LONGEST_US, 2).expect("static histogram bounds are valid")
+}
+
+/// One phase's samples, in microseconds.
+#[derive(Clone)]
+pub struct Series {
+    histogram: Histogram<u64>,
+    sum_us: u64,
+    /// HAProxy's sliding average over the last `RECENT_SAMPLES` samples (the true average before that many).
+    recent_us: f64,
+}
+
+impl Series {
+    fn new() -> Series {
+        Series { histogram: histogram(), sum_us: 0, recent_us: 0.0 }
+    }
+
+    fn record(&mut self, us: u64) {
+        self.histogram.saturating_record(us.max(1));
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    fn clear(&mut self) {
+        self.histogram.reset();
+        self.sum_us = 0;
+    }
+
+    /// Adds a batch recorded elsewhere, moving the recent average as that many samples of the batch's mean
+    /// would have moved it one by one.
+    fn absorb(&mut self, batch: &Series) {
+        let n = batch.histogram.len();
+        if n == 0 {
+            return;
+        }
+        let before = self.histogram.len();
+        // Bounds are equal on both sides, so adding cannot fail.
+        let _ = self.histogram.add(&batch.histogram);
+        self.sum_us = self.sum_us.saturating_add(batch.sum_us);
+        let mean = batch.sum_us as f64 / n as f64;
+        if (before + n) as f64 <= RECENT_SAMPLES {
+            self.recent_us = self.sum_us as f64 / self.histogram.len() as f64;
+        } else {
+            let keep = (1.0 - 1.0 / RECENT_SAMPLES).powf(n as f64);
+            self.recent_us = self.recent_us * keep + mean * (1.0 - keep);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us
+    }
+
+    /// The average over recent samples, in microseconds.
+    pub fn recent_us(&self) -> u64 {
+        self.recent_us.round() as u64
+    }
+
+    pub fn max_us(&self) -> u64 {
+        if self.histogram.is_empty() {
+            0
+        } else {
+            self.histogram.max()
+        }
+    }
+
+    /// The value below which `q` (0..1) of the samples fall, in microseconds; 0 without samples.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        if self.histogram.is_empty() {
+            0
+        } else {
+            self.histogram.value_at_quantile(q)
+        }
+    }
+
+    /// Samples at or below `us` microseconds (a Prometheus bucket).
+    pub fn count_at_most(&self, us: u64) -> u64 {
+        if us == 0 {
+            return 0;
+        }
+        self.histogram.count_between(0, us.min(LONGEST_US))
+    }
+}
+
+/// The four phases' samples of one server, backend or frontend.
+#[derive(Clone)]
+pub struct Phases([Series; 4]);
+
+impl Phases {
+    pub fn new() -> Phases {
+        Phases(std::array::from_fn(|_| Series::new()))
+    }
+
+    pub fn get(&self, phase: Phase) -> &Series {
+        &self.0[phase as usize]
+    }
+
+    fn record(&mut self, sample: &Sample) {
+        for (series, us) in self.0.iter_mut().zip(sample.0) {
+            if let Some(us) = us {
+                series.record(us);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|s| s.count() == 0)
+    }
+
+    fn clear(&mut self) {
+        self.0.iter_mut().for_each(Series::clear);
+    }
+
+    fn absorb(&mut self, batch: &Phases) {
+        for (mine, theirs) in self.0.iter_mut().zip(&batch.0) {
+            mine.absorb(theirs);
+        }
+    }
+}
+
+impl Default for Phases {
+    fn default() -> Phases {
+        Phases::new()
+    }
+}
+
+/// One exchange's times in microseconds, by [`Phase`]; `None` for a phase it did not reach.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample(pub [Option<u64>; 4]);
+
+/// What every thread has published for one server, backend or frontend.
+#[derive(Default)]
+pub struct Timings {
+    published: Mutex<Phases>,
+}
+
+impl Timings {
+    /// A copy of everything published so far.
+    pub fn read(&self) -> Phases {
+        self.published.lock().clone()
+    }
+
+    fn absorb(&self, batch: &Phases) {
+        self.published.lock().absorb(batch);
+    }
+}
+
+impl std::fmt::Debug for Timings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Timings")
+    }
+}
+
+/// Publications a server's batch may stay empty before the recorder lets go of it (a server that left).
+const IDLE_PUBLICATIONS: u32 = 50;
+
+struct Batch {
+    to: Arc<Timings>,
+    phases: Phases,
+    idle: u32,
+}
+
+/// One data-plane thread's unpublished samples: touched only by that thread.
+pub struct Recorder {
+    frontends: Vec<Batch>,
+    backend: Batch,
+    servers: Vec<Batch>,
+}
+
+impl Recorder {
+    /// A recorder for `frontends` (by index) and the backend.
+    pub fn new(frontends: &[Arc<Timings>], backend: &Arc<Timings>) -> Recorder {
+        let batch = |to: &Arc<Timings>| Batch { to: to.clone(), phases: Phases::new(), idle: 0 };
+        Recorder { frontends: frontends.iter().map(batch).collect(), backend: batch(backend), servers: Vec::new() }
+    }
+
+    /// Records an exchange of frontend `frontend` (its total time only: the other phases are the servers');
+    /// `server`: the server it reached, if any.
+    pub fn record(&mut self, frontend: usize, server: Option<&Arc<Timings>>, sample: &Sample) {
+        if let (Some(batch), Some(total)) = (self.frontends.get_mut(frontend), sample.0[Phase::Total as usize]) {
+            batch.phases.0[Phase::Total as usize].record(total);
+        }
+        let Some(server) = server else { return };
+        self.backend.phases.record(sample);
+        match self.servers.iter_mut().find(|b| Arc::ptr_eq(&b.to, server)) {
+            Some(batch) => batch.phases.record(sample),
+            None => {
+                let mut phases = Phases::new();
+                phases.record(sample);
+                self.servers.push(Batch { to: server.clone(), phases, idle: 0 });
+            }
+        }
+    }
+
+    /// Adds what was recorded since the last call to the shared side.
+    pub fn publish(&mut self) {
+        let all = self.frontends.iter_mut().chain(std::iter::once(&mut self.backend)).chain(self.servers.iter_mut());
+        for batch in all {
+            if batch.phases.is_empty() {
+                batch.idle += 1;
+                continue;
+            }
+            batch.to.absorb(&batch.phases);
+            batch.phases.clear();
+            batch.idle = 0;
+        }
+        self.servers.retain(|b| b.idle < IDLE_PUBLICATIONS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(total_us: u64) -> Sample {
+        Sample([Some(0), Some(10), Some(total_us / 2), Some(total_us)])
+    }
+
+    #[test]
+    fn threads_publish_into_one_view() {
+        let (front, back, server) = (Arc::new(Timings::default()), Arc::new(Timings::default()), Arc::default());
+        let mut a = Recorder::new(std::slice::from_ref(&front), &back);
+        let mut b = Recorder::new(std::slice::from_ref(&front), &back);
+        for us in [100, 200, 300] {
+            a.record(0, Some(&server), &sample(us));
+        }
+        b.record(0, Some(&server), &sample(1000));
+        b.record(0, None, &Sample([None, None, None, Some(50)]));
+        assert_eq!(server.read().get(Phase::Total).count(), 0, "nothing is visible before publication");
+        a.publish();
+        b.publish();
+        let s = server.read();
+        let total = s.get(Phase::Total);
+        assert_eq!((total.count(), total.sum_us(), total.max_us() / 10), (4, 1600, 100));
+        assert_eq!(total.recent_us(), 400);
+        assert_eq!(front.read().get(Phase::Total).count(), 5);
+        assert_eq!(back.read().get(Phase::Total).count(), 4);
+        assert_eq!(back.read().get(Phase::Connect).sum_us(), 40);
+        assert_eq!(front.read().get(Phase::Connect).count(), 0, "frontends keep their total time only");
+    }
+
+    #[test]
+    fn the_recent_average_follows_the_last_thousand_samples() {
+        let (front, back, server) = (Arc::new(Timings::default()), Arc::new(Timings::default()), Arc::default());
+        let mut r = Recorder::new(&[front], &back);
+        for _ in 0..5000 {
+            r.record(0, Some(&server), &sample(100));
+        }
+        r.publish();
+        for _ in 0..5000 {
+            r.record(0, Some(&server), &sample(10_000));
+        }
+        r.publish();
+        let total = server.read().get(Phase::Total).clone();
+        // After 5 windows of slow samples the average is theirs within 1%; the all-time mean is half-way.
+        assert!((9_900..=10_000).contains(&total.recent_us()), "{}", total.recent_us());
+        assert_eq!(total.sum_us() / total.count(), 5050);
+        assert!(total.quantile_us(0.25) <= 101 && total.quantile_us(0.75) >= 9_900);
+        assert_eq!(total.count_at_most(1_000), 5000);
+    }
+
+    #[test]
+    fn a_server_no_longer_used_is_let_go() {
+        let (front, back, server) = (Arc::new(Timings::default()), Arc::new(Timings::default()), Arc::default());
+        let mut r = Recorder::new(&[front], &back);
+        r.record(0, Some(&server), &sample(10));
+        for _ in 0..=IDLE_PUBLICATIONS {
+            r.publish();
+        }
+        assert!(r.servers.is_empty());
+        assert_eq!(Arc::strong_count(&server), 1);
+    }
+}
