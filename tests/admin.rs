@@ -377,3 +377,25 @@ fn check_columns_tell_what_the_last_health_check_found() {
     let page = admin_get(&proxy, "/").1;
     assert!(page.contains("L7STS/503 in "), "the page's last check column");
 }
+
+/// `smax`: the most requests a server had in flight at once, and the most client connections at once.
+#[test]
+fn smax_remembers_the_most_requests_in_flight_at_once() {
+    let (backend, release) = Backend::gated("slow", "fast");
+    let proxy = proxy_with(2, &[("s1", backend.addr)]);
+    let addr = proxy.addr;
+    let held: Vec<_> = (0..3).map(|_| std::thread::spawn(move || common::get(addr, "/slow"))).collect();
+    backend.wait_requests(3);
+    let rows = csv(&proxy);
+    assert_eq!((num(&rows["nodes/s1"], "scur"), num(&rows["nodes/s1"], "smax")), (3, 3));
+    for _ in 0..3 {
+        release.send(()).unwrap();
+    }
+    for h in held {
+        assert_eq!(h.join().unwrap().status(), 200);
+    }
+    assert_eq!(common::get(proxy.addr, "/").status(), 200);
+    let rows = csv_after(&proxy, 4);
+    assert_eq!((num(&rows["nodes/s1"], "scur"), num(&rows["nodes/s1"], "smax")), (0, 3), "the peak stays");
+    assert!(num(&rows["shoal/FRONTEND"], "smax") >= 3, "three clients at once: {:?}", rows["shoal/FRONTEND"]);
+}

@@ -388,6 +388,9 @@ fn a_dead_node_stays_listed_down_with_its_counters_and_keeps_them_when_it_comes_
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(column("lastchg") >= column("downtime"), "down since its last change");
+    let page = common::get(proxy.admin(), "/").body_str();
+    let row = page.split("<tr").find(|r| r.contains("phoenix (")).expect("phoenix on the page");
+    assert!(row.starts_with(" class=\"active_down\""), "red, as HAProxy shows a DOWN server: {row}");
     let restarted = Instant::now();
     // Back under the same name (a restart: new process, new port): its counts go on from there.
     let (_phoenix_app, phoenix) = common::webapp("phoenix");

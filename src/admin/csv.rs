@@ -41,6 +41,7 @@ struct Row<'a> {
     /// Requests queued (servers and the backend).
     qcur: Option<u64>,
     scur: u64,
+    smax: Option<u64>,
     slim: Option<u64>,
     totals: &'a Totals,
     status: &'a str,
@@ -66,7 +67,7 @@ impl Row<'_> {
     fn frontend<'a>(
         pxname: &'a str,
         iid: u64,
-        scur: u64,
+        (scur, smax): (u64, Option<u64>),
         s: &Snapshot,
         totals: &'a Totals,
         rates: FrontendRates,
@@ -77,6 +78,7 @@ impl Row<'_> {
             kind: Kind::Frontend,
             qcur: None,
             scur,
+            smax,
             slim: Some(s.max_connections),
             totals,
             status: "OPEN",
@@ -100,9 +102,9 @@ pub fn render(s: &Snapshot) -> String {
     out.push('\n');
     let columns: Vec<&str> = HEADER.trim_start_matches("# ").split(',').filter(|c| !c.is_empty()).collect();
     let mut row = |r: Row| write_row(&mut out, &columns, &r);
-    row(Row::frontend(FRONTEND, 1, s.connections, s, &s.frontend, s.frontend_rates[0]));
+    row(Row::frontend(FRONTEND, 1, (s.connections, Some(s.peak_connections)), s, &s.frontend, s.frontend_rates[0]));
     if let Some(tls) = &s.frontend_tls {
-        row(Row::frontend(FRONTEND_TLS, 3, 0, s, tls, s.frontend_rates[1]));
+        row(Row::frontend(FRONTEND_TLS, 3, (0, None), s, tls, s.frontend_rates[1]));
     }
     for (i, server) in s.servers.iter().enumerate() {
         row(Row {
@@ -111,6 +113,7 @@ pub fn render(s: &Snapshot) -> String {
             kind: Kind::Server,
             qcur: Some(server.queued),
             scur: server.in_flight,
+            smax: Some(server.peak_in_flight),
             slim: server.maxconn,
             totals: &server.totals,
             status: server.status,
@@ -135,6 +138,7 @@ pub fn render(s: &Snapshot) -> String {
         kind: Kind::Backend,
         qcur: Some(s.servers.iter().map(|v| v.queued).sum()),
         scur: s.servers.iter().map(|v| v.in_flight).sum(),
+        smax: None,
         slim: None,
         totals: &s.backend,
         status: s.backend_status(),
@@ -196,6 +200,7 @@ fn value(r: &Row, column: &str) -> Option<String> {
         "qcur" => r.qcur.map(|v| v.to_string()),
         "qmax" => when(proxied, 0),
         "scur" => n(r.scur),
+        "smax" => r.smax.map(|v| v.to_string()),
         "slim" => r.slim.map(|v| v.to_string()),
         // A backend's sessions are its requests; a frontend's and a server's, connections and requests sent.
         "stot" => n(if r.kind == Kind::Backend { t.requests } else { t.sessions }),
@@ -224,7 +229,9 @@ fn value(r: &Row, column: &str) -> Option<String> {
         "cli_abrt" => when(proxied, t.client_aborts),
         "srv_abrt" => when(proxied, t.server_aborts),
         "lastsess" => r.seen.map(|s| s.since_request_s().map_or(-1, |v| v as i64).to_string()),
-        "wrew" => n(0),
+        // Header rewrites cannot fail in shoal, and no request is answered for an internal error: HAProxy's
+        // counters for those stay 0.
+        "wrew" | "eint" => n(0),
         "check_status" => r.check.map(|(c, _)| c.status.to_string()),
         "check_code" => r.check.and_then(|(c, _)| c.code).map(|v| v.to_string()),
         "check_duration" => r.check.map(|(c, _)| c.duration.as_millis().to_string()),

@@ -30,6 +30,8 @@ struct Line<'a> {
     weight: String,
     queued: Option<u64>,
     current: u64,
+    /// The most at once.
+    peak: Option<u64>,
     limit: Option<u64>,
     /// The last health check, as HAProxy's page writes it: `L7OK/200 in 1ms`.
     check: String,
@@ -51,7 +53,7 @@ pub fn render(s: &Snapshot, members: &[Row]) -> String {
     );
     out.push_str(
         "<table><tr><th class=\"pxname\">name</th><th>status</th><th>last change</th><th>last check</th><th>weight</th>\
-<th>queue</th><th>cur</th><th>limit</th><th>total</th><th>rate</th><th>rate max</th><th>bytes out</th>\
+<th>queue</th><th>cur</th><th>max</th><th>limit</th><th>total</th><th>rate</th><th>rate max</th><th>bytes out</th>\
 <th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>connect errors</th><th>response errors</th>\
 <th>retries</th><th>aborts c/s</th><th>time p50</th><th>p90</th><th>p99</th><th>max</th><th>downtime</th></tr>",
     );
@@ -67,6 +69,7 @@ pub fn render(s: &Snapshot, members: &[Row]) -> String {
             weight: String::new(),
             queued: None,
             current: s.connections,
+            peak: Some(s.peak_connections),
             limit: Some(s.max_connections),
             rate: rates(s.frontend_rates[0].requests),
             totals: &s.frontend,
@@ -84,6 +87,7 @@ pub fn render(s: &Snapshot, members: &[Row]) -> String {
             weight: String::new(),
             queued: None,
             current: 0,
+            peak: None,
             limit: Some(s.max_connections),
             rate: rates(s.frontend_rates[1].requests),
             totals: tls,
@@ -118,6 +122,7 @@ pub fn render(s: &Snapshot, members: &[Row]) -> String {
                 weight: server.weight.to_string(),
                 queued: Some(server.queued),
                 current: server.in_flight,
+                peak: Some(server.peak_in_flight),
                 limit: server.maxconn,
                 rate: server.seen.map(|v| (v.rate.now, v.rate.max)),
                 totals: &server.totals,
@@ -137,6 +142,7 @@ pub fn render(s: &Snapshot, members: &[Row]) -> String {
             weight: s.servers.iter().filter(|v| v.in_rotation()).map(|v| u64::from(v.weight)).sum::<u64>().to_string(),
             queued: Some(s.servers.iter().map(|v| v.queued).sum()),
             current: s.servers.iter().map(|v| v.in_flight).sum(),
+            peak: None,
             limit: None,
             rate: s.backend_seen.map(|v| (v.rate.now, v.rate.max)),
             totals: &s.backend,
@@ -175,7 +181,7 @@ fn line(out: &mut String, l: &Line) {
     let _ = write!(
         out,
         "<tr class=\"{}\"><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
         l.class,
         l.name,
         l.status,
@@ -185,6 +191,7 @@ fn line(out: &mut String, l: &Line) {
         l.weight,
         opt(l.queued),
         l.current,
+        opt(l.peak),
         opt(l.limit),
         t.requests,
         opt(l.rate.map(|r| r.0)),

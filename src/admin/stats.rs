@@ -22,6 +22,8 @@ pub struct Server {
     pub status: &'static str,
     pub weight: u16,
     pub in_flight: u64,
+    /// The most requests in flight at once.
+    pub peak_in_flight: u64,
     /// Requests waiting for one of its `maxconn` slots.
     pub queued: u64,
     pub maxconn: Option<u64>,
@@ -64,6 +66,7 @@ pub struct Snapshot {
     pub frontend_rates: [FrontendRates; 2],
     pub backend_seen: Option<Seen>,
     pub connections: u64,
+    pub peak_connections: u64,
     pub max_connections: u64,
     pub servers: Vec<Server>,
     pub backend: Totals,
@@ -101,6 +104,7 @@ impl Snapshot {
                 status: status_of(b, state),
                 weight,
                 in_flight: b.in_flight() as u64,
+                peak_in_flight: b.peak_in_flight() as u64,
                 queued: u64::from(b.queued()),
                 maxconn: b.maxconn().map(u64::from),
                 totals: b.totals(),
@@ -122,6 +126,7 @@ impl Snapshot {
             frontend_rates: [shared.history.frontend(0), shared.history.frontend(1)],
             backend_seen: shared.history.backend(),
             connections: shared.connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            peak_connections: shared.peak_connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
             max_connections: config.limits.max_connections as u64,
             servers,
             backend,

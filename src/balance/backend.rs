@@ -15,6 +15,13 @@ use super::hash::key_hash;
 use crate::agent::health::CheckReport;
 use crate::config::BackendSpec;
 
+/// Raises `peak` to `now` if it is higher: a plain load on the way, a read-modify-write only for a new peak.
+pub fn raise_peak(peak: &AtomicUsize, now: usize) {
+    if now > peak.load(Ordering::Relaxed) {
+        peak.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
 /// What the servers of one proxy share: how many data-plane threads count their requests, and the requests in
 /// flight on all of them together (HAProxy's backend `served`), the load bounded hashing compares a server
 /// with.
@@ -65,8 +72,9 @@ pub struct Backend {
     ejected: AtomicBool,
     /// Gossip probes of this server's node that failed: a request waiting on it may be given up.
     suspicions: AtomicU64,
-    /// Requests currently using this server, on any thread.
+    /// Requests currently using this server, on any thread, and the most there have been at once.
     in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
     /// Requests in flight on every server of the pool.
     pool_in_flight: Arc<AtomicUsize>,
     /// Recent response time in microseconds, peak-sensitive (see `record_latency`); 0 before any.
@@ -101,6 +109,7 @@ impl Backend {
             ejected: AtomicBool::new(false),
             suspicions: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
             pool_in_flight: pool.in_flight.clone(),
             latency_us: AtomicU64::new(0),
             slots: (spec.maxconn > 0).then(|| Slots {
@@ -120,7 +129,12 @@ impl Backend {
 
     /// A server that takes over the counts of `predecessor` (a node back under the same name).
     pub fn succeeding(spec: &BackendSpec, pool: &Pool, predecessor: &Backend) -> Backend {
-        Backend { carried: predecessor.totals(), timings: predecessor.timings.clone(), ..Backend::new(spec, pool) }
+        Backend {
+            carried: predecessor.totals(),
+            timings: predecessor.timings.clone(),
+            peak_in_flight: AtomicUsize::new(predecessor.peak_in_flight()),
+            ..Backend::new(spec, pool)
+        }
     }
 
     /// Records a health check's result for the stats.
@@ -231,13 +245,19 @@ impl Backend {
     }
 
     fn counted(self: Arc<Self>, permit: Option<OwnedSemaphorePermit>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        raise_peak(&self.peak_in_flight, now);
         self.pool_in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight { backend: self, _slot: permit }
     }
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The most requests it has had in flight at once (HAProxy's `smax`).
+    pub fn peak_in_flight(&self) -> usize {
+        self.peak_in_flight.load(Ordering::Relaxed)
     }
 
     /// Folds one response time into the average: a slower sample counts at once, a faster one by 1/8, so a

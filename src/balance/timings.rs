@@ -68,6 +68,13 @@ impl Series {
         self.sum_us = self.sum_us.saturating_add(us);
     }
 
+    /// Records `n` samples of 0 (kept as 1 us, the histogram's floor) at once.
+    fn record_zeros(&mut self, n: u64) {
+        if n > 0 {
+            let _ = self.histogram.record_n(1, n);
+        }
+    }
+
     fn clear(&mut self) {
         self.histogram.reset();
         self.sum_us = 0;
@@ -134,35 +141,48 @@ impl Series {
 
 /// The four phases' samples of one server, backend or frontend.
 #[derive(Clone)]
-pub struct Phases([Series; 4]);
+pub struct Phases {
+    series: [Series; 4],
+    /// Requests that did not queue, not yet in the queue histogram: most requests, so they are counted here
+    /// and recorded in one step when published.
+    unqueued: u64,
+}
 
 impl Phases {
     pub fn new() -> Phases {
-        Phases(std::array::from_fn(|_| Series::new()))
+        Phases { series: std::array::from_fn(|_| Series::new()), unqueued: 0 }
     }
 
     pub fn get(&self, phase: Phase) -> &Series {
-        &self.0[phase as usize]
+        &self.series[phase as usize]
     }
 
     fn record(&mut self, sample: &Sample) {
-        for (series, us) in self.0.iter_mut().zip(sample.0) {
-            if let Some(us) = us {
-                series.record(us);
+        for (phase, (series, us)) in self.series.iter_mut().zip(sample.0).enumerate() {
+            match us {
+                Some(0) if phase == Phase::Queue as usize => self.unqueued += 1,
+                Some(us) => series.record(us),
+                None => {}
             }
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.0.iter().all(|s| s.count() == 0)
+        self.unqueued == 0 && self.series.iter().all(|s| s.count() == 0)
     }
 
     fn clear(&mut self) {
-        self.0.iter_mut().for_each(Series::clear);
+        self.series.iter_mut().for_each(Series::clear);
+        self.unqueued = 0;
+    }
+
+    /// Puts the requests that did not queue into the queue histogram.
+    fn settle(&mut self) {
+        self.series[Phase::Queue as usize].record_zeros(std::mem::take(&mut self.unqueued));
     }
 
     fn absorb(&mut self, batch: &Phases) {
-        for (mine, theirs) in self.0.iter_mut().zip(&batch.0) {
+        for (mine, theirs) in self.series.iter_mut().zip(&batch.series) {
             mine.absorb(theirs);
         }
     }
@@ -228,10 +248,9 @@ impl Recorder {
     /// `server`: the server it reached, if any.
     pub fn record(&mut self, frontend: usize, server: Option<&Arc<Timings>>, sample: &Sample) {
         if let (Some(batch), Some(total)) = (self.frontends.get_mut(frontend), sample.0[Phase::Total as usize]) {
-            batch.phases.0[Phase::Total as usize].record(total);
+            batch.phases.series[Phase::Total as usize].record(total);
         }
         let Some(server) = server else { return };
-        self.backend.phases.record(sample);
         match self.servers.iter_mut().find(|b| Arc::ptr_eq(&b.to, server)) {
             Some(batch) => batch.phases.record(sample),
             None => {
@@ -242,8 +261,17 @@ impl Recorder {
         }
     }
 
-    /// Adds what was recorded since the last call to the shared side.
+    /// Adds what was recorded since the last call to the shared side. The backend's samples are its servers'
+    /// together, added here rather than recorded twice per request.
     pub fn publish(&mut self) {
+        for batch in self.servers.iter_mut() {
+            batch.phases.settle();
+            for (mine, theirs) in self.backend.phases.series.iter_mut().zip(&batch.phases.series) {
+                // Bounds are equal on both sides, so adding cannot fail.
+                let _ = mine.histogram.add(&theirs.histogram);
+                mine.sum_us = mine.sum_us.saturating_add(theirs.sum_us);
+            }
+        }
         let all = self.frontends.iter_mut().chain(std::iter::once(&mut self.backend)).chain(self.servers.iter_mut());
         for batch in all {
             if batch.phases.is_empty() {

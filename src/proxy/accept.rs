@@ -17,7 +17,8 @@ pub struct ConnectionGuard(Rc<Worker>);
 impl ConnectionGuard {
     pub fn new(worker: Rc<Worker>) -> ConnectionGuard {
         worker.connections.set(worker.connections.get() + 1);
-        worker.shared.connections.fetch_add(1, Ordering::Relaxed);
+        let now = worker.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::balance::raise_peak(&worker.shared.peak_connections, now);
         ConnectionGuard(worker)
     }
 }

@@ -37,12 +37,18 @@ pub struct Client<T> {
     pub buf: BytesMut,
 }
 
-/// When a request began, for the log timers.
+/// When a request began, for the log timers and the latency histograms.
 #[derive(Clone, Copy)]
 pub struct Started {
-    pub at: SystemTime,
     pub instant: Instant,
     pub head_done: Instant,
+}
+
+impl Started {
+    /// The wall-clock time the request began, for the log: read only when a line is written.
+    pub fn wall_clock(&self, now: Instant) -> SystemTime {
+        SystemTime::now() - now.saturating_duration_since(self.instant)
+    }
 }
 
 enum Head {
@@ -117,18 +123,23 @@ async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Hea
     let config = worker.config();
     let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
     let mut started: Option<Started> = None;
-    let mut deadline = Instant::now() + config.timeouts.head;
+    // The clock is read once for a head that comes in one piece (the usual case): the request began when the
+    // wait for it ended, and its head was complete at the first read.
+    let entered = Instant::now();
+    let mut deadline = entered + config.timeouts.head;
+    let mut reads = 0u32;
     loop {
         if !client.buf.is_empty() {
             let s = *started.get_or_insert_with(|| {
-                let now = Instant::now();
+                let now = if reads <= 1 { entered } else { Instant::now() };
                 deadline = now + config.timeouts.head;
-                Started { at: SystemTime::now(), instant: now, head_done: now }
+                Started { instant: now, head_done: now }
             });
             lower_minor_version(&mut client.buf);
             match parse_request(&client.buf, &limits) {
                 Ok(Some(req)) => {
-                    let started = Started { head_done: Instant::now(), ..s };
+                    let head_done = if reads <= 1 { s.instant } else { Instant::now() };
+                    let started = Started { head_done, ..s };
                     let https_port = worker.shared.https_port.load(std::sync::atomic::Ordering::Relaxed);
                     if !T::TLS && config.redirect_https && https_port != 0 {
                         return Head::Redirect(https_location(&req, https_port), req.line(), started);
@@ -148,6 +159,7 @@ async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Hea
             }
         }
         client.buf.reserve(4096);
+        reads += 1;
         match timeout_at(deadline, client.stream.read_buf(&mut client.buf)).await {
             Err(_) => {
                 return match started {
@@ -228,7 +240,7 @@ fn local_log_line<T: Transport>(
             &Record {
                 client: client.peer,
                 tls: T::TLS,
-                accepted: started.at,
+                accepted: started.wall_clock(Instant::now()),
                 server: None,
                 timers: [-1, -1, -1, -1, elapsed],
                 status,

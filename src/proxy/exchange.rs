@@ -119,7 +119,9 @@ pub async fn run<T: Transport>(
         let backend = log.server.insert(entered).backend();
         // A retry starts afresh: the stats and the log describe the attempt that ends the exchange.
         (log.reached_server, log.connected, log.responded) = (false, None, None);
-        log.entered = Some(Instant::now());
+        // A first attempt that did not queue began when the head was read: no clock read needed.
+        let first = log.retries == 0 && log.queued.is_none();
+        log.entered = Some(if first { log.started.head_done } else { Instant::now() });
         let attempt = Attempt { hurry, deadline: connect_deadline };
         let mut up = match acquire(worker, backend, fresh_only, !plan.retryable, attempt).await {
             Ok(up) => up,
@@ -414,7 +416,7 @@ fn log_line<T: Transport>(
             &Record {
                 client: client.peer,
                 tls: T::TLS,
-                accepted: s.at,
+                accepted: s.wall_clock(now),
                 server,
                 timers: [t_req, log.queued.map_or(0, |q| q.as_millis() as i64), t_connect, t_response, t_total],
                 status,

@@ -106,6 +106,7 @@ impl Harness {
             log: None,
             diagnostics: None,
             connections: AtomicUsize::new(0),
+            peak_connections: AtomicUsize::new(0),
             frontend: PerThread::new(1),
             frontend_tls: PerThread::new(1),
             timings: Default::default(),

@@ -67,6 +67,8 @@ pub struct Shared {
     pub diagnostics: Option<crate::logging::Sink>,
     /// Client connections open across all threads (`%ac` in the log).
     pub connections: AtomicUsize,
+    /// The most client connections there have been at once (the frontend's `smax`).
+    pub peak_connections: AtomicUsize,
     /// The plain frontend's counters, one slot per thread.
     pub frontend: PerThread,
     /// The TLS frontend's, counted apart (HAProxy users give HTTPS a frontend of its own).
@@ -219,6 +221,7 @@ pub fn run(
         log,
         diagnostics,
         connections: AtomicUsize::new(0),
+        peak_connections: AtomicUsize::new(0),
         frontend: PerThread::new(threads),
         frontend_tls: PerThread::new(threads),
         timings: Default::default(),
