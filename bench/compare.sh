@@ -61,17 +61,22 @@ wait_port() {
 # The pid and its children (nginx workers).
 pid_tree() { echo "$1"; pgrep -P "$1" || true; }
 
+# CPU ticks of the tree so far: "user system".
 cpu_ticks() {
-  local total=0 p t
+  local user=0 sys=0 p u s
   for p in $(pid_tree "$1"); do
-    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
+    read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+    user=$((user + u)) sys=$((sys + s))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 
-# CPU seconds between two cpu_ticks readings.
-seconds() { awk -v a="$1" -v b="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz}'; }
+# CPU seconds between two cpu_ticks readings: "total user system".
+seconds() {
+  awk -v a="$1" -v b="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    split(a, x, " "); split(b, y, " ");
+    printf "%.2f %.2f %.2f\n", (y[1] + y[2] - x[1] - x[2]) / hz, (y[1] - x[1]) / hz, (y[2] - x[2]) / hz }'
+}
 
 # Peak (VmHWM) or current (VmRSS) resident memory of the tree, in KiB.
 mem_kib() {
@@ -281,7 +286,7 @@ main() {
   trap 'kill -TERM '"$backend"' 2>/dev/null || true' EXIT
   wait_port "$BACKEND_PORT"
   local raw="$OUT/raw.tsv"
-  printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\tclient_cpu_s\tbackend_cpu_s\n' >"$raw"
+  printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\tclient_cpu_s\tbackend_cpu_s\tuser_s\tsys_s\n' >"$raw"
   local run threads scenario proxy pid t0 t1 b0 b1 res
   for run in $(seq 1 "$RUNS"); do
     for scenario in $SCENARIOS; do
@@ -302,7 +307,7 @@ main() {
             local tls_flag=""
             [ "$scenario" = tls-idle10k ] && port=$TLS_PORT && tls_flag=--tls
             read -r base held peak failed < <(idle "$pid" "$port" "$OUT/last.log" "$tls_flag")
-            printf '%s\t%s\t%s\t%s\t0\t-\t-\t%s\t0\t%s\t%s\t%s\t-\t-\n' "$scenario" "$threads" "$proxy" "$run" "$failed" "$peak" "$base" "$held" >>"$raw"
+            printf '%s\t%s\t%s\t%s\t0\t-\t-\t%s\t0\t%s\t%s\t%s\t-\t-\t-\t-\n' "$scenario" "$threads" "$proxy" "$run" "$failed" "$peak" "$base" "$held" >>"$raw"
           else
             # Warm up pools and caches, then measure.
             DURATION=1 load "$scenario" "$port" "$OUT/warmup.log" >/dev/null
@@ -311,12 +316,12 @@ main() {
             res=$(load "$scenario" "$port" "$OUT/last.log")
             t1=$(cpu_ticks "$pid")
             b1=$(cpu_ticks "$backend")
-            local cpu backend_cpu peak
-            cpu=$(seconds "$t0" "$t1")
-            backend_cpu=$(seconds "$b0" "$b1")
+            local cpu user sys backend_cpu peak
+            read -r cpu user sys < <(seconds "$t0" "$t1")
+            read -r backend_cpu _ _ < <(seconds "$b0" "$b1")
             peak=$(mem_kib "$pid" VmHWM)
             read -r rps p50 p99 errors client_cpu <<<"$res"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t%s\t%s\n' "$scenario" "$threads" "$proxy" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$peak" "$client_cpu" "$backend_cpu" >>"$raw"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t%s\t%s\t%s\t%s\n' "$scenario" "$threads" "$proxy" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$peak" "$client_cpu" "$backend_cpu" "$user" "$sys" >>"$raw"
           fi
           [ "$proxy" != direct ] && stop_proxy "$pid"
         done

@@ -52,21 +52,24 @@ for sc in scenarios:
         out.append("")
         continue
     out += ["## " + TITLES.get(sc, sc), ""]
-    out += ["| threads | proxy | requests/s | vs HAProxy | p50 ms | p99 ms | CPU s | CPU us/req | peak RSS MiB | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    out += ["| threads | proxy | requests/s | vs HAProxy | p50 ms | p99 ms | CPU s | CPU us/req | user us/req | system us/req | peak RSS MiB | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted(k for k in groups if k[0] == sc)
     keys.sort(key=lambda k: (int(k[1]), ORDER.get(k[2], 9)))
     for (s, th, px) in keys:
         rs = groups[(s, th, px)]
         rps, p50, p99, cpu, rss, err = (med(rs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_s", "peak_rss_kib", "errors"))
+        user, system = (med(rs, k) if k in rs[0] else None for k in ("user_s", "sys_s"))
+        per_req = lambda sec: "%.1f" % (sec / (rps * float(duration)) * 1e6) if sec is not None and rps and px != "direct" else "-"
         hp = med(groups.get((s, th, "haproxy"), []), "rps")
         ratio = "%.2fx" % (rps / hp) if hp and rps and px != "haproxy" else ("1.00x" if px == "haproxy" else "-")
         us = (cpu / (rps * float(duration)) * 1e6) if rps and cpu and px != "direct" else None
         label = "backend direct" if px == "direct" else px
-        out.append("| %s | %s | %.0f | %s | %.2f | %.2f | %s | %s | %s | %d |" % (
+        out.append("| %s | %s | %.0f | %s | %.2f | %.2f | %s | %s | %s | %s | %s | %d |" % (
             th, label, rps, ratio, p50, p99,
             "%.2f" % cpu if px != "direct" else "-",
             "%.1f" % us if us else "-",
+            per_req(user), per_req(system),
             "%.1f" % (rss / 1024) if px != "direct" else "-",
             err))
     out.append("")

@@ -2,10 +2,10 @@
 //! waiting for the response head (`Tr`), and the whole exchange (`Tt`), per server, per backend and per
 //! frontend.
 //!
-//! A data-plane thread records into histograms of its own (a [`Recorder`], never shared), and every few
-//! hundred milliseconds adds what it recorded into the shared [`Timings`] of each place it served, under a
-//! lock the request path never takes. Readers (the CSV, the page, the metrics) lock the shared side, so they
-//! see figures at most one publication old.
+//! A data-plane thread records into histograms of its own (a [`Recorder`], never shared), and every second
+//! adds what it recorded into the shared [`Timings`] of each place it served, under a lock the request path
+//! never takes. Readers (the CSV, the page, the metrics) lock the shared side, so they see figures at most
+//! one publication (a second) old.
 
 use std::sync::Arc;
 

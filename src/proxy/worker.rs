@@ -36,9 +36,9 @@ pub enum Command {
 }
 
 /// Flush the thread's log buffer at least this often, and whenever it grows past `LOG_BATCH`.
-/// Latencies are published as often.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(200);
 const LOG_BATCH: usize = 32 * 1024;
+/// Idle pooled connections are swept, and latencies published, this often.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 /// Free read buffers kept per thread for the next busy connection; beyond this they go back to the allocator.
 const IDLE_BUFFERS: usize = 32;
@@ -63,7 +63,7 @@ pub struct Worker {
     pub buffers: Buffers,
     pub pipes: Pipes,
     log: RefCell<Vec<u8>>,
-    /// Latencies recorded on this thread, published with the log's flushes.
+    /// Latencies recorded on this thread, published every second.
     timings: RefCell<Recorder>,
     pub(super) connections: Cell<usize>,
     pub(super) connection_closed: Notify,
@@ -326,11 +326,11 @@ async fn housekeeping(worker: Rc<Worker>) {
     loop {
         tokio::time::sleep(LOG_FLUSH_EVERY).await;
         worker.flush_log();
-        worker.timings.borrow_mut().publish();
         ticks += 1;
         if ticks * (LOG_FLUSH_EVERY.as_millis() as u32) >= HOUSEKEEPING_EVERY.as_millis() as u32 {
             ticks = 0;
             worker.pool.borrow_mut().sweep();
+            worker.timings.borrow_mut().publish();
         }
     }
 }
