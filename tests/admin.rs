@@ -376,6 +376,10 @@ fn check_columns_tell_what_the_last_health_check_found() {
     assert!(num(failing, "chkfail") >= 2, "fall 2: two failures took it down: {}", failing["chkfail"]);
     let page = admin_get(&proxy, "/").1;
     assert!(page.contains("L7STS/503 in "), "the page's last check column");
+    // The runtime API's `show servers state` lists it too, stopped (srv_op_state 0).
+    let state = proxy.runtime("show servers state");
+    let row = state.lines().find(|l| l.split(' ').nth(3) == Some("checked")).unwrap_or_else(|| panic!("{state}"));
+    assert_eq!(row.split(' ').nth(5), Some("0"), "{row}");
 }
 
 /// `smax`: the most requests a server had in flight at once, and the most client connections at once.
