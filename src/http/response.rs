@@ -1,5 +1,7 @@
 //! Response heads from a backend: parsed in place, framing decided per RFC 9112 section 6.3.
 
+use std::mem::MaybeUninit;
+
 use super::error::HttpError;
 use super::fields::{self, ConnectionOptions};
 use super::{HeadLimits, Version, MAX_HEADERS};
@@ -43,10 +45,12 @@ pub fn parse_response<'a>(
     limits: &HeadLimits,
     request_is_head: bool,
 ) -> Result<Option<Response<'a>>, HttpError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Left uninitialised, as for requests: no 8 KiB zero-fill per parse.
+    let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let slots = limits.max_headers.min(MAX_HEADERS);
-    let mut resp = httparse::Response::new(&mut storage[..slots]);
-    let head_len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let head_len = match config.parse_response_with_uninit_headers(&mut resp, buf, &mut storage[..slots]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => return Err(HttpError::HeadTooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
