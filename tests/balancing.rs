@@ -34,8 +34,20 @@ fn leastconn_sends_new_requests_away_from_a_busy_server() {
         assert_eq!(attempt.join().unwrap(), "s2");
     };
 
-    // s1 has a request in flight and s2 none: every new request goes to s2, on either thread.
-    let bodies: Vec<String> = (0..6).map(|_| common::get(proxy.addr, "/").body_str()).collect();
+    // s1 has a request in flight and s2 none: every new request goes to s2, on either thread. A response can
+    // reach the client a moment before its thread counts the request done: wait for s2's count to be back at
+    // 0, or the other thread would rightly see a tie.
+    let in_flight = |name: &str| proxy.servers_column(name, "scur");
+    let bodies: Vec<String> = (0..6)
+        .map(|_| {
+            let start = Instant::now();
+            while (in_flight("s1"), in_flight("s2")) != ("1".to_string(), "0".to_string()) {
+                assert!(start.elapsed() < WAIT, "s1 {} s2 {} in flight", in_flight("s1"), in_flight("s2"));
+                std::thread::yield_now();
+            }
+            common::get(proxy.addr, "/").body_str()
+        })
+        .collect();
     assert!(bodies.iter().all(|b| b == "s2"), "leastconn chose the busy server: {bodies:?}");
 
     release.send(()).unwrap();

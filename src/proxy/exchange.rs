@@ -223,6 +223,9 @@ pub async fn run<T: Transport>(
                     worker.pool.borrow_mut().checkin(up);
                 }
                 log_line(worker, client, &plan, &log, relayed.status, relayed.bytes, *b"--");
+                // The server is done with this request: leastconn and maxconn must not count the client's
+                // lingering close below against it.
+                log.server = None;
                 // Unread request bytes (an early answer, say 413, or a request already on its way that the
                 // kernel holds and this side has not read) would make the close a reset, which can wipe the
                 // answer before the client reads it.
