@@ -47,9 +47,7 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded<'_>, out: &mut Vec<u8
     }
     match req.body {
         RequestBody::None => {}
-        RequestBody::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
-        }
+        RequestBody::Length(n) => content_length(out, n),
         RequestBody::Chunked => {
             field(out, b"Transfer-Encoding", req.codings.as_deref().unwrap_or("chunked").as_bytes())
         }
@@ -60,13 +58,35 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded<'_>, out: &mut Vec<u8
     } else if req.version == Version::Http10 {
         field(out, b"Connection", b"keep-alive");
     }
-    let _ = write!(
-        out,
-        "X-Forwarded-For: {}\r\nX-Forwarded-Proto: {}\r\nX-Forwarded-Port: {}\r\n\r\n",
-        fwd.client_ip,
-        if fwd.tls { "https" } else { "http" },
-        fwd.port
-    );
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    match fwd.client_ip {
+        IpAddr::V4(ip) => {
+            let [a, b, c, d] = ip.octets();
+            decimal(out, a.into());
+            for octet in [b, c, d] {
+                out.push(b'.');
+                decimal(out, octet.into());
+            }
+        }
+        IpAddr::V6(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+    out.extend_from_slice(if fwd.tls { b"\r\nX-Forwarded-Proto: https" } else { b"\r\nX-Forwarded-Proto: http" });
+    out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
+    decimal(out, fwd.port.into());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// `n` in decimal, without going through `fmt` (heads are written on every request).
+fn decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    decimal(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How the response is delivered to the client.
@@ -86,7 +106,11 @@ pub struct Delivery<'a> {
 
 /// The head sent to the client for `resp`.
 pub fn client_response(resp: &Response<'_>, delivery: &Delivery<'_>, out: &mut Vec<u8>) {
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    decimal(out, resp.status.into());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
     // A bodiless answer to HEAD or a 304 still describes the representation's length.
     let keep_length = resp.body == ResponseBody::None && !(100..200).contains(&resp.status) && resp.status != 204;
     for (name, value) in &resp.headers {
@@ -105,9 +129,7 @@ pub fn client_response(resp: &Response<'_>, delivery: &Delivery<'_>, out: &mut V
         field(out, n, value);
     }
     match resp.body {
-        ResponseBody::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
-        }
+        ResponseBody::Length(n) => content_length(out, n),
         ResponseBody::Chunked if !delivery.dechunk => {
             field(out, b"Transfer-Encoding", resp.codings.as_deref().unwrap_or("chunked").as_bytes());
         }
