@@ -3,6 +3,8 @@
 //! These decide message framing, so they are strict: anything two parsers could read differently is refused
 //! (RFC 9112 section 6 and RFC 9110 section 8.6).
 
+use std::borrow::Cow;
+
 use super::error::HttpError;
 
 /// `tchar` from RFC 9110 section 5.6.2.
@@ -36,6 +38,69 @@ pub fn is_token(s: &[u8]) -> bool {
 /// A field value: visible ASCII, obs-text, space and tab only; never CR, LF, NUL or other controls.
 pub fn is_valid_value(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// The fields whose values decide framing and connection handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Host = 0,
+    TransferEncoding = 1,
+    ContentLength = 2,
+    Connection = 3,
+    Upgrade = 4,
+    Expect = 5,
+}
+
+impl Known {
+    fn of(name: &str) -> Option<Known> {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            4 if is("host") => Some(Known::Host),
+            6 if is("expect") => Some(Known::Expect),
+            7 if is("upgrade") => Some(Known::Upgrade),
+            10 if is("connection") => Some(Known::Connection),
+            14 if is("content-length") => Some(Known::ContentLength),
+            17 if is("transfer-encoding") => Some(Known::TransferEncoding),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        ["host", "transfer-encoding", "content-length", "connection", "upgrade", "expect"][self as usize]
+    }
+}
+
+/// Where the [`Known`] fields are, found in the one pass that checks every field: a head is not scanned
+/// again per field, and a field that occurs once (the usual case) needs no list of its values.
+#[derive(Debug, Default)]
+pub struct FieldIndex<'a> {
+    /// Per [`Known`] field: its first value and how many times it occurs.
+    seen: [(Option<&'a [u8]>, u32); 6],
+}
+
+impl<'a> FieldIndex<'a> {
+    pub fn note(&mut self, name: &str, value: &'a [u8]) {
+        if let Some(known) = Known::of(name) {
+            let (first, count) = &mut self.seen[known as usize];
+            first.get_or_insert(value);
+            *count += 1;
+        }
+    }
+
+    pub fn count(&self, known: Known) -> u32 {
+        self.seen[known as usize].1
+    }
+
+    /// Every value of `known`, in order; `headers` is what was noted, for a field that occurs more than once.
+    pub fn values<'s>(&'s self, known: Known, headers: &[(&str, &'a [u8])]) -> Cow<'s, [&'a [u8]]> {
+        match &self.seen[known as usize] {
+            (Some(first), 1) => Cow::Borrowed(std::slice::from_ref(first)),
+            (None, _) => Cow::Borrowed(&[]),
+            _ => Cow::Owned(
+                headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(known.name())).map(|(_, v)| *v).collect(),
+            ),
+        }
+    }
 }
 
 /// Optional whitespace trimmed from both ends.
@@ -197,6 +262,20 @@ pub fn is_protected(name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_index_finds_each_known_field_in_one_pass() {
+        let headers: Vec<(&str, &[u8])> =
+            vec![("Host", b"a"), ("X-Other", b"x"), ("connection", b"close"), ("CONNECTION", b"upgrade")];
+        let mut index = FieldIndex::default();
+        for (n, v) in &headers {
+            index.note(n, v);
+        }
+        assert_eq!((index.count(Known::Host), index.count(Known::Connection)), (1, 2));
+        assert!(matches!(index.values(Known::Host, &headers), Cow::Borrowed([b"a"])), "one value: no list");
+        assert_eq!(&*index.values(Known::Connection, &headers), [&b"close"[..], b"upgrade"], "in order");
+        assert!(index.values(Known::ContentLength, &headers).is_empty());
+    }
 
     #[test]
     fn content_length_accepts_digits_and_identical_repeats() {

@@ -3,7 +3,7 @@
 use std::mem::MaybeUninit;
 
 use super::error::HttpError;
-use super::fields::{self, ConnectionOptions};
+use super::fields::{self, ConnectionOptions, FieldIndex, Known};
 use super::{HeadLimits, Version, MAX_HEADERS};
 
 /// How the request body is delimited.
@@ -80,6 +80,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<Re
     check_target(method, target)?;
 
     let mut headers = Vec::with_capacity(req.headers.len());
+    let mut index = FieldIndex::default();
     for h in req.headers.iter() {
         if !fields::is_token(h.name.as_bytes()) {
             return Err(HttpError::Malformed("invalid header name"));
@@ -90,20 +91,19 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<Re
         if !fields::is_valid_value(h.value) {
             return Err(HttpError::Malformed("invalid header value"));
         }
+        index.note(h.name, h.value);
         headers.push((h.name, h.value));
     }
-    let values = |name: &str| -> Vec<&'a [u8]> {
-        headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v).collect()
-    };
+    let values = |known: Known| index.values(known, &headers);
 
-    match values("host").len() {
+    match index.count(Known::Host) {
         0 if version == Version::Http11 => return Err(HttpError::MissingHost),
         0 | 1 => {}
         _ => return Err(HttpError::RepeatedHost),
     }
 
-    let te = values("transfer-encoding");
-    let cl = values("content-length");
+    let te = values(Known::TransferEncoding);
+    let cl = values(Known::ContentLength);
     let (body, codings) = if !te.is_empty() {
         if version == Version::Http10 {
             return Err(HttpError::BadTransferEncoding("not allowed on HTTP/1.0"));
@@ -123,17 +123,17 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<Re
         }
     };
 
-    let connection = ConnectionOptions::parse(&values("connection"));
+    let connection = ConnectionOptions::parse(&values(Known::Connection));
     let keep_alive = match version {
         Version::Http11 => !connection.close,
         Version::Http10 => connection.keep_alive && !connection.close,
     };
-    let upgrade = match values("upgrade").as_slice() {
+    let upgrade = match &*values(Known::Upgrade) {
         [value] if connection.upgrade && version == Version::Http11 => Some(*value),
         _ => None,
     };
     let expect_continue = version == Version::Http11
-        && values("expect").iter().any(|v| fields::trim_ows(v).eq_ignore_ascii_case(b"100-continue"));
+        && values(Known::Expect).iter().any(|v| fields::trim_ows(v).eq_ignore_ascii_case(b"100-continue"));
 
     Ok(Some(Request {
         method,

@@ -3,7 +3,7 @@
 use std::mem::MaybeUninit;
 
 use super::error::HttpError;
-use super::fields::{self, ConnectionOptions};
+use super::fields::{self, ConnectionOptions, FieldIndex, Known};
 use super::{HeadLimits, Version, MAX_HEADERS};
 
 /// How the response body is delimited.
@@ -63,17 +63,17 @@ pub fn parse_response<'a>(
     }
     let version = if resp.version == Some(0) { Version::Http10 } else { Version::Http11 };
     let mut headers = Vec::with_capacity(resp.headers.len());
+    let mut index = FieldIndex::default();
     for h in resp.headers.iter() {
         if !fields::is_token(h.name.as_bytes()) || !fields::is_valid_value(h.value) {
             return Err(HttpError::Malformed("invalid header"));
         }
+        index.note(h.name, h.value);
         headers.push((h.name, h.value));
     }
-    let values = |name: &str| -> Vec<&'a [u8]> {
-        headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v).collect()
-    };
-    let connection = ConnectionOptions::parse(&values("connection"));
-    let te = values("transfer-encoding");
+    let values = |known: Known| index.values(known, &headers);
+    let connection = ConnectionOptions::parse(&values(Known::Connection));
+    let te = values(Known::TransferEncoding);
     let (body, codings) = if request_is_head || (100..200).contains(&status) || status == 204 || status == 304 {
         (ResponseBody::None, None)
     } else if !te.is_empty() && version == Version::Http11 {
@@ -85,7 +85,7 @@ pub fn parse_response<'a>(
             (ResponseBody::UntilClose, Some(codings.joined))
         }
     } else {
-        match fields::content_length(&values("content-length"))? {
+        match fields::content_length(&values(Known::ContentLength))? {
             Some(n) => (ResponseBody::Length(n), None),
             None => (ResponseBody::UntilClose, None),
         }
