@@ -272,7 +272,9 @@ impl Recorder {
                 mine.sum_us = mine.sum_us.saturating_add(theirs.sum_us);
             }
         }
-        let all = self.frontends.iter_mut().chain(std::iter::once(&mut self.backend)).chain(self.servers.iter_mut());
+        // Servers first, then the backend, then the frontends: a reader that sees a total (the backend's, a
+        // frontend's) covering a request also sees that request in its server's figures.
+        let all = self.servers.iter_mut().chain(std::iter::once(&mut self.backend)).chain(self.frontends.iter_mut());
         for batch in all {
             if batch.phases.is_empty() {
                 batch.idle += 1;
