@@ -321,23 +321,3 @@ pub fn split_input(data: &[u8]) -> (&[u8], &[u8]) {
         Some((&share, rest)) => rest.split_at(rest.len() * usize::from(share) / 255),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    /// What one client connection's task holds while it waits for its next request (issue 14: an idle
-    /// connection should cost well under 1 kB). The exchange and the head reading are boxed, so the waiting
-    /// state is the client (stream, peer, empty buffer) and the wait itself. 720 bytes before the wait polled
-    /// the socket's own readiness slot instead of a `readable()` future with its waiter node.
-    #[test]
-    fn a_client_connection_s_future_stays_small() {
-        let h = super::Harness::new().unwrap();
-        h.local.block_on(&h.runtime, async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let worker = h.worker.clone();
-            let serve = super::super::client::serve(&worker, stream, ([127, 0, 0, 1], 1).into(), 80);
-            let size = std::mem::size_of_val(&serve);
-            assert!(size <= 640, "serve::<TcpStream> is {size} bytes");
-        });
-    }
-}

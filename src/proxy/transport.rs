@@ -68,10 +68,8 @@ impl Transport for TcpStream {
         TcpStream::split(self)
     }
 
-    /// Polls the socket's own read-readiness slot: unlike `TcpStream::readable`, whose future carries a
-    /// waiter node (152 bytes), this adds nothing to an idle connection's state.
     async fn readable(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
+        TcpStream::readable(self).await
     }
 }
 
@@ -88,9 +86,7 @@ impl Transport for TlsStream<TcpStream> {
     async fn readable(&mut self) -> io::Result<()> {
         let (socket, session) = self.get_mut();
         match session.process_new_packets() {
-            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {
-                std::future::poll_fn(|cx| socket.poll_read_ready(cx)).await
-            }
+            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => socket.readable().await,
             // Data, a close_notify, or a protocol error that the next read reports.
             _ => Ok(()),
         }
