@@ -409,6 +409,12 @@ fn a_dead_node_stays_listed_down_with_its_counters_and_keeps_them_when_it_comes_
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(column("chkdown"), 1, "coming back up is no fall");
+    // Across the kill and the restart, the servers' counts still add up to the frontend's.
+    let start = Instant::now();
+    while stot("keeper") + stot("phoenix") != proxy.metric("shoal_frontend_requests_total") {
+        assert!(start.elapsed() < WAIT, "the servers' counts stopped adding up to the frontend's");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let rows = proxy.server_rows();
     assert_eq!(rows.len(), 2, "one row per name, not one per generation: {:?}", rows.keys());
 }
