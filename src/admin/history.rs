@@ -172,16 +172,18 @@ impl History {
             state.frontends[i].1.sample(totals.requests, elapsed);
         }
         let mut backend_requests = set.retired.requests;
-        for (b, &state_now) in set.servers.iter().zip(&set.states) {
+        let mut usable = false;
+        for ((b, &state_now), &weight) in set.servers.iter().zip(&set.states).zip(&set.weights) {
             let status = super::stats::status_of(b, state_now);
-            let sessions = b.totals().sessions;
-            backend_requests += b.totals().requests;
+            usable |= super::stats::takes_requests(status, weight);
+            let totals = b.totals();
+            backend_requests += totals.requests;
             let seen = state.servers.entry(b.name().to_string()).or_insert_with(|| Seen::new(status, now));
-            seen.observe(status, sessions, elapsed, now);
+            seen.observe(status, totals.sessions, elapsed, now);
             seen.observe_suspicions(b.suspicions(), now);
         }
         state.servers.retain(|_, seen| now - seen.last_seen < FORGET_AFTER);
-        let usable = set.rotation().iter().any(|&i| !set.servers[i].is_ejected());
+        // The backend's status as the stats show it (`Snapshot::backend_status`).
         let status = if usable { "UP" } else { "DOWN" };
         state.backend.get_or_insert_with(|| Seen::new(status, now)).observe(status, backend_requests, elapsed, now);
     }

@@ -47,10 +47,14 @@ pub fn status_of(b: &crate::balance::Backend, state: ServerState) -> &'static st
     }
 }
 
+/// Taking new requests: UP with a weight above 0 (HAProxy's usable servers).
+pub fn takes_requests(status: &str, weight: u16) -> bool {
+    status == "UP" && weight > 0
+}
+
 impl Server {
-    /// Taking new requests: UP with a weight above 0 (HAProxy's usable servers).
     pub fn in_rotation(&self) -> bool {
-        self.status == "UP" && self.weight > 0
+        takes_requests(self.status, self.weight)
     }
 }
 

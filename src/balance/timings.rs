@@ -82,15 +82,20 @@ impl Series {
 
     /// Adds a batch recorded elsewhere, moving the recent average as that many samples of the batch's mean
     /// would have moved it one by one.
+    /// Adds `other`'s samples, leaving the recent average alone.
+    fn add(&mut self, other: &Series) {
+        // Bounds are equal on both sides, so adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+    }
+
     fn absorb(&mut self, batch: &Series) {
         let n = batch.histogram.len();
         if n == 0 {
             return;
         }
         let before = self.histogram.len();
-        // Bounds are equal on both sides, so adding cannot fail.
-        let _ = self.histogram.add(&batch.histogram);
-        self.sum_us = self.sum_us.saturating_add(batch.sum_us);
+        self.add(batch);
         let mean = batch.sum_us as f64 / n as f64;
         if (before + n) as f64 <= RECENT_SAMPLES {
             self.recent_us = self.sum_us as f64 / self.histogram.len() as f64;
@@ -267,9 +272,7 @@ impl Recorder {
         for batch in self.servers.iter_mut() {
             batch.phases.settle();
             for (mine, theirs) in self.backend.phases.series.iter_mut().zip(&batch.phases.series) {
-                // Bounds are equal on both sides, so adding cannot fail.
-                let _ = mine.histogram.add(&theirs.histogram);
-                mine.sum_us = mine.sum_us.saturating_add(theirs.sum_us);
+                mine.add(theirs);
             }
         }
         // Servers first, then the backend, then the frontends: a reader that sees a total (the backend's, a
