@@ -15,6 +15,10 @@ use super::worker::Worker;
 pub struct ConnectionGuard(Rc<Worker>);
 
 impl ConnectionGuard {
+    pub fn worker(&self) -> &Rc<Worker> {
+        &self.0
+    }
+
     pub fn new(worker: Rc<Worker>) -> ConnectionGuard {
         worker.connections.set(worker.connections.get() + 1);
         let now = worker.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -69,17 +73,22 @@ fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     let guard = ConnectionGuard::new(worker.clone());
     let local_port = stream.local_addr().map_or(0, |a| a.port());
     if tls {
-        tokio::task::spawn_local(async move {
-            serve_tls(&guard.0, stream, peer, local_port).await;
-            drop(guard);
-        });
+        tokio::task::spawn_local(serve_tls(guard, stream, peer, local_port));
     } else {
         worker.frontend(false).session();
-        tokio::task::spawn_local(async move {
-            client::serve(&guard.0, stream, peer, local_port).await;
-            drop(guard);
-        });
+        tokio::task::spawn_local(plain_connection(guard, stream, peer, local_port));
     }
+}
+
+/// The task of one plain connection. Its size is what every idle keep-alive connection costs besides the
+/// kernel's socket and tokio's task header: the harness measures it.
+pub(super) fn plain_connection(
+    guard: ConnectionGuard,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local_port: u16,
+) -> impl std::future::Future<Output = ()> {
+    client::serve(guard, client::Client::new(stream, peer, local_port))
 }
 
 /// How long a stopping listener keeps taking the connections whose handshakes were under way.
@@ -148,7 +157,8 @@ impl AcceptFailures {
 
 /// Completes the TLS handshake within its own timeout, then serves the connection. A failed handshake is
 /// counted and logged at debug: scanners and broken clients must not fill the log or disturb anyone else.
-async fn serve_tls(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, local_port: u16) {
+async fn serve_tls(guard: ConnectionGuard, stream: TcpStream, peer: SocketAddr, local_port: u16) {
+    let worker = guard.worker().clone();
     let Some(config) = worker.shared.tls.load_full() else { return };
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
     let stop = worker.shutdown_started();
@@ -159,7 +169,7 @@ async fn serve_tls(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, loc
     match outcome {
         Ok(Ok(tls)) => {
             worker.frontend(true).session();
-            client::serve(worker, tls, peer, local_port).await;
+            client::serve(guard, client::Client::new(tls, peer, local_port)).await;
         }
         Ok(Err(e)) => {
             worker.frontend(true).handshake_error();

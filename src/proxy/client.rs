@@ -1,6 +1,7 @@
 //! One client connection: read each request head within the head timeout, refuse what is malformed, and hand
 //! each request to [`exchange`] in turn, so pipelined requests are answered in order.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
@@ -9,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
 
+use super::accept::ConnectionGuard;
 use super::access_log::{self, Record};
 use super::exchange::{self, Plan};
 use super::refusal;
@@ -26,8 +28,6 @@ use crate::http::HeadLimits;
 /// this much, as nginx's lingering close, so the answer is not lost to a reset.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 32 << 20;
-/// While stopping, how long an idle keep-alive connection must stay quiet before it is closed.
-const QUIET_BEFORE_CLOSE: Duration = Duration::from_secs(1);
 
 pub struct Client<T> {
     pub stream: T,
@@ -61,62 +61,88 @@ enum Head {
     Gone,
 }
 
-/// Serves the requests of one client connection over `stream`, accepted on local port `local_port`.
-pub async fn serve<T: Transport>(worker: &Rc<Worker>, stream: T, peer: SocketAddr, local_port: u16) {
-    let mut client = Client { stream, peer, local_port, buf: BytesMut::new() };
-    let mut first = true;
-    loop {
-        if client.buf.is_empty() {
-            worker.buffers.put(std::mem::take(&mut client.buf));
-            let timeouts = worker.config().timeouts;
-            let wait = if first { timeouts.head } else { timeouts.idle };
-            if !wait_readable(worker, &mut client.stream, wait).await {
-                break;
-            }
-            client.buf = worker.buffers.get();
-        }
-        first = false;
-        // Boxed, like the exchange below: only the wait for the next request lives in the idle task.
-        match Box::pin(read_head(worker, &mut client)).await {
-            Head::Gone => break,
-            Head::Refuse(status, reason, started) => {
-                Box::pin(refuse(worker, &mut client, status, &reason, started)).await;
-                break;
-            }
-            Head::Redirect(location, line, started) => {
-                Box::pin(redirect(worker, &mut client, &location, &line, started)).await;
-                break;
-            }
-            Head::Ready(plan, head, started) => {
-                // Boxed so the connection's task stays small while idle: the exchange's state (several KiB of
-                // nested futures) exists only while a request is in flight.
-                if !Box::pin(exchange::run(worker, &mut client, plan, head, started)).await {
+impl<T> Client<T> {
+    /// A client connection over `stream`, accepted on local port `local_port`.
+    pub fn new(stream: T, peer: SocketAddr, local_port: u16) -> Client<T> {
+        Client { stream, peer, local_port, buf: BytesMut::new() }
+    }
+}
+
+/// Serves the requests of one client connection, counted by `guard` until it closes.
+///
+/// An async block, not an async fn: an async fn copies its arguments into locals and keeps both, so every
+/// idle connection would hold its client twice (the size is checked in `harness`'s tests).
+#[allow(clippy::manual_async_fn)]
+pub fn serve<T: Transport>(guard: ConnectionGuard, mut client: Client<T>) -> impl Future<Output = ()> {
+    async move {
+        let worker = guard.worker();
+        let mut first = true;
+        loop {
+            if client.buf.is_empty() {
+                let wait = match worker.config().timeouts {
+                    t if first => t.head,
+                    t => t.idle,
+                };
+                if !next_bytes(worker, &mut client, wait).await {
                     break;
                 }
             }
+            first = false;
+            // Boxed: the head, the exchange and their state (several KiB of nested futures) exist only while
+            // a request is in flight; an idle connection's task holds only the client and its wait.
+            if !Box::pin(one_request(worker, &mut client)).await || worker.is_shutting_down() {
+                break;
+            }
         }
-        if worker.is_shutting_down() {
-            break;
-        }
+        client.buf.clear();
+        worker.buffers.put(std::mem::take(&mut client.buf));
     }
-    client.buf.clear();
-    worker.buffers.put(client.buf);
 }
 
-/// Waits for the first byte of the next request without holding a buffer. False: close the connection.
+/// Reads one request head and answers it: forwarded, refused or redirected. False: close the connection.
+async fn one_request<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>) -> bool {
+    match read_head(worker, client).await {
+        Head::Gone => false,
+        Head::Refuse(status, reason, started) => {
+            refuse(worker, client, status, &reason, started).await;
+            false
+        }
+        Head::Redirect(location, line, started) => {
+            redirect(worker, client, &location, &line, started).await;
+            false
+        }
+        Head::Ready(plan, head, started) => exchange::run(worker, client, plan, head, started).await,
+    }
+}
+
+/// Waits for the first bytes of the next request without holding a buffer, then reads them into one. False:
+/// close the connection (it ended, broke, or stayed quiet for `wait`).
 ///
-/// Once the proxy is stopping (or a new binary took over), an idle connection is not cut at once: a request
-/// may be on its way. It is served (and answered with `Connection: close`) if it comes, and the connection
-/// closes only after it has been quiet for [`QUIET_BEFORE_CLOSE`]: a client never sees its request dropped.
-async fn wait_readable<T: Transport>(worker: &Worker, stream: &mut T, wait: Duration) -> bool {
-    let stop = worker.shutdown_started();
-    if !worker.is_shutting_down() {
-        tokio::select! {
-            _ = stop => {}
-            r = timeout(wait, stream.readable()) => return matches!(r, Ok(Ok(()))),
+/// A new socket reads as ready before any byte came (tokio assumes readiness until a read would block): a
+/// read that would block gives the buffer back and waits again, so a connection that sends nothing holds no
+/// buffer.
+fn next_bytes<'a, T: Transport>(
+    worker: &'a Worker,
+    client: &'a mut Client<T>,
+    wait: Duration,
+) -> impl Future<Output = bool> + 'a {
+    let deadline = Instant::now() + wait;
+    async move {
+        loop {
+            worker.buffers.put(std::mem::take(&mut client.buf));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !worker.idle.wait(left, |cx| client.stream.poll_readable(cx)).await {
+                return false;
+            }
+            client.buf = worker.buffers.get();
+            match client.stream.try_read_buf(&mut client.buf) {
+                Ok(0) => return false,
+                Ok(_) => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return false,
+            }
         }
     }
-    matches!(timeout(QUIET_BEFORE_CLOSE.min(wait), stream.readable()).await, Ok(Ok(())))
 }
 
 async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Head {

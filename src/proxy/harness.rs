@@ -139,7 +139,8 @@ impl Harness {
         let to_client = self.local.block_on(&self.runtime, async {
             let worker = self.worker.clone();
             let served = tokio::task::spawn_local(async move {
-                super::client::serve(&worker, Memory::new(theirs), peer, 80).await;
+                let guard = super::accept::ConnectionGuard::new(worker);
+                super::client::serve(guard, super::client::Client::new(Memory::new(theirs), peer, 80)).await;
             });
             let answering = tokio::task::spawn_local(answer(self.backend.clone(), backend.to_vec(), records.clone()));
             let (mut read, mut write) = tokio::io::split(ours);
@@ -238,13 +239,14 @@ impl Transport for Memory {
         tokio::io::split(self)
     }
 
-    async fn readable(&mut self) -> io::Result<()> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.ahead.is_empty() {
             let mut chunk = [0u8; 4096];
-            let n = self.inner.read(&mut chunk).await?;
-            self.ahead.extend_from_slice(&chunk[..n]);
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+            self.ahead.extend_from_slice(read.filled());
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -319,5 +321,24 @@ pub fn split_input(data: &[u8]) -> (&[u8], &[u8]) {
     match data.split_first() {
         None => (&[], &[]),
         Some((&share, rest)) => rest.split_at(rest.len() * usize::from(share) / 255),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What one plain client connection's task holds while it waits for its next request, as the accept loop
+    /// spawns it (tokio's task header aside): issue 14 asks for an idle connection well under 1 kB. It was
+    /// 816 bytes with a timer, a shutdown listener and a readiness future in every wait, and the client held
+    /// twice (an async fn keeps its arguments); 192 with the wait in the thread's table.
+    #[test]
+    fn an_idle_connection_s_task_stays_small() {
+        let h = super::Harness::new().unwrap();
+        let size = h.local.block_on(&h.runtime, async {
+            let addr = h.backend.local_addr().unwrap();
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let guard = super::super::accept::ConnectionGuard::new(h.worker.clone());
+            std::mem::size_of_val(&super::super::accept::plain_connection(guard, stream, addr, 80))
+        });
+        assert!(size <= 256, "a plain connection's task is {size} bytes");
     }
 }

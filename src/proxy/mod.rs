@@ -15,6 +15,7 @@ mod exchange;
 mod handover;
 #[doc(hidden)]
 pub mod harness;
+mod idle;
 mod listener;
 mod refusal;
 mod relay;

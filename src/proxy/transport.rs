@@ -7,8 +7,11 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{tcp, TcpStream};
 use tokio_rustls::server::TlsStream;
 
@@ -26,8 +29,18 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
 
     fn split(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
 
-    /// Resolves once a read would make progress (data, end of stream or an error), without reading.
-    fn readable(&mut self) -> impl Future<Output = io::Result<()>>;
+    /// Ready once a read would make progress (data, end of stream or an error), without reading. A poll, not
+    /// a future: the wait then adds nothing to an idle connection's state.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Reads what is there without waiting: `WouldBlock` if nothing is.
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match pin!(self.read_buf(buf)).poll(&mut cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
 }
 
 /// The TCP socket a half reads from or writes to directly, if bytes are not transformed on the way.
@@ -68,8 +81,13 @@ impl Transport for TcpStream {
         TcpStream::split(self)
     }
 
-    async fn readable(&mut self) -> io::Result<()> {
-        TcpStream::readable(self).await
+    /// The socket's own read-readiness slot, which nothing else uses while the connection waits.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        TcpStream::try_read_buf(self, buf)
     }
 }
 
@@ -83,12 +101,12 @@ impl Transport for TlsStream<TcpStream> {
     }
 
     /// Records already received may hold the next request, decrypted or not: they need no socket readiness.
-    async fn readable(&mut self) -> io::Result<()> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (socket, session) = self.get_mut();
         match session.process_new_packets() {
-            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => socket.readable().await,
+            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => socket.poll_read_ready(cx),
             // Data, a close_notify, or a protocol error that the next read reports.
-            _ => Ok(()),
+            _ => Poll::Ready(Ok(())),
         }
     }
 }

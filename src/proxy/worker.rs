@@ -16,6 +16,7 @@ use arc_swap::Cache;
 
 use super::accept::accept_loop;
 use super::buffers::Buffers;
+use super::idle::IdleWaits;
 use super::listener::Listening;
 use super::splice::Pipes;
 use super::upstream::Pool;
@@ -61,6 +62,8 @@ pub struct Worker {
     /// Woken on this thread when a new set is published, so connects to servers that left are abandoned.
     set_changed: Notify,
     pub buffers: Buffers,
+    /// Connections waiting for their next request.
+    pub idle: IdleWaits,
     pub pipes: Pipes,
     log: RefCell<Vec<u8>>,
     /// Latencies recorded on this thread, published every second.
@@ -84,6 +87,7 @@ impl Worker {
             backends: RefCell::new(Cache::new(shared.backends.clone())),
             set_changed: Notify::new(),
             buffers: Buffers::new(BUFFER_SIZE, IDLE_BUFFERS),
+            idle: IdleWaits::default(),
             pipes: Pipes::new(IDLE_PIPES),
             log: RefCell::new(Vec::new()),
             timings: RefCell::new(Recorder::new(&shared.timings.frontends, &shared.timings.backend)),
@@ -302,6 +306,7 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<Listening>, commands: 
         let mut signal = worker.shared.shutdown.clone();
         let _ = signal.wait_for(|stop| *stop).await;
         worker.shutting_down.set(true);
+        worker.idle.stop();
         worker.shutdown.notify_waiters();
         let grace = worker.config().timeouts.grace;
         let drained = async {
