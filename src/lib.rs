@@ -12,6 +12,7 @@ pub mod demo;
 pub mod host;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod proxy;
 pub mod signals;
 pub mod webapp;

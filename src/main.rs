@@ -17,6 +17,9 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::try_parse().unwrap_or_else(|e| refuse(e));
+    if matches!(cli.command, Command::Proxy(_)) {
+        shoal::memory::tune();
+    }
     let diagnostics = logging::init_diagnostics();
     let (code, why) = run(cli, diagnostics.clone());
     // The last log lines are written before it exits (unless stderr is stuck), then why it stops.

@@ -336,6 +336,7 @@ async fn housekeeping(worker: Rc<Worker>) {
             ticks = 0;
             worker.pool.borrow_mut().sweep();
             worker.timings.borrow_mut().publish();
+            crate::memory::return_freed();
         }
     }
 }
