@@ -6,6 +6,8 @@
 #   SCENARIOS="small close" THREADS=1 bench/compare.sh
 #   SCENARIOS="tls-small tls-close tls-idle10k" PROXIES="shoal haproxy nginx" bench/compare.sh
 #   SHOAL_BASE=/path/to/older/shoal PROXIES="shoal shoal-base haproxy" SCENARIOS="small close" bench/compare.sh
+#   PROXIES="shoal shoal-log haproxy" SCENARIOS="small close" bench/compare.sh   # the access log's cost
+#   IDLE_CONNS=18000 MAXCONN=19000 SCENARIOS=idle10k THREADS=1 bench/compare.sh   # as many as 20,000 fds allow
 #
 # shoal-base runs another shoal binary (an older build, say) with the plain listener only, to compare two
 # versions in one run.
@@ -28,6 +30,9 @@ THREADS=${THREADS:-"1 2"}
 PROXIES=${PROXIES:-"shoal shoal-splice haproxy nginx"}
 SCENARIOS=${SCENARIOS:-"small close 1mib post64k idle10k tls-small tls-close tls-idle10k"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+IDLE_SETTLE=${IDLE_SETTLE:-2}
+# Client connections each proxy accepts; the idle scenario needs IDLE_CONNS of them, below the descriptor limit.
+MAXCONN=${MAXCONN:-12000}
 BACKEND_PORT=18100
 PROXY_PORT=18080
 # Every proxy also terminates TLS here, on one ECDSA P-256 certificate (cert and key in one PEM file).
@@ -120,24 +125,26 @@ start_proxy() {
   local proxy=$1 threads=$2 dir="$OUT/$1"
   mkdir -p "$dir"
   case $proxy in
-    shoal | shoal-splice)
+    shoal | shoal-splice | shoal-log)
       # shoal-splice: the same with splice(2) for bodies of 64 KiB and more, to measure that threshold.
-      local splice=0
+      # shoal-log: the same with its access log on (one line per request, to a file), to measure its cost.
+      local splice=0 log=off
       [ "$proxy" = shoal-splice ] && splice=65536
+      [ "$proxy" = shoal-log ] && log=on
       "$ROOT/target/release/shoal" proxy --listen "127.0.0.1:$PROXY_PORT" --backend "s1=127.0.0.1:$BACKEND_PORT" \
         --tls-listen "127.0.0.1:$TLS_PORT" --tls-cert "$OUT/tls/site.pem" --gossip 127.0.0.1:0 \
-        --threads "$threads" --access-log off --max-connections 12000 --strict-limits off --splice-min "$splice" >"$dir/out.log" 2>&1 &
+        --threads "$threads" --access-log "$log" --max-connections $MAXCONN --strict-limits off --splice-min "$splice" >"$dir/out.log" 2>&1 &
       ;;
     shoal-base)
       "${SHOAL_BASE:?set SHOAL_BASE to the binary to compare}" proxy --listen "127.0.0.1:$PROXY_PORT" \
         --backend "s1=127.0.0.1:$BACKEND_PORT" --gossip 127.0.0.1:0 --threads "$threads" --access-log off \
-        --max-connections 12000 $(base_strict_limits) >"$dir/out.log" 2>&1 &
+        --max-connections $MAXCONN $(base_strict_limits) >"$dir/out.log" 2>&1 &
       ;;
     haproxy)
       cat >"$dir/haproxy.cfg" <<CONF
 global
   nbthread $threads
-  maxconn 12000
+  maxconn $MAXCONN
   # The hard fd limit (20000 here) is below HAProxy's 2-per-connection budget for maxconn 12000; idle client
   # connections need one each, so run with the limit HAProxy can get instead of refusing to start.
   no strict-limits
@@ -151,7 +158,7 @@ defaults
 frontend fe
   bind 127.0.0.1:$PROXY_PORT
   bind 127.0.0.1:$TLS_PORT ssl crt $OUT/tls/site.pem alpn http/1.1
-  maxconn 12000
+  maxconn $MAXCONN
   http-request set-header X-Forwarded-Proto https if { ssl_fc }
   http-request set-header X-Forwarded-Proto http unless { ssl_fc }
   http-request set-header X-Forwarded-Port %[dst_port]
@@ -164,7 +171,7 @@ CONF
     nginx)
       cat >"$dir/nginx.conf" <<CONF
 daemon off; worker_processes $threads; worker_rlimit_nofile 20000; pid $dir/nginx.pid; error_log $dir/error.log;
-events { worker_connections 12000; }
+events { worker_connections $MAXCONN; }
 http {
   access_log off; keepalive_requests 1000000; keepalive_timeout 50s;
   client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
@@ -259,6 +266,10 @@ idle() {
   exec 4>"$fifo"
   local i
   for i in $(seq 1 1200); do grep -q '^ready' "$log" && break; sleep 0.1; done
+  # Held memory is read once the proxy has been quiet for IDLE_SETTLE seconds, for every proxy alike: what
+  # idle connections cost over time, not the garbage of the burst that opened them (shoal's allocator hands
+  # freed pages back within a second; HAProxy's and nginx's figures do not move).
+  sleep "$IDLE_SETTLE"
   local held peak failed
   held=$(mem_kib "$pid" VmRSS)
   peak=$(mem_kib "$pid" VmHWM)

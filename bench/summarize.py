@@ -29,7 +29,7 @@ TITLES = {
 
 out = ["# Benchmark results", "", "Produced by `bench/compare.sh`; medians of %s alternating runs of %s s each." % (runs, duration), ""]
 out += ["Machine:", "", machine, ""]
-ORDER = {"direct": 0, "shoal": 1, "shoal-base": 2, "shoal-splice": 3, "haproxy": 4, "nginx": 5}
+ORDER = {"direct": 0, "shoal": 1, "shoal-base": 2, "shoal-log": 3, "shoal-splice": 4, "haproxy": 5, "nginx": 6}
 scenarios = []
 for r in rows:
     if r["scenario"] not in scenarios:
@@ -52,8 +52,8 @@ for sc in scenarios:
         out.append("")
         continue
     out += ["## " + TITLES.get(sc, sc), ""]
-    out += ["| threads | proxy | requests/s | vs HAProxy | p50 ms | p99 ms | CPU s | CPU us/req | user us/req | system us/req | peak RSS MiB | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out += ["| threads | proxy | requests/s | vs HAProxy | p50 ms | p99 ms | CPU s | CPU us/req | CPU vs HAProxy | user us/req | system us/req | peak RSS MiB | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted(k for k in groups if k[0] == sc)
     keys.sort(key=lambda k: (int(k[1]), ORDER.get(k[2], 9)))
     for (s, th, px) in keys:
@@ -64,11 +64,15 @@ for sc in scenarios:
         hp = med(groups.get((s, th, "haproxy"), []), "rps")
         ratio = "%.2fx" % (rps / hp) if hp and rps and px != "haproxy" else ("1.00x" if px == "haproxy" else "-")
         us = (cpu / (rps * float(duration)) * 1e6) if rps and cpu and px != "direct" else None
+        hrs = groups.get((s, th, "haproxy"), [])
+        h_cpu = med(hrs, "cpu_s") if hrs else None
+        h_us = (h_cpu / (hp * float(duration)) * 1e6) if hp and h_cpu else None
         label = "backend direct" if px == "direct" else px
-        out.append("| %s | %s | %.0f | %s | %.2f | %.2f | %s | %s | %s | %s | %s | %d |" % (
+        out.append("| %s | %s | %.0f | %s | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %d |" % (
             th, label, rps, ratio, p50, p99,
             "%.2f" % cpu if px != "direct" else "-",
             "%.1f" % us if us else "-",
+            "%.2fx" % (us / h_us) if us and h_us else "-",
             per_req(user), per_req(system),
             "%.1f" % (rss / 1024) if px != "direct" else "-",
             err))
