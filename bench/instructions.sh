@@ -5,7 +5,7 @@
 #   bench/instructions.sh [BINARY...]        (default: target/release/shoal)
 #   SCENARIO=close bench/instructions.sh /tmp/old-shoal target/release/shoal
 #
-# For each binary: shoal proxy (1 thread, access log off) under callgrind in front of a plain nginx, N and 2N
+# For each binary: shoal proxy (1 thread, access log off; ACCESS_LOG=on to count it) under callgrind in front of a plain nginx, N and 2N
 # requests (SCENARIO small: keep-alive, 4 connections; close: a new connection each); the difference divided
 # by N cancels start-up and shutdown. Prints instructions per request and, with --profile, the top functions.
 # Kernel time (system calls, TCP) is not counted: it is the same for builds that make the same system calls.
@@ -49,7 +49,7 @@ count() {
   local binary=$1 n=$2 file="$OUT/callgrind.$3.out"
   valgrind --tool=callgrind --callgrind-out-file="$file" "$binary" proxy --listen "127.0.0.1:$PROXY_PORT" \
     --backend "s1=127.0.0.1:$BACKEND_PORT" --gossip 127.0.0.1:0 --admin off --runtime-api off --threads 1 \
-    --access-log off >"$OUT/proxy.log" 2>&1 &
+    --access-log "${ACCESS_LOG:-off}" >"$OUT/proxy.log" 2>&1 &
   local pid=$!
   wait_port "$PROXY_PORT"
   if [ "$n" -gt 0 ]; then

@@ -5,7 +5,7 @@
 //! closed stdout.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{BACKEND_NAME, FRONTEND_NAME};
@@ -39,23 +39,45 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
         Some(s) => (BACKEND_NAME, s),
         None => (FRONTEND_NAME, "<NOSRV>"),
     };
-    let tls = if r.tls { "~" } else { "" };
-    let [tr, tw, tc, tr2, ta] = r.timers;
-    let _ = write!(out, "{}:{} [", r.client.ip().to_canonical(), r.client.port());
+    match r.client.ip().to_canonical() {
+        IpAddr::V4(ip) => {
+            let [a, b, c, d] = ip.octets();
+            for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                num(out, octet);
+            }
+        }
+        ip => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+    out.push(b':');
+    num(out, r.client.port());
+    out.extend_from_slice(b" [");
     write_date(r.accepted, out);
-    let _ = write!(
-        out,
-        "] {FRONTEND_NAME}{tls} {backend}/{server} {tr}/{tw}/{tc}/{tr2}/{ta} {} {} - - {}{}-- {}/{}/{}/{}/{} 0/0 \"",
-        r.status,
-        r.bytes,
-        r.termination[0] as char,
-        r.termination[1] as char,
-        r.active,
-        r.active,
-        r.backend_conns,
-        r.server_conns,
-        r.retries
-    );
+    out.extend_from_slice(b"] ");
+    out.extend_from_slice(FRONTEND_NAME.as_bytes());
+    if r.tls {
+        out.push(b'~');
+    }
+    out.push(b' ');
+    out.extend_from_slice(backend.as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(server.as_bytes());
+    out.push(b' ');
+    numbers(out, &r.timers);
+    out.push(b' ');
+    num(out, r.status);
+    out.push(b' ');
+    num(out, r.bytes);
+    out.extend_from_slice(b" - - ");
+    out.extend_from_slice(&r.termination);
+    out.extend_from_slice(b"-- ");
+    let counts = [r.active, r.active, r.backend_conns, r.server_conns, r.retries as usize];
+    numbers(out, &counts);
+    out.extend_from_slice(b" 0/0 \"");
     match r.line {
         Some(line) => {
             for &b in line.as_bytes().iter().take(1024) {
@@ -70,25 +92,49 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\"\n");
 }
 
-/// `27/Nov/2026:21:05:48.123` in UTC.
+/// A number in decimal, without `core::fmt`: a line has fifteen of them and is written for every request.
+fn num(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `a/b/c...`
+fn numbers<I: itoa::Integer + Copy>(out: &mut Vec<u8>, ns: &[I]) {
+    for (i, &n) in ns.iter().enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        num(out, n);
+    }
+}
+
+/// `n` in `width` digits, zero-padded (n < 10^width).
+fn padded(out: &mut Vec<u8>, n: u64, width: u32) {
+    let mut unit = 10u64.pow(width - 1);
+    while unit > 0 {
+        out.push(b'0' + (n / unit % 10) as u8);
+        unit /= 10;
+    }
+}
+
 fn write_date(t: SystemTime, out: &mut Vec<u8>) {
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since.as_secs();
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
-    let _ = write!(
-        out,
-        "{d:02}/{}/{y}:{:02}:{:02}:{:02}.{:03}",
-        MONTHS[(m - 1) as usize],
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        since.subsec_millis()
-    );
+    padded(out, d.into(), 2);
+    out.push(b'/');
+    out.extend_from_slice(MONTHS[(m - 1) as usize].as_bytes());
+    out.push(b'/');
+    num(out, y);
+    for part in [s / 3600, s / 60 % 60, s % 60] {
+        out.push(b':');
+        padded(out, part, 2);
+    }
+    out.push(b'.');
+    padded(out, since.subsec_millis().into(), 3);
 }
 
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -135,6 +181,32 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "10.0.0.1:5000 [27/Nov/2025:21:05:48.123] shoal nodes/s1 0/0/1/2/3 200 512 - - ---- 1/1/0/0/0 0/0 \
              \"GET /\\\"x\\\" HTTP/1.1\"\n"
+        );
+    }
+
+    /// The other shapes: TLS, no server, timers not reached, IPv6, an unparsed request, zero-padded date parts.
+    #[test]
+    fn line_shape_of_a_refusal() {
+        let mut out = Vec::new();
+        let r = Record {
+            client: "[::1]:443".parse().unwrap(),
+            tls: true,
+            accepted: UNIX_EPOCH + Duration::from_millis(951_793_445_007),
+            server: None,
+            timers: [-1, -1, -1, -1, 7],
+            status: 408,
+            bytes: 0,
+            termination: *b"cR",
+            active: 2,
+            backend_conns: 0,
+            server_conns: 0,
+            retries: 0,
+            line: None,
+        };
+        format(&r, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "::1:443 [29/Feb/2000:03:04:05.007] shoal~ shoal/<NOSRV> -1/-1/-1/-1/7 408 0 - - cR-- 2/2/0/0/0 0/0 \"<BADREQ>\"\n"
         );
     }
 }
