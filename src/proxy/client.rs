@@ -135,7 +135,7 @@ fn next_bytes<'a, T: Transport>(
                 return false;
             }
             client.buf = worker.buffers.get();
-            match client.stream.try_read_buf(&mut client.buf) {
+            match client.stream.read_now(&mut client.buf) {
                 Ok(0) => return false,
                 Ok(_) => return true,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
