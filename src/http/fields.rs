@@ -209,29 +209,34 @@ pub struct ConnectionOptions {
     pub close: bool,
     pub keep_alive: bool,
     pub upgrade: bool,
-    /// Every option named, lower-cased: these fields are hop-by-hop and must not be forwarded.
-    pub named: Vec<Vec<u8>>,
+    /// The other options named, lower-cased: these fields are hop-by-hop and must not be forwarded. The three
+    /// above are not copied here: the usual `Connection: keep-alive` costs no allocation.
+    others: Vec<Vec<u8>>,
 }
 
 impl ConnectionOptions {
     pub fn parse(values: &[&[u8]]) -> Self {
         let mut opts = ConnectionOptions::default();
         for element in list_elements(values).filter(|e| !e.is_empty()) {
-            let lower = element.to_ascii_lowercase();
-            match lower.as_slice() {
-                b"close" => opts.close = true,
-                b"keep-alive" => opts.keep_alive = true,
-                b"upgrade" => opts.upgrade = true,
-                _ => {}
+            if element.eq_ignore_ascii_case(b"close") {
+                opts.close = true;
+            } else if element.eq_ignore_ascii_case(b"keep-alive") {
+                opts.keep_alive = true;
+            } else if element.eq_ignore_ascii_case(b"upgrade") {
+                opts.upgrade = true;
+            } else {
+                opts.others.push(element.to_ascii_lowercase());
             }
-            opts.named.push(lower);
         }
         opts
     }
 
     /// True when the Connection field lists `name` (compared case-insensitively).
     pub fn names(&self, name: &[u8]) -> bool {
-        self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        (self.close && name.eq_ignore_ascii_case(b"close"))
+            || (self.keep_alive && name.eq_ignore_ascii_case(b"keep-alive"))
+            || (self.upgrade && name.eq_ignore_ascii_case(b"upgrade"))
+            || self.others.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 }
 
@@ -318,6 +323,10 @@ mod tests {
         assert!(o.keep_alive && o.upgrade && !o.close);
         assert!(o.names(b"x-foo"));
         assert!(o.names(b"X-FOO"));
+        // The known options are named too: `Connection: keep-alive` makes a Keep-Alive field hop-by-hop.
+        assert!(o.names(b"keep-alive") && o.names(b"Upgrade"));
+        assert!(!o.names(b"close") && !o.names(b"x-bar"));
+        assert!(ConnectionOptions::parse(&[b"CLOSE"]).names(b"close"));
     }
 
     #[test]
