@@ -400,7 +400,7 @@ struct Sent<'a> {
     progress: &'a Cell<Instant>,
 }
 
-async fn write_client<W: tokio::io::AsyncWrite + Unpin>(
+async fn write_client<W: tokio::io::AsyncWrite + Unpin + RawTcp>(
     cw: &mut W,
     head: &[u8],
     body: &[u8],
