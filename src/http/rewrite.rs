@@ -59,28 +59,33 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded<'_>, out: &mut Vec<u8
         field(out, b"Connection", b"keep-alive");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    match fwd.client_ip {
+    ip_address(out, fwd.client_ip);
+    out.extend_from_slice(if fwd.tls { b"\r\nX-Forwarded-Proto: https" } else { b"\r\nX-Forwarded-Proto: http" });
+    out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
+    decimal(out, fwd.port);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// `n` in decimal, without going through `fmt` (heads and log lines are written on every request).
+pub fn decimal(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// An address as text: IPv4 dotted without `fmt`, IPv6 through `Display`.
+pub fn ip_address(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
         IpAddr::V4(ip) => {
-            let [a, b, c, d] = ip.octets();
-            decimal(out, a.into());
-            for octet in [b, c, d] {
-                out.push(b'.');
-                decimal(out, octet.into());
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                decimal(out, octet);
             }
         }
         IpAddr::V6(ip) => {
             let _ = write!(out, "{ip}");
         }
     }
-    out.extend_from_slice(if fwd.tls { b"\r\nX-Forwarded-Proto: https" } else { b"\r\nX-Forwarded-Proto: http" });
-    out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
-    decimal(out, fwd.port.into());
-    out.extend_from_slice(b"\r\n\r\n");
-}
-
-/// `n` in decimal, without going through `fmt` (heads are written on every request).
-fn decimal(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn content_length(out: &mut Vec<u8>, n: u64) {
@@ -107,7 +112,7 @@ pub struct Delivery<'a> {
 /// The head sent to the client for `resp`.
 pub fn client_response(resp: &Response<'_>, delivery: &Delivery<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    decimal(out, resp.status.into());
+    decimal(out, resp.status);
     out.push(b' ');
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");

@@ -4,11 +4,11 @@
 //! stdout, so the request path never takes a lock shared with other threads and never blocks on a slow or
 //! closed stdout.
 
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{BACKEND_NAME, FRONTEND_NAME};
+use crate::http::rewrite::{decimal, ip_address};
 
 /// What one log line says.
 pub struct Record<'a> {
@@ -39,22 +39,9 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
         Some(s) => (BACKEND_NAME, s),
         None => (FRONTEND_NAME, "<NOSRV>"),
     };
-    match r.client.ip().to_canonical() {
-        IpAddr::V4(ip) => {
-            let [a, b, c, d] = ip.octets();
-            for (i, octet) in [a, b, c, d].into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                num(out, octet);
-            }
-        }
-        ip => {
-            let _ = write!(out, "{ip}");
-        }
-    }
+    ip_address(out, r.client.ip().to_canonical());
     out.push(b':');
-    num(out, r.client.port());
+    decimal(out, r.client.port());
     out.extend_from_slice(b" [");
     write_date(r.accepted, out);
     out.extend_from_slice(b"] ");
@@ -69,9 +56,9 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
     out.push(b' ');
     numbers(out, &r.timers);
     out.push(b' ');
-    num(out, r.status);
+    decimal(out, r.status);
     out.push(b' ');
-    num(out, r.bytes);
+    decimal(out, r.bytes);
     out.extend_from_slice(b" - - ");
     out.extend_from_slice(&r.termination);
     out.extend_from_slice(b"-- ");
@@ -92,18 +79,13 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\"\n");
 }
 
-/// A number in decimal, without `core::fmt`: a line has fifteen of them and is written for every request.
-fn num(out: &mut Vec<u8>, n: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
 /// `a/b/c...`
 fn numbers<I: itoa::Integer + Copy>(out: &mut Vec<u8>, ns: &[I]) {
     for (i, &n) in ns.iter().enumerate() {
         if i > 0 {
             out.push(b'/');
         }
-        num(out, n);
+        decimal(out, n);
     }
 }
 
@@ -126,7 +108,7 @@ fn write_date(t: SystemTime, out: &mut Vec<u8>) {
     out.push(b'/');
     out.extend_from_slice(MONTHS[(m - 1) as usize].as_bytes());
     out.push(b'/');
-    num(out, y);
+    decimal(out, y);
     for part in [s / 3600, s / 60 % 60, s % 60] {
         out.push(b':');
         padded(out, part, 2);

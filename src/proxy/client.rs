@@ -126,12 +126,11 @@ fn next_bytes<'a, T: Transport>(
     client: &'a mut Client<T>,
     wait: Duration,
 ) -> impl Future<Output = bool> + 'a {
-    let deadline = Instant::now() + wait;
+    let started = Instant::now();
     async move {
         loop {
             worker.buffers.put(std::mem::take(&mut client.buf));
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !worker.idle.wait(left, |cx| client.stream.poll_readable(cx)).await {
+            if !worker.idle.wait(started, wait, |cx| client.stream.poll_readable(cx)).await {
                 return false;
             }
             client.buf = worker.buffers.get();

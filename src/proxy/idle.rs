@@ -1,7 +1,7 @@
 //! Waiting for a client's next request. An idle keep-alive connection is the proxy's most numerous state, so
 //! its wait holds no timer and no shutdown listener of its own: it takes a slot in this thread's table (a
 //! deadline and the task's waker), and one sweeper task per thread ends the waits that ran out. The slot
-//! costs 48 bytes in the table instead of about 400 in every idle connection's future (tokio's `Sleep` and
+//! costs 40 bytes in the table instead of about 400 in every idle connection's future (tokio's `Sleep` and
 //! `Notified` nodes and the `select!` around them).
 
 use std::cell::{Cell, RefCell};
@@ -29,7 +29,6 @@ pub struct IdleWaits(Rc<Table>);
 struct Table {
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
-    waiting: Cell<usize>,
     tick: Cell<Option<Duration>>,
     sweeping: Cell<bool>,
     /// Set once the proxy is stopping: new waits last at most [`QUIET_BEFORE_CLOSE`].
@@ -44,14 +43,14 @@ struct Slot {
 }
 
 impl IdleWaits {
-    /// Waits until `poll_ready` is ready (true) or `wait` runs out, or, once the proxy is stopping, the
-    /// connection stays quiet for [`QUIET_BEFORE_CLOSE`] (false). `poll_ready` polls the transport's
-    /// readiness: an error (a broken connection) ends the wait too (false). The clock starts now.
-    pub fn wait<F>(&self, wait: Duration, poll_ready: F) -> IdleWait<'_, F>
+    /// Waits until `poll_ready` is ready (true) or the wait that began at `started` has lasted `wait`, or,
+    /// once the proxy is stopping, the connection stays quiet for [`QUIET_BEFORE_CLOSE`] (false).
+    /// `poll_ready` polls the transport's readiness: an error (a broken connection) ends the wait too (false).
+    pub fn wait<F>(&self, started: Instant, wait: Duration, poll_ready: F) -> IdleWait<'_, F>
     where
         F: FnMut(&mut Context) -> Poll<io::Result<()>> + Unpin,
     {
-        IdleWait { ticket: self.enter(wait), poll_ready }
+        IdleWait { ticket: self.enter(started, wait), poll_ready }
     }
 
     /// From now on every wait lasts at most [`QUIET_BEFORE_CLOSE`] more: a request may still be on its way.
@@ -67,10 +66,13 @@ impl IdleWaits {
         self.note_tick(QUIET_BEFORE_CLOSE);
     }
 
-    fn enter(&self, wait: Duration) -> Ticket<'_> {
+    fn enter(&self, started: Instant, wait: Duration) -> Ticket<'_> {
         let table = &self.0;
-        let wait = if table.stopping.get() { wait.min(QUIET_BEFORE_CLOSE) } else { wait };
-        let slot = Slot { deadline: Some(Instant::now() + wait), expired: false, waker: None };
+        let mut deadline = started + wait;
+        if table.stopping.get() {
+            deadline = deadline.min(Instant::now() + QUIET_BEFORE_CLOSE);
+        }
+        let slot = Slot { deadline: Some(deadline), expired: false, waker: None };
         let index = match table.free.borrow_mut().pop() {
             Some(i) => {
                 table.slots.borrow_mut()[i as usize] = slot;
@@ -82,7 +84,6 @@ impl IdleWaits {
                 (slots.len() - 1) as u32
             }
         };
-        table.waiting.set(table.waiting.get() + 1);
         self.note_tick(wait);
         if !table.sweeping.replace(true) {
             tokio::task::spawn_local(self.clone().sweep());
@@ -99,7 +100,7 @@ impl IdleWaits {
     /// Runs while any wait is registered: ends those past their deadline.
     async fn sweep(self) {
         let table = &self.0;
-        while table.waiting.get() > 0 {
+        while table.slots.borrow().len() > table.free.borrow().len() {
             tokio::time::sleep(table.tick.get().unwrap_or(COARSEST_TICK)).await;
             let now = Instant::now();
             for slot in table.slots.borrow_mut().iter_mut() {
@@ -153,6 +154,5 @@ impl Drop for Ticket<'_> {
         let table = &(self.1).0;
         table.slots.borrow_mut()[self.0 as usize] = Slot::default();
         table.free.borrow_mut().push(self.0);
-        table.waiting.set(table.waiting.get() - 1);
     }
 }
