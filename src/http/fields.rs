@@ -40,6 +40,29 @@ pub fn is_valid_value(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// One header field as parsed: its name and raw value, borrowed from the read buffer.
+pub type Field<'a> = (&'a str, &'a [u8]);
+
+/// Room for the fields of one head, kept from one parse to the next so that a warm thread parses without
+/// allocating. Only the allocation is kept: the fields themselves borrow a buffer that does not outlive a parse.
+#[derive(Debug, Default)]
+pub struct FieldStore(Vec<Field<'static>>);
+
+impl FieldStore {
+    /// The kept vector, empty, to hold the fields of a head in `'a`'s buffer.
+    pub fn take<'a>(&mut self) -> Vec<Field<'a>> {
+        std::mem::take(&mut self.0)
+    }
+
+    /// Keeps `fields`' allocation for the next head.
+    pub fn keep(&mut self, mut fields: Vec<Field<'_>>) {
+        fields.clear();
+        // Collecting a vector's own iterator into an element type of the same layout reuses its allocation
+        // (std's in-place iteration); the closure never runs, the vector being empty.
+        self.0 = fields.into_iter().map(|_| unreachable!("an emptied vector")).collect();
+    }
+}
+
 /// The fields whose values decide framing and connection handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
@@ -92,7 +115,7 @@ impl<'a> FieldIndex<'a> {
     }
 
     /// Every value of `known`, in order; `headers` is what was noted, for a field that occurs more than once.
-    pub fn values<'s>(&'s self, known: Known, headers: &[(&str, &'a [u8])]) -> Cow<'s, [&'a [u8]]> {
+    pub fn values<'s>(&'s self, known: Known, headers: &[Field<'a>]) -> Cow<'s, [&'a [u8]]> {
         match &self.seen[known as usize] {
             (Some(first), 1) => Cow::Borrowed(std::slice::from_ref(first)),
             (None, _) => Cow::Borrowed(&[]),

@@ -3,7 +3,7 @@
 use std::mem::MaybeUninit;
 
 use super::error::HttpError;
-use super::fields::{self, ConnectionOptions, FieldIndex, Known};
+use super::fields::{self, ConnectionOptions, Field, FieldIndex, FieldStore, Known};
 use super::{HeadLimits, Version, MAX_HEADERS};
 
 /// How the request body is delimited.
@@ -21,7 +21,7 @@ pub struct Request<'a> {
     pub target: &'a str,
     pub version: Version,
     /// Every field in arrival order.
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub headers: Vec<Field<'a>>,
     pub body: RequestBody,
     /// The Transfer-Encoding codings to forward when the body is chunked.
     pub codings: Option<String>,
@@ -55,6 +55,15 @@ impl Request<'_> {
 ///
 /// `Ok(None)` means the head is not complete yet and `buf` is still within the limits.
 pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<Request<'a>>, HttpError> {
+    parse_request_with(buf, limits, &mut FieldStore::default())
+}
+
+/// [`parse_request`], the fields going into `store`'s vector (hand it back with [`FieldStore::keep`]).
+pub fn parse_request_with<'a>(
+    buf: &'a [u8],
+    limits: &HeadLimits,
+    store: &mut FieldStore,
+) -> Result<Option<Request<'a>>, HttpError> {
     // Left uninitialised: zero-filling 256 slots (8 KiB) on every parse cost more than parsing a small head.
     let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let slots = limits.max_headers.min(MAX_HEADERS);
@@ -79,7 +88,8 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<Re
     check_method(method)?;
     check_target(method, target)?;
 
-    let mut headers = Vec::with_capacity(req.headers.len());
+    let mut headers = store.take();
+    headers.reserve(req.headers.len());
     let mut index = FieldIndex::default();
     for h in req.headers.iter() {
         if !fields::is_token(h.name.as_bytes()) {

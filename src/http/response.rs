@@ -3,7 +3,7 @@
 use std::mem::MaybeUninit;
 
 use super::error::HttpError;
-use super::fields::{self, ConnectionOptions, FieldIndex, Known};
+use super::fields::{self, ConnectionOptions, Field, FieldIndex, FieldStore, Known};
 use super::{HeadLimits, Version, MAX_HEADERS};
 
 /// How the response body is delimited.
@@ -21,7 +21,7 @@ pub struct Response<'a> {
     pub version: Version,
     pub status: u16,
     pub reason: &'a str,
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub headers: Vec<Field<'a>>,
     pub body: ResponseBody,
     /// Transfer-Encoding codings to forward when the body is chunked.
     pub codings: Option<String>,
@@ -45,6 +45,16 @@ pub fn parse_response<'a>(
     limits: &HeadLimits,
     request_is_head: bool,
 ) -> Result<Option<Response<'a>>, HttpError> {
+    parse_response_with(buf, limits, request_is_head, &mut FieldStore::default())
+}
+
+/// [`parse_response`], the fields going into `store`'s vector (hand it back with [`FieldStore::keep`]).
+pub fn parse_response_with<'a>(
+    buf: &'a [u8],
+    limits: &HeadLimits,
+    request_is_head: bool,
+    store: &mut FieldStore,
+) -> Result<Option<Response<'a>>, HttpError> {
     // Left uninitialised, as for requests: no 8 KiB zero-fill per parse.
     let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let slots = limits.max_headers.min(MAX_HEADERS);
@@ -62,7 +72,8 @@ pub fn parse_response<'a>(
         return Err(HttpError::Malformed("invalid status"));
     }
     let version = if resp.version == Some(0) { Version::Http10 } else { Version::Http11 };
-    let mut headers = Vec::with_capacity(resp.headers.len());
+    let mut headers = store.take();
+    headers.reserve(resp.headers.len());
     let mut index = FieldIndex::default();
     for h in resp.headers.iter() {
         if !fields::is_token(h.name.as_bytes()) || !fields::is_valid_value(h.value) {

@@ -29,7 +29,7 @@ pub struct Record<'a> {
     pub server_conns: usize,
     pub retries: u32,
     /// The request line, or `None` for `<BADREQ>`.
-    pub line: Option<&'a str>,
+    pub line: Option<&'a [u8]>,
 }
 
 /// Appends one line: `%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc
@@ -67,7 +67,7 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b" 0/0 \"");
     match r.line {
         Some(line) => {
-            for &b in line.as_bytes().iter().take(1024) {
+            for &b in line.iter().take(1024) {
                 if b == b'"' || b == b'\\' {
                     out.push(b'\\');
                 }
@@ -156,7 +156,7 @@ mod tests {
             backend_conns: 0,
             server_conns: 0,
             retries: 0,
-            line: Some("GET /\"x\" HTTP/1.1"),
+            line: Some(b"GET /\"x\" HTTP/1.1"),
         };
         format(&r, &mut out);
         assert_eq!(

@@ -1,4 +1,5 @@
-//! Per-thread pool of read buffers: an idle connection holds none, and a busy one borrows one.
+//! Per-thread pools of buffers: read buffers (an idle connection holds none, a busy one borrows one) and the
+//! vectors heads are written into.
 
 use std::cell::RefCell;
 
@@ -33,6 +34,59 @@ impl Buffers {
         // Buffers that grew for a body are not kept: an idle thread should not sit on 64 KiB blocks.
         if (self.size / 2..=self.size * 4).contains(&b.capacity()) && free.len() < self.keep {
             free.push(b);
+        }
+    }
+}
+
+/// Per-thread spare vectors for the heads the proxy writes (a request to its server, a response to its
+/// client): each is borrowed for one request and comes back when dropped, so a warm thread allocates none.
+pub struct HeadBufs {
+    free: RefCell<Vec<Vec<u8>>>,
+    keep: usize,
+}
+
+/// A head being written, borrowed from its thread's [`HeadBufs`].
+pub struct HeadBuf<'p> {
+    bytes: Vec<u8>,
+    owner: &'p HeadBufs,
+}
+
+/// A head vector that grew past this (a head with very large fields) goes back to the allocator.
+const LARGEST_KEPT_HEAD: usize = 16 << 10;
+
+impl HeadBufs {
+    pub fn new(keep: usize) -> HeadBufs {
+        HeadBufs { free: RefCell::new(Vec::new()), keep }
+    }
+
+    /// An empty vector with room for at least `capacity` bytes.
+    pub fn get(&self, capacity: usize) -> HeadBuf<'_> {
+        let mut bytes = self.free.borrow_mut().pop().unwrap_or_default();
+        bytes.reserve(capacity);
+        HeadBuf { bytes, owner: self }
+    }
+}
+
+impl std::ops::Deref for HeadBuf<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.bytes
+    }
+}
+
+impl std::ops::DerefMut for HeadBuf<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+}
+
+impl Drop for HeadBuf<'_> {
+    fn drop(&mut self) {
+        let mut free = self.owner.free.borrow_mut();
+        if self.bytes.capacity() <= LARGEST_KEPT_HEAD && free.len() < self.owner.keep {
+            let mut bytes = std::mem::take(&mut self.bytes);
+            bytes.clear();
+            free.push(bytes);
         }
     }
 }

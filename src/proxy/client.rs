@@ -20,7 +20,7 @@ use crate::balance::{key_hash, Affinity};
 use crate::config::value::Balance;
 use crate::config::ProxyConfig;
 use crate::http::cookie;
-use crate::http::request::{lower_minor_version, parse_request, Request};
+use crate::http::request::{lower_minor_version, parse_request_with, Request};
 use crate::http::rewrite::{self, Forwarded};
 use crate::http::HeadLimits;
 
@@ -51,8 +51,8 @@ impl Started {
     }
 }
 
-enum Head {
-    Ready(Plan, Vec<u8>, Started),
+enum Head<'w> {
+    Ready(Plan<'w>, Started),
     /// A plain request under --redirect-https: answered with a 301 to this location (the request line for
     /// the log).
     Redirect(String, String, Started),
@@ -88,9 +88,9 @@ pub fn serve<T: Transport>(guard: ConnectionGuard, mut client: Client<T>) -> imp
                 }
             }
             first = false;
-            // Boxed: the head, the exchange and their state (several KiB of nested futures) exist only while
-            // a request is in flight; an idle connection's task holds only the client and its wait.
-            if !Box::pin(one_request(worker, &mut client)).await || worker.is_shutting_down() {
+            // On the heap: the head, the exchange and their state (several KiB of nested futures) exist only
+            // while a request is in flight; an idle connection's task holds only the client and its wait.
+            if !worker.frames.pin(one_request(worker, &mut client)).await || worker.is_shutting_down() {
                 break;
             }
         }
@@ -111,7 +111,7 @@ async fn one_request<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>) 
             redirect(worker, client, &location, &line, started).await;
             false
         }
-        Head::Ready(plan, head, started) => exchange::run(worker, client, plan, head, started).await,
+        Head::Ready(plan, started) => exchange::run(worker, client, plan, started).await,
     }
 }
 
@@ -144,7 +144,7 @@ fn next_bytes<'a, T: Transport>(
     }
 }
 
-async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Head {
+async fn read_head<'w, T: Transport>(worker: &'w Worker, client: &mut Client<T>) -> Head<'w> {
     let config = worker.config();
     let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
     let mut started: Option<Started> = None;
@@ -161,7 +161,8 @@ async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Hea
                 Started { instant: now, head_done: now }
             });
             lower_minor_version(&mut client.buf);
-            match parse_request(&client.buf, &limits) {
+            let parsed = parse_request_with(&client.buf, &limits, &mut worker.fields.borrow_mut());
+            match parsed {
                 Ok(Some(req)) => {
                     let head_done = if reads <= 1 { s.instant } else { Instant::now() };
                     let started = Started { head_done, ..s };
@@ -172,12 +173,13 @@ async fn read_head<T: Transport>(worker: &Worker, client: &mut Client<T>) -> Hea
                     let client_ip = client.peer.ip().to_canonical();
                     let sticky = config.sticky_cookie.as_deref();
                     let fwd = Forwarded { client_ip, port: client.local_port, tls: T::TLS, strip_cookie: sticky };
-                    let mut head = Vec::with_capacity(req.head_len + 128);
+                    let mut head = worker.heads.get(req.head_len + 128);
                     rewrite::upstream_request(&req, &fwd, &mut head);
-                    let plan = Plan::new(&req, worker.log_enabled(), affinity(&req, &config, client_ip));
+                    let plan = Plan::new(&req, head, affinity(&req, &config, client_ip));
                     let len = req.head_len;
+                    worker.fields.borrow_mut().keep(req.headers);
                     client.buf.advance(len);
-                    return Head::Ready(plan, head, started);
+                    return Head::Ready(plan, started);
                 }
                 Ok(None) => {}
                 Err(e) => return Head::Refuse(e.status(), e.to_string(), s),
@@ -275,7 +277,7 @@ fn local_log_line<T: Transport>(
                 backend_conns: 0,
                 server_conns: 0,
                 retries: 0,
-                line,
+                line: line.map(str::as_bytes),
             },
             out,
         )

@@ -10,6 +10,7 @@ use tokio::time::{timeout, Instant};
 
 use super::access_log::{self, Record};
 use super::body::{BodyError, Framer};
+use super::buffers::HeadBuf;
 use super::client::{close_gracefully, Client, Started};
 use super::relay::{self, Failure, Unanswered, Watch};
 use super::transport::Transport;
@@ -25,7 +26,10 @@ use crate::http::Version;
 const MAX_RETRIES: u32 = 3;
 
 /// What the exchange needs to remember of the request head once its bytes are gone.
-pub struct Plan {
+pub struct Plan<'w> {
+    /// The head as it goes to the server. It begins with the client's request line, which the log quotes.
+    head: HeadBuf<'w>,
+    line_len: usize,
     body: RequestBody,
     /// The sticky cookie and key hash the algorithm may use.
     pub affinity: Affinity,
@@ -34,12 +38,16 @@ pub struct Plan {
     pub keep_alive: bool,
     pub upgrade: bool,
     retryable: bool,
-    line: Option<String>,
 }
 
-impl Plan {
-    pub fn new(req: &Request<'_>, keep_line: bool, affinity: Affinity) -> Plan {
+impl<'w> Plan<'w> {
+    /// The plan for `req`, whose upstream head `head` is (written by [`crate::http::rewrite::upstream_request`]).
+    pub fn new(req: &Request<'_>, head: HeadBuf<'w>, affinity: Affinity) -> Plan<'w> {
+        let line_len = req.method.len() + req.target.len() + req.version.as_str().len() + 2;
+        debug_assert!(head[line_len..].starts_with(b"\r\n"), "the head begins with the request line");
         Plan {
+            head,
+            line_len,
             body: req.body,
             affinity,
             is_head: req.is_head(),
@@ -49,8 +57,17 @@ impl Plan {
             retryable: matches!(req.body, RequestBody::None | RequestBody::Length(0))
                 && req.is_idempotent()
                 && req.upgrade.is_none(),
-            line: keep_line.then(|| req.line()),
         }
+    }
+
+    /// The head as it goes to the server.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// The request line as the client sent it (HAProxy's `%r`).
+    fn line(&self) -> &[u8] {
+        &self.head[..self.line_len]
     }
 }
 
@@ -61,13 +78,7 @@ impl Plan {
 /// connection closed without a response or a request the server's host never acknowledged. A server that
 /// failed is ejected (skipped by every thread) until it is back; one that only closed a pooled connection is
 /// merely avoided for this request.
-pub async fn run<T: Transport>(
-    worker: &Rc<Worker>,
-    client: &mut Client<T>,
-    plan: Plan,
-    head: Vec<u8>,
-    started: Started,
-) -> bool {
+pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan: Plan<'_>, started: Started) -> bool {
     let config = worker.config();
     let mut log = LogState {
         started,
@@ -165,8 +176,7 @@ pub async fn run<T: Transport>(
         };
         let asks = relay::Asks { watch, set_cookie: set_cookie.as_deref() };
         let result =
-            relay::transfer(worker, client, &plan, &head, &mut framer, &mut up, &mut up_buf, &mut log.responded, asks)
-                .await;
+            relay::transfer(worker, client, &plan, &mut framer, &mut up, &mut up_buf, &mut log.responded, asks).await;
         if let (true, Some(connected), Some(responded)) = (config.latency_aware, log.connected, log.responded) {
             let us = responded.saturating_duration_since(connected).as_micros() as u64;
             backend.record_latency(us);
@@ -285,7 +295,7 @@ async fn acquire(
 async fn fail<T: Transport>(
     worker: &Worker,
     client: &mut Client<T>,
-    plan: &Plan,
+    plan: &Plan<'_>,
     log: &LogState,
     failure: Failure,
 ) -> bool {
@@ -334,7 +344,7 @@ async fn fail<T: Transport>(
 async fn answer<T: Transport>(
     worker: &Worker,
     client: &mut Client<T>,
-    plan: &Plan,
+    plan: &Plan<'_>,
     log: &LogState,
     status: u16,
     term: [u8; 2],
@@ -374,7 +384,7 @@ impl LogState {
 fn log_line<T: Transport>(
     worker: &Worker,
     client: &Client<T>,
-    plan: &Plan,
+    plan: &Plan<'_>,
     log: &LogState,
     status: u16,
     bytes: u64,
@@ -429,7 +439,7 @@ fn log_line<T: Transport>(
                 backend_conns: worker.backend_in_flight(),
                 server_conns: log.server.as_ref().map_or(0, |f| f.backend().in_flight()),
                 retries: log.retries,
-                line: plan.line.as_deref(),
+                line: Some(plan.line()),
             },
             out,
         )

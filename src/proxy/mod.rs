@@ -12,6 +12,7 @@ mod buffers;
 mod client;
 mod control;
 mod exchange;
+mod frames;
 mod handover;
 #[doc(hidden)]
 pub mod harness;

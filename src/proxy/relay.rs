@@ -22,7 +22,7 @@ use super::transport::{RawTcp, Transport};
 use super::upstream::{self, Upstream};
 use super::worker::Worker;
 use crate::balance::Backend;
-use crate::http::response::{lower_minor_version, parse_response, ResponseBody};
+use crate::http::response::{lower_minor_version, parse_response_with, ResponseBody};
 use crate::http::rewrite::{self, Delivery};
 use crate::http::{HeadLimits, HttpError};
 
@@ -107,8 +107,7 @@ pub struct Relayed {
 pub async fn transfer<T: Transport>(
     worker: &Worker,
     client: &mut Client<T>,
-    plan: &Plan,
-    head: &[u8],
+    plan: &Plan<'_>,
     framer: &mut Framer,
     up: &mut Upstream,
     up_buf: &mut BytesMut,
@@ -128,7 +127,7 @@ pub async fn transfer<T: Transport>(
         }
         _ => 0,
     };
-    if body::write_head_and_body(&mut uw, head, &cbuf[..initial], t.server).await.is_err() {
+    if body::write_head_and_body(&mut uw, plan.head(), &cbuf[..initial], t.server).await.is_err() {
         return Err(Failure::NoResponse);
     }
     cbuf.advance(initial);
@@ -220,7 +219,7 @@ where
 #[allow(clippy::too_many_arguments)]
 async fn relay_response(
     worker: &Worker,
-    plan: &Plan,
+    plan: &Plan<'_>,
     ur: &mut ReadHalf<'_>,
     up_buf: &mut BytesMut,
     cw: &mut (impl AsyncWrite + Unpin + RawTcp),
@@ -238,7 +237,8 @@ async fn relay_response(
     loop {
         let parsed = loop {
             lower_minor_version(up_buf);
-            match parse_response(up_buf, &limits, plan.is_head) {
+            let parsed = parse_response_with(up_buf, &limits, plan.is_head, &mut worker.fields.borrow_mut());
+            match parsed {
                 Ok(Some(resp)) => break resp,
                 Ok(None) => {}
                 Err(e) => return Err(Failure::BadResponse(e)),
@@ -264,7 +264,7 @@ async fn relay_response(
             // 1xx are for HTTP/1.1 clients only, and one 100 Continue is enough.
             let repeated_continue = status == 100 && continue_relayed;
             if !plan.http10 && !repeated_continue {
-                let mut out = Vec::with_capacity(head_len);
+                let mut out = worker.heads.get(head_len);
                 rewrite::client_response(
                     &parsed,
                     &Delivery {
@@ -277,7 +277,7 @@ async fn relay_response(
                     &mut out,
                 );
                 continue_relayed |= status == 100;
-                drop(parsed);
+                worker.fields.borrow_mut().keep(parsed.headers);
                 write_client(cw, &out, &[], t.client).await?;
             }
             up_buf.advance(head_len);
@@ -301,11 +301,11 @@ async fn relay_response(
             upgrade: upgraded,
             set_cookie: asks.set_cookie.filter(|_| !upgraded),
         };
-        let mut out = Vec::with_capacity(head_len + 32);
+        let mut out = worker.heads.get(head_len + 32);
         rewrite::client_response(&parsed, &delivery, &mut out);
         let server_keeps = parsed.keep_alive;
         let mut framer = Framer::for_response(parsed.body, dechunk, config.limits.max_header_bytes);
-        drop(parsed);
+        worker.fields.borrow_mut().keep(parsed.headers);
         up_buf.advance(head_len);
 
         let initial = match &mut framer {

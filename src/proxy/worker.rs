@@ -15,7 +15,8 @@ use tokio::task::{AbortHandle, LocalSet};
 use arc_swap::Cache;
 
 use super::accept::accept_loop;
-use super::buffers::Buffers;
+use super::buffers::{Buffers, HeadBufs};
+use super::frames::Frames;
 use super::idle::IdleWaits;
 use super::listener::Listening;
 use super::splice::Pipes;
@@ -25,6 +26,7 @@ use crate::balance::counters::Slot;
 use crate::balance::timings::{Recorder, Sample, Timings};
 use crate::balance::{Affinity, Backend, BackendSet, Balancer, Pick, SharedBackends};
 use crate::config::ProxyConfig;
+use crate::http::fields::FieldStore;
 
 /// What the main thread asks of a data-plane thread.
 pub enum Command {
@@ -39,12 +41,19 @@ pub enum Command {
 /// Flush the thread's log buffer at least this often, and whenever it grows past `LOG_BATCH`.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(200);
 const LOG_BATCH: usize = 32 * 1024;
+/// A log line quotes at most 1 KiB of the request line; the rest of it is well under this.
+const LONGEST_LOG_LINE: usize = 2048;
 /// Idle pooled connections are swept, and latencies published, this often.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 /// Free read buffers kept per thread for the next busy connection; beyond this they go back to the allocator.
 const IDLE_BUFFERS: usize = 32;
 /// A read buffer's starting size: enough for typical heads; it grows for large heads and bodies.
 const BUFFER_SIZE: usize = 4096;
+/// Spare head vectors kept per thread: one per request in flight (its upstream head) is what a busy thread
+/// needs; beyond this they go back to the allocator.
+const IDLE_HEADS: usize = 256;
+/// Free request-future blocks kept per thread: as many as requests in flight at once on a busy thread.
+const IDLE_FRAMES: usize = 128;
 /// Free pipes kept per thread for splice(2) transfers (two descriptors each).
 const IDLE_PIPES: usize = 16;
 
@@ -62,6 +71,12 @@ pub struct Worker {
     /// Woken on this thread when a new set is published, so connects to servers that left are abandoned.
     set_changed: Notify,
     pub buffers: Buffers,
+    /// Heap blocks the futures of requests in flight live in.
+    pub frames: Frames,
+    /// Vectors the heads this thread writes are built in.
+    pub heads: HeadBufs,
+    /// Room for the fields of the head being parsed (never held across an await).
+    pub fields: RefCell<FieldStore>,
     /// Connections waiting for their next request.
     pub idle: IdleWaits,
     pub pipes: Pipes,
@@ -87,6 +102,9 @@ impl Worker {
             backends: RefCell::new(Cache::new(shared.backends.clone())),
             set_changed: Notify::new(),
             buffers: Buffers::new(BUFFER_SIZE, IDLE_BUFFERS),
+            frames: Frames::new(IDLE_FRAMES),
+            heads: HeadBufs::new(IDLE_HEADS),
+            fields: RefCell::default(),
             idle: IdleWaits::default(),
             pipes: Pipes::new(IDLE_PIPES),
             log: RefCell::new(Vec::new()),
@@ -241,6 +259,10 @@ impl Worker {
             return;
         }
         let mut buf = self.log.borrow_mut();
+        if buf.capacity() == 0 {
+            // Room for a whole batch at once, not grown by doubling: one allocation per batch of lines.
+            buf.reserve(LOG_BATCH + LONGEST_LOG_LINE);
+        }
         write(&mut buf);
         if buf.len() >= LOG_BATCH {
             drop(buf);
