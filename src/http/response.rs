@@ -76,9 +76,8 @@ pub fn parse_response_with<'a>(
     headers.reserve(resp.headers.len());
     let mut index = FieldIndex::default();
     for h in resp.headers.iter() {
-        if !fields::is_token(h.name.as_bytes()) || !fields::is_valid_value(h.value) {
-            return Err(HttpError::Malformed("invalid header"));
-        }
+        // httparse admits only these (request.rs's tests hold it to every byte), so they are not checked again.
+        debug_assert!(fields::is_token(h.name.as_bytes()) && fields::is_valid_value(h.value));
         index.note(h.name, h.value);
         headers.push((h.name, h.value));
     }
