@@ -112,6 +112,11 @@ impl IdleWaits {
                 }
             }
         }
+        // Every wait has ended: the table's memory goes back (a burst of idle connections leaves it large), and
+        // the tick is chosen again by the next waits.
+        *table.slots.borrow_mut() = Vec::new();
+        *table.free.borrow_mut() = Vec::new();
+        table.tick.set(None);
         table.sweeping.set(false);
     }
 }
@@ -154,5 +159,38 @@ impl Drop for Ticket<'_> {
         let table = &(self.1).0;
         table.slots.borrow_mut()[self.0 as usize] = Slot::default();
         table.free.borrow_mut().push(self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::IdleWaits;
+
+    #[test]
+    fn waits_run_out_and_the_table_gives_its_memory_back_once_empty() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        // Leaked: each spawned wait borrows the table for as long as the test runs.
+        let waits: &'static IdleWaits = Box::leak(Box::default());
+        local.block_on(&rt, async {
+            let started = Instant::now();
+            let never_ready = |_: &mut std::task::Context<'_>| Poll::Pending;
+            let burst: Vec<_> = (0..1000)
+                .map(|_| tokio::task::spawn_local(waits.wait(started, Duration::from_millis(20), never_ready)))
+                .collect();
+            assert!(waits.0.slots.borrow().capacity() >= 1000);
+            for wait in burst {
+                assert!(!wait.await.unwrap(), "a wait with nothing to read runs out");
+            }
+            while waits.0.sweeping.get() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        assert_eq!((waits.0.slots.borrow().capacity(), waits.0.free.borrow().capacity()), (0, 0));
     }
 }
