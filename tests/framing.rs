@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use common::{record, Backend, Proxy, Wire};
 
@@ -152,6 +154,23 @@ fn large_bodies_with(args: &[&str]) {
     let r = w.read_response(false).unwrap();
     assert_eq!(r.body.len(), 3 << 20);
     assert!(r.body.iter().all(|&b| b == b'x'));
+
+    // A client that reads slowly: the proxy holds what it cannot deliver yet and goes on reading the server.
+    let mut slow = TcpStream::connect(proxy.addr).unwrap();
+    slow.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut piece = [0u8; 32 << 10];
+    loop {
+        match slow.read(&mut piece).unwrap() {
+            0 => break,
+            n => got.extend_from_slice(&piece[..n]),
+        }
+        // The slowness under test: about 30 KiB every 2 ms, a tenth of the rate the server sends at.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    assert_eq!(got.len() - head_end, 3 << 20, "the whole body reached the slow client");
+    assert!(got[head_end..].iter().all(|&b| b == b'x'));
 }
 
 #[test]

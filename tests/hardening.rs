@@ -320,6 +320,18 @@ fn a_slow_upload_that_keeps_moving_is_not_cut_by_the_server_timeout() {
     let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-server", "1s", "--timeout-client", "1s"]);
     assert_eq!(slow_upload(proxy.addr, 16, Duration::from_millis(150)), 200, "the upload completes");
     assert_eq!(backend.wait_requests(1)[0].body.len(), 16 * 512);
+    // The same upload spliced (bodies above 4 KiB): each piece the server takes counts as progress too.
+    let spliced = Proxy::start(&[
+        "--backend",
+        &backend.arg(),
+        "--timeout-server",
+        "1s",
+        "--timeout-client",
+        "1s",
+        "--splice-min",
+        "4096",
+    ]);
+    assert_eq!(slow_upload(spliced.addr, 16, Duration::from_millis(150)), 200, "the spliced upload completes");
     // Inactivity still counts: a server that takes the whole body and never answers gets a 504.
     let silent = Backend::raw(|stream, _| {
         let mut w = Wire::new(stream);

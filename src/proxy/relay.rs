@@ -192,19 +192,24 @@ where
     R: AsyncRead + Unpin + RawTcp,
     W: AsyncWrite + Unpin + RawTcp,
 {
-    let (src_idle, dst_idle) = idle;
+    let dst_idle = idle.1;
     let splice_min = worker.config().limits.splice_min;
     let both_tcp = src.raw_tcp().is_some() && dst.raw_tcp().is_some();
     if let (Framer::Length(left), true) = (&mut *framer, both_tcp) {
-        if splice_min > 0 && *left >= splice_min {
+        // Without a pipe (no descriptor left for one, say) the body is copied instead.
+        let pipe = (splice_min > 0 && *left >= splice_min).then(|| worker.pipes.get().ok()).flatten();
+        if let Some(pipe) = pipe {
             let take = (*left).min(buf.len() as u64) as usize;
             if take > 0 {
                 body::write(dst, &buf[..take], dst_idle).await?;
                 buf.advance(take);
                 *left -= take as u64;
+                if let Some(p) = progress {
+                    p.add(take);
+                }
             }
             let (Some(from), Some(to)) = (src.raw_tcp(), dst.raw_tcp()) else { unreachable!("checked above") };
-            let moved = splice::forward_length(&worker.pipes, from, to, *left, src_idle, dst_idle).await?;
+            let moved = splice::forward_length(&worker.pipes, pipe, from, to, *left, idle, progress).await?;
             *framer = Framer::Done;
             return Ok(take as u64 + moved);
         }

@@ -89,10 +89,13 @@ async fn pump<R: AsyncRead + Unpin + RawTcp, W: AsyncWrite + Unpin + RawTcp>(
         if let (true, Some(from), Some(to)) =
             (splicing.min > 0 && moved.get() >= splicing.min, src.raw_tcp(), dst.raw_tcp())
         {
-            let spliced = splice::tunnel(splicing.pipes, from, to, |n| activity.moved(moved, n));
-            // Either way the destination learns that nothing more comes this way.
-            let _ = spliced.await;
-            break;
+            // Without a pipe (no descriptor left for one, say) this direction goes on copying.
+            if let Ok(pipe) = splicing.pipes.get() {
+                let spliced = splice::tunnel(splicing.pipes, pipe, from, to, |n| activity.moved(moved, n));
+                // Either way the destination learns that nothing more comes this way.
+                let _ = spliced.await;
+                break;
+            }
         }
         buf.reserve(16 * 1024);
         match src.read_buf(buf).await {
