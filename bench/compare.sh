@@ -12,6 +12,9 @@
 # shoal-base runs another shoal binary (an older build, say) with the plain listener only, to compare two
 # versions in one run.
 #
+# shoal-splice is shoal with `--splice-min ${SPLICE_MIN:-262144}` (1mib and post64k only), to compare its splice(2)
+# path with copying in the same run.
+#
 # Installs what it needs (HAProxy, nginx, wrk from Debian; oha from crates.io), builds shoal in release mode,
 # prints a table and writes it to bench/RESULTS.md. Every load is bounded in time (DURATION seconds) or count.
 set -euo pipefail
@@ -27,7 +30,7 @@ base_strict_limits() {
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 THREADS=${THREADS:-"1 2"}
-PROXIES=${PROXIES:-"shoal shoal-copy haproxy nginx"}
+PROXIES=${PROXIES:-"shoal shoal-splice haproxy nginx"}
 SCENARIOS=${SCENARIOS:-"small close 1mib post64k idle10k tls-small tls-close tls-idle10k"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE=${IDLE_SETTLE:-2}
@@ -125,12 +128,11 @@ start_proxy() {
   local proxy=$1 threads=$2 dir="$OUT/$1"
   mkdir -p "$dir"
   case $proxy in
-    shoal | shoal-copy | shoal-splice | shoal-log)
-      # shoal splices bodies of 256 KiB and more (its default); shoal-copy never does, shoal-splice from 64 KiB,
-      # to measure the threshold. shoal-log: the default with its access log on (to a file), to measure its cost.
-      local splice=262144 log=off
-      [ "$proxy" = shoal-copy ] && splice=0
-      [ "$proxy" = shoal-splice ] && splice=65536
+    shoal | shoal-splice | shoal-log)
+      # shoal-splice: the same with splice(2) for bodies of 256 KiB and more (shoal copies, its default).
+      # shoal-log: the same with its access log on (one line per request, to a file), to measure its cost.
+      local splice=0 log=off
+      [ "$proxy" = shoal-splice ] && splice=${SPLICE_MIN:-262144}
       [ "$proxy" = shoal-log ] && log=on
       "$ROOT/target/release/shoal" proxy --listen "127.0.0.1:$PROXY_PORT" --backend "s1=127.0.0.1:$BACKEND_PORT" \
         --tls-listen "127.0.0.1:$TLS_PORT" --tls-cert "$OUT/tls/site.pem" --gossip 127.0.0.1:0 \
@@ -309,10 +311,8 @@ main() {
           *) [ "$threads" = "$(echo "$THREADS" | awk '{print $1}')" ] && order="direct $PROXIES" ;;
         esac
         for proxy in $order; do
-          # Only bodies of 64 KiB and more are spliced: elsewhere shoal-copy and shoal-splice would be shoal again.
-          case $proxy in shoal-copy | shoal-splice)
-            if [ "$scenario" != 1mib ] && [ "$scenario" != post64k ]; then continue; fi ;;
-          esac
+          # Only large bodies are spliced: elsewhere shoal-splice would be shoal again.
+          if [ "$proxy" = shoal-splice ] && [ "$scenario" != 1mib ] && [ "$scenario" != post64k ]; then continue; fi
           pid=$(start_proxy "$proxy" "$threads")
           local port=$PROXY_PORT
           [ "$proxy" = direct ] && port=$BACKEND_PORT && pid=$backend

@@ -20,10 +20,6 @@ pub use cli::{AgentArgs, Cli, ClusterArgs, Command, DemoArgs, MembersArgs, Proxy
 use file::{DurationText, FileConfig, KeyList};
 pub use value::BackendSpec;
 
-/// Content-Length bodies from this size up are spliced by default: at 256 KiB and 1 MiB splice(2) cost a
-/// quarter to a third less CPU per response than copying, at 64 KiB the same (bench/README.md).
-const SPLICE_MIN: usize = 256 << 10;
-
 /// Timeouts, named as HAProxy users know them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -519,7 +515,7 @@ impl ProxyConfig {
                     1 << 24,
                 )?,
                 pool_max_idle: count(args.pool_max_idle, "pool-max-idle", &f.pool_max_idle, 64)?,
-                splice_min: count(args.splice_min.map(|v| v as usize), "splice-min", &f.splice_min, SPLICE_MIN)? as u64,
+                splice_min: count(args.splice_min.map(|v| v as usize), "splice-min", &f.splice_min, 0)? as u64,
             },
             access_log: args.access_log.or(f.access_log.as_ref().map(|v| *v.get_ref())).unwrap_or(true),
         };

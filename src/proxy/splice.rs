@@ -1,6 +1,6 @@
 //! Zero-copy forwarding of Content-Length bodies with splice(2): socket -> pipe -> socket, the bytes never
-//! copied into user space. Used above a size threshold (`--splice-min`), where it beats a copy; smaller bodies,
-//! chunked bodies and bytes already read into a buffer take the copy path.
+//! copied into user space. Used above a size threshold (`--splice-min`, off by default), where it saves CPU;
+//! smaller bodies, chunked bodies and bytes already read into a buffer take the copy path.
 //!
 //! A pipe may hold data across an await (the destination was not writable), so each transfer borrows its own
 //! pipe from a per-thread pool instead of sharing one.
@@ -16,8 +16,8 @@ use tokio::time::timeout;
 
 use super::body::{BodyError, Progress};
 
-/// Pipe size asked for; the kernel may grant less (its limit is in /proc/sys/fs/pipe-max-size). 256 KiB, not
-/// 1 MiB: with 1 MiB pipes 1 MiB responses had a p99 latency half as long again as with copying (bench/README.md).
+/// Pipe size asked for; the kernel may grant less (its limit is in /proc/sys/fs/pipe-max-size). 1 MiB pipes
+/// measured no better for 1 MiB responses (bench/README.md).
 const PIPE_SIZE: i32 = 256 << 10;
 
 pub struct Pipe {
@@ -164,9 +164,9 @@ pub async fn forward_length(
     Ok(len)
 }
 
-/// Copies `src` to `dst` through `pipe` (from `pipes`, which takes it back) until `src` ends (returns `Ok` with the bytes moved) or either side
-/// fails. No timeout of its own: a tunnel's idle limit covers both directions at once. `moved` is called
-/// after every delivery, so the caller can count bytes and note activity.
+/// Copies `src` to `dst` through `pipe` (from `pipes`, which takes it back) until `src` ends (returns `Ok`)
+/// or either side fails. No timeout of its own: a tunnel's idle limit covers both directions at once. `moved`
+/// is called after every delivery, so the caller can count bytes and note activity.
 pub async fn tunnel(
     pipes: &Pipes,
     pipe: Pipe,
