@@ -254,7 +254,12 @@ fn crowds_on_the_control_listeners_leave_the_data_plane_answering() {
     // And the operator gets in again once the crowd has gone.
     let start = Instant::now();
     loop {
-        let mut s = TcpStream::connect(proxy.runtime_api()).unwrap();
+        // A connect whose SYN meets a backlog the crowd still fills is retried by the kernel only after 1, 3,
+        // 7 ... seconds, longer than this whole wait: each attempt gets a second, then a fresh SYN.
+        let Ok(mut s) = TcpStream::connect_timeout(&proxy.runtime_api(), Duration::from_secs(1)) else {
+            assert!(start.elapsed() < Duration::from_secs(90), "the runtime API never accepted again");
+            continue;
+        };
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         s.write_all(b"show info\n").unwrap();
         let mut out = String::new();
