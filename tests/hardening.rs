@@ -270,6 +270,48 @@ fn crowds_on_the_control_listeners_leave_the_data_plane_answering() {
     }
 }
 
+/// Opens `n` connections to `addr` that say nothing. The kernel queues them in order, so the proxy accepts
+/// them in order, before any connection opened after.
+fn silent_sessions(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect()
+}
+
+/// The oldest silent connection was closed by the proxy; the others are still open.
+fn quietest_closed(silent: Vec<TcpStream>) {
+    let mut byte = [0u8; 1];
+    silent[0].set_read_timeout(Some(WAIT)).unwrap();
+    assert!(matches!((&silent[0]).read(&mut byte), Ok(0) | Err(_)), "the quietest session was closed");
+    for s in &silent[1..] {
+        s.set_nonblocking(true).unwrap();
+        let e = (&*s).read(&mut byte).expect_err("the other sessions are still open");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    }
+}
+
+#[test]
+fn silent_connections_holding_every_control_slot_give_the_quietest_to_the_operator() {
+    let proxy = Proxy::start(&["--access-log", "off"]);
+    // The runtime API serves 10 sessions, each silent for up to 60 s before it is let go: the operator is
+    // answered well before that, the quietest session closed for it.
+    let silent = silent_sessions(proxy.runtime_api(), 10);
+    let mut operator = TcpStream::connect(proxy.runtime_api()).unwrap();
+    operator.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    operator.write_all(b"show info\n").unwrap();
+    let mut out = String::new();
+    operator.read_to_string(&mut out).unwrap();
+    assert!(out.contains("Name: shoal"), "the operator was answered: {out:?}");
+    quietest_closed(silent);
+    // The admin listener's 32, silent for up to 5 s each.
+    let silent = silent_sessions(proxy.admin(), 32);
+    let mut scraper = TcpStream::connect(proxy.admin()).unwrap();
+    scraper.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    scraper.write_all(b"GET /;csv HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = scraper.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "the scraper was answered: {out:?}");
+    quietest_closed(silent);
+}
+
 #[test]
 fn the_runtime_api_can_be_off_and_the_admin_page_locked() {
     let proxy = Proxy::start(&["--runtime-api", "off", "--admin-auth", "ops:s3cret"]);

@@ -3,7 +3,7 @@
 //! per-thread counters summed at read time; and the runtime API ([`runtime`]).
 //!
 //! Both listeners are bounded so that no client of theirs can starve the data plane: a few connections at a
-//! time (more wait in the kernel's accept queue, holding no descriptor of ours), a deadline on every read and
+//! time (a newcomer takes the slot of the one quiet longest, see [`sessions`]), a deadline on every read and
 //! write, a cap on what one request may make us buffer.
 
 mod csv;
@@ -12,6 +12,7 @@ pub mod members;
 mod page;
 mod prometheus;
 pub mod runtime;
+mod sessions;
 mod stats;
 
 use std::io;
@@ -19,11 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::http::request::parse_request;
 use crate::http::HeadLimits;
 use crate::proxy::Shared;
+use sessions::serve_listener;
 
 const READ_LIMIT: usize = 8 * 1024;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,7 +40,7 @@ pub fn start(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result
         listener.local_addr()?,
         if auth.is_some() { " (basic authentication)" } else { "" }
     );
-    serve_listener("shoal-admin", listener, shared.clone(), ADMIN_CONNECTIONS, move |stream| {
+    serve_listener("shoal-admin", listener, shared.clone(), ADMIN_CONNECTIONS, move |stream, _| {
         serve(stream, shared.clone(), auth.clone())
     })
 }
@@ -47,62 +49,6 @@ pub fn start(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result
 pub(crate) fn basic_credentials(user_pass: &str) -> String {
     use base64::Engine;
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(user_pass))
-}
-
-/// Accepts on `listener` on a thread of its own, running `handle` for each connection, at most `max` at once,
-/// until shutdown.
-fn serve_listener<F, Fut>(
-    name: &str,
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    max: usize,
-    handle: F,
-) -> io::Result<()>
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    let slots = Arc::new(tokio::sync::Semaphore::new(max));
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name(name.into()).spawn(move || {
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, async move {
-            let listener = match TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => return tracing::error!("admin: {e}"),
-            };
-            let mut shutdown = shared.shutdown.clone();
-            // Shared also holds the access log's sender: this thread lets go of it at shutdown (by returning,
-            // which drops the handler and every connection still served), so the log thread can end.
-            drop(shared);
-            loop {
-                // No slot, no accept: the connection waits in the kernel's queue, costing no descriptor.
-                let accepted = tokio::select! {
-                    accepted = async {
-                        let slot = slots.clone().acquire_owned().await;
-                        (slot, listener.accept().await)
-                    } => accepted,
-                    _ = shutdown.wait_for(|stopping| *stopping) => return,
-                };
-                match accepted {
-                    (Ok(slot), Ok((stream, _))) => {
-                        let served = handle(stream);
-                        tokio::task::spawn_local(async move {
-                            served.await;
-                            drop(slot);
-                        });
-                    }
-                    (_, Err(e)) => {
-                        tracing::warn!("admin accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    (Err(_), _) => return,
-                }
-            }
-        });
-    })?;
-    Ok(())
 }
 
 async fn serve(mut stream: TcpStream, shared: Arc<Shared>, auth: Option<Arc<str>>) {

@@ -10,8 +10,9 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use super::csv;
+use super::sessions::{serve_listener, Heard};
 use super::stats::{Snapshot, BACKEND};
-use super::{csv, serve_listener};
 use crate::balance::{Publisher, ServerState};
 use crate::proxy::Shared;
 
@@ -46,12 +47,12 @@ pub fn start(
     publisher: Arc<Mutex<Publisher>>,
 ) -> std::io::Result<()> {
     tracing::info!("runtime API on {}", listener.local_addr()?);
-    serve_listener("shoal-runtime", listener, shared.clone(), SESSIONS, move |stream| {
-        session(stream, shared.clone(), publisher.clone())
+    serve_listener("shoal-runtime", listener, shared.clone(), SESSIONS, move |stream, heard| {
+        session(stream, heard, shared.clone(), publisher.clone())
     })
 }
 
-async fn session(stream: TcpStream, shared: Arc<Shared>, publisher: Arc<Mutex<Publisher>>) {
+async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher: Arc<Mutex<Publisher>>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut interactive = false;
@@ -62,6 +63,7 @@ async fn session(stream: TcpStream, shared: Arc<Shared>, publisher: Arc<Mutex<Pu
         if n == 0 {
             return;
         }
+        heard.now();
         if !line.ends_with('\n') && n >= LINE_LIMIT {
             // Its tail would otherwise be read as a command of its own.
             let _ = tokio::time::timeout(WRITE, write.write_all(b"Line too long.\n\n")).await;

@@ -1,0 +1,120 @@
+//! The control listeners' accept loop: a few sessions at a time on a thread of their own, and when every
+//! slot is taken, the session whose client has been quiet longest gives its slot to the newcomer.
+//!
+//! Waiting for a free slot instead (the connection left in the kernel's queue) let clients that were gone hold
+//! the slots: after a crowd, a connection whose handshake completed late is accepted with its data and FIN still
+//! in the client's retransmission back-off, and sat in a slot, silent, for up to the session's idle limit while
+//! the operator queued behind it.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+use crate::proxy::Shared;
+
+/// When a session last heard from its client; the handler marks each command it reads.
+#[derive(Clone)]
+pub struct Heard(Rc<Cell<Instant>>);
+
+impl Heard {
+    fn new() -> Self {
+        Heard(Rc::new(Cell::new(Instant::now())))
+    }
+
+    pub fn now(&self) {
+        self.0.set(Instant::now());
+    }
+}
+
+struct Session {
+    id: u64,
+    heard: Heard,
+    task: AbortHandle,
+}
+
+/// The sessions being served, at most `max`.
+struct Slots {
+    max: usize,
+    next_id: Cell<u64>,
+    live: RefCell<Vec<Session>>,
+}
+
+impl Slots {
+    /// Makes room for one more session: closes the quietest one if every slot is taken.
+    fn make_room(&self) {
+        let mut live = self.live.borrow_mut();
+        if live.len() < self.max {
+            return;
+        }
+        let Some(quietest) = (0..live.len()).min_by_key(|&i| live[i].heard.0.get()) else { return };
+        let evicted = live.swap_remove(quietest);
+        evicted.task.abort();
+        tracing::debug!("control listener full: closed the session quiet for {:?}", evicted.heard.0.get().elapsed());
+    }
+
+    fn ended(&self, id: u64) {
+        self.live.borrow_mut().retain(|s| s.id != id);
+    }
+}
+
+/// Accepts on `listener` on a thread of its own, running `handle` for each connection, at most `max` at once,
+/// until shutdown.
+pub fn serve_listener<F, Fut>(
+    name: &str,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    max: usize,
+    handle: F,
+) -> io::Result<()>
+where
+    F: Fn(TcpStream, Heard) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return tracing::error!("admin: {e}"),
+            };
+            let mut shutdown = shared.shutdown.clone();
+            // Shared also holds the access log's sender: this thread lets go of it at shutdown (by returning,
+            // which drops the handler and every connection still served), so the log thread can end.
+            drop(shared);
+            let slots = Rc::new(Slots { max: max.max(1), next_id: Cell::new(0), live: RefCell::new(Vec::new()) });
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = shutdown.wait_for(|stopping| *stopping) => return,
+                };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!("admin accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                slots.make_room();
+                let id = slots.next_id.get();
+                slots.next_id.set(id + 1);
+                let heard = Heard::new();
+                let served = handle(stream, heard.clone());
+                let ending = slots.clone();
+                let task = tokio::task::spawn_local(async move {
+                    served.await;
+                    ending.ended(id);
+                });
+                slots.live.borrow_mut().push(Session { id, heard, task: task.abort_handle() });
+            }
+        });
+    })?;
+    Ok(())
+}
