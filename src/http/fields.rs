@@ -268,17 +268,18 @@ impl ConnectionOptions {
 /// Framing fields (Content-Length, Transfer-Encoding) are listed too: the proxy writes its own from the framing
 /// it decided, so a peer can never make the two hops frame a message differently.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: &[&[u8]] = &[
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"transfer-encoding",
-        b"content-length",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    // By length first: it runs for every field of every head, and most fields have a length no hop-by-hop
+    // name has.
+    let is = |hop: &[u8]| name.eq_ignore_ascii_case(hop);
+    match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        14 => is(b"content-length"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        _ => false,
+    }
 }
 
 /// Fields whose removal a client's Connection header may never ask for: the proxy relies on them.
@@ -367,9 +368,21 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_protected() {
-        assert!(is_hop_by_hop(b"Connection"));
-        assert!(is_hop_by_hop(b"TE"));
-        assert!(!is_hop_by_hop(b"host"));
+        for hop in [
+            "Connection",
+            "KEEP-ALIVE",
+            "proxy-connection",
+            "TE",
+            "Trailer",
+            "upgrade",
+            "Transfer-Encoding",
+            "content-length",
+        ] {
+            assert!(is_hop_by_hop(hop.as_bytes()), "{hop}");
+        }
+        for end_to_end in ["host", "tf", "trailers", "connectio", "content-lengthx", "transfer-encodinG ", "x"] {
+            assert!(!is_hop_by_hop(end_to_end.as_bytes()), "{end_to_end}");
+        }
         assert!(is_protected(b"X-Forwarded-For"));
         assert!(!is_protected(b"x-custom"));
     }
