@@ -390,6 +390,67 @@ fn a_slow_upload_that_keeps_moving_is_not_cut_by_the_server_timeout() {
     assert_eq!(slow_upload(proxy.addr, 2, Duration::from_millis(10)), 504);
 }
 
+/// The descriptors `pid` holds, as numbers, and how many of them are pipes.
+fn descriptor_numbers(pid: u32) -> (Vec<u64>, usize) {
+    let mut numbers = Vec::new();
+    let mut pipes = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        numbers.push(entry.file_name().to_string_lossy().parse().unwrap());
+        let link = std::fs::read_link(entry.path()).map(|l| l.display().to_string()).unwrap_or_default();
+        pipes += usize::from(link.starts_with("pipe:"));
+    }
+    numbers.sort_unstable();
+    (numbers, pipes)
+}
+
+#[test]
+fn a_body_to_splice_is_copied_when_no_pipe_can_be_had() {
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let body = big.clone();
+    let backend = Backend::http(move |req| {
+        if !req.start_line().starts_with("GET /big ") {
+            return common::ok("small");
+        }
+        let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        response.extend_from_slice(&body);
+        response
+    });
+    // One data-plane thread, so the upstream connection pooled by the first request serves the second.
+    let proxy =
+        Proxy::start(&["--backend", &backend.arg(), "--threads", "1", "--splice-min", "4096", "--access-log", "off"]);
+    let mut client = Wire::connect(proxy.addr);
+    client.send(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(client.read_response(false).unwrap().body, b"small");
+    let with_client = open_descriptors(proxy.pid());
+    drop(client);
+    wait_until("the first client's descriptor closed", || open_descriptors(proxy.pid()) == with_client - 1);
+    // Room for exactly one more descriptor (the next client's): no pipe can be made for the splice.
+    let (held, pipes_before) = descriptor_numbers(proxy.pid());
+    let mut free = (0..).filter(|n| held.binary_search(n).is_err());
+    let (_one, second) = (free.next().unwrap(), free.next().unwrap());
+    limit_descriptors(proxy.pid(), second);
+    let mut client = Wire::connect(proxy.addr);
+    client.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    let response = client.read_response(false).expect("a whole response");
+    assert_eq!(response.status(), 200);
+    assert!(response.body == big, "the body arrived whole and in order ({} bytes)", response.body.len());
+    let (_, pipes_after) = descriptor_numbers(proxy.pid());
+    assert_eq!(pipes_after, pipes_before, "no pipe was made: the body was copied");
+    limit_descriptors(proxy.pid(), u64::MAX);
+    // With descriptors again, the same request is spliced through a pipe the thread then keeps.
+    client.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(client.read_response(false).unwrap().body == big);
+    wait_until("the spliced transfer's pipe kept", || descriptor_numbers(proxy.pid()).1 == pipes_before + 2);
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "waited in vain: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_connection_limit_the_descriptor_limit_cannot_hold_is_refused_at_start() {
     let out = common::shoal()
