@@ -1,23 +1,22 @@
 //! Per-thread pools of buffers: read buffers (an idle connection holds none, a busy one borrows one) and the
 //! vectors heads are written into.
 
-use std::cell::RefCell;
-
 use bytes::BytesMut;
 
+use super::free_list::FreeList;
+
 pub struct Buffers {
-    free: RefCell<Vec<BytesMut>>,
+    free: FreeList<BytesMut>,
     size: usize,
-    keep: usize,
 }
 
 impl Buffers {
     pub fn new(size: usize, keep: usize) -> Buffers {
-        Buffers { free: RefCell::new(Vec::new()), size, keep }
+        Buffers { free: FreeList::new(keep), size }
     }
 
     pub fn get(&self) -> BytesMut {
-        match self.free.borrow_mut().pop() {
+        match self.free.take() {
             Some(mut b) => {
                 b.clear();
                 b.reserve(self.size);
@@ -30,19 +29,22 @@ impl Buffers {
     /// Returns a buffer; its unread bytes must already have been consumed.
     pub fn put(&self, b: BytesMut) {
         debug_assert!(b.is_empty());
-        let mut free = self.free.borrow_mut();
         // Buffers that grew for a body are not kept: an idle thread should not sit on 64 KiB blocks.
-        if (self.size / 2..=self.size * 4).contains(&b.capacity()) && free.len() < self.keep {
-            free.push(b);
+        if (self.size / 2..=self.size * 4).contains(&b.capacity()) {
+            self.free.put(b);
         }
+    }
+
+    /// Gives back the spares unused since the last call (see [`FreeList::trim`]).
+    pub fn trim(&self) {
+        self.free.trim();
     }
 }
 
 /// Per-thread spare vectors for the heads the proxy writes (a request to its server, a response to its
 /// client): each is borrowed for one request and comes back when dropped, so a warm thread allocates none.
 pub struct HeadBufs {
-    free: RefCell<Vec<Vec<u8>>>,
-    keep: usize,
+    free: FreeList<Vec<u8>>,
 }
 
 /// A head being written, borrowed from its thread's [`HeadBufs`].
@@ -56,14 +58,19 @@ const LARGEST_KEPT_HEAD: usize = 16 << 10;
 
 impl HeadBufs {
     pub fn new(keep: usize) -> HeadBufs {
-        HeadBufs { free: RefCell::new(Vec::new()), keep }
+        HeadBufs { free: FreeList::new(keep) }
     }
 
     /// An empty vector with room for at least `capacity` bytes.
     pub fn get(&self, capacity: usize) -> HeadBuf<'_> {
-        let mut bytes = self.free.borrow_mut().pop().unwrap_or_default();
+        let mut bytes = self.free.take().unwrap_or_default();
         bytes.reserve(capacity);
         HeadBuf { bytes, owner: self }
+    }
+
+    /// Gives back the spares unused since the last call (see [`FreeList::trim`]).
+    pub fn trim(&self) {
+        self.free.trim();
     }
 }
 
@@ -82,11 +89,10 @@ impl std::ops::DerefMut for HeadBuf<'_> {
 
 impl Drop for HeadBuf<'_> {
     fn drop(&mut self) {
-        let mut free = self.owner.free.borrow_mut();
-        if self.bytes.capacity() <= LARGEST_KEPT_HEAD && free.len() < self.owner.keep {
+        if self.bytes.capacity() <= LARGEST_KEPT_HEAD {
             let mut bytes = std::mem::take(&mut self.bytes);
             bytes.clear();
-            free.push(bytes);
+            self.owner.free.put(bytes);
         }
     }
 }

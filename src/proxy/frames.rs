@@ -6,11 +6,12 @@
 //! nothing per request.
 
 use std::alloc::{self, Layout};
-use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::task::{Context, Poll};
+
+use super::free_list::FreeList;
 
 /// Every block has this layout: the largest request future fits (checked when each one is built).
 const BLOCK: Layout = match Layout::from_size_align(4096, 64) {
@@ -20,8 +21,25 @@ const BLOCK: Layout = match Layout::from_size_align(4096, 64) {
 
 /// Free blocks of one thread.
 pub struct Frames {
-    free: RefCell<Vec<NonNull<u8>>>,
-    keep: usize,
+    free: FreeList<Block>,
+}
+
+/// A free block, deallocated when dropped.
+struct Block(NonNull<u8>);
+
+impl Block {
+    fn new() -> Block {
+        // SAFETY: BLOCK has a non-zero size.
+        let raw = unsafe { alloc::alloc(BLOCK) };
+        Block(NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(BLOCK)))
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: every block was allocated with BLOCK, and a `Block` is one no future uses.
+        unsafe { alloc::dealloc(self.0.as_ptr(), BLOCK) };
+    }
 }
 
 /// A future pinned in a block of its thread's [`Frames`]; the block goes back when this is dropped.
@@ -33,7 +51,7 @@ pub struct Frame<'f, F: Future> {
 impl Frames {
     /// Keeps at most `keep` free blocks; beyond that they go back to the allocator.
     pub fn new(keep: usize) -> Frames {
-        Frames { free: RefCell::new(Vec::new()), keep }
+        Frames { free: FreeList::new(keep) }
     }
 
     /// Moves `future` into a block: a reused one, or a new one if none is free.
@@ -41,35 +59,19 @@ impl Frames {
         const {
             assert!(size_of::<F>() <= BLOCK.size() && align_of::<F>() <= BLOCK.align(), "a request future fits");
         }
-        let block = self.free.borrow_mut().pop().unwrap_or_else(|| {
-            // SAFETY: BLOCK has a non-zero size.
-            let raw = unsafe { alloc::alloc(BLOCK) };
-            NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(BLOCK))
-        });
-        let future_ptr = block.cast::<F>();
+        let block = self.free.take().unwrap_or_else(Block::new);
+        let future_ptr = block.0.cast::<F>();
+        // The block is the Frame's now, until it drops the future and gives the block back.
+        std::mem::forget(block);
         // SAFETY: the block is BLOCK-sized and aligned, which holds an F (checked above), and no one else
         // uses it: it was just allocated or taken off the free list.
         unsafe { future_ptr.as_ptr().write(future) };
         Frame { future: future_ptr, frames: self }
     }
 
-    fn give_back(&self, block: NonNull<u8>) {
-        let mut free = self.free.borrow_mut();
-        if free.len() < self.keep {
-            free.push(block);
-        } else {
-            // SAFETY: every block was allocated with BLOCK, and this one is no longer used.
-            unsafe { alloc::dealloc(block.as_ptr(), BLOCK) };
-        }
-    }
-}
-
-impl Drop for Frames {
-    fn drop(&mut self) {
-        for block in self.free.get_mut().drain(..) {
-            // SAFETY: as in give_back: allocated with BLOCK, free.
-            unsafe { alloc::dealloc(block.as_ptr(), BLOCK) };
-        }
+    /// Gives back the blocks unused since the last call (see [`FreeList::trim`]).
+    pub fn trim(&self) {
+        self.free.trim();
     }
 }
 
@@ -87,7 +89,7 @@ impl<F: Future> Drop for Frame<'_, F> {
     fn drop(&mut self) {
         // SAFETY: the future is live (written in `pin`, dropped only here) and is not used again.
         unsafe { std::ptr::drop_in_place(self.future.as_ptr()) };
-        self.frames.give_back(self.future.cast());
+        self.frames.free.put(Block(self.future.cast()));
     }
 }
 
@@ -135,6 +137,6 @@ mod tests {
         });
         drop(unfinished);
         assert_eq!(drops.get(), 4);
-        assert_eq!(frames.free.borrow().len(), 1);
+        assert_eq!(frames.free.len(), 1);
     }
 }

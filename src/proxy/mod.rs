@@ -13,6 +13,7 @@ mod client;
 mod control;
 mod exchange;
 mod frames;
+mod free_list;
 mod handover;
 #[doc(hidden)]
 pub mod harness;

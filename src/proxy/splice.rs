@@ -5,7 +5,6 @@
 //! A pipe may hold data across an await (the destination was not writable), so each transfer borrows its own
 //! pipe from a per-thread pool instead of sharing one.
 
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::body::{BodyError, Progress};
+use super::free_list::FreeList;
 
 /// Pipe size asked for; the kernel may grant less (its limit is in /proc/sys/fs/pipe-max-size). 1 MiB pipes
 /// measured no better for 1 MiB responses (bench/README.md).
@@ -46,29 +46,27 @@ impl Pipe {
 
 /// Idle pipes of one thread.
 pub struct Pipes {
-    free: RefCell<Vec<Pipe>>,
-    keep: usize,
+    free: FreeList<Pipe>,
 }
 
 impl Pipes {
     pub fn new(keep: usize) -> Pipes {
-        Pipes { free: RefCell::new(Vec::new()), keep }
+        Pipes { free: FreeList::new(keep) }
     }
 
     /// A free pipe, or a new one; an error (out of descriptors, say) means the caller copies instead.
     pub fn get(&self) -> io::Result<Pipe> {
-        match self.free.borrow_mut().pop() {
-            Some(p) => Ok(p),
-            None => Pipe::new(),
-        }
+        self.free.take().map_or_else(Pipe::new, Ok)
     }
 
     /// Takes back an empty pipe; one that may still hold bytes is closed instead.
     fn put(&self, pipe: Pipe) {
-        let mut free = self.free.borrow_mut();
-        if free.len() < self.keep {
-            free.push(pipe);
-        }
+        self.free.put(pipe);
+    }
+
+    /// Closes the pipes unused since the last call (see [`FreeList::trim`]).
+    pub fn trim(&self) {
+        self.free.trim();
     }
 }
 

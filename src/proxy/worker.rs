@@ -270,6 +270,15 @@ impl Worker {
         }
     }
 
+    /// Gives back the spare buffers, head vectors, future blocks and pipes no request took in the last
+    /// housekeeping interval: after a burst, an idle thread keeps none of the burst's memory.
+    fn trim_spares(&self) {
+        self.buffers.trim();
+        self.heads.trim();
+        self.frames.trim();
+        self.pipes.trim();
+    }
+
     fn flush_log(&self) {
         let batch = std::mem::take(&mut *self.log.borrow_mut());
         if let (false, Some(sink)) = (batch.is_empty(), &self.shared.log) {
@@ -357,6 +366,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         if ticks * (LOG_FLUSH_EVERY.as_millis() as u32) >= HOUSEKEEPING_EVERY.as_millis() as u32 {
             ticks = 0;
             worker.pool.borrow_mut().sweep();
+            worker.trim_spares();
             worker.timings.borrow_mut().publish();
             crate::memory::return_freed();
         }
