@@ -95,4 +95,42 @@ for (s, th, px) in sorted((k for k in groups if not k[0].endswith("idle10k")),
         s, th, "backend direct" if px == "direct" else px, rps, per(client), per(backend),
         "-" if px == "direct" else "%.1f" % per(proxy_cpu), per(total), total / float(duration)))
 out.append("")
+
+# The machine drifts during a long run (a fifth slower from the first round to the last, seen here), and the
+# medians above come from different rounds for each proxy: a ratio of medians can move by more than the
+# difference it measures. Each round runs every proxy back to back, so the ratio within a round is paired.
+def cpu_per_request(r):
+    try:
+        return float(r["cpu_s"]) / float(r["rps"])
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def paired(rs, against, value):
+    """Median over rounds of value(r) / value(the `against` row of the same round)."""
+    by_run = {r["run"]: r for r in against}
+    ratios = []
+    for r in rs:
+        o = by_run.get(r["run"])
+        a, b = value(r), value(o) if o else None
+        if a and b:
+            ratios.append(a / b)
+    return "%.2fx (%.2f-%.2f)" % (statistics.median(ratios), min(ratios), max(ratios)) if ratios else "-"
+
+
+paired_rows = []
+for (s, th, px) in sorted((k for k in groups if not k[0].endswith("idle10k") and k[2] not in ("direct", "haproxy")),
+                          key=lambda k: (scenarios.index(k[0]), int(k[1]), ORDER.get(k[2], 9))):
+    rs = groups[(s, th, px)]
+    hrs = groups.get((s, th, "haproxy"), [])
+    srs = groups.get((s, th, "shoal"), []) if px.startswith("shoal-") else []
+    paired_rows.append("| %s | %s | %s | %s | %s | %s |" % (
+        s, th, px, paired(rs, hrs, cpu_per_request), paired(rs, hrs, lambda r: float(r["rps"])),
+        paired(rs, srs, cpu_per_request) if srs else "-"))
+if paired_rows:
+    out += ["## Paired ratios", "",
+            "Medians (and ranges) of the ratio within each round, where every proxy ran back to back: robust to",
+            "the machine's drift over a run, which the ratios of medians above are not.", "",
+            "| scenario | threads | proxy | CPU us/req vs HAProxy | requests/s vs HAProxy | CPU us/req vs shoal |",
+            "|---|---|---|---|---|---|"] + paired_rows + [""]
 print("\n".join(out))
