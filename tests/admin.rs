@@ -249,11 +249,13 @@ fn latencies_show_which_server_made_clients_wait() {
     let waited = count(&bodies, "slow") as u64;
     assert!(waited > 0 && waited < 8, "round robin sent requests to both: {bodies:?}");
 
-    // Latencies are published a moment after the counters: wait until every request is in them.
+    // Latencies are published a moment after the counters: wait until every request is in them. Each thread
+    // publishes its servers', then the backend's, then the frontends' figures, so the frontend's count is the
+    // last to cover a request (waiting on the backend's, a read between the two saw the frontend at 3 of 8).
     let start = Instant::now();
     let metrics = loop {
         let (_, metrics) = admin_get(&proxy, "/metrics");
-        let line = format!("shoal_backend_total_seconds_count {}", 8);
+        let line = format!("shoal_frontend_total_seconds_count{{frontend=\"http\"}} {}", 8);
         if metrics.lines().any(|l| l == line) {
             break metrics;
         }
