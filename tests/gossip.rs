@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::capture::Capture;
-use common::{Agent, Backend, Proxy, TempFile, WAIT};
+use common::{wait_until, Agent, Backend, Proxy, TempFile};
 
 fn named_backend(name: &'static str) -> Backend {
     Backend::http(move |_| common::ok(name))
@@ -17,14 +17,6 @@ fn named_backend(name: &'static str) -> Backend {
 
 fn refused(proxy: &Proxy, reason: &str) -> u64 {
     proxy.metric(&format!("shoal_gossip_packets_refused_total{{reason=\"{reason}\"}}"))
-}
-
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Polls GET / until the body is `body`.

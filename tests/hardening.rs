@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{open_descriptors, Backend, Process, Proxy, Wire, WAIT};
+use common::{open_descriptors, wait_until, Backend, Process, Proxy, Wire, WAIT};
 
 /// Polls until something accepts on `addr`.
 fn wait_listening(addr: SocketAddr) {
@@ -441,14 +441,6 @@ fn a_body_to_splice_is_copied_when_no_pipe_can_be_had() {
     client.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(client.read_response(false).unwrap().body == big);
     wait_until("the spliced transfer's pipe kept", || descriptor_numbers(proxy.pid()).1 == pipes_before + 2);
-}
-
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "waited in vain: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::http_get;
 use common::lab::{Host, Lab};
-use common::{Lines, Process, WAIT};
+use common::{wait_until, Lines, Process, WAIT};
 
 const GOSSIP: u16 = 7946;
 const HTTP: u16 = 80;
@@ -259,14 +259,6 @@ fn a_node_on_several_networks_advertises_the_one_that_reaches_its_seed() {
         up.contains("10.77.0.2:7946") && up.contains("10.77.0.2:3000"),
         "advertised and served at the reachable IP: {up}"
     );
-}
-
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Steady load from the proxy's host, a new connection per request with a 2 s budget each, while web node n2

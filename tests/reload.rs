@@ -9,16 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::certs::Pki;
-use common::{free_port, Backend, Proxy, TempFile, WAIT};
-
-fn wait_until(what: &str, done: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    start.elapsed()
-}
+use common::{free_port, wait_until, Backend, Proxy, TempFile};
 
 fn config(listen: &[String], backends: &[&Backend]) -> String {
     let listen: Vec<String> = listen.iter().map(|a| format!("\"{a}\"")).collect();

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Backend, Proxy, WAIT};
+use common::{wait_until, Agent, Backend, Proxy};
 
 /// A copy of the shoal binary in a directory of its own, so the test can replace it; removed on drop.
 struct BinaryCopy {
@@ -71,14 +71,6 @@ impl Drop for KillFromPidFile {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

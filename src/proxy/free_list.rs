@@ -42,18 +42,13 @@ impl<T> FreeList<T> {
     /// Drops the spares no one took since the last trim (the oldest, at the bottom); once a housekeeping
     /// interval.
     pub fn trim(&self) {
-        let unused = {
-            let mut inner = self.inner.borrow_mut();
-            let n = inner.low.min(inner.items.len());
-            let unused: Vec<T> = inner.items.drain(..n).collect();
-            if inner.items.is_empty() {
-                inner.items = Vec::new();
-            }
-            inner.low = inner.items.len();
-            unused
-        };
-        // Dropped outside the borrow: an item's drop may not reach back into this list.
-        drop(unused);
+        let mut inner = self.inner.borrow_mut();
+        let unused = inner.low.min(inner.items.len());
+        inner.items.drain(..unused);
+        if inner.items.is_empty() {
+            inner.items = Vec::new();
+        }
+        inner.low = inner.items.len();
     }
 
     #[cfg(test)]

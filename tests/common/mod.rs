@@ -721,6 +721,16 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The descriptors a process has open (0 once it is gone).
+/// Polls `done` until it holds (failing after `WAIT`); returns how long that took.
+pub fn wait_until(what: &str, done: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
 pub fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
