@@ -720,7 +720,6 @@ pub fn rss_kib(pid: u32) -> u64 {
     status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// The descriptors a process has open (0 once it is gone).
 /// Polls `done` until it holds (failing after `WAIT`); returns how long that took.
 pub fn wait_until(what: &str, done: impl Fn() -> bool) -> Duration {
     let start = Instant::now();
@@ -731,6 +730,7 @@ pub fn wait_until(what: &str, done: impl Fn() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// The descriptors a process has open (0 once it is gone).
 pub fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
