@@ -8,6 +8,11 @@
 #   SHOAL_BASE=/path/to/older/shoal PROXIES="shoal shoal-base haproxy" SCENARIOS="small close" bench/compare.sh
 #   PROXIES="shoal shoal-log haproxy" SCENARIOS="small close" bench/compare.sh   # the access log's cost
 #   IDLE_CONNS=18000 MAXCONN=19000 SCENARIOS=idle10k THREADS=1 bench/compare.sh   # as many as 20,000 fds allow
+#   CONGESTION=cubic SCENARIOS=1mib bench/compare.sh   # every proxy under another TCP congestion control
+#
+# CONGESTION sets net.ipv4.tcp_congestion_control for the run and puts the machine's back at the end. It
+# matters for large bodies: BBR without the fq qdisc paces each socket with its own timers, which cost every
+# proxy about 300 us per 1 MiB response here and took splice(2)'s saving away (bench/README.md).
 #
 # shoal-base runs another shoal binary (an older build, say) with the plain listener only, to compare two
 # versions in one run.
@@ -287,20 +292,43 @@ idle() {
 
 machine() {
   echo "- CPU: $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2}'), $(nproc) cores; $(free -g | awk '/Mem:/ {print $2}') GiB RAM"
-  echo "- Kernel: $(uname -r); $(. /etc/os-release && echo "$PRETTY_NAME")"
+  echo "- Kernel: $(uname -r); $(. /etc/os-release && echo "$PRETTY_NAME"); TCP congestion control $(sysctl -n net.ipv4.tcp_congestion_control), loopback qdisc $(tc qdisc show dev lo | awk '{print $2; exit}')"
   echo "- $(haproxy -v | head -1 | cut -d' ' -f1-3); $(nginx -v 2>&1 | cut -d' ' -f3); wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2); $(oha --version)"
   echo "- shoal $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+dirty'), release build"
 }
 
-main() {
-  install
+# Switches every socket opened from now on to $CONGESTION; prints the setting to restore.
+set_congestion() {
+  local was
+  was=$(sysctl -n net.ipv4.tcp_congestion_control)
+  if ! sysctl -qw net.ipv4.tcp_congestion_control="$CONGESTION"; then
+    echo "CONGESTION=$CONGESTION: not one of $(sysctl -n net.ipv4.tcp_available_congestion_control)" >&2
+    return 1
+  fi
+  echo "$was"
+}
+
+restore_congestion() {
+  [ -z "${1:-}" ] || sysctl -qw net.ipv4.tcp_congestion_control="$1"
+}
+
+# Sets the congestion control, starts the nginx backend (its pid in $backend) and undoes both at exit.
+start_backend() {
   mkdir -p "$OUT"
   write_certificate
   write_backend
+  # Before any listener opens: accepted connections take their listener's congestion control.
+  local congestion_was=""
+  if [ -n "${CONGESTION:-}" ]; then congestion_was=$(set_congestion) || exit 1; fi
   nginx -c "$OUT/backend/nginx.conf" -p "$OUT/backend" &
-  local backend=$!
-  trap 'kill -TERM '"$backend"' 2>/dev/null || true' EXIT
+  backend=$!
+  trap 'kill -TERM '"$backend"' 2>/dev/null || true; restore_congestion '"$congestion_was" EXIT
   wait_port "$BACKEND_PORT"
+}
+
+main() {
+  install
+  start_backend
   local raw="$OUT/raw.tsv"
   printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\tclient_cpu_s\tbackend_cpu_s\tuser_s\tsys_s\n' >"$raw"
   local run threads scenario proxy pid t0 t1 b0 b1 res
@@ -350,4 +378,5 @@ main() {
   python3 "$ROOT/bench/summarize.py" "$raw" "$DURATION" "$RUNS" "$IDLE_CONNS" "$description" | tee "$RESULTS"
 }
 
-main "$@"
+# bench/kernel-profile.sh sources this file for its functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Where each proxy's CPU goes, the kernel's part included: perf samples one proxy at a time (cpu-clock, which
+# needs no hardware counters, so it works in this VM) under compare.sh's loads, and bench/kernel_profile.py
+# sorts the samples by what they were doing (waking the receiver, waiting for a lock, copying, pacing timers).
+#
+#   bench/kernel-profile.sh                                    # shoal and HAProxy, small GETs and 1 MiB
+#   PROXIES="shoal shoal-splice" SCENARIOS=1mib bench/kernel-profile.sh
+#   CONGESTION=cubic SCENARIOS=1mib bench/kernel-profile.sh   # under another TCP congestion control
+#
+# One thread per proxy, DURATION (6) seconds each, sampled at FREQ (999) Hz. Sampling in a VM costs: the
+# proxies run slower while profiled, so read the shares, not the rates. Writes bench/out/profile/*.data and
+# prints the tables.
+set -euo pipefail
+# Ours before compare.sh gives them its own defaults.
+DURATION=${DURATION:-6}
+FREQ=${FREQ:-999}
+PROXIES=${PROXIES:-"shoal haproxy"}
+SCENARIOS=${SCENARIOS:-"small 1mib"}
+# shellcheck source=bench/compare.sh
+source "$(dirname "$0")/compare.sh"
+
+# CPU microseconds per request between two `cpu_ticks` readings ("user system", in 10 ms ticks).
+ticks_per_request() {
+  awk -v a="$1" -v b="$2" -v rps="$3" -v d="$DURATION" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); printf "%.1f", (y[1] + y[2] - x[1] - x[2]) * 10000 / (rps * d) }'
+}
+
+profile_main() {
+  install
+  command -v perf >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf
+  start_backend
+  mkdir -p "$OUT/profile"
+  echo "TCP congestion control: $(sysctl -n net.ipv4.tcp_congestion_control)"
+  local scenario proxy pid data
+  for scenario in $SCENARIOS; do
+    for proxy in $PROXIES; do
+      pid=$(start_proxy "$proxy" 1)
+      DURATION=1 generate "$scenario" "$PROXY_PORT" "$OUT/profile/warmup.log"
+      data="$OUT/profile/$proxy-$scenario.data"
+      perf record --quiet -F "$FREQ" -g -e cpu-clock -p "$(pid_tree "$pid" | paste -sd,)" -o "$data" -- sleep "$((DURATION - 1))" 2>/dev/null &
+      local perf_pid=$!
+      local t0 t1 rps p50 p99 errors client
+      t0=$(cpu_ticks "$pid")
+      read -r rps p50 p99 errors client < <(load "$scenario" "$PROXY_PORT" "$OUT/profile/$proxy-$scenario.log")
+      t1=$(cpu_ticks "$pid")
+      wait "$perf_pid"
+      stop_proxy "$pid"
+      perf script -i "$data" -F ip,sym 2>/dev/null | python3 "$ROOT/bench/kernel_profile.py" \
+        "$proxy, $scenario ($rps requests/s, p99 $p99 ms, $(ticks_per_request "$t0" "$t1" "$rps") us of CPU per request while sampled)"
+    done
+  done
+}
+
+profile_main
