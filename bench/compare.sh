@@ -73,6 +73,12 @@ wait_port() {
   return 1
 }
 
+# Ticks the hypervisor ran something else while this VM's CPUs wanted to run ("steal", /proc/stat).
+steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
+
+# The share of the machine's CPU time stolen between two `steal_ticks` readings, over DURATION seconds.
+steal_percent() { awk -v a="$1" -v b="$2" -v n="$(nproc)" -v d="$DURATION" 'BEGIN {printf "%.1f", (b - a) / (n * d)}'; }
+
 # The pid and its children (nginx workers).
 pid_tree() { echo "$1"; pgrep -P "$1" || true; }
 
@@ -330,8 +336,8 @@ main() {
   install
   start_backend
   local raw="$OUT/raw.tsv"
-  printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\tclient_cpu_s\tbackend_cpu_s\tuser_s\tsys_s\n' >"$raw"
-  local run threads scenario proxy pid t0 t1 b0 b1 res
+  printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\tclient_cpu_s\tbackend_cpu_s\tuser_s\tsys_s\tsteal_pct\n' >"$raw"
+  local run threads scenario proxy pid t0 t1 b0 b1 s0 s1 res
   for run in $(seq 1 "$RUNS"); do
     for scenario in $SCENARIOS; do
       for threads in $THREADS; do
@@ -351,13 +357,15 @@ main() {
             local tls_flag=""
             [ "$scenario" = tls-idle10k ] && port=$TLS_PORT && tls_flag=--tls
             read -r base held peak failed < <(idle "$pid" "$port" "$OUT/last.log" "$tls_flag")
-            printf '%s\t%s\t%s\t%s\t0\t-\t-\t%s\t0\t%s\t%s\t%s\t-\t-\t-\t-\n' "$scenario" "$threads" "$proxy" "$run" "$failed" "$peak" "$base" "$held" >>"$raw"
+            printf '%s\t%s\t%s\t%s\t0\t-\t-\t%s\t0\t%s\t%s\t%s\t-\t-\t-\t-\t-\n' "$scenario" "$threads" "$proxy" "$run" "$failed" "$peak" "$base" "$held" >>"$raw"
           else
             # Warm up pools and caches, then measure.
             DURATION=1 load "$scenario" "$port" "$OUT/warmup.log" >/dev/null
             t0=$(cpu_ticks "$pid")
             b0=$(cpu_ticks "$backend")
+            s0=$(steal_ticks)
             res=$(load "$scenario" "$port" "$OUT/last.log")
+            s1=$(steal_ticks)
             t1=$(cpu_ticks "$pid")
             b1=$(cpu_ticks "$backend")
             local cpu user sys backend_cpu peak
@@ -365,7 +373,7 @@ main() {
             read -r backend_cpu _ _ < <(seconds "$b0" "$b1")
             peak=$(mem_kib "$pid" VmHWM)
             read -r rps p50 p99 errors client_cpu <<<"$res"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t%s\t%s\t%s\t%s\n' "$scenario" "$threads" "$proxy" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$peak" "$client_cpu" "$backend_cpu" "$user" "$sys" >>"$raw"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$threads" "$proxy" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$peak" "$client_cpu" "$backend_cpu" "$user" "$sys" "$(steal_percent "$s0" "$s1")" >>"$raw"
           fi
           [ "$proxy" != direct ] && stop_proxy "$pid"
         done
