@@ -43,6 +43,10 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE=${IDLE_SETTLE:-4}
 # Client connections each proxy accepts; the idle scenario needs IDLE_CONNS of them, below the descriptor limit.
 MAXCONN=${MAXCONN:-12000}
+# A timed load during which the hypervisor took more than STEAL_MAX percent of the CPU time is run again, at
+# most STEAL_RETRIES times; the last attempt is kept either way, and its steal is in the tables.
+STEAL_MAX=${STEAL_MAX:-2}
+STEAL_RETRIES=${STEAL_RETRIES:-2}
 BACKEND_PORT=18100
 PROXY_PORT=18080
 # Every proxy also terminates TLS here, on one ECDSA P-256 certificate (cert and key in one PEM file).
@@ -318,6 +322,39 @@ restore_congestion() {
   [ -z "${1:-}" ] || sysctl -qw net.ipv4.tcp_congestion_control="$1"
 }
 
+# One timed load of $3 on port $6 (proxy pid $5) after a warm-up; prints its row of raw.tsv.
+measure() {
+  local scenario=$1 threads=$2 proxy=$3 run=$4 pid=$5 port=$6
+  local t0 t1 b0 b1 s0 s1 res cpu user sys backend_cpu peak rps p50 p99 errors client_cpu
+  # Warm up pools and caches, then measure.
+  DURATION=1 load "$scenario" "$port" "$OUT/warmup.log" >/dev/null
+  t0=$(cpu_ticks "$pid")
+  b0=$(cpu_ticks "$backend")
+  s0=$(steal_ticks)
+  res=$(load "$scenario" "$port" "$OUT/last.log")
+  s1=$(steal_ticks)
+  t1=$(cpu_ticks "$pid")
+  b1=$(cpu_ticks "$backend")
+  read -r cpu user sys < <(seconds "$t0" "$t1")
+  read -r backend_cpu _ _ < <(seconds "$b0" "$b1")
+  peak=$(mem_kib "$pid" VmHWM)
+  read -r rps p50 p99 errors client_cpu <<<"$res"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$threads" "$proxy" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$peak" "$client_cpu" "$backend_cpu" "$user" "$sys" "$(steal_percent "$s0" "$s1")"
+}
+
+# `measure`, repeated (STEAL_RETRIES times at most) while the host took more than STEAL_MAX percent of the
+# CPU time during the load: such a run measures the host's other guests, not the proxy (bench/README.md).
+measure_again_after_steal() {
+  local row steal attempt
+  for attempt in $(seq 0 "$STEAL_RETRIES"); do
+    row=$(measure "$@")
+    steal=${row##*$'\t'}
+    awk -v s="$steal" -v m="$STEAL_MAX" 'BEGIN {exit !(s <= m)}' && break
+    [ "$attempt" -lt "$STEAL_RETRIES" ] && echo "  the host took $steal % of the CPU time (steal): measured again" >&2
+  done
+  printf '%s\n' "$row"
+}
+
 # Sets the congestion control, starts the nginx backend (its pid in $backend) and undoes both at exit.
 start_backend() {
   mkdir -p "$OUT"
@@ -337,7 +374,7 @@ main() {
   start_backend
   local raw="$OUT/raw.tsv"
   printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\tclient_cpu_s\tbackend_cpu_s\tuser_s\tsys_s\tsteal_pct\n' >"$raw"
-  local run threads scenario proxy pid t0 t1 b0 b1 s0 s1 res
+  local run threads scenario proxy pid
   for run in $(seq 1 "$RUNS"); do
     for scenario in $SCENARIOS; do
       for threads in $THREADS; do
@@ -359,21 +396,7 @@ main() {
             read -r base held peak failed < <(idle "$pid" "$port" "$OUT/last.log" "$tls_flag")
             printf '%s\t%s\t%s\t%s\t0\t-\t-\t%s\t0\t%s\t%s\t%s\t-\t-\t-\t-\t-\n' "$scenario" "$threads" "$proxy" "$run" "$failed" "$peak" "$base" "$held" >>"$raw"
           else
-            # Warm up pools and caches, then measure.
-            DURATION=1 load "$scenario" "$port" "$OUT/warmup.log" >/dev/null
-            t0=$(cpu_ticks "$pid")
-            b0=$(cpu_ticks "$backend")
-            s0=$(steal_ticks)
-            res=$(load "$scenario" "$port" "$OUT/last.log")
-            s1=$(steal_ticks)
-            t1=$(cpu_ticks "$pid")
-            b1=$(cpu_ticks "$backend")
-            local cpu user sys backend_cpu peak
-            read -r cpu user sys < <(seconds "$t0" "$t1")
-            read -r backend_cpu _ _ < <(seconds "$b0" "$b1")
-            peak=$(mem_kib "$pid" VmHWM)
-            read -r rps p50 p99 errors client_cpu <<<"$res"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$threads" "$proxy" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$peak" "$client_cpu" "$backend_cpu" "$user" "$sys" "$(steal_percent "$s0" "$s1")" >>"$raw"
+            measure_again_after_steal "$scenario" "$threads" "$proxy" "$run" "$pid" "$port" >>"$raw"
           fi
           [ "$proxy" != direct ] && stop_proxy "$pid"
         done
@@ -383,7 +406,7 @@ main() {
   # Described before tee truncates RESULTS.md, which would otherwise make the tree look modified.
   local description
   description=$(machine)
-  python3 "$ROOT/bench/summarize.py" "$raw" "$DURATION" "$RUNS" "$IDLE_CONNS" "$description" | tee "$RESULTS"
+  STEAL_MAX=$STEAL_MAX python3 "$ROOT/bench/summarize.py" "$raw" "$DURATION" "$RUNS" "$IDLE_CONNS" "$description" | tee "$RESULTS"
 }
 
 # bench/kernel-profile.sh sources this file for its functions.

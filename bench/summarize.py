@@ -2,6 +2,7 @@
 """Turns bench/compare.sh's raw runs into the Markdown table: medians per (scenario, threads, proxy), and the
 ratio of each proxy to HAProxy at the same thread count."""
 import csv
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -111,8 +112,8 @@ def cpu_per_request(r):
 # round with steal stalls every connection whose peer's CPU was taken away, and TCP's loss probes (10 ms at
 # least) turn those stalls into spurious retransmissions and a p99 of tens of milliseconds, worst for the
 # proxy that leaves its CPU idle most (bench/README.md). The second table keeps only the rounds where both
-# runs of a pair lost at most STEAL_MAX percent.
-STEAL_MAX = 2.0
+# runs of a pair lost at most STEAL_MAX percent (compare.sh's setting, which also measures such runs again).
+STEAL_MAX = float(os.environ.get("STEAL_MAX", "2"))
 
 
 def quiet(r):
