@@ -304,8 +304,9 @@ pub struct ProxyArgs {
     #[arg(long, env = "SHOAL_STRICT_LIMITS", value_name = "on|off", value_parser = value::switch)]
     pub strict_limits: Option<bool>,
     /// Content-Length bodies at least this large, and each tunnel direction once it has carried this many
-    /// bytes, are moved with splice(2), without a copy; 0 disables it. From 256 KiB it costs a quarter less
-    /// CPU than copying, but 1 MiB responses measured a higher p99 latency (bench/README.md) [default: 0].
+    /// bytes, are moved with splice(2), without a copy; 0 disables it. From 256 KiB it costs a quarter to a
+    /// third less CPU than copying (little under BBR without the fq qdisc), but 1 MiB responses measured a
+    /// higher p99 latency (bench/README.md) [default: 0].
     #[arg(long, env = "SHOAL_SPLICE_MIN", value_name = "BYTES")]
     pub splice_min: Option<u64>,
     /// Idle connections kept per backend on each thread [default: 64].
