@@ -19,12 +19,6 @@ SCENARIOS=${SCENARIOS:-"small 1mib"}
 # shellcheck source=bench/compare.sh
 source "$(dirname "$0")/compare.sh"
 
-# CPU microseconds per request between two `cpu_ticks` readings ("user system", in 10 ms ticks).
-ticks_per_request() {
-  awk -v a="$1" -v b="$2" -v rps="$3" -v d="$DURATION" 'BEGIN {
-    split(a, x, " "); split(b, y, " "); printf "%.1f", (y[1] + y[2] - x[1] - x[2]) * 10000 / (rps * d) }'
-}
-
 profile_main() {
   install
   command -v perf >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf
@@ -39,14 +33,16 @@ profile_main() {
       data="$OUT/profile/$proxy-$scenario.data"
       perf record --quiet -F "$FREQ" -g -e cpu-clock -p "$(pid_tree "$pid" | paste -sd,)" -o "$data" -- sleep "$((DURATION - 1))" 2>/dev/null &
       local perf_pid=$!
-      local t0 t1 rps p50 p99 errors client
+      local t0 t1 rps p50 p99 errors client cpu per_request
       t0=$(cpu_ticks "$pid")
       read -r rps p50 p99 errors client < <(load "$scenario" "$PROXY_PORT" "$OUT/profile/$proxy-$scenario.log")
       t1=$(cpu_ticks "$pid")
       wait "$perf_pid"
       stop_proxy "$pid"
+      read -r cpu _ _ < <(seconds "$t0" "$t1")
+      per_request=$(awk -v c="$cpu" -v r="$rps" -v d="$DURATION" 'BEGIN {printf "%.1f", c * 1e6 / (r * d)}')
       perf script -i "$data" -F ip,sym 2>/dev/null | python3 "$ROOT/bench/kernel_profile.py" \
-        "$proxy, $scenario ($rps requests/s, p99 $p99 ms, $(ticks_per_request "$t0" "$t1" "$rps") us of CPU per request while sampled)"
+        "$proxy, $scenario ($rps requests/s, p99 $p99 ms, $per_request us of CPU per request while sampled)"
     done
   done
 }

@@ -11,6 +11,16 @@ that delivers the segment) and so pays for waking the receiving process.
 import collections
 import sys
 
+
+def timers(chain):
+    """Pacing (BBR without the fq qdisc) arms a timer in tcp_write_xmit; the sample lands where interrupts come
+    back on, or in the softirqs that run as the timer's interrupt returns."""
+    names = [f[2:] for f in chain]
+    if names[0] == "_raw_spin_unlock_irqrestore" and len(names) > 1 and names[1] == "tcp_write_xmit":
+        return True
+    return any(s in n for n in names for s in ("tcp_pace_kick", "tcp_tsq_handler", "apic_timer_interrupt", "hrtimer_start"))
+
+
 # (kind, test on the chain of symbols, leaf first). Order matters: the first match wins.
 RULES = [
     ("user space", lambda c: not c or not c[0].startswith("k:")),
@@ -21,7 +31,7 @@ RULES = [
             s in f for f in c[:8] for s in ("sock_def_readable", "sock_def_write_space", "ep_poll_callback", "try_to_wake_up")
         ),
     ),
-    ("timers: TCP pacing and the softirqs run as a timer interrupt ends", lambda c: timers(c)),
+    ("timers: TCP pacing and the softirqs run as a timer interrupt ends", timers),
     ("copying bytes to or from user space", lambda c: any(s in c[0] for s in ("copy_to_iter", "copy_from_iter", "copy_user", "memcpy"))),
     (
         "sleeping and being woken (epoll_wait, the scheduler)",
@@ -30,15 +40,6 @@ RULES = [
     ("netfilter (conntrack, iptables)", lambda c: any(s in f for f in c[:3] for s in ("nf_", "ipt_", "conntrack", "iptable"))),
     ("other kernel (TCP/IP, system call entry)", lambda c: True),
 ]
-
-
-def timers(chain):
-    """Pacing (BBR without the fq qdisc) arms a timer in tcp_write_xmit; the sample lands where interrupts come
-    back on, or in the softirqs that run as the timer's interrupt returns."""
-    names = [f[2:] for f in chain]
-    if names[0] == "_raw_spin_unlock_irqrestore" and len(names) > 1 and names[1] == "tcp_write_xmit":
-        return True
-    return any(s in n for n in names for s in ("tcp_pace_kick", "tcp_tsq_handler", "apic_timer_interrupt", "hrtimer_start"))
 
 
 def samples(lines):
