@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by valgrind's callgrind: unlike CPU time on shared
-# cores, the count is the same from run to run for the same binary and load, so a change of 1 % shows.
+# cores, the count moves by under 0.5 % from run to run for the same binary and load, so a change of 1 % shows.
 #
 #   bench/instructions.sh [BINARY...]        (default: target/release/shoal)
 #   SCENARIO=close bench/instructions.sh /tmp/old-shoal target/release/shoal

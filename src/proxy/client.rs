@@ -90,7 +90,7 @@ pub fn serve<T: Transport>(guard: ConnectionGuard, mut client: Client<T>) -> imp
             first = false;
             // On the heap: the head, the exchange and their state (several KiB of nested futures) exist only
             // while a request is in flight; an idle connection's task holds only the client and its wait.
-            if !worker.frames.pin(one_request(worker, &mut client)).await || worker.is_shutting_down() {
+            if !worker.frames.pin(|| one_request(worker, &mut client)).await || worker.is_shutting_down() {
                 break;
             }
         }
