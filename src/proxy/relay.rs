@@ -114,7 +114,8 @@ pub async fn transfer<T: Transport>(
     responded: &mut Option<Instant>,
     asks: Asks<'_>,
 ) -> Result<Relayed, Failure> {
-    let t = worker.config().timeouts;
+    let config = worker.config();
+    let t = &config.timeouts;
     let (mut cr, mut cw) = client.stream.split();
     let cbuf = &mut client.buf;
     let (mut ur, mut uw) = up.stream.split();
@@ -235,7 +236,7 @@ async fn relay_response(
     use tokio::io::AsyncReadExt;
     let watch = asks.watch;
     let config = worker.config();
-    let t = config.timeouts;
+    let t = &config.timeouts;
     let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
     let mut continue_relayed = false;
     let mut interim_seen = false;
