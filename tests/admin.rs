@@ -17,7 +17,7 @@ fn admin_get(proxy: &Proxy, path: &str) -> (u16, String) {
 
 /// The CSV as one map per row (column name -> value), keyed by "pxname/svname"; every row must have exactly
 /// the header's columns.
-fn csv(proxy: &Proxy) -> HashMap<String, HashMap<String, String>> {
+fn csv(proxy: &Proxy) -> Rows {
     let (status, body) = admin_get(proxy, "/;csv");
     assert_eq!(status, 200);
     let mut lines = body.lines();
@@ -48,14 +48,20 @@ fn proxy_with(threads: usize, servers: &[(&str, SocketAddr)]) -> Proxy {
 }
 
 /// The CSV once the frontend has counted `requests`: counting follows the response by a moment.
-fn csv_after(proxy: &Proxy, requests: u64) -> HashMap<String, HashMap<String, String>> {
+fn csv_after(proxy: &Proxy, requests: u64) -> Rows {
+    csv_once(proxy, &format!("{requests} requests counted"), |rows| num(&rows["shoal/FRONTEND"], "req_tot") == requests)
+}
+
+/// The CSV once `settled` holds for it (`what` names the wait in the failure).
+fn csv_once(proxy: &Proxy, what: &str, settled: impl Fn(&Rows) -> bool) -> Rows {
     let start = Instant::now();
     loop {
         let rows = csv(proxy);
-        if num(&rows["shoal/FRONTEND"], "req_tot") == requests {
+        if settled(&rows) {
             return rows;
         }
-        assert!(start.elapsed() < WAIT, "never counted {requests} requests: {:?}", rows["shoal/FRONTEND"]);
+        assert!(start.elapsed() < WAIT, "never {what}: {rows:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -345,24 +351,14 @@ fn check_columns_tell_what_the_last_health_check_found() {
         "--backend-fall",
         "2",
     ]);
-    let wait = |what: &str, done: &dyn Fn(&Rows) -> bool| {
-        let start = Instant::now();
-        loop {
-            let rows = csv(&proxy);
-            if done(&rows) {
-                return rows;
-            }
-            assert!(start.elapsed() < WAIT, "{what}: {:?}", rows["nodes/checked"]);
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
-    let rows = wait("a passing check", &|rows| rows["nodes/checked"]["check_status"] == "L7OK");
+    let rows = csv_once(&proxy, "a passing check", |rows| rows["nodes/checked"]["check_status"] == "L7OK");
     let (ok, down) = (&rows["nodes/checked"], &rows["nodes/dead"]);
     assert_eq!((ok["check_code"].as_str(), ok["check_desc"].as_str()), ("200", "Layer7 check passed"));
     assert!(num(ok, "check_duration") < 100, "within the interval: {}", ok["check_duration"]);
     assert_eq!(num(ok, "chkfail"), 0);
     let down = if down["check_status"].is_empty() {
-        wait("the dead server's check", &|rows| !rows["nodes/dead"]["check_status"].is_empty())["nodes/dead"].clone()
+        csv_once(&proxy, "the dead server's check", |rows| !rows["nodes/dead"]["check_status"].is_empty())["nodes/dead"]
+            .clone()
     } else {
         down.clone()
     };
@@ -370,7 +366,7 @@ fn check_columns_tell_what_the_last_health_check_found() {
     assert!(down["last_chk"].contains("connect"), "the reason: {}", down["last_chk"]);
 
     answer.store(503, Ordering::SeqCst);
-    let rows = wait("a failing check counted", &|rows| {
+    let rows = csv_once(&proxy, "a failing check counted", |rows| {
         rows["nodes/checked"]["status"] == "DOWN" && rows["nodes/checked"]["check_status"] == "L7STS"
     });
     let failing = &rows["nodes/checked"];
@@ -401,7 +397,10 @@ fn smax_remembers_the_most_requests_in_flight_at_once() {
         assert_eq!(h.join().unwrap().status(), 200);
     }
     assert_eq!(common::get(proxy.addr, "/").status(), 200);
-    let rows = csv_after(&proxy, 4);
-    assert_eq!((num(&rows["nodes/s1"], "scur"), num(&rows["nodes/s1"], "smax")), (0, 3), "the peak stays");
+    // A request leaves the server's in-flight count just after it is counted and logged.
+    let rows = csv_once(&proxy, "4 requests counted and none in flight", |rows| {
+        num(&rows["shoal/FRONTEND"], "req_tot") == 4 && num(&rows["nodes/s1"], "scur") == 0
+    });
+    assert_eq!(num(&rows["nodes/s1"], "smax"), 3, "the peak stays");
     assert!(num(&rows["shoal/FRONTEND"], "smax") >= 3, "three clients at once: {:?}", rows["shoal/FRONTEND"]);
 }
