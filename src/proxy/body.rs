@@ -7,12 +7,13 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{timeout, Instant};
+use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::http::chunked::{ChunkedDecoder, Emit};
 use crate::http::request::RequestBody;
 use crate::http::response::ResponseBody;
 use crate::http::HttpError;
+use crate::proxy::clock::Clock;
 use crate::proxy::transport::RawTcp;
 
 /// Largest read while streaming a body: large reads matter for big responses.
@@ -88,20 +89,21 @@ pub enum BodyError {
 }
 
 /// What a forwarding tells the rest of the exchange as it goes.
-pub struct Progress {
+pub struct Progress<'c> {
     /// When the destination last took bytes.
     pub at: Cell<Instant>,
     /// Bytes the destination took.
     pub bytes: Cell<u64>,
+    clock: &'c Clock,
 }
 
-impl Progress {
-    pub fn new() -> Progress {
-        Progress { at: Cell::new(Instant::now()), bytes: Cell::new(0) }
+impl Progress<'_> {
+    pub fn new(clock: &Clock) -> Progress<'_> {
+        Progress { at: Cell::new(clock.now()), bytes: Cell::new(0), clock }
     }
 
     pub fn add(&self, n: usize) {
-        self.at.set(Instant::now());
+        self.at.set(self.clock.now());
         self.bytes.set(self.bytes.get() + n as u64);
     }
 }
@@ -120,7 +122,7 @@ pub async fn forward<R, W>(
     dst: &mut W,
     framer: &mut Framer,
     idle: (Duration, Duration),
-    progress: Option<&Progress>,
+    progress: Option<&Progress<'_>>,
 ) -> Result<u64, BodyError>
 where
     R: AsyncRead + Unpin + RawTcp,
@@ -213,7 +215,7 @@ pub async fn write_head_and_body<W: AsyncWrite + Unpin + RawTcp>(
     dst: &mut W,
     head: &[u8],
     body: &[u8],
-    idle: Duration,
+    deadline: Instant,
 ) -> Result<(), BodyError> {
     let all = async {
         let (mut h, mut b) = (head, body);
@@ -231,7 +233,7 @@ pub async fn write_head_and_body<W: AsyncWrite + Unpin + RawTcp>(
         }
         Ok(())
     };
-    match timeout(idle, all).await {
+    match timeout_at(deadline, all).await {
         Err(_) => Err(BodyError::DstTimeout),
         Ok(Err(e)) => Err(BodyError::DstWrite(e)),
         Ok(Ok(())) => Ok(()),

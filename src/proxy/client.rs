@@ -90,7 +90,9 @@ pub fn serve<T: Transport>(guard: ConnectionGuard, mut client: Client<T>) -> imp
             first = false;
             // On the heap: the head, the exchange and their state (several KiB of nested futures) exist only
             // while a request is in flight; an idle connection's task holds only the client and its wait.
-            if !worker.frames.pin(|| one_request(worker, &mut client)).await || worker.is_shutting_down() {
+            if !worker.clock.per_poll(worker.frames.pin(|| one_request(worker, &mut client))).await
+                || worker.is_shutting_down()
+            {
                 break;
             }
         }
@@ -150,13 +152,13 @@ async fn read_head<'w, T: Transport>(worker: &'w Worker, client: &mut Client<T>)
     let mut started: Option<Started> = None;
     // The clock is read once for a head that comes in one piece (the usual case): the request began when the
     // wait for it ended, and its head was complete at the first read.
-    let entered = Instant::now();
+    let entered = worker.clock.now();
     let mut deadline = entered + config.timeouts.head;
     let mut reads = 0u32;
     loop {
         if !client.buf.is_empty() {
             let s = *started.get_or_insert_with(|| {
-                let now = if reads <= 1 { entered } else { Instant::now() };
+                let now = if reads <= 1 { entered } else { worker.clock.now() };
                 deadline = now + config.timeouts.head;
                 Started { instant: now, head_done: now }
             });
@@ -164,7 +166,7 @@ async fn read_head<'w, T: Transport>(worker: &'w Worker, client: &mut Client<T>)
             let parsed = parse_request_with(&client.buf, &limits, &mut worker.fields.borrow_mut());
             match parsed {
                 Ok(Some(req)) => {
-                    let head_done = if reads <= 1 { s.instant } else { Instant::now() };
+                    let head_done = if reads <= 1 { s.instant } else { worker.clock.now() };
                     let started = Started { head_done, ..s };
                     let https_port = worker.shared.https_port.load(std::sync::atomic::Ordering::Relaxed);
                     if !T::TLS && config.redirect_https && https_port != 0 {

@@ -96,7 +96,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         tracing::info!("refused request body from {}: {e}", client.peer);
         return answer(worker, client, &plan, &log, 400, *b"CR").await;
     }
-    let connect_deadline = Instant::now() + config.timeouts.connect;
+    let connect_deadline = worker.clock.now() + config.timeouts.connect;
     // Why the last attempt that reached a server failed: the answer if no server is left to retry on.
     let mut last_failure: Option<Failure> = None;
     loop {
@@ -132,7 +132,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         (log.reached_server, log.connected, log.responded) = (false, None, None);
         // A first attempt that did not queue began when the head was read: no clock read needed.
         let first = log.retries == 0 && log.queued.is_none();
-        log.entered = Some(if first { log.started.head_done } else { Instant::now() });
+        log.entered = Some(if first { log.started.head_done } else { worker.clock.now() });
         let attempt = Attempt { hurry, deadline: connect_deadline };
         let mut up = match acquire(worker, backend, fresh_only, !plan.retryable, attempt).await {
             Ok(up) => up,
@@ -161,7 +161,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
             }
         };
         log.reached_server = true;
-        log.connected = Some(Instant::now());
+        log.connected = Some(worker.clock.now());
         let mut up_buf = worker.buffers.get();
         // Only a request that may be sent again is worth watching for an acknowledgement.
         let watch = (plan.retryable && hurry).then(|| Watch {
@@ -230,7 +230,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 up_buf.clear();
                 worker.buffers.put(up_buf);
                 if relayed.reuse_upstream && !worker.is_shutting_down() {
-                    worker.pool.borrow_mut().checkin(up);
+                    worker.pool.borrow_mut().checkin(up, worker.clock.now());
                 }
                 log_line(worker, client, &plan, &log, relayed.status, relayed.bytes, *b"--");
                 // The server is done with this request: leastconn and maxconn must not count the client's
@@ -276,12 +276,12 @@ async fn acquire(
 ) -> Result<Upstream, ConnectError> {
     if !fresh_only {
         if let Ok(addr) = backend.address(false).await {
-            if let Some(up) = worker.pool.borrow_mut().checkout(addr, verify) {
+            if let Some(up) = worker.pool.borrow_mut().checkout(addr, verify, worker.clock.now()) {
                 return Ok(up);
             }
         }
     }
-    let left = attempt.deadline.saturating_duration_since(Instant::now());
+    let left = attempt.deadline.saturating_duration_since(worker.clock.now());
     let share = worker.config().timeouts.attempt;
     let abandon = attempt.hurry && share < left;
     let limit = if abandon { share } else { left.max(Duration::from_millis(1)) };
@@ -390,7 +390,7 @@ fn log_line<T: Transport>(
     bytes: u64,
     term: [u8; 2],
 ) {
-    let now = Instant::now();
+    let now = worker.clock.now();
     let s = log.started;
     worker.frontend(T::TLS).response(status, bytes);
     let reached = log.server.as_ref().filter(|_| log.reached_server).map(|f| f.backend());

@@ -10,6 +10,7 @@ mod access_log;
 mod body;
 mod buffers;
 mod client;
+mod clock;
 mod control;
 mod exchange;
 mod frames;

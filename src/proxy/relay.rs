@@ -128,7 +128,8 @@ pub async fn transfer<T: Transport>(
         }
         _ => 0,
     };
-    if body::write_head_and_body(&mut uw, plan.head(), &cbuf[..initial], t.server).await.is_err() {
+    let deadline = worker.clock.now() + t.server;
+    if body::write_head_and_body(&mut uw, plan.head(), &cbuf[..initial], deadline).await.is_err() {
         return Err(Failure::NoResponse);
     }
     cbuf.advance(initial);
@@ -139,9 +140,9 @@ pub async fn transfer<T: Transport>(
     let request_done = Cell::new(framer.is_done());
     // When the server last took request-body bytes: its timeout counts inactivity, as HAProxy's does, so a
     // slow upload that keeps moving is not cut.
-    let progress = body::Progress::new();
+    let progress = body::Progress::new(&worker.clock);
     // What reached the client, counted even when the response is cut.
-    let delivered = body::Progress::new();
+    let delivered = body::Progress::new(&worker.clock);
     // The status whose head went to the client; 0 until then.
     let response_status = Cell::new(0u16);
     // When the final response head came (HAProxy's `Tr` ends there).
@@ -187,7 +188,7 @@ async fn forward<R, W>(
     dst: &mut W,
     framer: &mut Framer,
     idle: (Duration, Duration),
-    progress: Option<&body::Progress>,
+    progress: Option<&body::Progress<'_>>,
 ) -> Result<u64, BodyError>
 where
     R: AsyncRead + Unpin + RawTcp,
@@ -230,7 +231,7 @@ async fn relay_response(
     up_buf: &mut BytesMut,
     cw: &mut (impl AsyncWrite + Unpin + RawTcp),
     sent: Sent<'_>,
-    (response_status, delivered, head_at): (&Cell<u16>, &body::Progress, &Cell<Option<Instant>>),
+    (response_status, delivered, head_at): (&Cell<u16>, &body::Progress<'_>, &Cell<Option<Instant>>),
     asks: Asks<'_>,
 ) -> Result<Relayed, Failure> {
     use tokio::io::AsyncReadExt;
@@ -254,7 +255,7 @@ async fn relay_response(
                 Some(w) if up_buf.is_empty() && !interim_seen => {
                     first_read(worker, ur, up_buf, w, t.server, sent.progress).await?
                 }
-                _ => while_active(ur.read_buf(up_buf), t.server, sent.progress).await,
+                _ => while_active(ur.read_buf(up_buf), worker.clock.now(), t.server, sent.progress).await,
             };
             match read {
                 Err(_) => return Err(Failure::ServerTimeout),
@@ -284,7 +285,7 @@ async fn relay_response(
                 );
                 continue_relayed |= status == 100;
                 worker.fields.borrow_mut().keep(parsed.headers);
-                write_client(cw, &out, &[], t.client).await?;
+                write_client(cw, &out, &[], worker.clock.now() + t.client).await?;
             }
             up_buf.advance(head_len);
             continue;
@@ -323,8 +324,9 @@ async fn relay_response(
             _ => 0,
         };
         response_status.set(status);
-        head_at.set(Some(Instant::now()));
-        write_client(cw, &out, &up_buf[..initial], t.client).await?;
+        let now = worker.clock.now();
+        head_at.set(Some(now));
+        write_client(cw, &out, &up_buf[..initial], now + t.client).await?;
         delivered.add(out.len() + initial);
         up_buf.advance(initial);
         if matches!(framer, Framer::Length(0)) {
@@ -359,7 +361,7 @@ async fn first_read(
     progress: &Cell<Instant>,
 ) -> Result<Result<std::io::Result<usize>, tokio::time::error::Elapsed>, Failure> {
     use tokio::io::AsyncReadExt;
-    let start = Instant::now();
+    let start = worker.clock.now();
     let fd = std::os::fd::AsRawFd::as_raw_fd((*ur).as_ref());
     let read = ur.read_buf(up_buf);
     tokio::pin!(read);
@@ -378,14 +380,14 @@ async fn first_read(
     }
 }
 
-/// `read`, under the server timeout counted from the later of now and the server's last progress on the
-/// request body.
+/// `read`, under the server timeout counted from the later of `start` (now) and the server's last progress on
+/// the request body.
 async fn while_active<F: std::future::Future>(
     read: F,
+    start: Instant,
     limit: Duration,
     progress: &Cell<Instant>,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let start = Instant::now();
     tokio::pin!(read);
     loop {
         let deadline = progress.get().max(start) + limit;
@@ -410,7 +412,7 @@ async fn write_client<W: tokio::io::AsyncWrite + Unpin + RawTcp>(
     cw: &mut W,
     head: &[u8],
     body: &[u8],
-    idle: std::time::Duration,
+    deadline: Instant,
 ) -> Result<(), Failure> {
-    body::write_head_and_body(cw, head, body, idle).await.map_err(|_| Failure::ClientGone(0, 0))
+    body::write_head_and_body(cw, head, body, deadline).await.map_err(|_| Failure::ClientGone(0, 0))
 }

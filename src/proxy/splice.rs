@@ -102,7 +102,7 @@ pub async fn forward_length(
     dst: &TcpStream,
     len: u64,
     (src_idle, dst_idle): (Duration, Duration),
-    progress: Option<&Progress>,
+    progress: Option<&Progress<'_>>,
 ) -> Result<u64, BodyError> {
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     let (pipe_in, pipe_out) = (pipe.write.as_raw_fd(), pipe.read.as_raw_fd());

@@ -118,9 +118,8 @@ impl Pool {
 
     /// A live idle connection to `addr`, dropping dead or expired ones on the way; `verify` adds a system call
     /// to each liveness check (see [`still_idle`]).
-    pub fn checkout(&mut self, addr: SocketAddr, verify: bool) -> Option<Upstream> {
+    pub fn checkout(&mut self, addr: SocketAddr, verify: bool, now: Instant) -> Option<Upstream> {
         let list = self.idle.get_mut(&addr)?;
-        let now = Instant::now();
         while let Some(mut up) = list.pop() {
             if now.duration_since(up.idle_since) < self.ttl && still_idle(&up.stream, verify) {
                 up.reused = true;
@@ -130,11 +129,11 @@ impl Pool {
         None
     }
 
-    /// Keeps a connection after a fully framed exchange.
-    pub fn checkin(&mut self, mut up: Upstream) {
+    /// Keeps a connection after a fully framed exchange, idle since `now`.
+    pub fn checkin(&mut self, mut up: Upstream, now: Instant) {
         let list = self.idle.entry(up.addr).or_default();
         if list.len() < self.max_idle {
-            up.idle_since = Instant::now();
+            up.idle_since = now;
             list.push(up);
         }
     }

@@ -16,6 +16,7 @@ use arc_swap::Cache;
 
 use super::accept::accept_loop;
 use super::buffers::{Buffers, HeadBufs};
+use super::clock::Clock;
 use super::frames::Frames;
 use super::idle::IdleWaits;
 use super::listener::Listening;
@@ -71,6 +72,8 @@ pub struct Worker {
     /// Woken on this thread when a new set is published, so connects to servers that left are abandoned.
     set_changed: Notify,
     pub buffers: Buffers,
+    /// The time, read once per poll of a request.
+    pub clock: Clock,
     /// Heap blocks the futures of requests in flight live in.
     pub frames: Frames,
     /// Vectors the heads this thread writes are built in.
@@ -102,6 +105,7 @@ impl Worker {
             backends: RefCell::new(Cache::new(shared.backends.clone())),
             set_changed: Notify::new(),
             buffers: Buffers::new(BUFFER_SIZE, IDLE_BUFFERS),
+            clock: Clock::default(),
             frames: Frames::new(IDLE_FRAMES),
             heads: HeadBufs::new(IDLE_HEADS),
             fields: RefCell::default(),
