@@ -9,7 +9,7 @@
 #
 # One thread per proxy, DURATION (6) seconds each, sampled at FREQ (999) Hz. Sampling in a VM costs: the
 # proxies run slower while profiled, so read the shares, not the rates. Writes bench/out/profile/*.data and
-# prints the tables.
+# prints the tables, each headed by the proxy's sleeps (voluntary context switches) per request.
 set -euo pipefail
 # Ours before compare.sh gives them its own defaults.
 DURATION=${DURATION:-6}
@@ -18,6 +18,17 @@ PROXIES=${PROXIES:-"shoal haproxy"}
 SCENARIOS=${SCENARIOS:-"small 1mib"}
 # shellcheck source=bench/compare.sh
 source "$(dirname "$0")/compare.sh"
+
+# Voluntary context switches of every thread of the proxy's processes: how often it ran out of work and slept.
+sleeps() {
+  local p f n=0
+  for p in $(pid_tree "$1"); do
+    for f in /proc/"$p"/task/*/status; do
+      n=$((n + $(awk '/^voluntary_ctxt_switches/ {print $2}' "$f" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$n"
+}
 
 profile_main() {
   install
@@ -33,16 +44,19 @@ profile_main() {
       data="$OUT/profile/$proxy-$scenario.data"
       perf record --quiet -F "$FREQ" -g -e cpu-clock -p "$(pid_tree "$pid" | paste -sd,)" -o "$data" -- sleep "$((DURATION - 1))" 2>/dev/null &
       local perf_pid=$!
-      local t0 t1 rps p50 p99 errors client cpu per_request
+      local t0 t1 s0 s1 rps p50 p99 errors client cpu per_request sleeps
       t0=$(cpu_ticks "$pid")
+      s0=$(sleeps "$pid")
       read -r rps p50 p99 errors client < <(load "$scenario" "$PROXY_PORT" "$OUT/profile/$proxy-$scenario.log")
       t1=$(cpu_ticks "$pid")
+      s1=$(sleeps "$pid")
       wait "$perf_pid"
       stop_proxy "$pid"
       read -r cpu _ _ < <(seconds "$t0" "$t1")
       per_request=$(awk -v c="$cpu" -v r="$rps" -v d="$DURATION" 'BEGIN {printf "%.1f", c * 1e6 / (r * d)}')
+      sleeps=$(awk -v a="$s0" -v b="$s1" -v r="$rps" -v d="$DURATION" 'BEGIN {printf "%.2f", (b - a) / (r * d)}')
       perf script -i "$data" -F ip,sym 2>/dev/null | python3 "$ROOT/bench/kernel_profile.py" \
-        "$proxy, $scenario ($rps requests/s, p99 $p99 ms, $per_request us of CPU per request while sampled)"
+        "$proxy, $scenario ($rps requests/s, p99 $p99 ms, $per_request us of CPU per request while sampled, $sleeps sleeps per request)"
     done
   done
 }
