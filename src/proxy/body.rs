@@ -90,7 +90,7 @@ pub enum BodyError {
 
 /// What a forwarding tells the rest of the exchange as it goes.
 pub struct Progress<'c> {
-    /// When the destination last took bytes.
+    /// When the destination last took bytes (the start of the poll in which it took them).
     pub at: Cell<Instant>,
     /// Bytes the destination took.
     pub bytes: Cell<u64>,

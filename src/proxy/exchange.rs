@@ -390,7 +390,9 @@ fn log_line<T: Transport>(
     bytes: u64,
     term: [u8; 2],
 ) {
-    let now = worker.clock.now();
+    // The real clock, not the poll's: the total ends once the response's last bytes were handed over, and the
+    // poll that wrote them may have begun earlier.
+    let now = Instant::now();
     let s = log.started;
     worker.frontend(T::TLS).response(status, bytes);
     let reached = log.server.as_ref().filter(|_| log.reached_server).map(|f| f.backend());

@@ -67,11 +67,12 @@ impl Frames {
         }
         let block = self.free.take().unwrap_or_else(Block::new);
         let future_ptr = block.0.cast::<F>();
+        // SAFETY: the block is BLOCK-sized and aligned, which holds an F (checked above), and no one else
+        // uses it: it was just allocated or taken off the free list. Should `make` panic, `block` still owns
+        // the memory and frees it.
+        unsafe { future_ptr.as_ptr().write(make()) };
         // The block is the Frame's now, until it drops the future and gives the block back.
         std::mem::forget(block);
-        // SAFETY: the block is BLOCK-sized and aligned, which holds an F (checked above), and no one else
-        // uses it: it was just allocated or taken off the free list.
-        unsafe { future_ptr.as_ptr().write(make()) };
         Frame { future: future_ptr, frames: self }
     }
 

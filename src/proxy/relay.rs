@@ -380,8 +380,8 @@ async fn first_read(
     }
 }
 
-/// `read`, under the server timeout counted from the later of `start` (now) and the server's last progress on
-/// the request body.
+/// `read`, under the server timeout counted from the later of `start` (the caller's now) and the server's last
+/// progress on the request body.
 async fn while_active<F: std::future::Future>(
     read: F,
     start: Instant,
