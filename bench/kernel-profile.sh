@@ -7,9 +7,10 @@
 #   PROXIES="shoal shoal-splice" SCENARIOS=1mib bench/kernel-profile.sh
 #   CONGESTION=cubic SCENARIOS=1mib bench/kernel-profile.sh   # under another TCP congestion control
 #
-# One thread per proxy, DURATION (6) seconds each, sampled at FREQ (999) Hz. Sampling in a VM costs: the
+# One thread per proxy, DURATION (6) seconds each, sampled at FREQ (999) Hz, then 3 seconds more to count system calls. Sampling in a VM costs: the
 # proxies run slower while profiled, so read the shares, not the rates. Writes bench/out/profile/*.data and
-# prints the tables, each headed by the proxy's sleeps (voluntary context switches) per request.
+# prints the tables, each headed by the proxy's sleeps (voluntary context switches), system calls and the TCP
+# segments on loopback (every process's: client, proxy and backend) per request.
 set -euo pipefail
 # Ours before compare.sh gives them its own defaults.
 DURATION=${DURATION:-6}
@@ -30,6 +31,11 @@ sleeps() {
   echo "$n"
 }
 
+# TCP segments sent on this machine so far (all of loopback's traffic).
+segments() {
+  awk '/^Tcp:/ && ++n == 2 {print $12}' /proc/net/snmp
+}
+
 profile_main() {
   install
   command -v perf >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf
@@ -44,19 +50,28 @@ profile_main() {
       data="$OUT/profile/$proxy-$scenario.data"
       perf record --quiet -F "$FREQ" -g -e cpu-clock -p "$(pid_tree "$pid" | paste -sd,)" -o "$data" -- sleep "$((DURATION - 1))" 2>/dev/null &
       local perf_pid=$!
-      local t0 t1 s0 s1 rps p50 p99 errors client cpu per_request sleeps
+      local t0 t1 s0 s1 g0 g1 rps p50 p99 errors client cpu per_request sleeps syscalls segs
       t0=$(cpu_ticks "$pid")
       s0=$(sleeps "$pid")
+      g0=$(segments)
       read -r rps p50 p99 errors client < <(load "$scenario" "$PROXY_PORT" "$OUT/profile/$proxy-$scenario.log")
       t1=$(cpu_ticks "$pid")
       s1=$(sleeps "$pid")
+      g1=$(segments)
       wait "$perf_pid"
+      # System calls are counted apart, over a shorter load: tracing them slows every call of the sampled one.
+      perf stat -x, -e raw_syscalls:sys_enter -o "$data.stat" -p "$(pid_tree "$pid" | paste -sd,)" -- sleep 2 &
+      local stat_pid=$! counted
+      counted=$(DURATION=3 load "$scenario" "$PROXY_PORT" "$OUT/profile/$proxy-$scenario.count.log" | awk '{print $1}')
+      wait "$stat_pid"
       stop_proxy "$pid"
       read -r cpu _ _ < <(seconds "$t0" "$t1")
       per_request=$(awk -v c="$cpu" -v r="$rps" -v d="$DURATION" 'BEGIN {printf "%.1f", c * 1e6 / (r * d)}')
       sleeps=$(awk -v a="$s0" -v b="$s1" -v r="$rps" -v d="$DURATION" 'BEGIN {printf "%.2f", (b - a) / (r * d)}')
+      syscalls=$(awk -F, -v r="$counted" '/raw_syscalls/ {printf "%.2f", $1 / (r * 2)}' "$data.stat")
+      segs=$(awk -v a="$g0" -v b="$g1" -v r="$rps" -v d="$DURATION" 'BEGIN {printf "%.2f", (b - a) / (r * d)}')
       perf script -i "$data" -F ip,sym 2>/dev/null | python3 "$ROOT/bench/kernel_profile.py" \
-        "$proxy, $scenario ($rps requests/s, p99 $p99 ms, $per_request us of CPU per request while sampled, $sleeps sleeps per request)"
+        "$proxy, $scenario ($rps requests/s, p99 $p99 ms, $per_request us of CPU per request while sampled; per request: $sleeps sleeps, $syscalls system calls, $segs TCP segments)" "$per_request"
     done
   done
 }

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Sorts a proxy's CPU samples (from `perf script -F ip,sym`) by what they were doing, kernel included.
 
-Usage: kernel_profile.py LABEL < perf-script-output
+Usage: kernel_profile.py LABEL [US_PER_REQUEST] < perf-script-output
 
 A sample's call chain is read leaf first; the first rule that matches names its kind. The kinds are what a
 proxy's kernel time is made of on loopback, where a send also runs the receiver's side of TCP (the softirq
-that delivers the segment) and so pays for waking the receiving process.
+that delivers the segment) and so pays for waking the receiving process. A second table sorts the same
+samples by the system call they were made in (the function do_syscall_64 called), in microseconds per request
+when US_PER_REQUEST (the CPU per request while sampled) is given.
 """
 
 import collections
@@ -58,13 +60,34 @@ def samples(lines):
         yield chain
 
 
+def system_call(chain):
+    """The system call a sample was taken in, from the function the syscall entry called (`__x64_sys_sendto`,
+    `__sys_sendmsg`: `sendto`, `sendmsg`), or where else it ran."""
+    names = [f[2:] for f in chain]
+    if "do_syscall_64" in names:
+        i = names.index("do_syscall_64")
+        if i == 0:
+            return "system-call entry and exit"
+        name = names[i - 1]
+        for prefix in ("__x64_sys_", "__do_sys_", "__sys_", "do_"):
+            if name.startswith(prefix):
+                return name[len(prefix):]
+        return name
+    if not chain[0].startswith("k:"):
+        return "user space"
+    return "interrupts and the rest of the kernel"
+
+
 def main():
     label = sys.argv[1] if len(sys.argv) > 1 else "profile"
+    per_request = float(sys.argv[2]) if len(sys.argv) > 2 else None
     kinds = collections.Counter()
     leaves = collections.Counter()
+    calls = collections.Counter()
     total = 0
     for chain in samples(sys.stdin):
         total += 1
+        calls[system_call(chain)] += 1
         for kind, test in RULES:
             if test(chain):
                 kinds[kind] += 1
@@ -81,6 +104,11 @@ def main():
     print("\nTop leaf functions (<- their caller):\n")
     for leaf, n in leaves.most_common(12):
         print(f"- {100 * n / total:.1f}% {leaf}")
+    print("\nBy system call:\n")
+    print("| share | us per request | where |\n| ---: | ---: | --- |")
+    for where, n in calls.most_common(10):
+        us = f"{per_request * n / total:.2f}" if per_request else "-"
+        print(f"| {100 * n / total:.1f}% | {us} | {where} |")
     print()
 
 
