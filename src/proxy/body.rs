@@ -200,44 +200,55 @@ where
     }
 }
 
-pub async fn write<W: AsyncWrite + Unpin>(dst: &mut W, bytes: &[u8], idle: Duration) -> Result<(), BodyError> {
-    match timeout(idle, dst.write_all(bytes)).await {
-        Err(_) => Err(BodyError::DstTimeout),
-        Ok(Err(e)) => Err(BodyError::DstWrite(e)),
-        Ok(Ok(())) => Ok(()),
+/// Writes all of `bytes`, failing if the destination takes none of them for `idle`: the timeout is on
+/// inactivity, as HAProxy's, so a slow reader that keeps reading is served however long the whole takes.
+pub async fn write<W: AsyncWrite + Unpin>(dst: &mut W, mut bytes: &[u8], idle: Duration) -> Result<(), BodyError> {
+    while !bytes.is_empty() {
+        match timeout(idle, dst.write(bytes)).await {
+            Err(_) => return Err(BodyError::DstTimeout),
+            Ok(Err(e)) => return Err(BodyError::DstWrite(e)),
+            Ok(Ok(0)) => return Err(BodyError::DstWrite(io::ErrorKind::WriteZero.into())),
+            Ok(Ok(n)) => bytes = &bytes[n..],
+        }
     }
+    Ok(())
 }
 
 /// Writes `head` then `body` with as few system calls as the kernel allows (one, usually). On a raw TCP
 /// socket that is send(2) or sendmsg(2): writev(2) reaches the same TCP code through the file layer, and
-/// costs the kernel more (strace: HAProxy sends, and spent less system time per request).
+/// costs the kernel more (strace: HAProxy sends, and spent less system time per request). Each send may
+/// wait `idle` for the destination to take bytes, the first counted from `now` (the caller's cached clock).
 pub async fn write_head_and_body<W: AsyncWrite + Unpin + RawTcp>(
     dst: &mut W,
     head: &[u8],
     body: &[u8],
-    deadline: Instant,
+    now: Instant,
+    idle: Duration,
 ) -> Result<(), BodyError> {
-    let all = async {
-        let (mut h, mut b) = (head, body);
-        while !h.is_empty() || !b.is_empty() {
-            let n = match dst.raw_tcp() {
-                Some(tcp) => send_two(tcp, h, b).await?,
-                None => dst.write_vectored(&[io::IoSlice::new(h), io::IoSlice::new(b)]).await?,
-            };
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero));
+    let (mut h, mut b) = (head, body);
+    let mut deadline = now + idle;
+    while !h.is_empty() || !b.is_empty() {
+        let send = async {
+            match dst.raw_tcp() {
+                Some(tcp) => send_two(tcp, h, b).await,
+                None => dst.write_vectored(&[io::IoSlice::new(h), io::IoSlice::new(b)]).await,
             }
-            let from_head = n.min(h.len());
-            h = &h[from_head..];
-            b = &b[n - from_head..];
+        };
+        let n = match timeout_at(deadline, send).await {
+            Err(_) => return Err(BodyError::DstTimeout),
+            Ok(Err(e)) => return Err(BodyError::DstWrite(e)),
+            Ok(Ok(0)) => return Err(BodyError::DstWrite(io::ErrorKind::WriteZero.into())),
+            Ok(Ok(n)) => n,
+        };
+        let from_head = n.min(h.len());
+        h = &h[from_head..];
+        b = &b[n - from_head..];
+        if h.is_empty() && b.is_empty() {
+            break;
         }
-        Ok(())
-    };
-    match timeout_at(deadline, all).await {
-        Err(_) => Err(BodyError::DstTimeout),
-        Ok(Err(e)) => Err(BodyError::DstWrite(e)),
-        Ok(Ok(())) => Ok(()),
+        deadline = Instant::now() + idle;
     }
+    Ok(())
 }
 
 /// One send of `a` then `b` (either may be empty) once the socket takes bytes; how many it took.
@@ -273,5 +284,83 @@ async fn send_two(tcp: &tokio::net::TcpStream, a: &[u8], b: &[u8]) -> io::Result
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpSocket, TcpStream};
+
+    /// A loopback connection whose writing end holds 8 KiB and reading end 4 KiB, so that what is written
+    /// waits on the reader instead of vanishing into loopback's megabytes of buffer.
+    pub(in crate::proxy) async fn narrow_pair() -> (TcpStream, TcpStream) {
+        let listening = TcpSocket::new_v4().unwrap();
+        listening.set_recv_buffer_size(4096).unwrap();
+        listening.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listening.listen(1).unwrap();
+        let connecting = TcpSocket::new_v4().unwrap();
+        connecting.set_send_buffer_size(8192).unwrap();
+        let writer = connecting.connect(listener.local_addr().unwrap()).await.unwrap();
+        let (reader, _) = listener.accept().await.unwrap();
+        (writer, reader)
+    }
+
+    /// Reads 4 KiB every 40 ms until `total` bytes have come; how many came.
+    async fn read_slowly(mut reader: TcpStream, total: usize) -> usize {
+        let mut got = 0;
+        let mut piece = [0u8; 4096];
+        while got < total {
+            match reader.read(&mut piece).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        got
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    // 192 KiB at about 100 KiB/s takes about 2 s, four times the idle timeout; the reader takes bytes every
+    // 40 ms, so the writer waits about 80 ms at a time for room.
+    const SLOW_TOTAL: usize = 192 << 10;
+    const IDLE: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn slow_readers_that_keep_reading_get_everything() {
+        runtime().block_on(async {
+            let (mut writer, reader) = narrow_pair().await;
+            let reading = tokio::spawn(read_slowly(reader, SLOW_TOTAL));
+            let written = write(&mut writer, &vec![b'x'; SLOW_TOTAL], IDLE).await;
+            assert!(written.is_ok(), "write: the idle timeout counts from the last progress: {written:?}");
+            assert_eq!(reading.await.unwrap(), SLOW_TOTAL);
+
+            let (mut writer, reader) = narrow_pair().await;
+            let reading = tokio::spawn(read_slowly(reader, SLOW_TOTAL));
+            let (head, body) = (vec![b'h'; 4096], vec![b'b'; SLOW_TOTAL - 4096]);
+            let (_, mut half) = writer.split();
+            let written = write_head_and_body(&mut half, &head, &body, Instant::now(), IDLE).await;
+            assert!(written.is_ok(), "head and body: the idle timeout counts from the last progress: {written:?}");
+            assert_eq!(reading.await.unwrap(), SLOW_TOTAL);
+        });
+    }
+
+    #[test]
+    fn a_write_to_a_reader_that_stopped_times_out() {
+        runtime().block_on(async {
+            let (mut writer, _reader) = narrow_pair().await;
+            let idle = Duration::from_millis(200);
+            let written = write(&mut writer, &vec![b'x'; SLOW_TOTAL], idle).await;
+            assert!(matches!(written, Err(BodyError::DstTimeout)), "{written:?}");
+            // Through the generic path (a TLS stream's) as well as send(2).
+            let (_, mut generic) = tokio::io::split(writer);
+            let written =
+                write_head_and_body(&mut generic, b"head", &vec![b'x'; SLOW_TOTAL], Instant::now(), idle).await;
+            assert!(matches!(written, Err(BodyError::DstTimeout)), "{written:?}");
+        });
     }
 }

@@ -128,8 +128,7 @@ pub async fn transfer<T: Transport>(
         }
         _ => 0,
     };
-    let deadline = worker.clock.now() + t.server;
-    if body::write_head_and_body(&mut uw, plan.head(), &cbuf[..initial], deadline).await.is_err() {
+    if body::write_head_and_body(&mut uw, plan.head(), &cbuf[..initial], worker.clock.now(), t.server).await.is_err() {
         return Err(Failure::NoResponse);
     }
     cbuf.advance(initial);
@@ -285,7 +284,7 @@ async fn relay_response(
                 );
                 continue_relayed |= status == 100;
                 worker.fields.borrow_mut().keep(parsed.headers);
-                write_client(cw, &out, &[], worker.clock.now() + t.client).await?;
+                write_client(cw, &out, &[], worker.clock.now(), t.client).await?;
             }
             up_buf.advance(head_len);
             continue;
@@ -326,7 +325,7 @@ async fn relay_response(
         response_status.set(status);
         let now = worker.clock.now();
         head_at.set(Some(now));
-        write_client(cw, &out, &up_buf[..initial], now + t.client).await?;
+        write_client(cw, &out, &up_buf[..initial], now, t.client).await?;
         delivered.add(out.len() + initial);
         up_buf.advance(initial);
         if matches!(framer, Framer::Length(0)) {
@@ -412,7 +411,8 @@ async fn write_client<W: tokio::io::AsyncWrite + Unpin + RawTcp>(
     cw: &mut W,
     head: &[u8],
     body: &[u8],
-    deadline: Instant,
+    now: Instant,
+    idle: Duration,
 ) -> Result<(), Failure> {
-    body::write_head_and_body(cw, head, body, deadline).await.map_err(|_| Failure::ClientGone(0, 0))
+    body::write_head_and_body(cw, head, body, now, idle).await.map_err(|_| Failure::ClientGone(0, 0))
 }
