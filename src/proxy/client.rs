@@ -249,8 +249,9 @@ async fn redirect<T: Transport>(worker: &Worker, client: &mut Client<T>, locatio
     );
     worker.frontend(T::TLS).response(301, answer.len() as u64);
     local_log_line(worker, client, 301, answer.len() as u64, *b"LR", started, Some(line));
-    let _ = timeout(worker.config().timeouts.client, client.stream.write_all(answer.as_bytes())).await;
-    close_gracefully(&mut client.stream).await;
+    let idle = worker.config().timeouts.client;
+    let _ = timeout(idle, client.stream.write_all(answer.as_bytes())).await;
+    close_gracefully(&mut client.stream, idle).await;
 }
 
 /// The log line of a request answered by the proxy itself.
@@ -296,13 +297,14 @@ async fn refuse<T: Transport>(worker: &Worker, client: &mut Client<T>, status: u
     local_log_line(worker, client, status, bytes.len() as u64, term, started, None);
     let timeouts = worker.config().timeouts;
     let _ = timeout(timeouts.client, client.stream.write_all(bytes)).await;
-    close_gracefully(&mut client.stream).await;
+    close_gracefully(&mut client.stream, timeouts.client).await;
 }
 
 /// Half-closes and drains what the peer still sends, briefly: closing with unread bytes would send a reset that
-/// can destroy the response before the client reads it.
-pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    let _ = stream.shutdown().await;
+/// can destroy the response before the client reads it. Over TLS the half-close first flushes what the TLS
+/// layer still holds, which waits on the client's reads: a client that stopped reading gets `idle` for it.
+pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, idle: Duration) {
+    let _ = timeout(idle, stream.shutdown()).await;
     let drain = async {
         // On the heap (an array would sit inside every connection's future) and never zero-filled.
         let mut sink = BytesMut::with_capacity(64 << 10);
@@ -316,4 +318,54 @@ pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S)
         }
     };
     let _ = timeout(LINGER, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A server and a client configuration for one self-signed certificate for `localhost`.
+    fn tls_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = made.cert.der().clone();
+        let key = rustls_pki_types::PrivatePkcs8KeyDer::from(made.key_pair.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key.into())
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    #[test]
+    fn closing_a_tls_connection_whose_client_stopped_reading_gives_up_after_idle() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            // Small buffers on both ends (the proxy's send side and the client's receive side), so they fill.
+            let (proxy_side, client_side) = crate::proxy::body::tests::narrow_pair().await;
+            let (server_config, client_config) = tls_configs();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let (accepted, connected) = tokio::join!(
+                tokio_rustls::TlsAcceptor::from(server_config).accept(proxy_side),
+                tokio_rustls::TlsConnector::from(client_config).connect(name, client_side)
+            );
+            let (mut server, _client_that_never_reads) = (accepted.unwrap(), connected.unwrap());
+            // The socket fills, then the TLS layer's own buffer: a write is taken until both are full.
+            let piece = vec![b'x'; 16 << 10];
+            while let Ok(Ok(_)) = timeout(Duration::from_millis(200), server.write(&piece)).await {}
+            let closed =
+                timeout(Duration::from_secs(20), close_gracefully(&mut server, Duration::from_millis(300))).await;
+            assert!(closed.is_ok(), "the close waited on a client that does not read for longer than its idle time");
+        });
+    }
 }

@@ -240,7 +240,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 // kernel holds and this side has not read) would make the close a reset, which can wipe the
                 // answer before the client reads it.
                 if relayed.close_client {
-                    close_gracefully(&mut client.stream).await;
+                    close_gracefully(&mut client.stream, config.timeouts.client).await;
                 }
                 return !relayed.close_client;
             }
@@ -351,9 +351,10 @@ async fn answer<T: Transport>(
 ) -> bool {
     let bytes = refusal::response(status);
     use tokio::io::AsyncWriteExt;
-    let _ = timeout(worker.config().timeouts.client, client.stream.write_all(bytes)).await;
+    let idle = worker.config().timeouts.client;
+    let _ = timeout(idle, client.stream.write_all(bytes)).await;
     log_line(worker, client, plan, log, refusal::status_of(bytes), bytes.len() as u64, term);
-    close_gracefully(&mut client.stream).await;
+    close_gracefully(&mut client.stream, idle).await;
     false
 }
 
