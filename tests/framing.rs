@@ -223,6 +223,30 @@ fn expect_100_continue_is_relayed_once() {
 }
 
 #[test]
+fn an_early_answer_streams_to_its_end_though_the_client_never_sends_the_body() {
+    // The server answers before reading the body and trickles its answer for longer than --timeout-client;
+    // the client, told the answer, never sends the body. The body's wait times out on the client side, but
+    // the answer under way must still reach the client whole (then the connection closes).
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 20\r\n\r\n");
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(100));
+                w.send(b"x");
+            }
+        }
+        let _ = w.read_all();
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-client", "1s"]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    let r = w.read_response(false).unwrap();
+    assert_eq!((r.status(), r.body_str().as_str()), (403, "xxxxxxxxxxxxxxxxxxxx"), "the whole answer");
+    assert!(w.is_closed(), "the body never came, so the connection cannot carry another request");
+}
+
+#[test]
 fn early_final_answer_to_expect_closes_without_waiting_for_the_body() {
     let backend = Backend::raw(|stream, _| {
         let mut w = Wire::new(stream);

@@ -166,6 +166,9 @@ pub async fn transfer<T: Transport>(
                     // The backend stopped reading: it may still have answered early, so keep relaying.
                     Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => {}
                     Err(e) if response_status.get() == 0 => break Err(Failure::RequestBody(e)),
+                    // An answer is under way (an early one, which the client may have taken as a reason not to
+                    // send the body): it goes on to its end, and the connection closes after it.
+                    Err(BodyError::SrcTimeout | BodyError::SrcClosed) => {}
                     Err(_) => {
                         break Err(Failure::AbortedMidResponse(*b"CD", response_status.get(), delivered.bytes.get()))
                     }
