@@ -625,6 +625,13 @@ fn hostile_backends_get_clean_answers_and_poison_no_pooled_connection() {
         ("a body on a HEAD answer", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "HEAD", 200, ""),
         ("endless headers", endless_headers, "GET", 502, ""),
         (
+            "Transfer-Encoding on HTTP/1.0 (RFC 9112 section 6.1: faulty framing)",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "GET",
+            502,
+            "",
+        ),
+        (
             "two Content-Lengths",
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
             "GET",

@@ -84,9 +84,13 @@ pub fn parse_response_with<'a>(
     let values = |known: Known| index.values(known, &headers);
     let connection = ConnectionOptions::parse(&values(Known::Connection));
     let te = values(Known::TransferEncoding);
+    if !te.is_empty() && version == Version::Http10 {
+        // RFC 9112 section 6.1: faulty framing, whatever Content-Length says; the sender may hold more of it.
+        return Err(HttpError::BadTransferEncoding("not allowed on HTTP/1.0"));
+    }
     let (body, codings) = if request_is_head || (100..200).contains(&status) || status == 204 || status == 304 {
         (ResponseBody::None, None)
-    } else if !te.is_empty() && version == Version::Http11 {
+    } else if !te.is_empty() {
         // Transfer-Encoding overrides Content-Length in a response (RFC 9112 section 6.3 rule 3).
         let codings = fields::transfer_codings(&te)?;
         if codings.chunked_last {
@@ -152,6 +156,17 @@ mod tests {
         let r = parse(b"HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!(r.body, ResponseBody::UntilClose);
         assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn transfer_encoding_on_http_1_0_is_faulty_framing() {
+        let limits = HeadLimits { max_head_bytes: 8192, max_headers: 100 };
+        for raw in [
+            &b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"[..],
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(parse_response(raw, &limits, false).is_err(), "{}", String::from_utf8_lossy(raw));
+        }
     }
 
     #[test]
