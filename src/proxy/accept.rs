@@ -104,7 +104,11 @@ const DROP_SYN: [(u16, u8, u8, u32); 4] =
 /// to the listener: the client's SYN goes unanswered, and its retry is refused once the listener is
 /// closed), while those under way complete; for a short window what reaches the queue is accepted and
 /// served (each request answered with `Connection: close`); only then does the caller drop the listener.
-async fn drain_queue(worker: &Rc<Worker>, listener: &TcpListener, tls: bool) {
+pub(super) async fn drain_queue(worker: &Rc<Worker>, listener: &TcpListener, tls: bool) {
+    if worker.shared.handed_over.load(Ordering::Acquire) {
+        // The socket is the successor's too: its queue is the successor's to serve, and a filter would stop it.
+        return;
+    }
     let filter = DROP_SYN.map(|(code, jt, jf, k)| socket2::SockFilter::new(code, jt, jf, k));
     if let Err(e) = socket2::SockRef::from(listener).attach_filter(&filter) {
         tracing::debug!("stop: no filter on the listener ({e}); closing it as it is");

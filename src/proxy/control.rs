@@ -161,6 +161,9 @@ impl Control {
                     "upgrade: pid {} serves now; this one stops accepting and finishes its requests",
                     child.id()
                 );
+                // Before the workers hear of it, by command or by the stop that follows: whichever comes first,
+                // they must leave the sockets as the successor has them.
+                self.shared.handed_over.store(true, Ordering::Release);
                 for tx in &self.commands {
                     let _ = tx.send(Command::StopAccepting);
                 }

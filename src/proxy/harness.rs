@@ -117,6 +117,7 @@ impl Harness {
             https_port: AtomicU16::new(0),
             gossip: Arc::default(),
             roster: Arc::default(),
+            handed_over: Default::default(),
         });
         let worker = Rc::new(Worker::new(0, shared));
         Ok(Harness {
@@ -340,5 +341,26 @@ mod tests {
             std::mem::size_of_val(&super::super::accept::plain_connection(guard, stream, addr, 80))
         });
         assert!(size <= 256, "a plain connection's task is {size} bytes");
+    }
+
+    /// Stopping, a worker drops SYNs on its listeners (a socket filter) while it serves their queues; after a
+    /// binary upgrade those are the successor's sockets too, and the filter would stop it accepting (the
+    /// upgrade test's clients timed out connecting when the stop reached a worker before its StopAccepting).
+    #[test]
+    fn a_stop_after_a_handover_leaves_the_listening_socket_unfiltered() {
+        let h = super::Harness::new().unwrap();
+        let connects_after_drain = |handed_over: bool| {
+            h.worker.shared.handed_over.store(handed_over, std::sync::atomic::Ordering::Release);
+            h.local.block_on(&h.runtime, async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                super::super::accept::drain_queue(&h.worker, &listener, false).await;
+                let connect = tokio::net::TcpStream::connect(addr);
+                // A dropped SYN is sent again after a second: half a second tells the two apart.
+                matches!(tokio::time::timeout(std::time::Duration::from_millis(500), connect).await, Ok(Ok(_)))
+            })
+        };
+        assert!(!connects_after_drain(false), "without a successor the stopping listener drops SYNs");
+        assert!(connects_after_drain(true), "after a handover the socket is left as the successor has it");
     }
 }

@@ -31,7 +31,7 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU16, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -93,6 +93,9 @@ pub struct Shared {
     pub gossip: Arc<cluster::GossipStats>,
     /// The cluster as this proxy sees it, for `/members`.
     pub roster: Arc<cluster::Roster>,
+    /// Set once a successor process (a binary upgrade) holds the listening sockets: this one then stops
+    /// without touching them, since a filter it put on a socket would drop the successor's SYNs as well.
+    pub handed_over: AtomicBool,
 }
 
 /// Where the frontends' and the backend's latencies are published.
@@ -236,6 +239,7 @@ pub fn run(
         https_port: AtomicU16::new(https_port),
         gossip: cluster.stats.clone(),
         roster,
+        handed_over: AtomicBool::new(false),
     });
     crate::admin::history::start(shared.clone(), shared.history.clone()).map_err(ProxyError::Start)?;
     if let Some((_, admin)) = admin {
