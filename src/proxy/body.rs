@@ -325,10 +325,10 @@ pub(super) mod tests {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
-    // 192 KiB at about 100 KiB/s takes about 2 s, four times the idle timeout; the reader takes bytes every
-    // 40 ms, so the writer waits about 80 ms at a time for room.
+    // 192 KiB at about 100 KiB/s takes about 2 s, twice the idle timeout; the reader takes bytes every 40 ms,
+    // so the writer waits about 80 ms at a time for room.
     const SLOW_TOTAL: usize = 192 << 10;
-    const IDLE: Duration = Duration::from_millis(500);
+    const IDLE: Duration = Duration::from_secs(1);
 
     #[test]
     fn slow_readers_that_keep_reading_get_everything() {
