@@ -58,6 +58,33 @@ fn idle_connections_the_backend_closed_are_not_used() {
     }
 }
 
+#[test]
+fn a_retry_on_a_full_server_does_not_wait_for_its_own_slot() {
+    // The only server takes one request at a time (maxconn=1). Its first connection answers one request, then
+    // reads the next and closes without answering (the keep-alive race): the GET is retried on a fresh
+    // connection to the same server, which must not queue behind the slot its own first attempt held.
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = connections.clone();
+    let backend = Backend::raw(move |stream, _| {
+        let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let mut w = Wire::new(stream);
+        let mut requests = 0;
+        while w.read_request().is_some() {
+            requests += 1;
+            if first && requests == 2 {
+                return;
+            }
+            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let server = format!("one={},maxconn=1", backend.arg());
+    let proxy = Proxy::start(&["--backend", &server, "--threads", "1", "--timeout-queue", "300ms"]);
+    assert_eq!(common::get(proxy.addr, "/a").body_str(), "ok");
+    let r = common::get(proxy.addr, "/b");
+    assert_eq!((r.status(), r.body_str().as_str()), (200, "ok"), "retried on a fresh connection, not 503 sQ");
+    assert_eq!(retries(&proxy.log_line("GET /b")), 1);
+}
+
 /// `%rc`, the last of the log's `%ac/%fc/%bc/%sc/%rc` field.
 fn retries(line: &str) -> u32 {
     let counts = line.split(' ').nth(10).unwrap_or_default();

@@ -109,6 +109,9 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         // The only server left already lost a pooled connection for this request: a fresh one, then.
         let fresh_only = tried.iter().any(|t| Arc::ptr_eq(t, &picked));
         let hurry = worker.has_alternative(&picked, &tried);
+        // A retry gives back the slot of the attempt before it first: with maxconn it would otherwise wait in
+        // the queue for its own slot (the only server), or hold one server full while queued for another.
+        log.server = None;
         // Counted from the pick on, so a draining server is acknowledged only once nothing here uses it. A
         // server at its maxconn makes the request wait in its queue.
         let entered = match picked.try_enter() {
