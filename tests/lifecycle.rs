@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use common::{record, Backend, Proxy, Wire};
 
@@ -110,6 +111,39 @@ fn slow_request_head_gets_408() {
     assert_eq!(r.status(), 408);
     assert!(w.is_closed());
     assert!(backend.requests().is_empty());
+}
+
+#[test]
+fn a_new_connection_s_first_head_is_due_within_the_head_timeout_of_the_connect() {
+    // 0.7 s before the first byte, 0.7 s more for the rest: 1.4 s from the connect, over --timeout-head 1s,
+    // though each wait alone is under it (the head timeout used to restart at the first byte).
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-head", "1s"]);
+    let mut w = Wire::connect(proxy.addr);
+    std::thread::sleep(Duration::from_millis(700));
+    w.send(b"GET /late HTTP/1.1\r\n");
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = w.stream.write_all(b"Host: t\r\n\r\n");
+    let r = w.read_response(false).expect("an answer");
+    assert_eq!(r.status(), 408);
+    assert!(backend.requests().is_empty());
+}
+
+#[test]
+fn a_head_in_two_pieces_is_timed_as_the_client_s_not_the_server_s() {
+    // httplog's TR (receiving the head) gets the client's pause, Tc (connecting to the server) none of it.
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"GET /two-pieces HTTP/1.1\r\nHost: t\r\n");
+    std::thread::sleep(Duration::from_millis(400));
+    w.send(b"\r\n");
+    assert_eq!(w.read_response(false).unwrap().status(), 200);
+    let line = proxy.log_line("/two-pieces");
+    let timers: Vec<i64> = line.split(' ').nth(4).unwrap().split('/').map(|t| t.parse().unwrap()).collect();
+    let (tr, tc) = (timers[0], timers[2]);
+    assert!(tr >= 350, "TR holds the client's pause: {line}");
+    assert!(tc < 350, "Tc does not: {line}");
 }
 
 #[test]

@@ -78,19 +78,22 @@ pub fn serve<T: Transport>(guard: ConnectionGuard, mut client: Client<T>) -> imp
         let worker = guard.worker();
         let mut first = true;
         loop {
-            if client.buf.is_empty() {
+            // The first request's head must be whole within --timeout-head of the connection's start, its
+            // first byte included; later ones wait --timeout-idle for a first byte, then --timeout-head.
+            let head_since = if client.buf.is_empty() {
                 let wait = match worker.config().timeouts {
                     t if first => t.head,
                     t => t.idle,
                 };
-                if !next_bytes(worker, &mut client, wait).await {
-                    break;
-                }
-            }
+                let Some(waited_since) = next_bytes(worker, &mut client, wait).await else { break };
+                first.then_some(waited_since)
+            } else {
+                None
+            };
             first = false;
             // On the heap: the head, the exchange and their state (several KiB of nested futures) exist only
             // while a request is in flight; an idle connection's task holds only the client and its wait.
-            if !worker.clock.per_poll(worker.frames.pin(|| one_request(worker, &mut client))).await
+            if !worker.clock.per_poll(worker.frames.pin(|| one_request(worker, &mut client, head_since))).await
                 || worker.is_shutting_down()
             {
                 break;
@@ -101,9 +104,10 @@ pub fn serve<T: Transport>(guard: ConnectionGuard, mut client: Client<T>) -> imp
     }
 }
 
-/// Reads one request head and answers it: forwarded, refused or redirected. False: close the connection.
-async fn one_request<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>) -> bool {
-    match read_head(worker, client).await {
+/// Reads one request head (whole by `head_since` + `--timeout-head` if given) and answers it: forwarded,
+/// refused or redirected. False: close the connection.
+async fn one_request<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, head_since: Option<Instant>) -> bool {
+    match read_head(worker, client, head_since).await {
         Head::Gone => false,
         Head::Refuse(status, reason, started) => {
             refuse(worker, client, status, &reason, started).await;
@@ -117,8 +121,8 @@ async fn one_request<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>) 
     }
 }
 
-/// Waits for the first bytes of the next request without holding a buffer, then reads them into one. False:
-/// close the connection (it ended, broke, or stayed quiet for `wait`).
+/// Waits for the first bytes of the next request without holding a buffer, then reads them into one; when the
+/// wait began. None: close the connection (it ended, broke, or stayed quiet for `wait`).
 ///
 /// A new socket reads as ready before any byte came (tokio assumes readiness until a read would block): a
 /// read that would block gives the buffer back and waits again, so a connection that sends nothing holds no
@@ -127,46 +131,46 @@ fn next_bytes<'a, T: Transport>(
     worker: &'a Worker,
     client: &'a mut Client<T>,
     wait: Duration,
-) -> impl Future<Output = bool> + 'a {
+) -> impl Future<Output = Option<Instant>> + 'a {
     let started = Instant::now();
     async move {
         loop {
             worker.buffers.put(std::mem::take(&mut client.buf));
             if !worker.idle.wait(started, wait, |cx| client.stream.poll_readable(cx)).await {
-                return false;
+                return None;
             }
             client.buf = worker.buffers.get();
             match client.stream.read_now(&mut client.buf) {
-                Ok(0) => return false,
-                Ok(_) => return true,
+                Ok(0) => return None,
+                Ok(_) => return Some(started),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
     }
 }
 
-async fn read_head<'w, T: Transport>(worker: &'w Worker, client: &mut Client<T>) -> Head<'w> {
+async fn read_head<'w, T: Transport>(worker: &'w Worker, client: &mut Client<T>, since: Option<Instant>) -> Head<'w> {
     let config = worker.config();
     let limits = HeadLimits { max_head_bytes: config.limits.max_header_bytes, max_headers: config.limits.max_headers };
     let mut started: Option<Started> = None;
     // The clock is read once for a head that comes in one piece (the usual case): the request began when the
-    // wait for it ended, and its head was complete at the first read.
+    // wait for it ended, and its head was complete at the first read (the caller's, which `reads` leaves out).
     let entered = worker.clock.now();
-    let mut deadline = entered + config.timeouts.head;
+    let mut deadline = since.unwrap_or(entered) + config.timeouts.head;
     let mut reads = 0u32;
     loop {
         if !client.buf.is_empty() {
             let s = *started.get_or_insert_with(|| {
-                let now = if reads <= 1 { entered } else { worker.clock.now() };
-                deadline = now + config.timeouts.head;
+                let now = if reads == 0 { entered } else { worker.clock.now() };
+                deadline = since.unwrap_or(now) + config.timeouts.head;
                 Started { instant: now, head_done: now }
             });
             lower_minor_version(&mut client.buf);
             let parsed = parse_request_with(&client.buf, &limits, &mut worker.fields.borrow_mut());
             match parsed {
                 Ok(Some(req)) => {
-                    let head_done = if reads <= 1 { s.instant } else { worker.clock.now() };
+                    let head_done = if reads == 0 { s.instant } else { worker.clock.now() };
                     let started = Started { head_done, ..s };
                     let https_port = worker.shared.https_port.load(std::sync::atomic::Ordering::Relaxed);
                     if !T::TLS && config.redirect_https && https_port != 0 {
