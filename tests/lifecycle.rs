@@ -115,14 +115,15 @@ fn slow_request_head_gets_408() {
 
 #[test]
 fn a_new_connection_s_first_head_is_due_within_the_head_timeout_of_the_connect() {
-    // 0.7 s before the first byte, 0.7 s more for the rest: 1.4 s from the connect, over --timeout-head 1s,
-    // though each wait alone is under it (the head timeout used to restart at the first byte).
+    // 1.3 s before the first byte, 1.3 s more for the rest: 2.6 s from the connect, over --timeout-head 2s,
+    // though each wait alone is under it (the head timeout used to restart at the first byte). The margins
+    // (0.7 s before the first byte's deadline, 0.6 s past the head's) leave room for a loaded machine.
     let backend = Backend::echo_path();
-    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-head", "1s"]);
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-head", "2s"]);
     let mut w = Wire::connect(proxy.addr);
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(1300));
     w.send(b"GET /late HTTP/1.1\r\n");
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(1300));
     let _ = w.stream.write_all(b"Host: t\r\n\r\n");
     let r = w.read_response(false).expect("an answer");
     assert_eq!(r.status(), 408);
@@ -136,14 +137,14 @@ fn a_head_in_two_pieces_is_timed_as_the_client_s_not_the_server_s() {
     let proxy = Proxy::start(&["--backend", &backend.arg()]);
     let mut w = Wire::connect(proxy.addr);
     w.send(b"GET /two-pieces HTTP/1.1\r\nHost: t\r\n");
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(600));
     w.send(b"\r\n");
     assert_eq!(w.read_response(false).unwrap().status(), 200);
     let line = proxy.log_line("/two-pieces");
     let timers: Vec<i64> = line.split(' ').nth(4).unwrap().split('/').map(|t| t.parse().unwrap()).collect();
     let (tr, tc) = (timers[0], timers[2]);
-    assert!(tr >= 350, "TR holds the client's pause: {line}");
-    assert!(tc < 350, "Tc does not: {line}");
+    assert!(tr >= 300, "TR holds the client's pause: {line}");
+    assert!(tc < 300, "Tc does not: {line}");
 }
 
 #[test]

@@ -84,11 +84,14 @@ pub fn parse_response_with<'a>(
     let values = |known: Known| index.values(known, &headers);
     let connection = ConnectionOptions::parse(&values(Known::Connection));
     let te = values(Known::TransferEncoding);
-    if !te.is_empty() && version == Version::Http10 {
-        // RFC 9112 section 6.1: faulty framing, whatever Content-Length says; the sender may hold more of it.
+    let no_body = request_is_head || (100..200).contains(&status) || status == 204 || status == 304;
+    // RFC 9112 section 6.1: Transfer-Encoding on HTTP/1.0 is faulty framing, whatever Content-Length says,
+    // and the connection closes after the message (the sender may hold more of it).
+    let te_on_http10 = !te.is_empty() && version == Version::Http10;
+    if te_on_http10 && !no_body {
         return Err(HttpError::BadTransferEncoding("not allowed on HTTP/1.0"));
     }
-    let (body, codings) = if request_is_head || (100..200).contains(&status) || status == 204 || status == 304 {
+    let (body, codings) = if no_body {
         (ResponseBody::None, None)
     } else if !te.is_empty() {
         // Transfer-Encoding overrides Content-Length in a response (RFC 9112 section 6.3 rule 3).
@@ -105,6 +108,7 @@ pub fn parse_response_with<'a>(
         }
     };
     let keep_alive = body != ResponseBody::UntilClose
+        && !te_on_http10
         && match version {
             Version::Http11 => !connection.close,
             Version::Http10 => connection.keep_alive && !connection.close,
@@ -167,6 +171,9 @@ mod tests {
         ] {
             assert!(parse_response(raw, &limits, false).is_err(), "{}", String::from_utf8_lossy(raw));
         }
+        // Without a body there is nothing to frame: the answer goes through, and the connection closes after.
+        let r = parse(b"HTTP/1.0 204 No\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n", false);
+        assert_eq!((r.body, r.keep_alive), (ResponseBody::None, false));
     }
 
     #[test]

@@ -78,8 +78,9 @@ pub fn serve<T: Transport>(guard: ConnectionGuard, mut client: Client<T>) -> imp
         let worker = guard.worker();
         let mut first = true;
         loop {
-            // The first request's head must be whole within --timeout-head of the connection's start, its
-            // first byte included; later ones wait --timeout-idle for a first byte, then --timeout-head.
+            // The first request's head must be whole within --timeout-head of the connection's start (after
+            // the TLS handshake over TLS), its first byte included; later ones wait --timeout-idle for a first
+            // byte, then --timeout-head.
             let head_since = if client.buf.is_empty() {
                 let wait = match worker.config().timeouts {
                     t if first => t.head,
