@@ -313,6 +313,16 @@ fn silent_connections_holding_every_control_slot_give_the_quietest_to_the_operat
 }
 
 #[test]
+fn a_malformed_admin_request_is_answered_400_at_once() {
+    // No Host on HTTP/1.1, on a connection the client keeps open: the answer comes, not the 5 s read timeout.
+    let proxy = Proxy::start(&[]);
+    let mut w = Wire::connect(proxy.admin());
+    w.send(b"GET /;csv HTTP/1.1\r\n\r\n");
+    let r = w.read_response(false).expect("an answer before the connection closes");
+    assert_eq!(r.status(), 400);
+}
+
+#[test]
 fn the_runtime_api_can_be_off_and_the_admin_page_locked() {
     let proxy = Proxy::start(&["--runtime-api", "off", "--admin-auth", "ops:s3cret"]);
     let admin = proxy.admin();

@@ -77,6 +77,31 @@ fn sighup_adds_a_backend_under_load_changes_listeners_and_refuses_a_broken_file(
 }
 
 #[test]
+fn sighup_locks_and_rekeys_the_admin_page() {
+    let backend = Backend::http(|_| common::ok("ok"));
+    let base = config(&[free_port().to_string()], &[&backend]);
+    let file = TempFile::new("admin-auth.toml", &base);
+    let proxy = Proxy::start(&["--config", file.arg(), "--access-log", "off"]);
+    let csv_with = |credentials: Option<&str>| {
+        let auth = credentials.map(|c| format!("Authorization: Basic {c}\r\n")).unwrap_or_default();
+        common::request(proxy.admin(), format!("GET /;csv HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes()).status()
+    };
+    assert_eq!(csv_with(None), 200, "open before");
+    // base64("ops:s3cret"), then base64("ops:n3w").
+    let keys = [("ops:s3cret", "b3BzOnMzY3JldA==", None), ("ops:n3w", "b3BzOm4zdw==", Some("b3BzOnMzY3JldA=="))];
+    for (reloads, (user_pass, good, old)) in keys.into_iter().enumerate() {
+        file.write(&format!("{base}admin-auth = \"{user_pass}\"\n"));
+        proxy.signal(libc::SIGHUP);
+        proxy.stderr.wait_count("the reload", reloads + 1, |l| l.contains("configuration reloaded"));
+        assert_eq!(csv_with(None), 401, "locked after the reload");
+        assert_eq!(csv_with(Some(good)), 200, "the new credentials open it");
+        if let Some(old) = old {
+            assert_eq!(csv_with(Some(old)), 401, "the old ones no longer do");
+        }
+    }
+}
+
+#[test]
 fn sighup_serves_a_replaced_certificate_to_new_connections() {
     let pki = Pki::new();
     let cert = pki.leaf("site.pem", &["a.test"]);

@@ -34,14 +34,10 @@ const ADMIN_CONNECTIONS: usize = 32;
 
 /// Serves the admin endpoints on `listener` (bound by the caller, so a bad address fails the start).
 pub fn start(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result<()> {
-    let auth = shared.config.load().admin_auth.as_ref().map(|s| Arc::<str>::from(basic_credentials(&s.0)));
-    tracing::info!(
-        "admin on {}{}",
-        listener.local_addr()?,
-        if auth.is_some() { " (basic authentication)" } else { "" }
-    );
+    let locked = shared.config.load().admin_auth.is_some();
+    tracing::info!("admin on {}{}", listener.local_addr()?, if locked { " (basic authentication)" } else { "" });
     serve_listener("shoal-admin", listener, shared.clone(), ADMIN_CONNECTIONS, move |stream, _| {
-        serve(stream, shared.clone(), auth.clone())
+        serve(stream, shared.clone())
     })
 }
 
@@ -51,11 +47,17 @@ pub(crate) fn basic_credentials(user_pass: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(user_pass))
 }
 
-async fn serve(mut stream: TcpStream, shared: Arc<Shared>, auth: Option<Arc<str>>) {
-    let Ok(Some((target, credentials))) = tokio::time::timeout(CLIENT_TIMEOUT, read_target(&mut stream)).await else {
-        return;
+async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    let (target, credentials) = match tokio::time::timeout(CLIENT_TIMEOUT, read_target(&mut stream)).await {
+        Ok(Head::Request(target, credentials)) => (target, credentials),
+        Ok(Head::Malformed) => {
+            return answer(&mut stream, "400 Bad Request", "text/plain", "bad request\n".into(), "").await
+        }
+        Ok(Head::Gone) | Err(_) => return,
     };
-    let allowed = match &auth {
+    // Read per request, so a reload that sets or changes --admin-auth applies at once.
+    let expected = shared.config.load().admin_auth.as_ref().map(|s| basic_credentials(&s.0));
+    let allowed = match &expected {
         None => true,
         Some(expected) => credentials.is_some_and(|given| same_secret(given.as_bytes(), expected.as_bytes())),
     };
@@ -66,6 +68,11 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>, auth: Option<Arc<str>
         let body = "authentication required\n".to_string();
         ("401 Unauthorized", "text/plain; charset=utf-8", body, "WWW-Authenticate: Basic realm=\"shoal\"\r\n")
     };
+    answer(&mut stream, status, kind, body, extra).await;
+}
+
+/// Writes one answer (`extra`: more header lines) and closes.
+async fn answer(stream: &mut TcpStream, status: &str, kind: &str, body: String, extra: &str) {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{extra}Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
         body.len()
@@ -82,18 +89,32 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The request target and the `Authorization` value, once a whole head has arrived; `None` for anything else.
-async fn read_target(stream: &mut TcpStream) -> Option<(String, Option<String>)> {
+/// What came on an admin connection.
+enum Head {
+    /// The request target and the `Authorization` value.
+    Request(String, Option<String>),
+    /// A head that is not HTTP/1 (or too large): answered 400.
+    Malformed,
+    /// The client left, or the read failed, before a whole head.
+    Gone,
+}
+
+async fn read_target(stream: &mut TcpStream) -> Head {
     let limits = HeadLimits { max_head_bytes: READ_LIMIT, max_headers: 64 };
     let mut buf = Vec::with_capacity(1024);
     loop {
-        if let Ok(Some(req)) = parse_request(&buf, &limits) {
-            let auth = req.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("authorization"));
-            let auth = auth.map(|(_, value)| String::from_utf8_lossy(value).trim().to_string());
-            return Some((req.target.to_string(), auth));
+        match parse_request(&buf, &limits) {
+            Ok(Some(req)) => {
+                let auth = req.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+                let auth = auth.map(|(_, value)| String::from_utf8_lossy(value).trim().to_string());
+                return Head::Request(req.target.to_string(), auth);
+            }
+            Ok(None) => {}
+            Err(_) => return Head::Malformed,
         }
-        if buf.len() >= READ_LIMIT || stream.read_buf(&mut buf).await.ok()? == 0 {
-            return None;
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Head::Gone,
+            Ok(_) => {}
         }
     }
 }
