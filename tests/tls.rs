@@ -33,6 +33,26 @@ fn tls_proxy(backend: &Backend, cert: &std::path::Path, extra: &[&str]) -> Proxy
 }
 
 #[test]
+fn show_info_totals_count_tls_clients_too() {
+    // HAProxy's CumConns and CumReq are the process's, every frontend's: 2 TLS requests and 1 plain make 3.
+    let pki = Pki::new();
+    pki.leaf("a.pem", &["a.test"]);
+    let backend = Backend::echo_path();
+    let proxy = tls_proxy(&backend, &pki.dir, &[]);
+    for path in ["/one", "/two"] {
+        assert!(curl(&pki, "a.test", proxy.tls(), path).status.success());
+    }
+    assert_eq!(common::get(proxy.addr, "/three").status(), 200);
+    // A request is counted as its answer goes out: wait (bounded) rather than read once.
+    let totals = || {
+        let info = proxy.runtime("show info");
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_string();
+        (field("CumConns:"), field("CumReq:"))
+    };
+    common::wait_until("3 connections and 3 requests in show info", || totals() == ("3".into(), "3".into()));
+}
+
+#[test]
 fn sni_picks_the_certificate_and_the_backend_learns_https() {
     let pki = Pki::new();
     pki.leaf("a.pem", &["a.test"]);

@@ -173,6 +173,10 @@ fn set_weight(publisher: &Mutex<Publisher>, target: &str, weight: &str) -> Strin
 
 fn info(shared: &Shared) -> String {
     let s = Snapshot::read(shared);
+    // HAProxy's process-wide totals: every frontend's, the TLS one's too (CurrConns already counts both).
+    let tls = s.frontend_tls.as_ref();
+    let sessions = s.frontend.sessions + tls.map_or(0, |t| t.sessions);
+    let requests = s.frontend.requests + tls.map_or(0, |t| t.requests);
     format!(
         "Name: shoal\nVersion: {}\nNbthread: {}\nUptime_sec: {}\nMaxconn: {}\nCurrConns: {}\nCumConns: {}\nCumReq: {}\n",
         env!("CARGO_PKG_VERSION"),
@@ -180,8 +184,8 @@ fn info(shared: &Shared) -> String {
         s.uptime_s,
         s.max_connections,
         s.connections,
-        s.frontend.sessions,
-        s.frontend.requests
+        sessions,
+        requests
     )
 }
 
