@@ -1,15 +1,14 @@
 //! One backend server and the address it currently resolves to.
 
-use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::address::Address;
 use super::counters::PerThread;
 use super::hash::key_hash;
 use crate::agent::health::CheckReport;
@@ -58,7 +57,7 @@ pub enum QueueError {
 /// A server requests can be sent to.
 ///
 /// The host is resolved lazily and again after a failed connect, because compose service names may resolve
-/// only once their container is up, and to a new address after a restart.
+/// only once their container is up, and to a new address after a restart (see [`Address`]).
 #[derive(Debug)]
 pub struct Backend {
     /// What the stats, the runtime API and the log call it. Names come from gossip and can move: when two
@@ -66,7 +65,7 @@ pub struct Backend {
     name: ArcSwap<String>,
     pub host: String,
     pub port: u16,
-    resolved: ArcSwapOption<SocketAddr>,
+    pub address: Address,
     /// Skipped by every thread after a failed connect (or a request its host never acknowledged), until a
     /// probe connect succeeds or membership says it is back.
     ejected: AtomicBool,
@@ -100,12 +99,11 @@ pub struct Backend {
 impl Backend {
     /// A server of `pool`.
     pub fn new(spec: &BackendSpec, pool: &Pool) -> Backend {
-        let literal = spec.host.parse::<IpAddr>().ok().map(|ip| Arc::new(SocketAddr::new(ip, spec.port)));
         Backend {
             name: ArcSwap::from_pointee(spec.name.clone()),
             host: spec.host.clone(),
             port: spec.port,
-            resolved: ArcSwapOption::new(literal),
+            address: Address::new(&spec.host, spec.port),
             ejected: AtomicBool::new(false),
             suspicions: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -283,30 +281,6 @@ impl Backend {
     /// Requests in flight on every server of this one's pool.
     pub fn pool_in_flight(&self) -> usize {
         self.pool_in_flight.load(Ordering::Relaxed)
-    }
-
-    fn is_literal(&self) -> bool {
-        self.host.parse::<IpAddr>().is_ok()
-    }
-
-    /// The address last resolved, if any (literal addresses always have one).
-    pub fn cached_address(&self) -> Option<SocketAddr> {
-        self.resolved.load().as_deref().copied()
-    }
-
-    /// The address to connect to; `fresh` forces a new lookup (after a connect failure).
-    pub async fn address(&self, fresh: bool) -> io::Result<SocketAddr> {
-        if let Some(addr) = self.resolved.load().as_deref() {
-            if !fresh || self.is_literal() {
-                return Ok(*addr);
-            }
-        }
-        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{} has no address", self.host)))?;
-        self.resolved.store(Some(Arc::new(addr)));
-        Ok(addr)
     }
 }
 

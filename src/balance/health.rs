@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{Backend, Publisher, SharedBackends};
+use super::{Backend, Publisher, ResolveError, SharedBackends};
 use crate::agent::health::{self, CheckConfig, Verdicts};
 
 /// How often ejected servers are probed, and ramping weights republished.
@@ -56,9 +56,13 @@ pub fn start(
     Ok(())
 }
 
+/// Connects to an ejected server, its name looked up afresh (it may have come back elsewhere), all within
+/// `limit`.
 async fn probe(backend: Arc<Backend>, limit: Duration) {
-    let Ok(addr) = backend.address(true).await else { return };
-    if let Ok(Ok(_)) = tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+    let deadline = Instant::now() + limit;
+    backend.address.refresh();
+    let Ok(addr) = backend.address.resolve(deadline, true).await else { return };
+    if let Ok(Ok(_)) = tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         if backend.readmit() {
             tracing::info!("server {} ({addr}) accepts connections again: back in rotation", backend.name());
         }
@@ -79,13 +83,15 @@ async fn check_statics(publisher: Arc<Mutex<Publisher>>, config: CheckConfig) {
         for backend in statics {
             let config = config.clone();
             checks.spawn_local(async move {
-                let report = match backend.address(false).await {
+                // The lookup gets at most an interval too: one name the resolver never answers for must not
+                // hold back the verdicts of the others.
+                let report = match backend.address.resolve(Instant::now() + config.interval, false).await {
                     Ok(addr) => health::check_report(addr, &config).await,
                     Err(e) => health::CheckReport {
-                        status: "L4CON",
+                        status: if matches!(e, ResolveError::TimedOut(_)) { "L4TOUT" } else { "L4CON" },
                         code: None,
                         duration: Duration::ZERO,
-                        error: Some(format!("cannot resolve: {e}")),
+                        error: Some(e.to_string()),
                     },
                 };
                 (backend, report)

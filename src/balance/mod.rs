@@ -8,6 +8,7 @@
 //! An algorithm sees the set and the request's [`Affinity`], what it was worth knowing about the request
 //! when its head was read: the server its sticky cookie names, the hash of its key.
 
+mod address;
 mod backend;
 pub mod counters;
 mod hash;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub use address::ResolveError;
 pub use backend::{raise_peak, Backend, InFlight, Pool, QueueError};
 pub use hash::{key_hash, Hash};
 pub use least_conn::LeastConn;

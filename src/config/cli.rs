@@ -204,7 +204,8 @@ pub struct ProxyArgs {
     #[arg(long, env = "SHOAL_TIMEOUT_HANDSHAKE", value_name = "DURATION", value_parser = value::duration)]
     pub timeout_handshake: Option<Duration>,
     /// Static backend `[NAME=]HOST:PORT[,weight=N][,maxconn=N][,maxqueue=N]` (repeatable, or several
-    /// separated by commas); host names are resolved when connecting.
+    /// separated by commas); host names are looked up when first needed and after a failed connect, within
+    /// --timeout-connect.
     #[arg(long, env = "SHOAL_BACKEND", value_name = "BACKEND", value_parser = value::backends)]
     pub backend: Vec<Vec<BackendSpec>>,
     /// Admin and stats listener, or off [default: 0.0.0.0:1936].
@@ -270,7 +271,7 @@ pub struct ProxyArgs {
     /// Longest wait in a full server's queue (servers with maxconn) before a 503 [default: 5s].
     #[arg(long, env = "SHOAL_TIMEOUT_QUEUE", value_name = "DURATION", value_parser = value::duration)]
     pub timeout_queue: Option<Duration>,
-    /// Longest time to connect to a backend [default: 5s].
+    /// Longest time to connect to a backend, looking its name up included [default: 5s].
     #[arg(long, env = "SHOAL_TIMEOUT_CONNECT", value_name = "DURATION", value_parser = value::duration)]
     pub timeout_connect: Option<Duration>,
     /// How long a connect, or the TCP acknowledgement of a sent idempotent request, may take before the

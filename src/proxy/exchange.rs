@@ -278,7 +278,7 @@ async fn acquire(
     attempt: Attempt,
 ) -> Result<Upstream, ConnectError> {
     if !fresh_only {
-        if let Ok(addr) = backend.address(false).await {
+        if let Some(addr) = backend.address.cached() {
             if let Some(up) = worker.pool.borrow_mut().checkout(addr, verify, worker.clock.now()) {
                 return Ok(up);
             }
@@ -289,7 +289,7 @@ async fn acquire(
     let abandon = attempt.hurry && share < left;
     let limit = if abandon { share } else { left.max(Duration::from_millis(1)) };
     tokio::select! {
-        connected = upstream::connect(backend, limit, abandon) => connected,
+        connected = upstream::connect(backend, limit, abandon, fresh_only) => connected,
         _ = worker.taken_out(backend) => Err(ConnectError::TakenOut),
     }
 }

@@ -11,7 +11,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::balance::Backend;
+use crate::balance::{Backend, ResolveError};
 
 /// A connection to one backend.
 pub struct Upstream {
@@ -24,8 +24,8 @@ pub struct Upstream {
 
 #[derive(Debug, Error)]
 pub enum ConnectError {
-    #[error("cannot resolve: {0}")]
-    Resolve(io::Error),
+    #[error("{0}")]
+    Resolve(ResolveError),
     #[error("connect: {0}")]
     Refused(io::Error),
     #[error("connect timed out")]
@@ -41,15 +41,20 @@ pub enum ConnectError {
 impl ConnectError {
     /// `%tsc`'s first letter: `s` for a server that timed out, `S` for one that refused or failed.
     pub fn timed_out(&self) -> bool {
-        matches!(self, ConnectError::Timeout | ConnectError::Abandoned(_))
+        matches!(
+            self,
+            ConnectError::Timeout | ConnectError::Abandoned(_) | ConnectError::Resolve(ResolveError::TimedOut(_))
+        )
     }
 }
 
-/// Connects to `backend` within `limit`; `abandon` says the limit is the attempt's share rather than the
-/// whole connect timeout. After a failure the backend's name is resolved again for the next attempt.
-pub async fn connect(backend: &Backend, limit: Duration, abandon: bool) -> Result<Upstream, ConnectError> {
-    let addr = backend.address(false).await.map_err(ConnectError::Resolve)?;
-    let result = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+/// Connects to `backend` within `limit`, looking its name up included; `abandon` says the limit is the
+/// attempt's share rather than the whole connect timeout; `fresh` that this request already failed to reach
+/// it, so a lookup under way is worth waiting for. After a failure the name is looked up again.
+pub async fn connect(backend: &Backend, limit: Duration, abandon: bool, fresh: bool) -> Result<Upstream, ConnectError> {
+    let deadline = Instant::now() + limit;
+    let addr = backend.address.resolve(deadline, fresh).await.map_err(ConnectError::Resolve)?;
+    let result = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             return Ok(Upstream { stream, addr, reused: false, idle_since: Instant::now() });
@@ -58,7 +63,7 @@ pub async fn connect(backend: &Backend, limit: Duration, abandon: bool) -> Resul
         Err(_) if abandon => ConnectError::Abandoned(limit),
         Err(_) => ConnectError::Timeout,
     };
-    let _ = backend.address(true).await;
+    backend.address.refresh();
     Err(result)
 }
 

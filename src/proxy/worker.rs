@@ -245,7 +245,7 @@ impl Worker {
             let usable: Vec<std::net::SocketAddr> = {
                 let mut cache = self.backends.borrow_mut();
                 let set = cache.load();
-                set.rotation().iter().filter_map(|&i| set.servers[i].cached_address()).collect()
+                set.rotation().iter().filter_map(|&i| set.servers[i].address.cached()).collect()
             };
             self.pool.borrow_mut().retain(|addr| usable.contains(addr));
         }

@@ -98,6 +98,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for h in &self.hosts {
             let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", h.ns));
         }
         let _ = Command::new("ip").args(["netns", "del", &self.switch]).status();
     }
@@ -166,6 +167,14 @@ impl Host {
 
     pub fn addr(&self, port: u16) -> SocketAddr {
         format!("{}:{port}", self.ip).parse().unwrap()
+    }
+
+    /// Gives the programs started on this host (through `ip netns exec`, which mounts `/etc/netns/NS/*` over
+    /// `/etc`) their own resolver configuration.
+    pub fn resolv_conf(&self, text: &str) {
+        let dir = format!("/etc/netns/{}", self.ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(format!("{dir}/resolv.conf"), text).unwrap();
     }
 
     /// `program args` run inside this host's namespace.

@@ -1,0 +1,152 @@
+//! Backend names under a DNS server that never answers: the proxy runs on a host of its own (a network
+//! namespace) whose resolv.conf names a UDP socket that takes every query and replies to none, with the
+//! longest wait glibc allows (30 s a try, 5 tries). Whatever the resolver does, a request must cost no more than
+//! its connect timeout, the other servers must go on serving and being checked, and a burst of requests must
+//! share one lookup.
+//!
+//! Needs root and iproute2 (CI runs as root); fails, rather than skips, without them.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::lab::{Host, Lab};
+use common::{http_get, Backend, Lines, Process};
+
+const HTTP: u16 = 80;
+/// A name only the silent DNS server could answer for.
+const SILENT: &str = "web.shoal.test:9000";
+
+/// A DNS server on the host's loopback that counts the queries it receives and answers none.
+struct SilentDns {
+    queries: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SilentDns {
+    fn start(host: &Host) -> SilentDns {
+        host.resolv_conf("nameserver 127.0.0.1\noptions timeout:30 attempts:5\n");
+        let socket = host.enter(|| UdpSocket::bind("127.0.0.1:53").expect("bind the silent DNS server"));
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let (queries, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let (q, s) = (queries.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !s.load(Ordering::SeqCst) {
+                if socket.recv_from(&mut buf).is_ok() {
+                    q.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        SilentDns { queries, stop }
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentDns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn proxy(host: &Host, extra: &[&str]) -> (Process, Lines) {
+    let listen = host.addr(HTTP).to_string();
+    let args = [
+        "proxy",
+        "--listen",
+        &listen,
+        "--gossip",
+        "127.0.0.1:7946",
+        "--admin",
+        "127.0.0.1:0",
+        "--runtime-api",
+        "127.0.0.1:0",
+    ];
+    let (process, log) = host.shoal(&[&args[..], extra].concat(), &[]);
+    log.wait_for("the proxy listening", |l| l.contains("listening on "));
+    (process, log)
+}
+
+/// A test backend listening on the host.
+fn backend_on(host: &Host, make: impl FnOnce() -> Backend + Send) -> Backend {
+    host.enter(make)
+}
+
+#[test]
+fn a_resolver_that_never_answers_costs_a_request_its_connect_timeout_and_one_lookup_for_all() {
+    let lab = Lab::new(1);
+    let host = lab.host(0);
+    let dns = SilentDns::start(host);
+    let (_proxy, log) = proxy(host, &["--backend", &format!("web={SILENT}"), "--timeout-connect", "1s"]);
+    let addr = host.addr(HTTP);
+    // Twenty clients at once, each willing to wait 8 s: a lookup that is not bounded holds them for the
+    // resolver's 150 s.
+    let answers: Vec<Result<String, String>> = host.enter(|| {
+        std::thread::scope(|s| {
+            let clients: Vec<_> =
+                (0..20).map(|_| s.spawn(move || http_get(addr, "/", Duration::from_secs(8)))).collect();
+            clients.into_iter().map(|c| c.join().unwrap()).collect()
+        })
+    });
+    for answer in &answers {
+        assert_eq!(answer, &Err("HTTP/1.1 503 Service Unavailable".to_string()), "{answers:?}");
+    }
+    log.wait_for("the lookup's timeout logged", |l| {
+        l.contains("server web") && l.contains("no answer from the resolver")
+    });
+    // glibc asks for A and AAAA records once per lookup; one lookup a request would be 40 queries.
+    let queries = dns.queries();
+    eprintln!("{queries} DNS queries for 20 requests");
+    assert!((1..=4).contains(&queries), "the requests share one lookup: {queries} queries");
+}
+
+#[test]
+fn a_name_the_resolver_never_answers_for_does_not_hold_back_the_other_server() {
+    let lab = Lab::new(1);
+    let host = lab.host(0);
+    let _dns = SilentDns::start(host);
+    let echo = backend_on(host, Backend::echo_path);
+    let literal = format!("lit={}", echo.addr);
+    let (_proxy, log) = proxy(host, &["--backend", &format!("web={SILENT}"), "--backend", &literal]);
+    let addr = host.addr(HTTP);
+    // Round-robin sends every other request to the name first: its attempt is given up after
+    // --timeout-attempt (250 ms) and the request goes on to the other server.
+    for i in 0..6 {
+        let path = format!("/r{i}");
+        assert_eq!(host.enter(|| http_get(addr, &path, Duration::from_secs(4))), Ok(path.clone()));
+    }
+    log.wait_for("the abandoned lookup logged", |l| {
+        l.contains("server web") && l.contains("no answer from the resolver")
+    });
+}
+
+#[test]
+fn the_other_servers_are_still_checked_while_a_lookup_hangs() {
+    let lab = Lab::new(1);
+    let host = lab.host(0);
+    let _dns = SilentDns::start(host);
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = healthy.clone();
+    let checked = backend_on(host, move || {
+        Backend::http(move |_| {
+            let status = if flag.load(Ordering::SeqCst) { "200 OK" } else { "503 Service Unavailable" };
+            format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok").into_bytes()
+        })
+    });
+    let literal = format!("lit={}", checked.addr);
+    let checks = ["--backend-check-path", "/health", "--backend-check-interval", "500ms", "--backend-fall", "1"];
+    let servers = ["--backend", &format!("web={SILENT}"), "--backend", &literal];
+    let (_proxy, log) = proxy(host, &[&servers[..], &checks[..]].concat());
+    log.wait_for("the name's check failing", |l| l.contains("server web is DOWN") && l.contains("resolver"));
+    // The name's lookup still hangs (150 s): the other server's check goes on all the same.
+    let addr: SocketAddr = host.addr(HTTP);
+    assert_eq!(host.enter(|| http_get(addr, "/", Duration::from_secs(4))), Ok("ok".into()));
+    healthy.store(false, Ordering::SeqCst);
+    log.wait_for("the other server's failed check", |l| l.contains("server lit is DOWN"));
+}
