@@ -323,6 +323,36 @@ fn a_malformed_admin_request_is_answered_400_at_once() {
 }
 
 #[test]
+fn an_admin_answer_reaches_a_client_still_sending() {
+    // A request the admin side does not read to its end (a body it ignores, a head over its 8 KiB), sent
+    // whole before the answer is read, as curl does: a close with the rest unread would be a reset.
+    let proxy = Proxy::start(&[]);
+    let body = vec![b'x'; 8 << 20];
+    let huge_header = format!("X-Big: {}\r\n", "a".repeat(20_000));
+    let cases = [
+        (format!("POST /;csv HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()), "HTTP/1.1 200"),
+        (format!("GET /;csv HTTP/1.1\r\nHost: x\r\n{huge_header}\r\n"), "HTTP/1.1 400"),
+    ];
+    for (head, status) in &cases {
+        for attempt in 0..3 {
+            let mut client = TcpStream::connect(proxy.admin()).unwrap();
+            client.set_read_timeout(Some(WAIT)).unwrap();
+            client.set_write_timeout(Some(WAIT)).unwrap();
+            let sent = client.write_all(head.as_bytes()).and_then(|()| client.write_all(&body));
+            if let Err(e) = sent {
+                panic!("{status}, attempt {attempt}: reset while the client sent: {e}");
+            }
+            let mut got = Vec::new();
+            if let Err(e) = client.read_to_end(&mut got) {
+                panic!("{status}, attempt {attempt}: the answer was lost: {e} (got {} bytes)", got.len());
+            }
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with(status), "attempt {attempt}: {text:?}");
+        }
+    }
+}
+
+#[test]
 fn the_runtime_api_can_be_off_and_the_admin_page_locked() {
     let proxy = Proxy::start(&["--runtime-api", "off", "--admin-auth", "ops:s3cret"]);
     let admin = proxy.admin();

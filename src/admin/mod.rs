@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::http::request::parse_request;
 use crate::http::HeadLimits;
-use crate::proxy::Shared;
+use crate::proxy::{close_gracefully, Shared};
 use sessions::serve_listener;
 
 const READ_LIMIT: usize = 8 * 1024;
@@ -71,7 +71,8 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     answer(&mut stream, status, kind, body, extra).await;
 }
 
-/// Writes one answer (`extra`: more header lines) and closes.
+/// Writes one answer (`extra`: more header lines) and closes, reading what the client still sends (a body
+/// ignored, the rest of a head too large) so that the close is not a reset that can destroy the answer.
 async fn answer(stream: &mut TcpStream, status: &str, kind: &str, body: String, extra: &str) {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{extra}Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
@@ -82,6 +83,7 @@ async fn answer(stream: &mut TcpStream, status: &str, kind: &str, body: String, 
         stream.write_all(body.as_bytes()).await
     })
     .await;
+    close_gracefully(stream, CLIENT_TIMEOUT).await;
 }
 
 /// Compares in time independent of where the first difference is.

@@ -44,6 +44,7 @@ use crate::balance::{self, Backend, BackendSet, ClusterBackends, Pool, Publisher
 use crate::cluster::{self, Announce, Role};
 use crate::config::ProxyConfig;
 use crate::signals::ControlSignals;
+pub use client::close_gracefully;
 use handover::{Inherited, Kind};
 
 /// A second handle on a control listener, kept for a binary upgrade's handover.
