@@ -53,6 +53,37 @@ fn show_info_totals_count_tls_clients_too() {
 }
 
 #[test]
+fn each_frontend_counts_its_own_open_connections() {
+    // Two clients on the TLS listener (still in their handshakes, which HAProxy's scur counts too) and one on
+    // the plain listener: shoal-tls shows 2, FRONTEND 1, and the metrics say the same.
+    let pki = Pki::new();
+    pki.leaf("a.pem", &["a.test"]);
+    let backend = Backend::echo_path();
+    let proxy = tls_proxy(&backend, &pki.dir, &["--timeout-handshake", "60s", "--timeout-head", "60s"]);
+    let _held: Vec<TcpStream> =
+        [proxy.tls(), proxy.tls(), proxy.addr].into_iter().map(|addr| TcpStream::connect(addr).unwrap()).collect();
+    let frontends = || {
+        let csv = common::get(proxy.admin(), "/;csv").body_str();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().trim_start_matches("# ").split(',').collect();
+        let cell = |row: &str, name: &str| {
+            let i = header.iter().position(|h| *h == name).unwrap();
+            row.split(',').nth(i).unwrap_or_default().to_string()
+        };
+        let rows: Vec<String> = lines
+            .filter(|l| l.split(',').nth(1) == Some("FRONTEND"))
+            .map(|l| format!("{} {}/{}", cell(l, "pxname"), cell(l, "scur"), cell(l, "smax")))
+            .collect();
+        rows
+    };
+    common::wait_until("2 TLS and 1 plain connection in the CSV", || {
+        frontends() == ["shoal 1/1".to_string(), "shoal-tls 2/2".to_string()]
+    });
+    assert_eq!(proxy.metric("shoal_frontend_current_connections"), 1);
+    assert_eq!(proxy.metric("shoal_frontend_tls_current_connections"), 2);
+}
+
+#[test]
 fn sni_picks_the_certificate_and_the_backend_learns_https() {
     let pki = Pki::new();
     pki.leaf("a.pem", &["a.test"]);

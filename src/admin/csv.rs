@@ -102,9 +102,10 @@ pub fn render(s: &Snapshot) -> String {
     out.push('\n');
     let columns: Vec<&str> = HEADER.trim_start_matches("# ").split(',').filter(|c| !c.is_empty()).collect();
     let mut row = |r: Row| write_row(&mut out, &columns, &r);
-    row(Row::frontend(FRONTEND, 1, (s.connections, Some(s.peak_connections)), s, &s.frontend, s.frontend_rates[0]));
+    let [(plain, plain_peak), (tls_open, tls_peak)] = s.frontend_connections;
+    row(Row::frontend(FRONTEND, 1, (plain, Some(plain_peak)), s, &s.frontend, s.frontend_rates[0]));
     if let Some(tls) = &s.frontend_tls {
-        row(Row::frontend(FRONTEND_TLS, 3, (0, None), s, tls, s.frontend_rates[1]));
+        row(Row::frontend(FRONTEND_TLS, 3, (tls_open, Some(tls_peak)), s, tls, s.frontend_rates[1]));
     }
     for (i, server) in s.servers.iter().enumerate() {
         row(Row {

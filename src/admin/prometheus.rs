@@ -18,14 +18,17 @@ pub fn render(s: &Snapshot) -> String {
         }
     };
     let one = |v: u64| vec![(String::new(), v)];
-    metric("frontend_connections_total", "counter", "Client connections accepted.", one(s.frontend.sessions));
-    metric("frontend_current_connections", "gauge", "Client connections open.", one(s.connections));
+    // The plain frontend's, as the CSV's FRONTEND row; the TLS frontend's are frontend_tls_*.
+    let [(plain_open, _), (tls_open, _)] = s.frontend_connections;
+    metric("frontend_connections_total", "counter", "Plain client connections accepted.", one(s.frontend.sessions));
+    metric("frontend_current_connections", "gauge", "Plain client connections open.", one(plain_open));
     metric("frontend_requests_total", "counter", "Requests answered or abandoned.", one(s.frontend.requests));
     metric("frontend_refused_total", "counter", "Requests refused as malformed.", one(s.frontend.refused));
     metric("frontend_bytes_out_total", "counter", "Bytes sent to clients.", one(s.frontend.bytes_out));
     metric("frontend_responses_total", "counter", "Responses by status class.", by_code("", &s.frontend));
     if let Some(tls) = &s.frontend_tls {
         metric("frontend_tls_connections_total", "counter", "TLS connections established.", one(tls.sessions));
+        metric("frontend_tls_current_connections", "gauge", "TLS client connections open.", one(tls_open));
         metric(
             "frontend_tls_handshake_failures_total",
             "counter",

@@ -69,8 +69,10 @@ pub struct Snapshot {
     /// Rates of the plain and TLS frontends; the backend's rate and state changes.
     pub frontend_rates: [FrontendRates; 2],
     pub backend_seen: Option<Seen>,
+    /// Client connections open on both frontends.
     pub connections: u64,
-    pub peak_connections: u64,
+    /// Open on the plain frontend and the TLS one, each with the most it has had at once.
+    pub frontend_connections: [(u64, u64); 2],
     pub max_connections: u64,
     pub servers: Vec<Server>,
     pub backend: Totals,
@@ -129,8 +131,11 @@ impl Snapshot {
             backend_timings: shared.timings.backend.read(),
             frontend_rates: [shared.history.frontend(0), shared.history.frontend(1)],
             backend_seen: shared.history.backend(),
-            connections: shared.connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
-            peak_connections: shared.peak_connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            connections: shared.open.all() as u64,
+            frontend_connections: [false, true].map(|tls| {
+                let (open, peak) = shared.open.frontend(tls);
+                (open as u64, peak as u64)
+            }),
             max_connections: config.limits.max_connections as u64,
             servers,
             backend,

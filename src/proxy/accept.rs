@@ -3,35 +3,82 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
 use super::client;
 use super::worker::Worker;
+use crate::balance::raise_peak;
+
+/// Client connections open on every thread, in all and by frontend, and the most each frontend has had at once
+/// (HAProxy's process `CurrConns`, each frontend's `scur` and `smax`). One cache line, written once per
+/// connection, never per request.
+#[derive(Debug, Default)]
+pub struct OpenConnections {
+    all: AtomicUsize,
+    tls: AtomicUsize,
+    peak_tls: AtomicUsize,
+    peak_plain: AtomicUsize,
+}
+
+impl OpenConnections {
+    fn opened(&self, tls: bool) {
+        let all = self.all.fetch_add(1, Ordering::Relaxed) + 1;
+        if tls {
+            raise_peak(&self.peak_tls, self.tls.fetch_add(1, Ordering::Relaxed) + 1);
+        } else {
+            raise_peak(&self.peak_plain, all.saturating_sub(self.tls.load(Ordering::Relaxed)));
+        }
+    }
+
+    fn closed(&self, tls: bool) {
+        self.all.fetch_sub(1, Ordering::Relaxed);
+        if tls {
+            self.tls.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Open now, on both frontends.
+    pub fn all(&self) -> usize {
+        self.all.load(Ordering::Relaxed)
+    }
+
+    /// Open now and the peak, on the TLS frontend or the plain one.
+    pub fn frontend(&self, tls: bool) -> (usize, usize) {
+        let open_tls = self.tls.load(Ordering::Relaxed);
+        if tls {
+            (open_tls, self.peak_tls.load(Ordering::Relaxed))
+        } else {
+            (self.all().saturating_sub(open_tls), self.peak_plain.load(Ordering::Relaxed))
+        }
+    }
+}
 
 /// Counts a client connection for as long as it lives, however its task ends.
-pub struct ConnectionGuard(Rc<Worker>);
+pub struct ConnectionGuard {
+    worker: Rc<Worker>,
+    tls: bool,
+}
 
 impl ConnectionGuard {
     pub fn worker(&self) -> &Rc<Worker> {
-        &self.0
+        &self.worker
     }
 
-    pub fn new(worker: Rc<Worker>) -> ConnectionGuard {
+    pub fn new(worker: Rc<Worker>, tls: bool) -> ConnectionGuard {
         worker.connections.set(worker.connections.get() + 1);
-        let now = worker.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::balance::raise_peak(&worker.shared.peak_connections, now);
-        ConnectionGuard(worker)
+        worker.shared.open.opened(tls);
+        ConnectionGuard { worker, tls }
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let w = &self.0;
+        let w = &self.worker;
         w.connections.set(w.connections.get() - 1);
-        w.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        w.shared.open.closed(self.tls);
         w.connection_closed.notify_waiters();
     }
 }
@@ -70,7 +117,7 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
 
 fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     let _ = stream.set_nodelay(true);
-    let guard = ConnectionGuard::new(worker.clone());
+    let guard = ConnectionGuard::new(worker.clone(), tls);
     let local_port = stream.local_addr().map_or(0, |a| a.port());
     if tls {
         tokio::task::spawn_local(serve_tls(guard, stream, peer, local_port));

@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU16, AtomicUsize};
+use std::sync::atomic::AtomicU16;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -105,8 +105,7 @@ impl Harness {
             shutdown,
             log: None,
             diagnostics: None,
-            connections: AtomicUsize::new(0),
-            peak_connections: AtomicUsize::new(0),
+            open: Default::default(),
             frontend: PerThread::new(1),
             frontend_tls: PerThread::new(1),
             timings: Default::default(),
@@ -140,7 +139,7 @@ impl Harness {
         let to_client = self.local.block_on(&self.runtime, async {
             let worker = self.worker.clone();
             let served = tokio::task::spawn_local(async move {
-                let guard = super::accept::ConnectionGuard::new(worker);
+                let guard = super::accept::ConnectionGuard::new(worker, false);
                 super::client::serve(guard, super::client::Client::new(Memory::new(theirs), peer, 80)).await;
             });
             let answering = tokio::task::spawn_local(answer(self.backend.clone(), backend.to_vec(), records.clone()));
@@ -337,7 +336,7 @@ mod tests {
         let size = h.local.block_on(&h.runtime, async {
             let addr = h.backend.local_addr().unwrap();
             let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let guard = super::super::accept::ConnectionGuard::new(h.worker.clone());
+            let guard = super::super::accept::ConnectionGuard::new(h.worker.clone(), false);
             std::mem::size_of_val(&super::super::accept::plain_connection(guard, stream, addr, 80))
         });
         assert!(size <= 256, "a plain connection's task is {size} bytes");

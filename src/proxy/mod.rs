@@ -31,7 +31,7 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU16};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -70,10 +70,8 @@ pub struct Shared {
     pub log: Option<crate::logging::Sink>,
     /// Diagnostics' sink, for its loss counters.
     pub diagnostics: Option<crate::logging::Sink>,
-    /// Client connections open across all threads (`%ac` in the log).
-    pub connections: AtomicUsize,
-    /// The most client connections there have been at once (the frontend's `smax`).
-    pub peak_connections: AtomicUsize,
+    /// Client connections open across all threads (`%ac` in the log), and by frontend.
+    pub open: accept::OpenConnections,
     /// The plain frontend's counters, one slot per thread.
     pub frontend: PerThread,
     /// The TLS frontend's, counted apart (HAProxy users give HTTPS a frontend of its own).
@@ -228,8 +226,7 @@ pub fn run(
         shutdown: stop_rx,
         log,
         diagnostics,
-        connections: AtomicUsize::new(0),
-        peak_connections: AtomicUsize::new(0),
+        open: Default::default(),
         frontend: PerThread::new(threads),
         frontend_tls: PerThread::new(threads),
         timings: Default::default(),

@@ -4,7 +4,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -294,7 +293,7 @@ impl Worker {
     }
 
     pub fn active_connections(&self) -> usize {
-        self.shared.connections.load(Ordering::Relaxed)
+        self.shared.open.all()
     }
 }
 
