@@ -32,6 +32,23 @@ fn tls_proxy(backend: &Backend, cert: &std::path::Path, extra: &[&str]) -> Proxy
     Proxy::start(&[&args[..], extra].concat())
 }
 
+/// Each FRONTEND row of the stats CSV as `pxname` and the `columns` asked for, separated by spaces.
+fn frontend_cells(proxy: &Proxy, columns: &[&str]) -> Vec<String> {
+    let csv = common::get(proxy.admin(), "/;csv").body_str();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().trim_start_matches("# ").split(',').collect();
+    let cell = |row: &str, name: &str| {
+        let i = header.iter().position(|h| *h == name).unwrap();
+        row.split(',').nth(i).unwrap_or_default().to_string()
+    };
+    lines
+        .filter(|l| l.split(',').nth(1) == Some("FRONTEND"))
+        .map(|l| {
+            [cell(l, "pxname")].into_iter().chain(columns.iter().map(|c| cell(l, c))).collect::<Vec<_>>().join(" ")
+        })
+        .collect()
+}
+
 #[test]
 fn show_info_totals_count_tls_clients_too() {
     // HAProxy's CumConns and CumReq are the process's, every frontend's: 2 TLS requests and 1 plain make 3.
@@ -50,6 +67,9 @@ fn show_info_totals_count_tls_clients_too() {
         (field("CumConns:"), field("CumReq:"))
     };
     common::wait_until("3 connections and 3 requests in show info", || totals() == ("3".into(), "3".into()));
+    // And the CSV's TLS cells, HAProxy's: sessions are TLS sessions on the TLS frontend only.
+    let tls_cells = ["ssl_sess", "ssl_failed_handshake", "conn_tot"];
+    assert_eq!(frontend_cells(&proxy, &tls_cells), ["shoal 0 0 1", "shoal-tls 2 0 2"]);
 }
 
 #[test]
@@ -62,22 +82,8 @@ fn each_frontend_counts_its_own_open_connections() {
     let proxy = tls_proxy(&backend, &pki.dir, &["--timeout-handshake", "60s", "--timeout-head", "60s"]);
     let _held: Vec<TcpStream> =
         [proxy.tls(), proxy.tls(), proxy.addr].into_iter().map(|addr| TcpStream::connect(addr).unwrap()).collect();
-    let frontends = || {
-        let csv = common::get(proxy.admin(), "/;csv").body_str();
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines.next().unwrap().trim_start_matches("# ").split(',').collect();
-        let cell = |row: &str, name: &str| {
-            let i = header.iter().position(|h| *h == name).unwrap();
-            row.split(',').nth(i).unwrap_or_default().to_string()
-        };
-        let rows: Vec<String> = lines
-            .filter(|l| l.split(',').nth(1) == Some("FRONTEND"))
-            .map(|l| format!("{} {}/{}", cell(l, "pxname"), cell(l, "scur"), cell(l, "smax")))
-            .collect();
-        rows
-    };
     common::wait_until("2 TLS and 1 plain connection in the CSV", || {
-        frontends() == ["shoal 1/1".to_string(), "shoal-tls 2/2".to_string()]
+        frontend_cells(&proxy, &["scur", "smax"]) == ["shoal 1 1".to_string(), "shoal-tls 2 2".to_string()]
     });
     assert_eq!(proxy.metric("shoal_frontend_current_connections"), 1);
     assert_eq!(proxy.metric("shoal_frontend_tls_current_connections"), 2);

@@ -233,6 +233,23 @@ fn value(r: &Row, column: &str) -> Option<String> {
         // Header rewrites cannot fail in shoal, and no request is answered for an internal error: HAProxy's
         // counters for those stay 0.
         "wrew" | "eint" => n(0),
+        // Nothing is denied, compressed or cached, and no rate limit is set: HAProxy's zeros, where it prints them.
+        "dresp" => n(0),
+        "dreq" | "comp_in" | "comp_out" | "comp_byp" | "comp_rsp" | "cache_lookups" | "cache_hits" => {
+            when(r.kind != Kind::Server, 0)
+        }
+        "rate_lim" | "dcon" | "dses" => when(frontend, 0),
+        // A TLS client whose handshake failed was a connection, never a session.
+        "conn_tot" => when(frontend, t.sessions + t.handshake_errors),
+        "conn_rate" => r.rates.map(|f| f.connections.now.to_string()),
+        "conn_rate_max" => r.rates.map(|f| f.connections.max.to_string()),
+        "connect" => when(proxied, t.connects),
+        "reuse" => when(proxied, t.reuses),
+        // Only the TLS frontend has TLS sessions (servers are reached in the clear); resumptions are not counted.
+        "ssl_sess" => n(if r.pxname == FRONTEND_TLS { t.sessions } else { 0 }),
+        "ssl_failed_handshake" => n(t.handshake_errors),
+        "ssl_reused_sess" => when(r.pxname != FRONTEND_TLS, 0),
+        "-" => Some("-".to_string()),
         "check_status" => r.check.map(|(c, _)| c.status.to_string()),
         "check_code" => r.check.and_then(|(c, _)| c.code).map(|v| v.to_string()),
         "check_duration" => r.check.map(|(c, _)| c.duration.as_millis().to_string()),

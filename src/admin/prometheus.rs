@@ -55,6 +55,8 @@ pub fn render(s: &Snapshot) -> String {
         per_server(&|v| v.totals.response_errors),
     );
     metric("server_retries_total", "counter", "Requests retried.", per_server(&|v| v.totals.retries));
+    metric("server_connects_total", "counter", "Connections attempted.", per_server(&|v| v.totals.connects));
+    metric("server_reuses_total", "counter", "Pooled connections used again.", per_server(&|v| v.totals.reuses));
     let codes = s.servers.iter().flat_map(|v| by_code(&format!("server=\"{}\",", label(&v.name)), &v.totals));
     metric("server_responses_total", "counter", "Responses by status class.", codes.collect());
 

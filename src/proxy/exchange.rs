@@ -277,13 +277,16 @@ async fn acquire(
     verify: bool,
     attempt: Attempt,
 ) -> Result<Upstream, ConnectError> {
+    let counters = backend.counters.slot(worker.id);
     if !fresh_only {
         if let Some(addr) = backend.address.cached() {
             if let Some(up) = worker.pool.borrow_mut().checkout(addr, verify, worker.clock.now()) {
+                counters.reuse();
                 return Ok(up);
             }
         }
     }
+    counters.connect();
     let left = attempt.deadline.saturating_duration_since(worker.clock.now());
     let share = worker.config().timeouts.attempt;
     let abandon = attempt.hurry && share < left;
