@@ -141,6 +141,24 @@ fn runtime_api_sets_server_state_and_weight() {
     assert_eq!(proxy.runtime("set server nodes/s1 state maint"), "\n");
     assert_eq!(count(&bodies(&proxy, 4), "two"), 4, "s1 in maintenance takes nothing");
     assert_eq!(status_of("s1"), "MAINT");
+    // HAProxy's filters: {<iid>|<proxy>} <type> (1 frontends, 2 backends, 4 servers) <sid>, then up|no-maint.
+    let rows = |filter: &str| -> Vec<String> {
+        let out = proxy.runtime(&format!("show stat {filter}"));
+        out.lines()
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split(',').take(2).collect::<Vec<_>>().join("/"))
+            .collect()
+    };
+    assert_eq!(rows(""), ["shoal/FRONTEND", "nodes/s1", "nodes/s2", "nodes/BACKEND"]);
+    assert_eq!(rows("-1 4 -1"), ["nodes/s1", "nodes/s2"]);
+    assert_eq!(rows("nodes 2 -1"), ["nodes/BACKEND"]);
+    assert_eq!(rows("2 -1 2"), ["nodes/s2", "nodes/BACKEND"], "by iid, one server by sid");
+    assert_eq!(rows("1 -1 -1"), ["shoal/FRONTEND"]);
+    assert_eq!(rows("-1 4 -1 no-maint"), ["nodes/s2"]);
+    assert_eq!(rows("-1 5 -1 up"), ["shoal/FRONTEND", "nodes/s2"]);
+    assert!(proxy.runtime("show stat typed").contains("CSV only"), "a format shoal lacks is refused, not ignored");
+    assert!(proxy.runtime("show stat nodes").contains("usage: show stat"));
 
     assert_eq!(proxy.runtime("set server nodes/s1 state drain"), "\n");
     assert_eq!(count(&bodies(&proxy, 4), "two"), 4, "a draining s1 takes nothing new");
@@ -155,9 +173,17 @@ fn runtime_api_sets_server_state_and_weight() {
     let state = proxy.runtime("show servers state");
     let mut lines = state.lines();
     assert_eq!(lines.next(), Some("1"));
-    assert!(lines.next().unwrap().starts_with("# be_id be_name srv_id srv_name srv_addr srv_op_state"));
+    // HAProxy 2.6.12's, captured: 25 columns.
+    let header = "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight \
+                  srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state \
+                  srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl \
+                  srv_check_port srv_check_addr srv_agent_addr srv_agent_port";
+    assert_eq!(lines.next(), Some(header));
     let s1: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    assert_eq!(s1.len(), 25, "{state}");
     assert_eq!((s1[1], s1[3], s1[5], s1[6], s1[7]), ("nodes", "s1", "2", "0", "300"), "{state}");
+    let port = one.addr.port().to_string();
+    assert_eq!((s1[4], s1[17], s1[18]), ("127.0.0.1", "-", port.as_str()), "address, no FQDN, port: {state}");
 
     assert_eq!(proxy.runtime("disable server nodes/s2"), "\n");
     assert_eq!(count(&bodies(&proxy, 3), "one"), 3);
@@ -438,6 +464,14 @@ fn check_columns_tell_what_the_last_health_check_found() {
         "2",
     ]);
     let rows = csv_once(&proxy, "a passing check", |rows| rows["nodes/checked"]["check_status"] == "L7OK");
+    // show servers state's check columns, in HAProxy 2.6's codes: status L7OKD (15), result passed (3), health
+    // rise + fall - 1 (default rise 2, fall 2), state configured and enabled (6), no agent.
+    let columns = |name: &str| {
+        let state = proxy.runtime("show servers state");
+        let row = state.lines().find(|l| l.split(' ').nth(3) == Some(name)).unwrap_or_else(|| panic!("{state}"));
+        row.split(' ').skip(10).take(5).collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(columns("checked"), "15 3 3 6 0");
     let (ok, down) = (&rows["nodes/checked"], &rows["nodes/dead"]);
     assert_eq!((ok["check_code"].as_str(), ok["check_desc"].as_str()), ("200", "Layer7 check passed"));
     assert!(num(ok, "check_duration") < 100, "within the interval: {}", ok["check_duration"]);
@@ -464,6 +498,7 @@ fn check_columns_tell_what_the_last_health_check_found() {
     let state = proxy.runtime("show servers state");
     let row = state.lines().find(|l| l.split(' ').nth(3) == Some("checked")).unwrap_or_else(|| panic!("{state}"));
     assert_eq!(row.split(' ').nth(5), Some("0"), "{row}");
+    assert_eq!(columns("checked"), "17 2 0 6 0", "L7STS, failed, health 0");
 }
 
 /// `smax`: the most requests a server had in flight at once, and the most client connections at once.

@@ -97,11 +97,84 @@ impl Row<'_> {
     }
 }
 
+/// Which rows `show stat` prints: HAProxy's `[{<iid>|<proxy>} <type> <sid>] [up|no-maint]`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// A proxy by name or by `iid`; `None`: every proxy.
+    proxy: Option<String>,
+    /// A bit mask of row kinds: 1 frontends, 2 backends, 4 servers; `None`: all.
+    types: Option<u64>,
+    /// A server by `sid`; `None`: every server.
+    sid: Option<u64>,
+    /// `up`: only servers that are UP; `no-maint`: none in maintenance.
+    up: bool,
+    no_maint: bool,
+}
+
+impl Filter {
+    /// Parses what follows `show stat`; the error says what is wrong, in HAProxy's words where it has them.
+    pub fn parse(args: &[&str]) -> Result<Filter, String> {
+        let mut filter = Filter::default();
+        let mut rest = args;
+        if let [proxy, kinds, sid, tail @ ..] = rest {
+            if !["up", "no-maint", "typed", "json", "desc"].contains(proxy) {
+                let number = |what: &str, v: &str| -> Result<Option<u64>, String> {
+                    match v.parse::<i64>() {
+                        Ok(-1) => Ok(None),
+                        Ok(n) if n >= 0 => Ok(Some(n as u64)),
+                        _ => Err(format!("show stat: {what} must be -1 or a number, not '{v}'.\n")),
+                    }
+                };
+                filter.proxy = (*proxy != "-1").then(|| proxy.to_string());
+                filter.types = number("<type>", kinds)?;
+                filter.sid = number("<sid>", sid)?;
+                rest = tail;
+            }
+        }
+        for word in rest {
+            match *word {
+                "up" => filter.up = true,
+                "no-maint" => filter.no_maint = true,
+                "typed" | "json" | "desc" => {
+                    return Err(format!("show stat: shoal prints the CSV only ('{word}' is not supported).\n"))
+                }
+                _ => return Err(format!(
+                    "show stat: unexpected '{word}'; usage: show stat [{{<iid>|<proxy>}} <type> <sid>] [up|no-maint]\n"
+                )),
+            }
+        }
+        Ok(filter)
+    }
+
+    fn accepts(&self, r: &Row) -> bool {
+        let bit = match r.kind {
+            Kind::Frontend => 1,
+            Kind::Backend => 2,
+            Kind::Server => 4,
+        };
+        let server = r.kind == Kind::Server;
+        self.proxy.as_deref().is_none_or(|p| p == r.pxname || p == r.iid.to_string())
+            && self.types.is_none_or(|t| t & bit != 0)
+            && (!server || self.sid.is_none_or(|sid| sid == r.sid))
+            && (!server || !self.up || r.status == "UP")
+            && (!server || !self.no_maint || r.status != "MAINT")
+    }
+}
+
+/// Every row.
 pub fn render(s: &Snapshot) -> String {
+    render_filtered(s, &Filter::default())
+}
+
+pub fn render_filtered(s: &Snapshot, filter: &Filter) -> String {
     let mut out = String::from(HEADER);
     out.push('\n');
     let columns: Vec<&str> = HEADER.trim_start_matches("# ").split(',').filter(|c| !c.is_empty()).collect();
-    let mut row = |r: Row| write_row(&mut out, &columns, &r);
+    let mut row = |r: Row| {
+        if filter.accepts(&r) {
+            write_row(&mut out, &columns, &r)
+        }
+    };
     let [(plain, plain_peak), (tls_open, tls_peak)] = s.frontend_connections;
     row(Row::frontend(FRONTEND, 1, (plain, Some(plain_peak)), s, &s.frontend, s.frontend_rates[0]));
     if let Some(tls) = &s.frontend_tls {

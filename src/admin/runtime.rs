@@ -31,7 +31,7 @@ const HELP: &str = "The following commands are valid at this level:
   prompt                                  : toggle interactive mode with prompt
   quit                                    : disconnect
   show info                               : report information about the running process
-  show stat                               : report counters for each proxy and server (CSV)
+  show stat [{<iid>|<proxy>} <type> <sid>] [up|no-maint] : counters of each proxy and server (CSV)
   show servers state [<backend>]          : dump volatile server information
   set server <bk>/<srv> state <state>     : set a server's state (ready, drain, maint)
   set server <bk>/<srv> weight <weight>   : change a server's weight
@@ -107,7 +107,10 @@ fn answer(command: &str, shared: &Shared, publisher: &Mutex<Publisher>) -> Strin
     let words: Vec<&str> = command.split_whitespace().collect();
     match words.as_slice() {
         ["help"] => HELP.to_string(),
-        ["show", "stat", ..] => csv::render(&Snapshot::read(shared)),
+        ["show", "stat", args @ ..] => match csv::Filter::parse(args) {
+            Ok(filter) => csv::render_filtered(&Snapshot::read(shared), &filter),
+            Err(e) => e,
+        },
         ["show", "info"] => info(shared),
         ["show", "servers", "state"] => servers_state(shared),
         ["show", "servers", "state", backend] if *backend == BACKEND => servers_state(shared),
@@ -189,11 +192,17 @@ fn info(shared: &Shared) -> String {
     )
 }
 
-/// HAProxy's `show servers state` for the columns shoal has: version line `1`, a `#` header, a row per server.
+/// HAProxy's `show servers state`, version 1: its 25 columns in its order, so that tools reading them by
+/// position (and HAProxy's `server-state-file`) find each where they expect it. Columns shoal has no value
+/// for carry HAProxy's own placeholders (`-`, 0).
 fn servers_state(shared: &Shared) -> String {
     let s = Snapshot::read(shared);
+    let checks = shared.config.load().backend_check.as_ref().map(|c| (c.rise, c.fall));
     let mut out = String::from(
-        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_port\n",
+        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight \
+srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state \
+bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr \
+srv_agent_addr srv_agent_port\n",
     );
     for (i, server) in s.servers.iter().enumerate() {
         // srv_op_state: 2 running, 0 stopped. srv_admin_state: 0x01 maintenance, 0x08 draining.
@@ -203,14 +212,41 @@ fn servers_state(shared: &Shared) -> String {
             "DRAIN" => 8,
             _ => 0,
         };
-        let (addr, port) = server.address.rsplit_once(':').unwrap_or((&server.address, "0"));
+        let addr = server.resolved.map_or_else(|| "-".to_string(), |a| a.ip().to_string());
+        let fqdn = if server.host.parse::<std::net::IpAddr>().is_ok() { "-" } else { server.host.as_str() };
+        let since = server.seen.map_or(0, |seen| seen.since_change_s());
+        let check = check_columns(server, checks);
         let _ = writeln!(
             out,
-            "2 {BACKEND} {} {} {addr} {op} {admin} {w} {w} {port}",
+            "2 {BACKEND} {} {} {addr} {op} {admin} {w} {w} {since} {check} 0 0 {fqdn} {} - 0 0 - - 0",
             i + 1,
             server.name,
+            server.port,
             w = server.weight
         );
     }
     out
+}
+
+/// `srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state`, with HAProxy 2.6's
+/// codes: for a server the proxy checks (`rise`, `fall` configured), its last check's status and result and a
+/// health at the good end when it is UP, at 0 otherwise; for the others, HAProxy's for a server without checks.
+fn check_columns(server: &super::stats::Server, checks: Option<(u32, u32)>) -> String {
+    let (Some((report, _)), Some((rise, fall))) = (&server.check, checks) else {
+        return "1 0 2 0 0".into();
+    };
+    let status = match report.status {
+        "SOCKERR" => 5,
+        "L4TOUT" => 7,
+        "L4CON" => 8,
+        "L7TOUT" => 12,
+        "L7RSP" => 13,
+        "L7OK" => 15,
+        "L7STS" => 17,
+        _ => 0,
+    };
+    let (result, health) = if report.passed() { (3, rise + fall - 1) } else { (2, 0) };
+    let health = if server.status == "UP" { health.max(rise) } else { 0 };
+    // CHK_ST_CONFIGURED | CHK_ST_ENABLED.
+    format!("{status} {result} {health} 6 0")
 }

@@ -17,7 +17,12 @@ pub const FRONTEND_TLS: &str = "shoal-tls";
 
 pub struct Server {
     pub name: String,
+    /// `host:port` as configured or announced.
     pub address: String,
+    pub host: String,
+    pub port: u16,
+    /// Where the host name last resolved to (the address itself when it is one).
+    pub resolved: Option<std::net::SocketAddr>,
     /// UP, DOWN (failing its check, or skipped after a failed connect), DRAIN or MAINT.
     pub status: &'static str,
     pub weight: u16,
@@ -106,6 +111,9 @@ impl Snapshot {
             .map(|((b, &weight), &state)| Server {
                 name: b.name().to_string(),
                 address: format!("{}:{}", b.host, b.port),
+                host: b.host.clone(),
+                port: b.port,
+                resolved: b.address.cached(),
                 cookie: sticky.then(|| b.cookie()),
                 status: status_of(b, state),
                 weight,
