@@ -20,6 +20,8 @@ fn canned() -> Backend {
                 "/length" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
                 "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
                 "/close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close",
+                "/gzip-chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                "/gzip-close" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nuntil close",
                 "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
                 "/204" => b"HTTP/1.1 204 No Content\r\n\r\n",
                 "/304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
@@ -27,7 +29,7 @@ fn canned() -> Backend {
                 "/hop" => b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n",
                 _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
             };
-            if w.stream.write_all(reply).is_err() || path == "/close" {
+            if w.stream.write_all(reply).is_err() || path.ends_with("close") {
                 return;
             }
         }
@@ -102,6 +104,27 @@ fn http10_client_gets_chunked_bodies_unchunked() {
     w.send(b"GET /length HTTP/1.0\r\n\r\n");
     let r = w.read_response(false).unwrap();
     assert_eq!((r.body_str().as_str(), r.header("connection").as_deref()), ("hello", Some("close")));
+}
+
+#[test]
+fn a_transfer_coding_an_http10_client_cannot_take_is_a_502() {
+    // RFC 9112 section 6.1: no Transfer-Encoding to an HTTP/1.0 client. Chunked can be undone, gzip cannot:
+    // dropping its name would deliver bytes the client cannot read.
+    let backend = canned();
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    for path in ["/gzip-chunked", "/gzip-close"] {
+        let mut w = Wire::connect(proxy.addr);
+        w.send(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+        let r = w.read_response(false).unwrap();
+        assert_eq!(r.status(), 502, "{path}: {}", r.head);
+        assert!(proxy.log_line(path).contains(" PH-- "), "{}", proxy.log_line(path));
+        // An HTTP/1.1 client gets it as it is.
+        let mut w = Wire::connect(proxy.addr);
+        let r = send(&proxy, &mut w, "GET", path);
+        assert_eq!(r.status(), 200);
+        let te = r.header("transfer-encoding").unwrap_or_default();
+        assert!(te.starts_with("gzip"), "{path}: {}", r.head);
+    }
 }
 
 /// Echoes the request body length and a checksum, so a large body can be verified without a copy.

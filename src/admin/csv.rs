@@ -138,9 +138,11 @@ impl Filter {
                 "typed" | "json" | "desc" => {
                     return Err(format!("show stat: shoal prints the CSV only ('{word}' is not supported).\n"))
                 }
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "show stat: unexpected '{word}'; usage: show stat [{{<iid>|<proxy>}} <type> <sid>] [up|no-maint]\n"
-                )),
+                ))
+                }
             }
         }
         Ok(filter)

@@ -295,6 +295,13 @@ async fn relay_response(
         if status == 101 && !plan.upgrade {
             return Err(Failure::BadResponse(HttpError::Malformed("101 without an upgrade request")));
         }
+        // HTTP/1.0 has no transfer codings (RFC 9112 section 6.1): chunked is undone for such a client, but
+        // another coding (gzip, say) cannot be, and dropping its name would hand over bytes nobody can read.
+        if plan.http10 && parsed.codings.as_deref().is_some_and(|c| c != "chunked") {
+            return Err(Failure::BadResponse(HttpError::BadTransferEncoding(
+                "a coding an HTTP/1.0 client cannot take",
+            )));
+        }
         let upgraded = status == 101;
         let dechunk = plan.http10 && parsed.body == ResponseBody::Chunked;
         let close_client = !plan.keep_alive
