@@ -270,6 +270,30 @@ fn an_early_answer_streams_to_its_end_though_the_client_never_sends_the_body() {
 }
 
 #[test]
+fn a_client_that_stops_its_body_mid_answer_ends_the_exchange_as_its_own_doing() {
+    // A streaming server answers at once and echoes as the body comes; the client sends 10 of 100 bytes and
+    // stalls. Once --timeout-client ends the body, the server is told (a half-close): it ends its answer, and
+    // the exchange is logged as the client's (`cD`), not as the server's after --timeout-server (`sD`).
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+            // The rest of the body, until the proxy says there is no more; then the answer is cut.
+            let _ = w.read_all();
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-client", "1s", "--timeout-server", "60s"]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"POST /stalled HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789");
+    let all = String::from_utf8(w.read_all()).unwrap();
+    assert!(all.starts_with("HTTP/1.1 200 OK"), "{all}");
+    let line = proxy.log_line("/stalled");
+    assert!(line.contains(" cD-- "), "{line}");
+    let name = proxy.servers().into_keys().next().unwrap();
+    assert_eq!(proxy.servers_column(&name, "eresp"), "0", "not the server's error");
+}
+
+#[test]
 fn early_final_answer_to_expect_closes_without_waiting_for_the_body() {
     let backend = Backend::raw(|stream, _| {
         let mut w = Wire::new(stream);

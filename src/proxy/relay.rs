@@ -118,6 +118,7 @@ pub async fn transfer<T: Transport>(
     let t = &config.timeouts;
     let (mut cr, mut cw) = client.stream.split();
     let cbuf = &mut client.buf;
+    let up_fd = std::os::fd::AsRawFd::as_raw_fd(&up.stream);
     let (mut ur, mut uw) = up.stream.split();
 
     let initial = match framer {
@@ -157,6 +158,8 @@ pub async fn transfer<T: Transport>(
         relay_response(worker, plan, &mut ur, up_buf, &mut cw, sent, (&response_status, &delivered, &head_at), asks);
     tokio::pin!(send_body, relay);
     let mut body_finished = request_done.get();
+    // The client stopped sending the body (`c`: timed out, `C`: closed) after the answer began.
+    let mut client_stopped = None;
     let outcome = loop {
         tokio::select! {
             sent = &mut send_body, if !body_finished => {
@@ -167,8 +170,14 @@ pub async fn transfer<T: Transport>(
                     Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => {}
                     Err(e) if response_status.get() == 0 => break Err(Failure::RequestBody(e)),
                     // An answer is under way (an early one, which the client may have taken as a reason not to
-                    // send the body): it goes on to its end, and the connection closes after it.
-                    Err(BodyError::SrcTimeout | BodyError::SrcClosed) => {}
+                    // send the body): it goes on to its end, and the connection closes after it. A server still
+                    // waiting for the rest of the body is told there is none (a half-close), so it ends its
+                    // answer now rather than at --timeout-server.
+                    Err(e @ (BodyError::SrcTimeout | BodyError::SrcClosed)) => {
+                        client_stopped = Some(if matches!(e, BodyError::SrcTimeout) { b'c' } else { b'C' });
+                        // SAFETY: shutdown on the upstream socket, open for as long as `up` lives.
+                        unsafe { libc::shutdown(up_fd, libc::SHUT_WR) };
+                    }
                     Err(_) => {
                         break Err(Failure::AbortedMidResponse(*b"CD", response_status.get(), delivered.bytes.get()))
                     }
@@ -178,7 +187,13 @@ pub async fn transfer<T: Transport>(
         }
     };
     *responded = head_at.get();
-    outcome
+    match (outcome, client_stopped) {
+        // The server cut or stalled an answer whose request the client never finished: the client's doing.
+        (Err(Failure::AbortedMidResponse([b'S' | b's', phase], status, bytes)), Some(who)) => {
+            Err(Failure::AbortedMidResponse([who, phase], status, bytes))
+        }
+        (outcome, _) => outcome,
+    }
 }
 
 /// Streams a body: Content-Length bodies of at least `--splice-min` bytes with splice(2) once the bytes
