@@ -369,8 +369,23 @@ start_backend() {
   wait_port "$BACKEND_PORT"
 }
 
+# Every proxy here binds with SO_REUSEPORT, so a stray listener on one of these ports (a proxy left over from
+# another experiment) would silently take a share of the load: refuse to start instead.
+ports_free() {
+  local port busy
+  for port in "$BACKEND_PORT" "$PROXY_PORT" "$TLS_PORT"; do
+    busy=$(ss -Hltnp "sport = :$port")
+    if [ -n "$busy" ]; then
+      echo "compare.sh: port $port is already in use; stop what listens there first:" >&2
+      echo "$busy" >&2
+      exit 1
+    fi
+  done
+}
+
 main() {
   install
+  ports_free
   start_backend
   local raw="$OUT/raw.tsv"
   printf 'scenario\tthreads\tproxy\trun\trps\tp50_ms\tp99_ms\terrors\tcpu_s\tpeak_rss_kib\tidle_base_kib\tidle_held_kib\tclient_cpu_s\tbackend_cpu_s\tuser_s\tsys_s\tsteal_pct\n' >"$raw"
