@@ -280,6 +280,7 @@ fn value(r: &Row, column: &str) -> Option<String> {
         "slim" => r.slim.map(|v| v.to_string()),
         // A backend's sessions are its requests; a frontend's and a server's, connections and requests sent.
         "stot" => n(if r.kind == Kind::Backend { t.requests } else { t.sessions }),
+        "bin" => n(t.bytes_in),
         "bout" => n(t.bytes_out),
         "ereq" => when(frontend, t.refused),
         "econ" => when(proxied, t.connect_errors),

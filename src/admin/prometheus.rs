@@ -24,6 +24,7 @@ pub fn render(s: &Snapshot) -> String {
     metric("frontend_current_connections", "gauge", "Plain client connections open.", one(plain_open));
     metric("frontend_requests_total", "counter", "Requests answered or abandoned.", one(s.frontend.requests));
     metric("frontend_refused_total", "counter", "Requests refused as malformed.", one(s.frontend.refused));
+    metric("frontend_bytes_in_total", "counter", "Request bytes received from clients.", one(s.frontend.bytes_in));
     metric("frontend_bytes_out_total", "counter", "Bytes sent to clients.", one(s.frontend.bytes_out));
     metric("frontend_responses_total", "counter", "Responses by status class.", by_code("", &s.frontend));
     if let Some(tls) = &s.frontend_tls {
@@ -46,6 +47,7 @@ pub fn render(s: &Snapshot) -> String {
     metric("server_weight", "gauge", "The server's weight.", per_server(&|v| u64::from(v.weight)));
     metric("server_current_requests", "gauge", "Requests in flight.", per_server(&|v| v.in_flight));
     metric("server_requests_total", "counter", "Requests sent to the server.", per_server(&|v| v.totals.sessions));
+    metric("server_bytes_in_total", "counter", "Request bytes sent on to it.", per_server(&|v| v.totals.bytes_in));
     metric("server_bytes_out_total", "counter", "Bytes relayed to clients.", per_server(&|v| v.totals.bytes_out));
     metric("server_connect_errors_total", "counter", "Failed connects.", per_server(&|v| v.totals.connect_errors));
     metric(

@@ -20,6 +20,8 @@ pub struct Slot {
     /// Connections to the server attempted (`connect`) and pooled ones used again (`reuse`).
     connects: AtomicU64,
     reuses: AtomicU64,
+    /// Request bytes received from clients (frontend) or sent on to the server (`bin`).
+    bytes_in: AtomicU64,
     /// Requests refused before reaching a server (frontend `ereq`).
     refused: AtomicU64,
     connect_errors: AtomicU64,
@@ -48,6 +50,10 @@ impl Slot {
             bump(&self.responses[class(status)], 1);
         }
         bump(&self.bytes_out, bytes);
+    }
+
+    pub fn received(&self, bytes: u64) {
+        bump(&self.bytes_in, bytes);
     }
 
     pub fn connect(&self) {
@@ -126,6 +132,7 @@ impl PerThread {
             t.bytes_out += get(&s.bytes_out);
             t.connects += get(&s.connects);
             t.reuses += get(&s.reuses);
+            t.bytes_in += get(&s.bytes_in);
             t.refused += get(&s.refused);
             t.connect_errors += get(&s.connect_errors);
             t.response_errors += get(&s.response_errors);
@@ -147,6 +154,7 @@ pub struct Totals {
     pub bytes_out: u64,
     pub connects: u64,
     pub reuses: u64,
+    pub bytes_in: u64,
     pub refused: u64,
     pub connect_errors: u64,
     pub response_errors: u64,
@@ -166,6 +174,7 @@ impl std::ops::AddAssign for Totals {
         self.bytes_out += o.bytes_out;
         self.connects += o.connects;
         self.reuses += o.reuses;
+        self.bytes_in += o.bytes_in;
         self.refused += o.refused;
         self.connect_errors += o.connect_errors;
         self.response_errors += o.response_errors;

@@ -253,6 +253,7 @@ async fn redirect<T: Transport>(worker: &Worker, client: &mut Client<T>, locatio
         "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     worker.frontend(T::TLS).response(301, answer.len() as u64);
+    worker.frontend(T::TLS).received(client.buf.len() as u64);
     local_log_line(worker, client, 301, answer.len() as u64, *b"LR", started, Some(line));
     let idle = worker.config().timeouts.client;
     let _ = timeout(idle, client.stream.write_all(answer.as_bytes())).await;
@@ -296,8 +297,10 @@ fn local_log_line<T: Transport>(
 async fn refuse<T: Transport>(worker: &Worker, client: &mut Client<T>, status: u16, reason: &str, started: Started) {
     tracing::info!("refused request from {}: {status} {reason}", client.peer);
     let bytes = refusal::response(status);
-    worker.frontend(T::TLS).refused();
-    worker.frontend(T::TLS).response(status, bytes.len() as u64);
+    let frontend = worker.frontend(T::TLS);
+    frontend.refused();
+    frontend.response(status, bytes.len() as u64);
+    frontend.received(client.buf.len() as u64);
     let term = if status == 408 { *b"cR" } else { *b"PR" };
     local_log_line(worker, client, status, bytes.len() as u64, term, started, None);
     let timeouts = worker.config().timeouts;

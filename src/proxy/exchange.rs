@@ -2,6 +2,7 @@
 //! application, eject servers that fail, decide whether either connection can be reused, and count and log
 //! the outcome. The HTTP/1 mechanics of one attempt are [`super::relay`]'s.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,9 @@ pub struct Plan<'w> {
     /// The head as it goes to the server. It begins with the client's request line, which the log quotes.
     head: HeadBuf<'w>,
     line_len: usize,
+    /// The client's head as it came, and the body bytes forwarded (set once the body moved): `bin`.
+    head_len: usize,
+    pub body_in: Cell<u64>,
     body: RequestBody,
     /// The sticky cookie and key hash the algorithm may use.
     pub affinity: Affinity,
@@ -48,6 +52,8 @@ impl<'w> Plan<'w> {
         Plan {
             head,
             line_len,
+            head_len: req.head_len,
+            body_in: Cell::new(0),
             body: req.body,
             affinity,
             is_head: req.is_head(),
@@ -401,12 +407,16 @@ fn log_line<T: Transport>(
     // poll that wrote them may have begun earlier.
     let now = Instant::now();
     let s = log.started;
-    worker.frontend(T::TLS).response(status, bytes);
+    let bytes_in = (plan.head_len as u64).saturating_add(plan.body_in.get());
+    let frontend = worker.frontend(T::TLS);
+    frontend.response(status, bytes);
+    frontend.received(bytes_in);
     let reached = log.server.as_ref().filter(|_| log.reached_server).map(|f| f.backend());
     if let Some(server) = reached {
         let slot = server.counters.slot(worker.id);
         slot.session();
         slot.response(status, bytes);
+        slot.received(bytes_in);
         // HAProxy's cli_abrt and srv_abrt: data transfers cut by either side.
         match term {
             [b'C', b'D'] => slot.client_abort(),

@@ -187,6 +187,7 @@ pub async fn transfer<T: Transport>(
         }
     };
     *responded = head_at.get();
+    plan.body_in.set(initial as u64 + progress.bytes.get());
     match (outcome, client_stopped) {
         // The server cut or stalled an answer whose request the client never finished: the client's doing.
         (Err(Failure::AbortedMidResponse([b'S' | b's', phase], status, bytes)), Some(who)) => {
