@@ -214,7 +214,7 @@ pub fn render_filtered(s: &Snapshot, filter: &Filter) -> String {
         kind: Kind::Backend,
         qcur: Some(s.servers.iter().map(|v| v.queued).sum()),
         scur: s.servers.iter().map(|v| v.in_flight).sum(),
-        smax: None,
+        smax: Some(s.backend_peak),
         slim: None,
         totals: &s.backend,
         status: s.backend_status(),

@@ -81,6 +81,8 @@ pub struct Snapshot {
     pub max_connections: u64,
     pub servers: Vec<Server>,
     pub backend: Totals,
+    /// The most requests in flight on the backend at once (its `smax`).
+    pub backend_peak: u64,
     pub uptime_s: u64,
     pub gossip: Gossip,
     /// The balancing algorithm, as HAProxy's CSV `algo` names it.
@@ -145,6 +147,7 @@ impl Snapshot {
                 (open as u64, peak as u64)
             }),
             max_connections: config.limits.max_connections as u64,
+            backend_peak: set.servers.first().map_or(0, |b| b.pool_peak_in_flight() as u64),
             servers,
             backend,
             uptime_s: SystemTime::now().duration_since(shared.started).map_or(0, |d| d.as_secs()),

@@ -28,11 +28,14 @@ pub fn raise_peak(peak: &AtomicUsize, now: usize) {
 pub struct Pool {
     threads: usize,
     in_flight: Arc<AtomicUsize>,
+    /// The most there have been at once (the backend's `smax`); written only on a new peak, so it stays
+    /// cached on every core.
+    peak: Arc<AtomicUsize>,
 }
 
 impl Pool {
     pub fn new(threads: usize) -> Pool {
-        Pool { threads, in_flight: Arc::default() }
+        Pool { threads, in_flight: Arc::default(), peak: Arc::default() }
     }
 }
 
@@ -76,6 +79,7 @@ pub struct Backend {
     peak_in_flight: AtomicUsize,
     /// Requests in flight on every server of the pool.
     pool_in_flight: Arc<AtomicUsize>,
+    pool_peak: Arc<AtomicUsize>,
     /// Recent response time in microseconds, peak-sensitive (see `record_latency`); 0 before any.
     latency_us: AtomicU64,
     /// `maxconn`, when the server has one.
@@ -109,6 +113,7 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
             pool_in_flight: pool.in_flight.clone(),
+            pool_peak: pool.peak.clone(),
             latency_us: AtomicU64::new(0),
             slots: (spec.maxconn > 0).then(|| Slots {
                 maxconn: spec.maxconn,
@@ -245,7 +250,8 @@ impl Backend {
     fn counted(self: Arc<Self>, permit: Option<OwnedSemaphorePermit>) -> InFlight {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         raise_peak(&self.peak_in_flight, now);
-        self.pool_in_flight.fetch_add(1, Ordering::Relaxed);
+        let pool_now = self.pool_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        raise_peak(&self.pool_peak, pool_now);
         InFlight { backend: self, _slot: permit }
     }
 
@@ -281,6 +287,11 @@ impl Backend {
     /// Requests in flight on every server of this one's pool.
     pub fn pool_in_flight(&self) -> usize {
         self.pool_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The most requests there have been in flight on the pool at once.
+    pub fn pool_peak_in_flight(&self) -> usize {
+        self.pool_peak.load(Ordering::Relaxed)
     }
 }
 
