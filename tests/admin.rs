@@ -281,15 +281,10 @@ fn every_csv_cell_haproxy_fills_is_filled_except_the_listed_ones() {
             // intercepted: no request is answered by a rule.
             "frontend" => &["intercepted"],
             // wredis: a retry goes to another server but is counted as a retry; srv_icur, idle_conn_cur,
-            // safe_conn_cur, used_conn_cur, need_conn_est: idle pools are per thread, not per server;
-            // uweight: the set keeps effective weights only.
-            "server" => {
-                &["wredis", "srv_icur", "idle_conn_cur", "safe_conn_cur", "used_conn_cur", "need_conn_est", "uweight"]
-            }
+            // safe_conn_cur, used_conn_cur, need_conn_est: idle pools are per thread, not per server.
+            "server" => &["wredis", "srv_icur", "idle_conn_cur", "safe_conn_cur", "used_conn_cur", "need_conn_est"],
             // slim: no fullconn; agg_*: no aggregated status codes.
-            "backend" => {
-                &["wredis", "slim", "uweight", "agg_server_status", "agg_server_check_status", "agg_check_status"]
-            }
+            "backend" => &["wredis", "slim", "agg_server_status", "agg_server_check_status", "agg_check_status"],
             _ => unreachable!(),
         };
         columns.iter().map(|c| c.to_string()).collect()

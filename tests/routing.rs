@@ -464,6 +464,8 @@ fn a_joining_node_ramps_its_weight_up_under_slowstart() {
     let _b = Agent::start(&app_b.arg(), &proxy.gossip(), &["--name", "b"]);
     let (_, start) = proxy.wait_server("b", "UP", |s, _| s == "UP");
     assert!(start < full, "a server new to rotation starts below its weight: {start} of {full}");
+    // HAProxy's uweight is the weight it ramps towards.
+    assert_eq!(proxy.servers_column("b", "uweight"), full.to_string());
     let mut seen = vec![start];
     let begun = Instant::now();
     while seen.last() != Some(&full) {

@@ -26,6 +26,8 @@ pub struct Server {
     /// UP, DOWN (failing its check, or skipped after a failed connect), DRAIN or MAINT.
     pub status: &'static str,
     pub weight: u16,
+    /// Its weight before `--slowstart` scales it (`uweight`).
+    pub user_weight: u16,
     pub in_flight: u64,
     /// The most requests in flight at once.
     pub peak_in_flight: u64,
@@ -110,7 +112,8 @@ impl Snapshot {
             .iter()
             .zip(&set.weights)
             .zip(&set.states)
-            .map(|((b, &weight), &state)| Server {
+            .enumerate()
+            .map(|(i, ((b, &weight), &state))| Server {
                 name: b.name().to_string(),
                 address: format!("{}:{}", b.host, b.port),
                 host: b.host.clone(),
@@ -119,6 +122,7 @@ impl Snapshot {
                 cookie: sticky.then(|| b.cookie()),
                 status: status_of(b, state),
                 weight,
+                user_weight: set.user_weights.get(i).copied().unwrap_or(weight),
                 in_flight: b.in_flight() as u64,
                 peak_in_flight: b.peak_in_flight() as u64,
                 queued: u64::from(b.queued()),

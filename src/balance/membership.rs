@@ -279,8 +279,10 @@ impl Publisher {
             };
         }
         readmit_recovered(&self.shared.load(), &servers);
+        let user_weights = servers.iter().map(|(_, weight, _)| *weight).collect();
         self.ramp(&mut servers);
         let mut set = BackendSet::new(servers);
+        set.user_weights = user_weights;
         set.retired = self.retired;
         let up = set.rotation().len();
         let known = set.servers.len();

@@ -48,6 +48,9 @@ pub struct BackendSet {
     pub servers: Vec<Arc<Backend>>,
     /// Each server's weight, in the order of `servers`.
     pub weights: Vec<u16>,
+    /// Each server's weight before `--slowstart` scales it (HAProxy's `uweight`): `weights` but for a server
+    /// ramping up.
+    pub user_weights: Vec<u16>,
     /// Each server's state, in the order of `servers`.
     pub states: Vec<ServerState>,
     /// 2^32 / weight for each server, so comparing loads per unit of weight takes a multiplication, not a
@@ -94,6 +97,7 @@ impl BackendSet {
             set.inverse_weights.push((1u64 << 32) / u64::from(weight.max(1)));
         }
         set.least_cost = set.rotation.iter().map(|&i| set.inverse_weights[i]).min().unwrap_or(0);
+        set.user_weights = set.weights.clone();
         set.rotating = (set.rotation.iter())
             .map(|&i| Rotating { server: set.servers[i].clone(), inverse_weight: set.inverse_weights[i] })
             .collect();
