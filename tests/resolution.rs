@@ -20,28 +20,39 @@ const HTTP: u16 = 80;
 /// A name only the silent DNS server could answer for.
 const SILENT: &str = "web.shoal.test:9000";
 
-/// A DNS server on the host's loopback that counts the queries it receives and answers none.
-struct SilentDns {
+/// A DNS server on the host's loopback that counts the queries it receives and answers each A query with
+/// 127.0.0.1 (and AAAA with nothing) `delay` after it came, or, without a delay, never.
+struct Dns {
     queries: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
-impl SilentDns {
-    fn start(host: &Host) -> SilentDns {
+impl Dns {
+    /// The longest wait glibc allows: 30 s a try, 5 tries.
+    fn start(host: &Host, delay: Option<Duration>) -> Dns {
         host.resolv_conf("nameserver 127.0.0.1\noptions timeout:30 attempts:5\n");
-        let socket = host.enter(|| UdpSocket::bind("127.0.0.1:53").expect("bind the silent DNS server"));
+        let socket = host.enter(|| UdpSocket::bind("127.0.0.1:53").expect("bind the DNS server"));
         socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let (queries, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
         let (q, s) = (queries.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !s.load(Ordering::SeqCst) {
-                if socket.recv_from(&mut buf).is_ok() {
-                    q.fetch_add(1, Ordering::SeqCst);
-                }
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                q.fetch_add(1, Ordering::SeqCst);
+                let (Some(delay), Some(reply)) = (delay, dns_answer(&buf[..n])) else { continue };
+                let socket = socket.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let _ = socket.send_to(&reply, from);
+                });
             }
         });
-        SilentDns { queries, stop }
+        Dns { queries, stop }
+    }
+
+    fn silent(host: &Host) -> Dns {
+        Dns::start(host, None)
     }
 
     fn queries(&self) -> usize {
@@ -49,9 +60,66 @@ impl SilentDns {
     }
 }
 
-impl Drop for SilentDns {
+impl Drop for Dns {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The reply to one query: the question back, and for an A question one answer, 127.0.0.1.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let mut end = 12;
+    while *query.get(end)? != 0 {
+        end += 1 + usize::from(query[end]);
+    }
+    let question = query.get(12..end + 5)?;
+    let is_a = question[question.len() - 4..question.len() - 2] == [0, 1];
+    let mut reply = query[..2].to_vec();
+    reply.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
+    reply.extend_from_slice(question);
+    if is_a {
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(reply)
+}
+
+/// A server on the host's loopback that answers `200 up` and closes each connection (so none is pooled),
+/// until dropped: then its port refuses connections.
+struct Closing {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Closing {
+    fn serve(host: &Host, port: u16) -> Closing {
+        let listener = host.enter(|| std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let mut w = common::Wire::new(stream);
+                        if w.read_head().is_some() {
+                            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nup");
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Closing { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -82,7 +150,7 @@ fn backend_on(host: &Host, make: impl FnOnce() -> Backend + Send) -> Backend {
 fn a_resolver_that_never_answers_costs_a_request_its_connect_timeout_and_one_lookup_for_all() {
     let lab = Lab::new(1);
     let host = lab.host(0);
-    let dns = SilentDns::start(host);
+    let dns = Dns::silent(host);
     let (_proxy, log) = proxy(host, &["--backend", &format!("web={SILENT}"), "--timeout-connect", "1s"]);
     let addr = host.addr(HTTP);
     // Twenty clients at once, each willing to wait 8 s: a lookup that is not bounded holds them for the
@@ -110,7 +178,7 @@ fn a_resolver_that_never_answers_costs_a_request_its_connect_timeout_and_one_loo
 fn a_name_the_resolver_never_answers_for_does_not_hold_back_the_other_server() {
     let lab = Lab::new(1);
     let host = lab.host(0);
-    let _dns = SilentDns::start(host);
+    let _dns = Dns::silent(host);
     let echo = backend_on(host, Backend::echo_path);
     let literal = format!("lit={}", echo.addr);
     let (_proxy, log) = proxy(host, &["--backend", &format!("web={SILENT}"), "--backend", &literal]);
@@ -130,7 +198,7 @@ fn a_name_the_resolver_never_answers_for_does_not_hold_back_the_other_server() {
 fn the_other_servers_are_still_checked_while_a_lookup_hangs() {
     let lab = Lab::new(1);
     let host = lab.host(0);
-    let _dns = SilentDns::start(host);
+    let _dns = Dns::silent(host);
     let healthy = Arc::new(AtomicBool::new(true));
     let flag = healthy.clone();
     let checked = backend_on(host, move || {
@@ -149,4 +217,41 @@ fn the_other_servers_are_still_checked_while_a_lookup_hangs() {
     assert_eq!(host.enter(|| http_get(addr, "/", Duration::from_secs(4))), Ok("ok".into()));
     healthy.store(false, Ordering::SeqCst);
     log.wait_for("the other server's failed check", |l| l.contains("server lit is DOWN"));
+}
+
+#[test]
+fn a_slow_resolver_does_not_keep_out_a_server_whose_address_works() {
+    // The resolver answers after 1.25 s, more than --timeout-connect: the first request cannot wait for it,
+    // later ones use its answer. When the server stops, it is skipped; once it is back, the probes that look
+    // for it (every 500 ms, each starting a lookup) must connect to the address it has, whatever their
+    // lookups do. (A probe that waited for its own lookup would give up at 1 s, and the lookup would end in
+    // the half second before the next probe starts another, every time.)
+    let lab = Lab::new(1);
+    let host = lab.host(0);
+    let dns = Dns::start(host, Some(Duration::from_millis(1250)));
+    let port = 9000;
+    let serve = || Closing::serve(host, port);
+    let server = serve();
+    let (_proxy, log) = proxy(host, &["--backend", &format!("web=web.shoal.test:{port}"), "--timeout-connect", "1s"]);
+    let addr = host.addr(HTTP);
+    let get = || host.enter(|| http_get(addr, "/", Duration::from_secs(4)));
+    assert_eq!(get(), Err("HTTP/1.1 503 Service Unavailable".into()), "the lookup takes longer than the connect");
+    common::wait_until("the lookup's answer in use", || get() == Ok("up".into()));
+    // The probes connect to it and take it back (it was skipped when the first lookup timed out).
+    log.wait_for("the server back in rotation", |l| l.contains("server web") && l.contains("back in rotation"));
+    drop(server);
+    assert!(get().is_err(), "the server is gone");
+    // Skipped twice: after the first lookup's timeout, and now for the refused connect.
+    log.wait_count("the server skipped", 2, |l| l.contains("server web") && l.contains("skipped until it answers"));
+    // Back only once the lookup its failure started has ended and a probe has started another (A and AAAA
+    // queries each).
+    let skipped_at = dns.queries();
+    common::wait_until("a probe's own lookup", || dns.queries() >= skipped_at + 4);
+    let _server = serve();
+    log.wait_count("the server back in rotation", 2, |l| l.contains("server web") && l.contains("back in rotation"));
+    for l in log.all() {
+        eprintln!("LOG {l}");
+    }
+    eprintln!("queries {}", dns.queries());
+    assert_eq!(get(), Ok("up".into()));
 }

@@ -28,6 +28,11 @@ pub enum ResolveError {
 #[derive(Debug)]
 pub struct Address(Arc<Inner>);
 
+/// A lookup still running after this long is presumed stuck (a hung NSS module; glibc's own worst case,
+/// resolv.conf's longest timeout times its most attempts, is 150 s a server): another may start, and whichever
+/// answer is newest wins.
+const STUCK: Duration = Duration::from_secs(180);
+
 #[derive(Debug)]
 struct Inner {
     host: String,
@@ -40,11 +45,23 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Lookup {
-    running: bool,
+    /// The lookup under way, by number, and when it began.
+    running: Option<(u64, Instant)>,
+    /// Lookups started so far: the next one's number.
+    started: u64,
+    /// The number of the lookup whose answer is in effect, if any: an older one's answer that comes later is
+    /// ignored.
+    applied: Option<u64>,
     /// Lookups ended so far, so a waiter can tell that the one it waited for is over.
     ended: u64,
     /// Why the last lookup found nothing.
     error: Option<Arc<str>>,
+}
+
+impl Lookup {
+    fn under_way(&self) -> bool {
+        self.running.is_some_and(|(_, began)| began.elapsed() < STUCK)
+    }
 }
 
 impl Address {
@@ -69,20 +86,19 @@ impl Address {
     }
 
     /// Looks the name up again in the background (after a failed connect: the name may have moved), unless a
-    /// lookup is already under way.
+    /// lookup is already under way. The address in use stays until the answer comes.
     pub fn refresh(&self) {
         if !self.is_literal() {
             let mut lookup = self.0.lookup.lock();
-            if !lookup.running {
+            if !lookup.under_way() {
                 self.start(&mut lookup);
             }
         }
     }
 
-    /// The address to connect to, waiting until `deadline` at most for a lookup when there is none yet, or
-    /// when `fresh` (this caller's last connect here failed) and a lookup begun since may bring a new one.
-    /// A lookup that fails leaves the last good address in place.
-    pub async fn resolve(&self, deadline: Instant, fresh: bool) -> Result<SocketAddr, ResolveError> {
+    /// The address to connect to: the one in use, or, before the name has one, the answer of a lookup,
+    /// waited for until `deadline` at most.
+    pub async fn resolve(&self, deadline: Instant) -> Result<SocketAddr, ResolveError> {
         let began = Instant::now();
         let mut waited_for = None;
         loop {
@@ -91,18 +107,17 @@ impl Address {
             ended.as_mut().enable();
             {
                 let mut lookup = self.0.lookup.lock();
-                let cached = self.cached();
-                match (cached, waited_for) {
-                    (Some(addr), _) if !(fresh && lookup.running) => return Ok(addr),
-                    (Some(addr), Some(seen)) if lookup.ended > seen => return Ok(addr),
-                    (None, Some(seen)) if lookup.ended > seen && !lookup.running => {
+                if let Some(addr) = self.cached() {
+                    return Ok(addr);
+                }
+                if let Some(seen) = waited_for {
+                    if lookup.ended > seen && !lookup.under_way() {
                         let why = lookup.error.clone().unwrap_or_else(|| Arc::from(self.0.host.as_str()));
                         return Err(ResolveError::Failed(why));
                     }
-                    _ => {}
                 }
                 waited_for.get_or_insert(lookup.ended);
-                if !lookup.running {
+                if !lookup.under_way() {
                     self.start(&mut lookup);
                 }
             }
@@ -114,14 +129,16 @@ impl Address {
 
     /// Starts a lookup on a thread of its own; called with the lookup state locked.
     fn start(&self, lookup: &mut Lookup) {
-        lookup.running = true;
+        let number = lookup.started;
+        lookup.started += 1;
+        lookup.running = Some((number, Instant::now()));
         let inner = self.0.clone();
         let spawned = std::thread::Builder::new().name("shoal-resolve".into()).spawn(move || {
             let found = (inner.host.as_str(), inner.port).to_socket_addrs().map(|a| a.collect::<Vec<_>>());
-            inner.ended(found.map_err(|e| e.to_string()));
+            inner.ended(number, found.map_err(|e| e.to_string()));
         });
         if let Err(e) = spawned {
-            lookup.running = false;
+            lookup.running = None;
             lookup.ended += 1;
             lookup.error = Some(Arc::from(format!("{}: no thread for the lookup: {e}", self.0.host)));
             self.0.done.notify_waiters();
@@ -130,22 +147,27 @@ impl Address {
 }
 
 impl Inner {
-    /// Records a lookup's answer: the address in use stays if the name still has it (pooled connections and
-    /// hashing keep their server), else the first one.
-    fn ended(&self, found: Result<Vec<SocketAddr>, String>) {
+    /// Records lookup `number`'s answer, unless a newer one's is in effect: the address in use stays if the
+    /// name still has it (pooled connections and hashing keep their server), else the first one.
+    fn ended(&self, number: u64, found: Result<Vec<SocketAddr>, String>) {
         let mut lookup = self.lookup.lock();
-        lookup.running = false;
+        if lookup.running.is_some_and(|(running, _)| running == number) {
+            lookup.running = None;
+        }
         lookup.ended += 1;
-        match found {
-            Ok(addrs) if !addrs.is_empty() => {
-                let current = self.current.load().as_deref().copied();
-                if current.is_none_or(|c| !addrs.contains(&c)) {
-                    self.current.store(Some(Arc::new(addrs[0])));
+        if lookup.applied.is_none_or(|applied| applied < number) {
+            lookup.applied = Some(number);
+            match found {
+                Ok(addrs) if !addrs.is_empty() => {
+                    let current = self.current.load().as_deref().copied();
+                    if current.is_none_or(|c| !addrs.contains(&c)) {
+                        self.current.store(Some(Arc::new(addrs[0])));
+                    }
+                    lookup.error = None;
                 }
-                lookup.error = None;
+                Ok(_) => lookup.error = Some(Arc::from(format!("{}: the name has no address", self.host))),
+                Err(e) => lookup.error = Some(Arc::from(format!("{}: {e}", self.host))),
             }
-            Ok(_) => lookup.error = Some(Arc::from(format!("{}: the name has no address", self.host))),
-            Err(e) => lookup.error = Some(Arc::from(format!("{}: {e}", self.host))),
         }
         drop(lookup);
         self.done.notify_waiters();
@@ -160,7 +182,7 @@ mod tests {
     async fn a_literal_address_is_its_own_answer() {
         let address = Address::new("127.0.0.1", 8080);
         let now = Instant::now();
-        assert_eq!(address.resolve(now, true).await, Ok("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(address.resolve(now).await, Ok("127.0.0.1:8080".parse().unwrap()));
     }
 
     #[tokio::test]
@@ -168,10 +190,10 @@ mod tests {
         let address = Address::new("localhost", 8080);
         assert_eq!(address.cached(), None);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = address.resolve(deadline, false).await.unwrap();
+        let addr = address.resolve(deadline).await.unwrap();
         assert!(addr.ip().is_loopback() && addr.port() == 8080, "{addr}");
         assert_eq!(address.cached(), Some(addr));
         address.refresh();
-        assert_eq!(address.resolve(deadline, true).await, Ok(addr), "the address in use stays");
+        assert_eq!(address.resolve(deadline).await, Ok(addr), "the address in use stays");
     }
 }

@@ -56,12 +56,12 @@ pub fn start(
     Ok(())
 }
 
-/// Connects to an ejected server, its name looked up afresh (it may have come back elsewhere), all within
-/// `limit`.
+/// Connects to an ejected server within `limit`; its name is looked up again meanwhile (it may have come
+/// back elsewhere), for the next probe: a slow resolver must not keep out a server whose address works.
 async fn probe(backend: Arc<Backend>, limit: Duration) {
     let deadline = Instant::now() + limit;
     backend.address.refresh();
-    let Ok(addr) = backend.address.resolve(deadline, true).await else { return };
+    let Ok(addr) = backend.address.resolve(deadline).await else { return };
     if let Ok(Ok(_)) = tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         if backend.readmit() {
             tracing::info!("server {} ({addr}) accepts connections again: back in rotation", backend.name());
@@ -85,7 +85,7 @@ async fn check_statics(publisher: Arc<Mutex<Publisher>>, config: CheckConfig) {
             checks.spawn_local(async move {
                 // The lookup gets at most an interval too: one name the resolver never answers for must not
                 // hold back the verdicts of the others.
-                let report = match backend.address.resolve(Instant::now() + config.interval, false).await {
+                let report = match backend.address.resolve(Instant::now() + config.interval).await {
                     Ok(addr) => health::check_report(addr, &config).await,
                     Err(e) => health::CheckReport {
                         status: if matches!(e, ResolveError::TimedOut(_)) { "L4TOUT" } else { "L4CON" },

@@ -298,7 +298,7 @@ async fn acquire(
     let abandon = attempt.hurry && share < left;
     let limit = if abandon { share } else { left.max(Duration::from_millis(1)) };
     tokio::select! {
-        connected = upstream::connect(backend, limit, abandon, fresh_only) => connected,
+        connected = upstream::connect(backend, limit, abandon) => connected,
         _ = worker.taken_out(backend) => Err(ConnectError::TakenOut),
     }
 }

@@ -48,12 +48,12 @@ impl ConnectError {
     }
 }
 
-/// Connects to `backend` within `limit`, looking its name up included; `abandon` says the limit is the
-/// attempt's share rather than the whole connect timeout; `fresh` that this request already failed to reach
-/// it, so a lookup under way is worth waiting for. After a failure the name is looked up again.
-pub async fn connect(backend: &Backend, limit: Duration, abandon: bool, fresh: bool) -> Result<Upstream, ConnectError> {
+/// Connects to `backend` within `limit`, looking its name up included (when it has no address yet);
+/// `abandon` says the limit is the attempt's share rather than the whole connect timeout. After a failure the
+/// name is looked up again in the background, for the attempts that come after.
+pub async fn connect(backend: &Backend, limit: Duration, abandon: bool) -> Result<Upstream, ConnectError> {
     let deadline = Instant::now() + limit;
-    let addr = backend.address.resolve(deadline, fresh).await.map_err(ConnectError::Resolve)?;
+    let addr = backend.address.resolve(deadline).await.map_err(ConnectError::Resolve)?;
     let result = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
