@@ -1,8 +1,8 @@
-//! Backend names under a DNS server that never answers: the proxy runs on a host of its own (a network
-//! namespace) whose resolv.conf names a UDP socket that takes every query and replies to none, with the
-//! longest wait glibc allows (30 s a try, 5 tries). Whatever the resolver does, a request must cost no more than
-//! its connect timeout, the other servers must go on serving and being checked, and a burst of requests must
-//! share one lookup.
+//! Backend names under a DNS server that never answers, or answers slowly: the proxy runs on a host of its
+//! own (a network namespace) whose resolv.conf names a UDP socket in the test, with the longest wait glibc
+//! allows (30 s a try, 5 tries). Whatever the resolver does, a request must cost no more than its connect
+//! timeout, the other servers must go on serving and being checked, a burst of requests must share one
+//! lookup, and a server whose address works must not be kept out by its lookups.
 //!
 //! Needs root and iproute2 (CI runs as root); fails, rather than skips, without them.
 

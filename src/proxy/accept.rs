@@ -12,47 +12,44 @@ use super::client;
 use super::worker::Worker;
 use crate::balance::raise_peak;
 
-/// Client connections open on every thread, in all and by frontend, and the most each frontend has had at once
-/// (HAProxy's process `CurrConns`, each frontend's `scur` and `smax`). One cache line, written once per
-/// connection, never per request.
+/// Client connections open on every thread, by frontend, and the most each frontend has had at once (HAProxy's
+/// process `CurrConns`, each frontend's `scur` and `smax`). One cache line, written once per connection, never
+/// per request.
 #[derive(Debug, Default)]
 pub struct OpenConnections {
-    all: AtomicUsize,
+    plain: AtomicUsize,
     tls: AtomicUsize,
-    peak_tls: AtomicUsize,
     peak_plain: AtomicUsize,
+    peak_tls: AtomicUsize,
 }
 
 impl OpenConnections {
-    fn opened(&self, tls: bool) {
-        let all = self.all.fetch_add(1, Ordering::Relaxed) + 1;
+    fn counters(&self, tls: bool) -> (&AtomicUsize, &AtomicUsize) {
         if tls {
-            raise_peak(&self.peak_tls, self.tls.fetch_add(1, Ordering::Relaxed) + 1);
+            (&self.tls, &self.peak_tls)
         } else {
-            raise_peak(&self.peak_plain, all.saturating_sub(self.tls.load(Ordering::Relaxed)));
+            (&self.plain, &self.peak_plain)
         }
     }
 
+    fn opened(&self, tls: bool) {
+        let (open, peak) = self.counters(tls);
+        raise_peak(peak, open.fetch_add(1, Ordering::Relaxed) + 1);
+    }
+
     fn closed(&self, tls: bool) {
-        self.all.fetch_sub(1, Ordering::Relaxed);
-        if tls {
-            self.tls.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.counters(tls).0.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Open now, on both frontends.
     pub fn all(&self) -> usize {
-        self.all.load(Ordering::Relaxed)
+        self.plain.load(Ordering::Relaxed) + self.tls.load(Ordering::Relaxed)
     }
 
     /// Open now and the peak, on the TLS frontend or the plain one.
     pub fn frontend(&self, tls: bool) -> (usize, usize) {
-        let open_tls = self.tls.load(Ordering::Relaxed);
-        if tls {
-            (open_tls, self.peak_tls.load(Ordering::Relaxed))
-        } else {
-            (self.all().saturating_sub(open_tls), self.peak_plain.load(Ordering::Relaxed))
-        }
+        let (open, peak) = self.counters(tls);
+        (open.load(Ordering::Relaxed), peak.load(Ordering::Relaxed))
     }
 }
 
