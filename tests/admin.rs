@@ -157,12 +157,14 @@ fn runtime_api_sets_server_state_and_weight() {
     assert_eq!(rows("1 -1 -1"), ["shoal/FRONTEND"]);
     assert_eq!(rows("-1 4 -1 no-maint"), ["nodes/s2"]);
     assert_eq!(rows("-1 5 -1 up"), ["shoal/FRONTEND", "nodes/s2"]);
+    assert_eq!(proxy.runtime("show stat web 2 -1"), "No such proxy.\n\n");
     assert!(proxy.runtime("show stat typed").contains("CSV only"), "a format shoal lacks is refused, not ignored");
     assert!(proxy.runtime("show stat nodes").contains("usage: show stat"));
 
     assert_eq!(proxy.runtime("set server nodes/s1 state drain"), "\n");
     assert_eq!(count(&bodies(&proxy, 4), "two"), 4, "a draining s1 takes nothing new");
     assert_eq!(status_of("s1"), "DRAIN");
+    assert_eq!(rows("-1 4 -1 up"), ["nodes/s1", "nodes/s2"], "a draining server is still up, as in HAProxy");
 
     // Two commands on one line, as HAProxy allows.
     assert_eq!(proxy.runtime("set server nodes/s1 state ready; set server nodes/s1 weight 300"), "\n\n");

@@ -108,7 +108,8 @@ pub struct Filter {
     types: Option<u64>,
     /// A server by `sid`; `None`: every server.
     sid: Option<u64>,
-    /// `up`: only servers that are UP; `no-maint`: none in maintenance.
+    /// `up`: no server that is DOWN or in maintenance (a draining one is still up); `no-maint`: none in
+    /// maintenance.
     up: bool,
     no_maint: bool,
 }
@@ -150,6 +151,11 @@ impl Filter {
         Ok(filter)
     }
 
+    /// Whether the proxy asked for, if any, is one of shoal's: `shoal` (1), `nodes` (2), `shoal-tls` (3).
+    pub fn proxy_exists(&self) -> bool {
+        self.proxy.as_deref().is_none_or(|p| [FRONTEND, BACKEND, FRONTEND_TLS, "1", "2", "3"].contains(&p))
+    }
+
     fn accepts(&self, r: &Row) -> bool {
         let bit = match r.kind {
             Kind::Frontend => 1,
@@ -160,7 +166,7 @@ impl Filter {
         self.proxy.as_deref().is_none_or(|p| p == r.pxname || p == r.iid.to_string())
             && self.types.is_none_or(|t| t & bit != 0)
             && (!server || self.sid.is_none_or(|sid| sid == r.sid))
-            && (!server || !self.up || r.status == "UP")
+            && (!server || !self.up || !matches!(r.status, "DOWN" | "MAINT"))
             && (!server || !self.no_maint || r.status != "MAINT")
     }
 }

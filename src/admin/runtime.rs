@@ -108,6 +108,7 @@ fn answer(command: &str, shared: &Shared, publisher: &Mutex<Publisher>) -> Strin
     match words.as_slice() {
         ["help"] => HELP.to_string(),
         ["show", "stat", args @ ..] => match csv::Filter::parse(args) {
+            Ok(filter) if !filter.proxy_exists() => "No such proxy.\n".into(),
             Ok(filter) => csv::render_filtered(&Snapshot::read(shared), &filter),
             Err(e) => e,
         },
