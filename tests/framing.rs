@@ -294,6 +294,35 @@ fn a_client_that_stops_its_body_mid_answer_ends_the_exchange_as_its_own_doing() 
 }
 
 #[test]
+fn an_answer_still_streaming_when_the_client_stops_its_body_is_not_cut() {
+    // The server streams its answer (a byte every 100 ms for 3 s) while it waits for the body, and would
+    // abort it on hearing there is no more; the client sent 10 of 100 body bytes and reads. Its body times
+    // out after 1 s, but the answer keeps moving: the server is not told, and the answer arrives whole.
+    let backend = Backend::raw(|stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n");
+            w.stream.set_nonblocking(true).unwrap();
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(100));
+                let mut probe = [0u8; 64];
+                if matches!(w.stream.read(&mut probe), Ok(0)) {
+                    return; // told there is no more body: the answer is abandoned
+                }
+                w.stream.set_nonblocking(false).unwrap();
+                w.send(b"x");
+                w.stream.set_nonblocking(true).unwrap();
+            }
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-client", "1s"]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"POST /streaming HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789");
+    let r = w.read_response(false).expect("the whole answer");
+    assert_eq!(r.body_str(), "x".repeat(30));
+}
+
+#[test]
 fn early_final_answer_to_expect_closes_without_waiting_for_the_body() {
     let backend = Backend::raw(|stream, _| {
         let mut w = Wire::new(stream);

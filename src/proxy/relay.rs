@@ -158,8 +158,17 @@ pub async fn transfer<T: Transport>(
         relay_response(worker, plan, &mut ur, up_buf, &mut cw, sent, (&response_status, &delivered, &head_at), asks);
     tokio::pin!(send_body, relay);
     let mut body_finished = request_done.get();
-    // The client stopped sending the body (`c`: timed out, `C`: closed) after the answer began.
+    // The client stopped sending the body (`c`: timed out, `C`: closed) after the answer began; once the
+    // server has been told (a half-close), what becomes of the answer is the client's doing.
     let mut client_stopped = None;
+    let mut told_server = false;
+    // While the answer still moves, a client that only timed out sending may be reading it: the server is
+    // told once both directions have been idle for --timeout-client (HAProxy's client timeout), not before.
+    let mut tell_server_at: Option<Instant> = None;
+    let tell_server = || {
+        // SAFETY: shutdown on the upstream socket, open for as long as `up` lives.
+        unsafe { libc::shutdown(up_fd, libc::SHUT_WR) };
+    };
     let outcome = loop {
         tokio::select! {
             sent = &mut send_body, if !body_finished => {
@@ -171,16 +180,30 @@ pub async fn transfer<T: Transport>(
                     Err(e) if response_status.get() == 0 => break Err(Failure::RequestBody(e)),
                     // An answer is under way (an early one, which the client may have taken as a reason not to
                     // send the body): it goes on to its end, and the connection closes after it. A server still
-                    // waiting for the rest of the body is told there is none (a half-close), so it ends its
-                    // answer now rather than at --timeout-server.
-                    Err(e @ (BodyError::SrcTimeout | BodyError::SrcClosed)) => {
-                        client_stopped = Some(if matches!(e, BodyError::SrcTimeout) { b'c' } else { b'C' });
-                        // SAFETY: shutdown on the upstream socket, open for as long as `up` lives.
-                        unsafe { libc::shutdown(up_fd, libc::SHUT_WR) };
+                    // waiting for the rest of the body is told there is none, so it ends its answer rather than
+                    // wait for --timeout-server.
+                    Err(BodyError::SrcClosed) => {
+                        client_stopped = Some(b'C');
+                        tell_server();
+                        told_server = true;
+                    }
+                    Err(BodyError::SrcTimeout) => {
+                        client_stopped = Some(b'c');
+                        tell_server_at = Some(delivered.at.get() + t.client);
                     }
                     Err(_) => {
                         break Err(Failure::AbortedMidResponse(*b"CD", response_status.get(), delivered.bytes.get()))
                     }
+                }
+            }
+            _ = tokio::time::sleep_until(tell_server_at.unwrap_or_else(Instant::now)), if tell_server_at.is_some() => {
+                let due = delivered.at.get() + t.client;
+                if Instant::now() >= due {
+                    tell_server();
+                    told_server = true;
+                    tell_server_at = None;
+                } else {
+                    tell_server_at = Some(due);
                 }
             }
             relayed = &mut relay => break relayed,
@@ -188,7 +211,7 @@ pub async fn transfer<T: Transport>(
     };
     *responded = head_at.get();
     plan.body_in.set(initial as u64 + progress.bytes.get());
-    match (outcome, client_stopped) {
+    match (outcome, client_stopped.filter(|_| told_server)) {
         // The server cut or stalled an answer whose request the client never finished: the client's doing.
         (Err(Failure::AbortedMidResponse([b'S' | b's', phase], status, bytes)), Some(who)) => {
             Err(Failure::AbortedMidResponse([who, phase], status, bytes))
