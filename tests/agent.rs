@@ -60,3 +60,62 @@ fn an_agent_runs_event_handlers_too() {
         .stderr
         .wait_for("the proxy seen joining", |l| l.starts_with("event member-join ") && l.ends_with("\tbalancer\t"));
 }
+
+#[test]
+fn a_start_that_fails_is_tried_again() {
+    // The app runs half a second and exits; meanwhile it stops being executable, so the next start fails.
+    // Once it is executable again, the supervisor must start it again (it gave up for good before).
+    use std::os::unix::fs::PermissionsExt;
+    let app = Backend::echo_path();
+    let proxy = Proxy::start(&[]);
+    let script = common::TempFile::new("app.sh", "#!/bin/sh\necho app-ran >&2\nsleep 0.5\nexit 3\n");
+    let mode = |m: u32| std::fs::set_permissions(&script.0, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(0o755);
+    let agent = Agent::start(&app.arg(), &proxy.gossip(), &["--", script.arg()]);
+    agent.stderr.wait_for("the first run", |l| l == "app-ran");
+    mode(0o644);
+    agent.stderr.wait_for("the failed start", |l| l.contains("cannot start") && l.contains("trying again"));
+    mode(0o755);
+    agent.stderr.wait_count("a run after the failed start", 2, |l| l == "app-ran");
+}
+
+/// The children of process `pid` (every thread's), with their state letters.
+fn children_of(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).unwrap_or('?');
+            out.push((child, state));
+        }
+    }
+    out
+}
+
+#[test]
+fn as_pid_1_the_agent_reaps_what_its_app_leaves_behind() {
+    // In a PID namespace of its own (as in a container, where the image runs it as PID 1), the app leaves a
+    // process behind that outlives it briefly: adopted by the agent, it must not stay a zombie.
+    let app = Backend::echo_path();
+    let proxy = Proxy::start(&[]);
+    let (service, seed) = (app.arg(), proxy.gossip());
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_shoal"), "agent", "--service", &service])
+        .args(["--join", &seed, "--gossip", "127.0.0.1:0", "--", "sh", "-c"])
+        .arg("(sleep 1 &); echo ready >&2; exec sleep 1000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux), as root");
+    let stderr = common::Lines::default();
+    stderr.clone().collect_from(unshare.stderr.take().unwrap());
+    let _unshare = common::Process(unshare);
+    stderr.wait_for("the app running", |l| l == "ready");
+    let agent = children_of(_unshare.0.id()).first().expect("the agent, unshare's child").0;
+    common::wait_until("the left-behind process adopted by the agent", || children_of(agent).len() == 2);
+    common::wait_until("it exited and was reaped: only the app left", || {
+        let children = children_of(agent);
+        children.len() == 1 && children.iter().all(|(_, state)| *state != 'Z')
+    });
+}

@@ -4,6 +4,7 @@
 
 mod capacity;
 pub mod health;
+mod orphans;
 mod supervise;
 
 use std::time::Duration;
@@ -15,7 +16,8 @@ use crate::config::AgentConfig;
 use crate::signals::StopSignals;
 use capacity::{Admin, Report};
 use health::{CheckConfig, Verdicts};
-use supervise::Supervisor;
+use orphans::Orphans;
+use supervise::{Event, Supervisor};
 
 /// An agent needs nothing from membership but a debug line.
 struct Quiet;
@@ -74,15 +76,26 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
         let mut next_check = tokio::time::Instant::now();
         let mut next_agent_check = tokio::time::Instant::now();
         let mut said = Said { healthy: config.check.is_none(), report: Report::default(), failing: false };
+        let mut orphans = Orphans::default();
+        let mut orphan_scan = tokio::time::interval(orphans::SCAN_EVERY);
         loop {
             tokio::select! {
                 _ = signals.stop.recv() => break,
                 _ = signals.hup.recv() => forward(&child, libc::SIGHUP),
                 _ = signals.usr1.recv() => forward(&child, libc::SIGUSR1),
                 _ = signals.usr2.recv() => forward(&child, libc::SIGUSR2),
-                status = exited(&mut child) => {
+                event = supervised(&mut child) => {
                     if let Some(c) = child.as_mut() {
-                        c.restart(status).await;
+                        match event {
+                            Event::Exited(status) => c.exited_with(status),
+                            Event::Due => c.restart(),
+                        }
+                    }
+                }
+                _ = orphan_scan.tick(), if Orphans::needed() => {
+                    let reaped = orphans.reap(child.as_ref().and_then(Supervisor::pid));
+                    if reaped > 0 {
+                        tracing::debug!("reaped {reaped} orphaned processes");
                     }
                 }
                 _ = tokio::time::sleep_until(next_check), if config.check.is_some() => {
@@ -182,9 +195,9 @@ fn forward(child: &Option<Supervisor>, sig: i32) {
     }
 }
 
-async fn exited(child: &mut Option<Supervisor>) -> std::process::ExitStatus {
+async fn supervised(child: &mut Option<Supervisor>) -> Event {
     match child {
-        Some(c) => c.exited().await,
+        Some(c) => c.next().await,
         None => std::future::pending().await,
     }
 }

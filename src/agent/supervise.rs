@@ -13,20 +13,35 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A child that ran this long is considered healthy again: its next crash restarts it promptly.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
+/// What [`Supervisor::next`] saw.
+pub enum Event {
+    Exited(ExitStatus),
+    /// The next start is due: call [`Supervisor::restart`].
+    Due,
+}
+
 pub struct Supervisor {
     argv: Vec<String>,
     child: Option<Child>,
     started: Instant,
     backoff: Duration,
+    /// When the next start is due, while there is no child: after an exit, or a start that failed.
+    restart_at: Option<Instant>,
 }
 
 impl Supervisor {
     pub fn start(argv: Vec<String>) -> Supervisor {
-        let mut s = Supervisor { argv, child: None, started: Instant::now(), backoff: FIRST_BACKOFF };
+        let mut s = Supervisor { argv, child: None, started: Instant::now(), backoff: FIRST_BACKOFF, restart_at: None };
         s.spawn();
         s
     }
 
+    /// The child's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Starts the child; a start that fails is tried again after the backoff, as an exit is.
     fn spawn(&mut self) {
         let Some((program, args)) = self.argv.split_first() else { return };
         let mut command = Command::new(program);
@@ -42,36 +57,52 @@ impl Supervisor {
                 Ok(())
             });
         }
+        self.started = Instant::now();
         match command.spawn() {
             Ok(child) => {
                 tracing::info!("child started: {} (pid {})", self.argv.join(" "), child.id().unwrap_or(0));
                 self.child = Some(child);
             }
-            Err(e) => tracing::error!("cannot start {program}: {e}"),
+            Err(e) => {
+                tracing::error!("cannot start {program}: {e}; trying again in {:?}", self.backoff);
+                self.schedule();
+            }
         }
-        self.started = Instant::now();
     }
 
-    /// Resolves when the child exits (never, while there is none).
-    pub async fn exited(&mut self) -> ExitStatus {
-        match self.child.as_mut() {
-            Some(child) => {
-                let status = child.wait().await.unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
-                self.child = None;
-                status
+    fn schedule(&mut self) {
+        self.restart_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Resolves when the child exits, or when its next start is due (never, while neither can happen).
+    /// A deadline rather than a sleep, so the agent goes on answering signals and running checks meanwhile.
+    pub async fn next(&mut self) -> Event {
+        if let Some(child) = self.child.as_mut() {
+            let status = child.wait().await.unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
+            self.child = None;
+            return Event::Exited(status);
+        }
+        match self.restart_at {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                Event::Due
             }
             None => std::future::pending().await,
         }
     }
 
-    /// Waits out the backoff, then starts the child again.
-    pub async fn restart(&mut self, status: ExitStatus) {
+    /// Schedules the next start after the child exited with `status`.
+    pub fn exited_with(&mut self, status: ExitStatus) {
         if self.started.elapsed() >= STABLE_AFTER {
             self.backoff = FIRST_BACKOFF;
         }
         tracing::warn!("child exited ({status}); restarting in {:?}", self.backoff);
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.schedule();
+    }
+
+    pub fn restart(&mut self) {
+        self.restart_at = None;
         self.spawn();
     }
 
