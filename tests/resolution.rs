@@ -20,27 +20,30 @@ const HTTP: u16 = 80;
 /// A name only the silent DNS server could answer for.
 const SILENT: &str = "web.shoal.test:9000";
 
-/// A DNS server on the host's loopback that counts the queries it receives and answers each A query with
-/// 127.0.0.1 (and AAAA with nothing) `delay` after it came, or, without a delay, never.
+/// A DNS server on the host's loopback that counts the queries it receives and, while answering, answers
+/// each A query with `ip` (and AAAA with nothing) `delay` after it came; while silent, nothing.
 struct Dns {
     queries: Arc<AtomicUsize>,
+    answering: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
 impl Dns {
-    /// The longest wait glibc allows: 30 s a try, 5 tries.
-    fn start(host: &Host, delay: Option<Duration>) -> Dns {
+    /// With the longest wait glibc allows: 30 s a try, 5 tries.
+    fn start(host: &Host, delay: Duration, ip: [u8; 4]) -> Dns {
         host.resolv_conf("nameserver 127.0.0.1\noptions timeout:30 attempts:5\n");
         let socket = host.enter(|| UdpSocket::bind("127.0.0.1:53").expect("bind the DNS server"));
         socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let (queries, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
-        let (q, s) = (queries.clone(), stop.clone());
+        let flag = || Arc::new(AtomicBool::new(false));
+        let dns = Dns { queries: Arc::default(), answering: flag(), stop: flag() };
+        dns.answering.store(true, Ordering::SeqCst);
+        let (q, a, s) = (dns.queries.clone(), dns.answering.clone(), dns.stop.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !s.load(Ordering::SeqCst) {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
                 q.fetch_add(1, Ordering::SeqCst);
-                let (Some(delay), Some(reply)) = (delay, dns_answer(&buf[..n])) else { continue };
+                let Some(reply) = dns_answer(&buf[..n], ip).filter(|_| a.load(Ordering::SeqCst)) else { continue };
                 let socket = socket.try_clone().unwrap();
                 std::thread::spawn(move || {
                     std::thread::sleep(delay);
@@ -48,11 +51,17 @@ impl Dns {
                 });
             }
         });
-        Dns { queries, stop }
+        dns
     }
 
     fn silent(host: &Host) -> Dns {
-        Dns::start(host, None)
+        let dns = Dns::start(host, Duration::ZERO, [127, 0, 0, 1]);
+        dns.go_silent();
+        dns
+    }
+
+    fn go_silent(&self) {
+        self.answering.store(false, Ordering::SeqCst);
     }
 
     fn queries(&self) -> usize {
@@ -66,8 +75,8 @@ impl Drop for Dns {
     }
 }
 
-/// The reply to one query: the question back, and for an A question one answer, 127.0.0.1.
-fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+/// The reply to one query: the question back, and for an A question one answer, `ip`.
+fn dns_answer(query: &[u8], ip: [u8; 4]) -> Option<Vec<u8>> {
     let mut end = 12;
     while *query.get(end)? != 0 {
         end += 1 + usize::from(query[end]);
@@ -78,7 +87,8 @@ fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
     reply.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
     reply.extend_from_slice(question);
     if is_a {
-        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        reply.extend_from_slice(&ip);
     }
     Some(reply)
 }
@@ -228,7 +238,7 @@ fn a_slow_resolver_does_not_keep_out_a_server_whose_address_works() {
     // the half second before the next probe starts another, every time.)
     let lab = Lab::new(1);
     let host = lab.host(0);
-    let dns = Dns::start(host, Some(Duration::from_millis(1250)));
+    let dns = Dns::start(host, Duration::from_millis(1250), [127, 0, 0, 1]);
     let port = 9000;
     let serve = || Closing::serve(host, port);
     let server = serve();
@@ -254,4 +264,33 @@ fn a_slow_resolver_does_not_keep_out_a_server_whose_address_works() {
     }
     eprintln!("queries {}", dns.queries());
     assert_eq!(get(), Ok("up".into()));
+}
+
+#[test]
+fn a_node_joined_by_name_comes_back_after_a_partition_while_its_dns_is_down() {
+    // An agent joins through a name (as swarm's tasks.ha). Then its DNS server goes silent and its link is
+    // cut for long enough that it and the proxy declare each other gone: once the link is back, neither has
+    // a member to talk to, and the agent's seed is the only way back. It must announce itself to the name's
+    // last address rather than wait on lookups that never answer.
+    let lab = Lab::new(2);
+    let (proxy_host, node_host) = (lab.host(0), lab.host(1));
+    let dns = Dns::start(node_host, Duration::ZERO, [10, 77, 0, 1]);
+    let key = common::keygen();
+    let (listen, gossip) = (proxy_host.addr(HTTP).to_string(), proxy_host.addr(7946).to_string());
+    let args =
+        ["proxy", "--listen", &listen, "--gossip", &gossip, "--admin", "127.0.0.1:0", "--runtime-api", "127.0.0.1:0"];
+    let (_proxy, log) = proxy_host.shoal(&args, &[("SHOAL_CLUSTER_KEY", &key)]);
+    log.wait_for("the proxy listening", |l| l.contains("listening on "));
+    let (service, gossip) = (node_host.addr(3000).to_string(), node_host.addr(7946).to_string());
+    let exe = env!("CARGO_BIN_EXE_shoal");
+    let agent_args = ["agent", "--service", &service, "--gossip", &gossip, "--join", "gw.shoal.test:7946"];
+    let app = ["--name", "n1", "--", exe, "webapp", "--listen", &service, "--name", "n1"];
+    let (_agent, _) = node_host.shoal(&[&agent_args[..], &app[..]].concat(), &[("SHOAL_CLUSTER_KEY", &key)]);
+    log.wait_for("the agent joined by name", |l| l.contains("member up: n1 "));
+    dns.go_silent();
+    node_host.cut();
+    log.wait_for("the agent declared gone", |l| l.contains("member down: n1 "));
+    node_host.heal();
+    log.wait_count("the agent back", 2, |l| l.contains("member up: n1 "));
+    proxy_host.wait_get(proxy_host.addr(HTTP), "/", "n1 served", |body| body.contains("n1"));
 }

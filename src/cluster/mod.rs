@@ -182,6 +182,8 @@ pub fn start(
                 Err(e) => tracing::error!("gossip socket: {e}"),
             }
         });
+        // A seed's lookup may still hang in the blocking pool (a silent DNS server): leaving must not wait for it.
+        runtime.shutdown_background();
     })?;
     Ok(Cluster { advertised, stats, socket: handle, commands: tx, thread: Some(thread) })
 }

@@ -195,19 +195,16 @@ impl Node {
                         }
                     }
                 }
-                _ = sleep_until(next_seed) => self.seeds.tick(),
+                _ = sleep_until(next_seed) => {
+                    let members = &self.members;
+                    let now_due = self.seeds.tick(|a| members.contains_key(a));
+                    self.announce_to(now_due);
+                }
                 _ = sleep_until(next_copy) => self.send_copies().await,
                 Some(resolved) = self.resolutions.recv() => {
                     let members = &self.members;
                     let missing = self.seeds.resolved(resolved, |a| members.contains_key(a));
-                    if let Some(first) = missing.first() {
-                        self.adopt_route(*first);
-                    }
-                    for addr in missing {
-                        if let Err(e) = self.foca.announce(NodeId::seed(addr), &mut self.runtime) {
-                            tracing::debug!("announce to {addr}: {e}");
-                        }
-                    }
+                    self.announce_to(missing);
                 }
                 _ = sleep_until(next_check) => {
                     self.recheck = None;
@@ -255,6 +252,19 @@ impl Node {
         tracing::info!("left the cluster");
         if let Some(done) = done {
             let _ = done.send(());
+        }
+    }
+
+    /// Announces this node to seed addresses that are not live members, the first one also telling it which
+    /// of its own addresses to advertise (see `adopt_route`).
+    fn announce_to(&mut self, addrs: Vec<SocketAddr>) {
+        if let Some(first) = addrs.first() {
+            self.adopt_route(*first);
+        }
+        for addr in addrs {
+            if let Err(e) = self.foca.announce(NodeId::seed(addr), &mut self.runtime) {
+                tracing::debug!("announce to {addr}: {e}");
+            }
         }
     }
 

@@ -1,7 +1,10 @@
 //! The `--join HOST:PORT` seeds a node announces itself to until they answer, forever, so start order never
 //! matters. Names are resolved on tasks of their own, never inside the SWIM loop (a slow resolver must not
-//! stall probes); every address a name resolves to is tried (swarm's `tasks.<service>` returns one per
-//! replica); and a node that hears from nobody says which names and addresses it is trying.
+//! stall probes), and each lookup is bounded; every address a name resolves to is tried (swarm's
+//! `tasks.<service>` returns one per replica). A name's last addresses are kept through lookups that fail or
+//! hang, and announced to meanwhile: a DNS outage must not keep a node from finding its cluster again after
+//! a partition heals or a proxy restarts. A node that hears from nobody says which names and addresses it is
+//! trying.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +20,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often seeds whose every address is a member are resolved again (a name may gain a replica, a seed may
 /// restart under a new identity).
 const RECHECK: Duration = Duration::from_secs(5);
+/// The longest a lookup may take; after that its seed is tried at its last addresses until the next one.
+const LOOKUP_LIMIT: Duration = Duration::from_secs(5);
 /// How long a node may hear from nobody before it says so, and how often it repeats it.
 const ALONE_WARNING: Duration = Duration::from_secs(3);
 const ALONE_REPEAT: Duration = Duration::from_secs(30);
@@ -68,23 +73,32 @@ impl Seeds {
 
     /// When [`Seeds::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let tries = self.seeds.iter().filter(|s| !s.resolving).map(|s| s.next_try);
-        tries.chain(self.next_warning).min()
+        self.seeds.iter().map(|s| s.next_try).chain(self.next_warning).min()
     }
 
-    /// Starts the resolutions that are due, and warns if this node is still alone.
-    pub fn tick(&mut self) {
+    /// Starts the lookups that are due (one at a time per seed) and returns the addresses to announce to at
+    /// once: the last ones known of the due seeds that are not live members. Warns if this node is still alone.
+    pub fn tick(&mut self, is_member: impl Fn(&SocketAddr) -> bool) -> Vec<SocketAddr> {
         let now = Instant::now();
+        let mut now_due = Vec::new();
         for (index, seed) in self.seeds.iter_mut().enumerate() {
-            if seed.resolving || seed.next_try > now {
+            if seed.next_try > now {
+                continue;
+            }
+            // The last addresses at once, whatever the lookup does; its answer may add others.
+            now_due.extend(seed.addrs.iter().filter(|a| !is_member(a)));
+            seed.next_try = now + seed.backoff;
+            seed.backoff = (seed.backoff * 2).min(MAX_BACKOFF);
+            if seed.resolving {
                 continue;
             }
             seed.resolving = true;
             let (spec, results) = (seed.spec.clone(), self.results.clone());
             tokio::spawn(async move {
-                let result = match tokio::net::lookup_host(spec.as_str()).await {
-                    Ok(addrs) => Ok(addrs.collect::<Vec<_>>()),
-                    Err(e) => Err(e.to_string()),
+                let result = match tokio::time::timeout(LOOKUP_LIMIT, tokio::net::lookup_host(spec.as_str())).await {
+                    Ok(Ok(addrs)) => Ok(addrs.collect::<Vec<_>>()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer from the resolver within {LOOKUP_LIMIT:?}")),
                 };
                 let _ = results.send(Resolved { index, result });
             });
@@ -92,6 +106,9 @@ impl Seeds {
         if self.next_warning.is_some_and(|at| at <= now) {
             self.warn_alone(now);
         }
+        now_due.sort();
+        now_due.dedup();
+        now_due
     }
 
     /// Records a resolution and returns the addresses to announce to: those that are not live members.
@@ -110,11 +127,15 @@ impl Seeds {
                 seed.addrs = addrs;
                 seed.error = None;
             }
+            // The last addresses stay: they are likely still right, and the only way back to the cluster.
             Err(e) => {
                 if seed.error.as_ref() != Some(&e) {
-                    tracing::debug!("cannot resolve seed {}: {e}", seed.spec);
+                    tracing::debug!(
+                        "cannot resolve seed {}: {e}; trying its last addresses {:?}",
+                        seed.spec,
+                        seed.addrs
+                    );
                 }
-                seed.addrs.clear();
                 seed.error = Some(e);
             }
         }
@@ -163,7 +184,11 @@ impl Seeds {
             .seeds
             .iter()
             .map(|s| match (&s.error, s.addrs.as_slice()) {
-                (Some(e), _) => format!("{} (cannot resolve: {e})", s.spec),
+                (Some(e), []) => format!("{} (cannot resolve: {e})", s.spec),
+                (Some(e), addrs) => {
+                    let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                    format!("{} (cannot resolve: {e}; trying its last addresses {})", s.spec, list.join(", "))
+                }
                 (None, []) => format!("{} (no address yet)", s.spec),
                 (None, addrs) => {
                     let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
