@@ -269,3 +269,33 @@ fn a_hundred_thousand_junk_datagrams_change_nothing() {
         }
     }
 }
+
+#[test]
+fn every_copy_whose_original_arrived_is_recognised_as_a_duplicate() {
+    // Each gossip packet goes out twice, the copy 10 ms later, and a receiver drops a copy whose original it
+    // has by the counter just before the copy's. With three nodes a sender's packets interleave between
+    // destinations: a copy sealed when it was sent carried a counter whose predecessor had gone elsewhere, and
+    // passed as a new message. On loopback nothing is lost, so nearly every copy must be refused as a duplicate.
+    let key = common::keygen();
+    let proxy = Proxy::start(&["--cluster-key", &key]);
+    let (one, two) = (Backend::echo_path(), Backend::echo_path());
+    let _a = Agent::start(&one.arg(), &proxy.gossip(), &["--cluster-key", &key, "--name", "a"]);
+    let _b = Agent::start(&two.arg(), &proxy.gossip(), &["--cluster-key", &key, "--name", "b"]);
+    proxy.wait_server("a", "UP", |s, _| s == "UP");
+    proxy.wait_server("b", "UP", |s, _| s == "UP");
+    let counts = || {
+        let duplicates = proxy.metric("shoal_gossip_packets_refused_total{reason=\"duplicate\"}");
+        (proxy.metric("shoal_gossip_packets_accepted_total"), duplicates)
+    };
+    let start = counts();
+    let since = || {
+        let now = counts();
+        (now.0 - start.0, now.1 - start.1)
+    };
+    // The last copy may be on its way when the packets are counted: at most one in ten may be missing.
+    common::wait_until("a dozen packets, nearly each with its copy refused", || {
+        let (accepted, duplicates) = since();
+        eprintln!("{accepted} packets accepted, {duplicates} copies refused as duplicates");
+        accepted >= 12 && duplicates * 10 >= accepted * 9
+    });
+}

@@ -64,6 +64,7 @@ pub fn render(s: &Snapshot) -> String {
 
     let g = &s.gossip;
     metric("gossip_members", "gauge", "Live cluster members besides this proxy.", one(g.members));
+    metric("gossip_packets_accepted_total", "counter", "Sealed gossip packets opened and handled.", one(g.accepted));
     let refused = Refused::ALL.iter().map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), g.refused[r.index()]));
     metric("gossip_packets_refused_total", "counter", "Gossip packets dropped, by reason.", refused.collect());
     metric("gossip_members_refused_total", "counter", "Members ignored over --max-members.", one(g.members_refused));

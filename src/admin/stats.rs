@@ -96,6 +96,8 @@ pub struct Snapshot {
 /// The gossip layer's counters.
 pub struct Gossip {
     pub members: u64,
+    /// Sealed packets that opened and went on to SWIM.
+    pub accepted: u64,
     /// By [`crate::cluster::Refused`], in the order of `Refused::ALL`.
     pub refused: [u64; 6],
     pub members_refused: u64,
@@ -157,6 +159,7 @@ impl Snapshot {
             uptime_s: SystemTime::now().duration_since(shared.started).map_or(0, |d| d.as_secs()),
             gossip: Gossip {
                 members: shared.gossip.members.load(Relaxed),
+                accepted: shared.gossip.accepted.load(Relaxed),
                 refused: std::array::from_fn(|i| shared.gossip.refused[i].load(Relaxed)),
                 members_refused: shared.gossip.members_refused.load(Relaxed),
                 rejoins: shared.gossip.rejoins.load(Relaxed),

@@ -66,6 +66,8 @@ pub struct ClusterConfig {
 /// What the gossip layer counts, for the admin endpoints.
 #[derive(Debug, Default)]
 pub struct GossipStats {
+    /// Packets that opened and went on to SWIM (sealed gossip only).
+    pub accepted: AtomicU64,
     /// Packets refused, by [`Refused::index`].
     pub refused: [AtomicU64; 6],
     /// Live members (this node excluded).

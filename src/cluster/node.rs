@@ -246,8 +246,8 @@ impl Node {
         }
         self.flush().await;
         // The copies too, without waiting: there is no later.
-        for (_, to, data) in std::mem::take(&mut self.copies) {
-            self.send(&data, to, true).await;
+        for (_, to, copy) in std::mem::take(&mut self.copies) {
+            self.send_wire(&copy, to).await;
         }
         tracing::info!("left the cluster");
         if let Some(done) = done {
@@ -314,7 +314,10 @@ impl Node {
         let payload = match &mut self.sealer {
             None => &packet[..],
             Some(sealer) => match sealer.open(packet, unix_ms()) {
-                Ok(payload) => payload,
+                Ok(payload) => {
+                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    payload
+                }
                 Err(why) => return self.refused(why, from),
             },
         };
@@ -367,8 +370,8 @@ impl Node {
                 tracing::debug!("not telling {} it is down: it refuted the suspicion", to.gossip);
                 continue;
             }
-            self.send(&data, to.gossip, false).await;
-            self.copies.push_back((now + COPY_AFTER, to.gossip, data.to_vec()));
+            let copy = self.send_with_copy(&data, to.gossip).await;
+            self.copies.push_back((now + COPY_AFTER, to.gossip, copy));
         }
         let now = Instant::now();
         while let Some((after, timer)) = self.runtime.to_schedule() {
@@ -385,14 +388,31 @@ impl Node {
         header.message == foca::Message::TurnUndead && self.foca.iter_members().any(|m| *m.id() == header.dst)
     }
 
-    async fn send(&mut self, data: &[u8], to: SocketAddr, copy: bool) {
-        let wire = match &mut self.sealer {
+    /// Sends `data` to `to` and returns its copy, to be sent a little later. The copy is sealed now, right
+    /// after the original, because a receiver tells a copy whose original it already has by the counter just
+    /// before the copy's: sealed later, that counter would belong to some other packet, often to another
+    /// node, and copies would pass as new messages while a lost original's copy could be refused.
+    async fn send_with_copy(&mut self, data: &[u8], to: SocketAddr) -> Vec<u8> {
+        let copy = match &mut self.sealer {
             Some(sealer) => {
-                sealer.seal(data, unix_ms(), copy, &mut self.wire);
-                &self.wire[..]
+                let now_ms = unix_ms();
+                sealer.seal(data, now_ms, false, &mut self.wire);
+                let mut copy = Vec::with_capacity(self.wire.len());
+                sealer.seal(data, now_ms, true, &mut copy);
+                copy
             }
-            None => data,
+            None => {
+                self.wire.clear();
+                self.wire.extend_from_slice(data);
+                data.to_vec()
+            }
         };
+        self.send_wire(&self.wire, to).await;
+        copy
+    }
+
+    /// Sends bytes as they go on the wire: sealed already, or gossip in the clear.
+    async fn send_wire(&self, wire: &[u8], to: SocketAddr) {
         if let Err(e) = self.socket.send_to(wire, to).await {
             tracing::debug!("gossip send to {to}: {e}");
         }
@@ -401,8 +421,8 @@ impl Node {
     async fn send_copies(&mut self) {
         let now = Instant::now();
         while self.copies.front().is_some_and(|(at, _, _)| *at <= now) {
-            if let Some((_, to, data)) = self.copies.pop_front() {
-                self.send(&data, to, true).await;
+            if let Some((_, to, copy)) = self.copies.pop_front() {
+                self.send_wire(&copy, to).await;
             }
         }
     }
