@@ -119,3 +119,14 @@ fn as_pid_1_the_agent_reaps_what_its_app_leaves_behind() {
         children.len() == 1 && children.iter().all(|(_, state)| *state != 'Z')
     });
 }
+
+#[test]
+fn stopped_between_runs_the_agent_exits_with_the_apps_last_status() {
+    // A crash-looping app: stopped while it waits out its backoff, the agent must not report a clean exit.
+    let app = Backend::echo_path();
+    let proxy = Proxy::start(&[]);
+    let mut agent = Agent::start(&app.arg(), &proxy.gossip(), &["--", "sh", "-c", "trap 'exit 3' TERM; exit 3"]);
+    agent.stderr.wait_count("two runs ended", 2, |l| l.contains("child exited (exit status: 3)"));
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit().code(), Some(3));
+}

@@ -78,6 +78,9 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
         let mut said = Said { healthy: config.check.is_none(), report: Report::default(), failing: false };
         let mut orphans = Orphans::default();
         let mut orphan_scan = tokio::time::interval(orphans::SCAN_EVERY);
+        // Scans missed while a check held the loop are not made up back to back: a zombie must have been one
+        // for a whole interval before it is reaped.
+        orphan_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = signals.stop.recv() => break,

@@ -17,6 +17,8 @@ pub const SCAN_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Orphans {
     seen: HashSet<u32>,
+    /// Said once if the kernel lists no children (built without CONFIG_PROC_CHILDREN).
+    warned: bool,
 }
 
 impl Orphans {
@@ -27,6 +29,10 @@ impl Orphans {
 
     /// Reaps the zombie children found at the last scan too, except `app`; returns how many.
     pub fn reap(&mut self, app: Option<u32>) -> usize {
+        if !self.warned && !std::path::Path::new("/proc/self/task/1/children").exists() {
+            self.warned = true;
+            tracing::warn!("cannot list this process's children (/proc/PID/task/TID/children): orphans are not reaped");
+        }
         self.reap_among(children(), app)
     }
 

@@ -27,11 +27,20 @@ pub struct Supervisor {
     backoff: Duration,
     /// When the next start is due, while there is no child: after an exit, or a start that failed.
     restart_at: Option<Instant>,
+    /// How the last run ended: the agent's own exit status if it is stopped before the next start.
+    last_status: Option<ExitStatus>,
 }
 
 impl Supervisor {
     pub fn start(argv: Vec<String>) -> Supervisor {
-        let mut s = Supervisor { argv, child: None, started: Instant::now(), backoff: FIRST_BACKOFF, restart_at: None };
+        let mut s = Supervisor {
+            argv,
+            child: None,
+            started: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            restart_at: None,
+            last_status: None,
+        };
         s.spawn();
         s
     }
@@ -81,6 +90,7 @@ impl Supervisor {
         if let Some(child) = self.child.as_mut() {
             let status = child.wait().await.unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
             self.child = None;
+            self.last_status = Some(status);
             return Event::Exited(status);
         }
         match self.restart_at {
@@ -113,10 +123,11 @@ impl Supervisor {
         }
     }
 
-    /// Sends SIGTERM, waits up to `grace`, then kills; returns how the child ended.
+    /// Sends SIGTERM, waits up to `grace`, then kills; returns how the child ended (between runs, how the
+    /// last one did: a crash-looping app stopped during its backoff must not look like a clean exit).
     pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         self.signal(libc::SIGTERM);
-        let child = self.child.as_mut()?;
+        let Some(child) = self.child.as_mut() else { return self.last_status };
         match tokio::time::timeout(grace, child.wait()).await {
             Ok(Ok(status)) => Some(status),
             _ => {

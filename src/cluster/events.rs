@@ -106,6 +106,9 @@ fn invoke(command: &str, kind: EventKind, input: &str) {
                 Ok(status) if !status.success() => {
                     tracing::warn!("event handler for {} exited {status}", kind.as_str())
                 }
+                // An agent that is PID 1 reaps orphans; a handler left a zombie for long (its input blocked
+                // by a grandchild holding the pipe) may have been taken for one.
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {}
                 Err(e) => tracing::warn!("event handler for {}: {e}", kind.as_str()),
                 Ok(_) => {}
             }

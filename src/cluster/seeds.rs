@@ -1,6 +1,6 @@
 //! The `--join HOST:PORT` seeds a node announces itself to until they answer, forever, so start order never
 //! matters. Names are resolved on tasks of their own, never inside the SWIM loop (a slow resolver must not
-//! stall probes), and each lookup is bounded; every address a name resolves to is tried (swarm's
+//! stall probes), one at a time per name; every address a name resolves to is tried (swarm's
 //! `tasks.<service>` returns one per replica). A name's last addresses are kept through lookups that fail or
 //! hang, and announced to meanwhile: a DNS outage must not keep a node from finding its cluster again after
 //! a partition heals or a proxy restarts. A node that hears from nobody says which names and addresses it is
@@ -20,8 +20,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often seeds whose every address is a member are resolved again (a name may gain a replica, a seed may
 /// restart under a new identity).
 const RECHECK: Duration = Duration::from_secs(5);
-/// The longest a lookup may take; after that its seed is tried at its last addresses until the next one.
-const LOOKUP_LIMIT: Duration = Duration::from_secs(5);
 /// How long a node may hear from nobody before it says so, and how often it repeats it.
 const ALONE_WARNING: Duration = Duration::from_secs(3);
 const ALONE_REPEAT: Duration = Duration::from_secs(30);
@@ -85,20 +83,27 @@ impl Seeds {
             if seed.next_try > now {
                 continue;
             }
-            // The last addresses at once, whatever the lookup does; its answer may add others.
-            now_due.extend(seed.addrs.iter().filter(|a| !is_member(a)));
-            seed.next_try = now + seed.backoff;
-            seed.backoff = (seed.backoff * 2).min(MAX_BACKOFF);
             if seed.resolving {
+                // The lookup hangs: the last addresses meanwhile, with backoff.
+                now_due.extend(seed.addrs.iter().filter(|a| !is_member(a)));
+                seed.next_try = now + seed.backoff;
+                seed.backoff = (seed.backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
+            if seed.error.is_some() {
+                // The last lookup failed: this one may too, so the last addresses now rather than after it.
+                now_due.extend(seed.addrs.iter().filter(|a| !is_member(a)));
+            }
             seed.resolving = true;
+            // `resolved` schedules the next try when the answer comes; if it does not, this does.
+            seed.next_try = now + MAX_BACKOFF;
             let (spec, results) = (seed.spec.clone(), self.results.clone());
+            // Not bounded: a lookup cannot be cancelled (its blocking thread would go on), and there is never
+            // more than one per seed; the last addresses are tried while it hangs.
             tokio::spawn(async move {
-                let result = match tokio::time::timeout(LOOKUP_LIMIT, tokio::net::lookup_host(spec.as_str())).await {
-                    Ok(Ok(addrs)) => Ok(addrs.collect::<Vec<_>>()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer from the resolver within {LOOKUP_LIMIT:?}")),
+                let result = match tokio::net::lookup_host(spec.as_str()).await {
+                    Ok(addrs) => Ok(addrs.collect::<Vec<_>>()),
+                    Err(e) => Err(e.to_string()),
                 };
                 let _ = results.send(Resolved { index, result });
             });
