@@ -280,8 +280,7 @@ fn every_csv_cell_haproxy_fills_is_filled_except_the_listed_ones() {
     // shoal speaks HTTP/1.1 only and keeps no per-mux counters.
     let not_kept = |kind: &str| -> BTreeSet<String> {
         let columns: &[&str] = match kind {
-            // intercepted: no request is answered by a rule.
-            "frontend" => &["intercepted"],
+            "frontend" => &[],
             // wredis: a retry goes to another server but is counted as a retry; srv_icur, idle_conn_cur,
             // safe_conn_cur, used_conn_cur, need_conn_est: idle pools are per thread, not per server.
             "server" => &["wredis", "srv_icur", "idle_conn_cur", "safe_conn_cur", "used_conn_cur", "need_conn_est"],

@@ -194,6 +194,8 @@ fn plain_requests_can_be_redirected_to_https() {
     assert_eq!(r.header("location"), Some(format!("https://shop.test:{port}/cart?item=3")));
     assert!(backend.requests().is_empty(), "a redirected request reaches no backend");
     assert!(curl(&pki, "a.test", proxy.tls(), "/secure").status.success());
+    // HAProxy counts requests its rules answer (a redirect) as intercepted.
+    assert_eq!(frontend_cells(&proxy, &["intercepted", "hrsp_3xx"]), ["shoal 1 1", "shoal-tls 0 0"]);
 }
 
 #[test]

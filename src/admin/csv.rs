@@ -326,6 +326,7 @@ fn value(r: &Row, column: &str) -> Option<String> {
             when(r.kind != Kind::Server, 0)
         }
         "rate_lim" | "dcon" | "dses" => when(frontend, 0),
+        "intercepted" => when(frontend, t.intercepted),
         // A TLS client whose handshake failed was a connection, never a session.
         "conn_tot" => when(frontend, t.sessions + t.handshake_errors),
         "conn_rate" => r.rates.map(|f| f.connections.now.to_string()),

@@ -32,6 +32,8 @@ pub struct Slot {
     /// Responses cut because the client went away (`cli_abrt`) or the server did (`srv_abrt`).
     client_aborts: AtomicU64,
     server_aborts: AtomicU64,
+    /// Requests the proxy answered itself by rule (`--redirect-https`): HAProxy's `intercepted`.
+    intercepted: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -91,6 +93,10 @@ impl Slot {
     pub fn server_abort(&self) {
         bump(&self.server_aborts, 1);
     }
+
+    pub fn intercepted(&self) {
+        bump(&self.intercepted, 1);
+    }
 }
 
 fn class(status: u16) -> usize {
@@ -140,6 +146,7 @@ impl PerThread {
             t.handshake_errors += get(&s.handshake_errors);
             t.client_aborts += get(&s.client_aborts);
             t.server_aborts += get(&s.server_aborts);
+            t.intercepted += get(&s.intercepted);
         }
         t
     }
@@ -162,6 +169,7 @@ pub struct Totals {
     pub handshake_errors: u64,
     pub client_aborts: u64,
     pub server_aborts: u64,
+    pub intercepted: u64,
 }
 
 impl std::ops::AddAssign for Totals {
@@ -182,6 +190,7 @@ impl std::ops::AddAssign for Totals {
         self.handshake_errors += o.handshake_errors;
         self.client_aborts += o.client_aborts;
         self.server_aborts += o.server_aborts;
+        self.intercepted += o.intercepted;
     }
 }
 

@@ -252,8 +252,10 @@ async fn redirect<T: Transport>(worker: &Worker, client: &mut Client<T>, locatio
     let answer = format!(
         "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    worker.frontend(T::TLS).response(301, answer.len() as u64);
-    worker.frontend(T::TLS).received(client.buf.len() as u64);
+    let frontend = worker.frontend(T::TLS);
+    frontend.response(301, answer.len() as u64);
+    frontend.received(client.buf.len() as u64);
+    frontend.intercepted();
     local_log_line(worker, client, 301, answer.len() as u64, *b"LR", started, Some(line));
     let idle = worker.config().timeouts.client;
     let _ = timeout(idle, client.stream.write_all(answer.as_bytes())).await;
