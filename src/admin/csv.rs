@@ -296,6 +296,7 @@ fn value(r: &Row, column: &str) -> Option<String> {
         "econ" => when(proxied, t.connect_errors),
         "eresp" => when(proxied, t.response_errors),
         "wretr" => when(proxied, t.retries),
+        "wredis" => when(proxied, t.redispatches),
         "status" => Some(r.status.to_string()),
         "weight" => r.weight.map(|v| v.to_string()),
         "uweight" => r.uweight.map(|v| v.to_string()),

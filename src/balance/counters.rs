@@ -34,6 +34,8 @@ pub struct Slot {
     server_aborts: AtomicU64,
     /// Requests the proxy answered itself by rule (`--redirect-https`): HAProxy's `intercepted`.
     intercepted: AtomicU64,
+    /// Retries that went to another server, counted on the one left (HAProxy's `wredis`).
+    redispatches: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -97,6 +99,10 @@ impl Slot {
     pub fn intercepted(&self) {
         bump(&self.intercepted, 1);
     }
+
+    pub fn redispatch(&self) {
+        bump(&self.redispatches, 1);
+    }
 }
 
 fn class(status: u16) -> usize {
@@ -147,6 +153,7 @@ impl PerThread {
             t.client_aborts += get(&s.client_aborts);
             t.server_aborts += get(&s.server_aborts);
             t.intercepted += get(&s.intercepted);
+            t.redispatches += get(&s.redispatches);
         }
         t
     }
@@ -170,6 +177,7 @@ pub struct Totals {
     pub client_aborts: u64,
     pub server_aborts: u64,
     pub intercepted: u64,
+    pub redispatches: u64,
 }
 
 impl std::ops::AddAssign for Totals {
@@ -191,6 +199,7 @@ impl std::ops::AddAssign for Totals {
         self.client_aborts += o.client_aborts;
         self.server_aborts += o.server_aborts;
         self.intercepted += o.intercepted;
+        self.redispatches += o.redispatches;
     }
 }
 

@@ -112,6 +112,10 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 None => answer(worker, client, &plan, &log, 503, *b"SC").await,
             };
         };
+        // A retry that moves to another server is a redispatch, counted on the one it leaves.
+        if let Some(left) = tried.last().filter(|left| !Arc::ptr_eq(left, &picked)) {
+            left.counters.slot(worker.id).redispatch();
+        }
         // The only server left already lost a pooled connection for this request: a fresh one, then.
         let fresh_only = tried.iter().any(|t| Arc::ptr_eq(t, &picked));
         let hurry = worker.has_alternative(&picked, &tried);
