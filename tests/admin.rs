@@ -214,8 +214,13 @@ fn a_retried_request_counts_only_against_servers_that_answered() {
     assert_eq!(common::get(proxy.addr, "/").status(), 503);
     let rows = csv_after(&proxy, 1);
     let (s1, s2) = (&rows["nodes/s1"], &rows["nodes/s2"]);
-    assert_eq!((num(s1, "wretr"), num(s1, "stot")), (1, 0), "s1 answered nothing: a retry, no session: {s1:?}");
-    // The retry left s1 for s2: a redispatch, counted on s1 (HAProxy's wredis) and on the backend.
+    assert_eq!(
+        (num(s1, "wretr"), num(s1, "stot")),
+        (0, 0),
+        "s1 answered nothing: no session, and no retry here: {s1:?}"
+    );
+    assert_eq!(proxy.metric("shoal_server_redispatches_total{server=\"s1\"}"), 1);
+    // The retry left s1 for s2: a redispatch, counted on s1 (HAProxy's wredis, not wretr) and on the backend.
     assert_eq!((num(s1, "wredis"), num(&rows["nodes/s2"], "wredis"), num(&rows["nodes/BACKEND"], "wredis")), (1, 0, 1));
     assert_eq!((num(s2, "econ"), num(s2, "stot"), num(s2, "hrsp_5xx")), (1, 0, 0), "s2 was never reached: {s2:?}");
     assert_eq!(num(&rows["shoal/FRONTEND"], "hrsp_5xx"), 1);

@@ -55,7 +55,7 @@ pub fn render(s: &Snapshot, members: &[Row]) -> String {
         "<table><tr><th class=\"pxname\">name</th><th>status</th><th>last change</th><th>last check</th><th>weight</th>\
 <th>queue</th><th>cur</th><th>max</th><th>limit</th><th>total</th><th>rate</th><th>rate max</th><th>bytes out</th>\
 <th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>connect errors</th><th>response errors</th>\
-<th>retries</th><th>aborts c/s</th><th>time p50</th><th>p90</th><th>p99</th><th>max</th><th>downtime</th></tr>",
+<th>retries / redispatches</th><th>aborts c/s</th><th>time p50</th><th>p90</th><th>p99</th><th>max</th><th>downtime</th></tr>",
     );
     let rates = |r: super::history::Rate| Some((r.now, r.max));
     line(
@@ -203,8 +203,8 @@ fn line(out: &mut String, l: &Line) {
     }
     let _ = write!(
         out,
-        "<td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td>",
-        t.connect_errors, t.response_errors, t.retries, t.client_aborts, t.server_aborts
+        "<td>{}</td><td>{}</td><td>{} / {}</td><td>{} / {}</td>",
+        t.connect_errors, t.response_errors, t.retries, t.redispatches, t.client_aborts, t.server_aborts
     );
     let total = l.timings.get(Phase::Total);
     for us in [total.quantile_us(0.5), total.quantile_us(0.9), total.quantile_us(0.99), total.max_us()] {

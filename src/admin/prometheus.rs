@@ -24,6 +24,12 @@ pub fn render(s: &Snapshot) -> String {
     metric("frontend_current_connections", "gauge", "Plain client connections open.", one(plain_open));
     metric("frontend_requests_total", "counter", "Requests answered or abandoned.", one(s.frontend.requests));
     metric("frontend_refused_total", "counter", "Requests refused as malformed.", one(s.frontend.refused));
+    metric(
+        "frontend_intercepted_total",
+        "counter",
+        "Requests answered by a rule (redirected to https).",
+        one(s.frontend.intercepted),
+    );
     metric("frontend_bytes_in_total", "counter", "Request bytes received from clients.", one(s.frontend.bytes_in));
     metric("frontend_bytes_out_total", "counter", "Bytes sent to clients.", one(s.frontend.bytes_out));
     metric("frontend_responses_total", "counter", "Responses by status class.", by_code("", &s.frontend));
@@ -56,7 +62,13 @@ pub fn render(s: &Snapshot) -> String {
         "Responses missing, late or malformed.",
         per_server(&|v| v.totals.response_errors),
     );
-    metric("server_retries_total", "counter", "Requests retried.", per_server(&|v| v.totals.retries));
+    metric("server_retries_total", "counter", "Requests retried on this server.", per_server(&|v| v.totals.retries));
+    metric(
+        "server_redispatches_total",
+        "counter",
+        "Requests retried on another server after failing here.",
+        per_server(&|v| v.totals.redispatches),
+    );
     metric("server_connects_total", "counter", "Connections attempted.", per_server(&|v| v.totals.connects));
     metric("server_reuses_total", "counter", "Pooled connections used again.", per_server(&|v| v.totals.reuses));
     let codes = s.servers.iter().flat_map(|v| by_code(&format!("server=\"{}\",", label(&v.name)), &v.totals));

@@ -112,9 +112,15 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 None => answer(worker, client, &plan, &log, 503, *b"SC").await,
             };
         };
-        // A retry that moves to another server is a redispatch, counted on the one it leaves.
-        if let Some(left) = tried.last().filter(|left| !Arc::ptr_eq(left, &picked)) {
-            left.counters.slot(worker.id).redispatch();
+        // Counted once the next server is known, as HAProxy does: a retry on the same server, or a redispatch
+        // to another, counted on the one it leaves (never both).
+        if let Some(last) = tried.last() {
+            let slot = last.counters.slot(worker.id);
+            if Arc::ptr_eq(last, &picked) {
+                slot.retry();
+            } else {
+                slot.redispatch();
+            }
         }
         // The only server left already lost a pooled connection for this request: a fresh one, then.
         let fresh_only = tried.iter().any(|t| Arc::ptr_eq(t, &picked));
@@ -163,7 +169,6 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                     if retry { "; trying another server" } else { "" },
                 );
                 if retry {
-                    slot.retry();
                     log.retries += 1;
                     tried.push(backend.clone());
                     last_failure = None;
@@ -201,7 +206,6 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 up_buf.clear();
                 worker.buffers.put(up_buf);
                 log.retries += 1;
-                backend.counters.slot(worker.id).retry();
                 // A reused connection may just have timed out at the backend: merely avoid that server for this
                 // request. A fresh one that closed without answering, or a host that does not acknowledge,
                 // points at a dying backend: eject it.
