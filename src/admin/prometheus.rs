@@ -9,6 +9,9 @@ use crate::cluster::Refused;
 
 const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
+/// A per-server counter: its name, its help text, and where it is in the totals.
+type Counter = (&'static str, &'static str, fn(&Totals) -> u64);
+
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
@@ -52,25 +55,21 @@ pub fn render(s: &Snapshot) -> String {
     metric("server_up", "gauge", "1 when the server takes new requests.", per_server(&|v| u64::from(v.in_rotation())));
     metric("server_weight", "gauge", "The server's weight.", per_server(&|v| u64::from(v.weight)));
     metric("server_current_requests", "gauge", "Requests in flight.", per_server(&|v| v.in_flight));
-    metric("server_requests_total", "counter", "Requests sent to the server.", per_server(&|v| v.totals.sessions));
-    metric("server_bytes_in_total", "counter", "Request bytes sent on to it.", per_server(&|v| v.totals.bytes_in));
-    metric("server_bytes_out_total", "counter", "Bytes relayed to clients.", per_server(&|v| v.totals.bytes_out));
-    metric("server_connect_errors_total", "counter", "Failed connects.", per_server(&|v| v.totals.connect_errors));
-    metric(
-        "server_response_errors_total",
-        "counter",
-        "Responses missing, late or malformed.",
-        per_server(&|v| v.totals.response_errors),
-    );
-    metric("server_retries_total", "counter", "Requests retried on this server.", per_server(&|v| v.totals.retries));
-    metric(
-        "server_redispatches_total",
-        "counter",
-        "Requests retried on another server after failing here.",
-        per_server(&|v| v.totals.redispatches),
-    );
-    metric("server_connects_total", "counter", "Connections attempted.", per_server(&|v| v.totals.connects));
-    metric("server_reuses_total", "counter", "Pooled connections used again.", per_server(&|v| v.totals.reuses));
+    // The servers' totals, one counter each.
+    let counters: [Counter; 9] = [
+        ("server_requests_total", "Requests sent to the server.", |t| t.sessions),
+        ("server_bytes_in_total", "Request bytes sent on to it.", |t| t.bytes_in),
+        ("server_bytes_out_total", "Bytes relayed to clients.", |t| t.bytes_out),
+        ("server_connect_errors_total", "Failed connects.", |t| t.connect_errors),
+        ("server_response_errors_total", "Responses missing, late or malformed.", |t| t.response_errors),
+        ("server_retries_total", "Requests retried on this server.", |t| t.retries),
+        ("server_redispatches_total", "Requests retried on another server after failing here.", |t| t.redispatches),
+        ("server_connects_total", "Connections attempted.", |t| t.connects),
+        ("server_reuses_total", "Pooled connections used again.", |t| t.reuses),
+    ];
+    for (name, help, count) in counters {
+        metric(name, "counter", help, per_server(&|v| count(&v.totals)));
+    }
     let codes = s.servers.iter().flat_map(|v| by_code(&format!("server=\"{}\",", label(&v.name)), &v.totals));
     metric("server_responses_total", "counter", "Responses by status class.", codes.collect());
 

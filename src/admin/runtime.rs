@@ -246,8 +246,14 @@ fn check_columns(server: &super::stats::Server, checks: Option<(u32, u32)>) -> S
         "L7STS" => 17,
         _ => 0,
     };
-    let (result, health) = if report.passed() { (3, rise + fall - 1) } else { (2, 0) };
-    let health = if server.status == "UP" { health.max(rise) } else { 0 };
+    let result = if report.passed() { 3 } else { 2 };
+    // HAProxy's health runs 0 .. rise-1 while DOWN, rise .. rise+fall-1 while UP; a failed check of an UP
+    // server takes it down the UP range.
+    let health = match (server.status == "UP", report.passed()) {
+        (true, true) => rise + fall - 1,
+        (true, false) => rise,
+        (false, _) => 0,
+    };
     // CHK_ST_CONFIGURED | CHK_ST_ENABLED.
     format!("{status} {result} {health} 6 0")
 }

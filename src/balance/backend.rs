@@ -77,9 +77,8 @@ pub struct Backend {
     /// Requests currently using this server, on any thread, and the most there have been at once.
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
-    /// Requests in flight on every server of the pool.
-    pool_in_flight: Arc<AtomicUsize>,
-    pool_peak: Arc<AtomicUsize>,
+    /// What every server of the pool shares: the requests in flight on all of them, and their peak.
+    pool: Pool,
     /// Recent response time in microseconds, peak-sensitive (see `record_latency`); 0 before any.
     latency_us: AtomicU64,
     /// `maxconn`, when the server has one.
@@ -112,8 +111,7 @@ impl Backend {
             suspicions: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
-            pool_in_flight: pool.in_flight.clone(),
-            pool_peak: pool.peak.clone(),
+            pool: pool.clone(),
             latency_us: AtomicU64::new(0),
             slots: (spec.maxconn > 0).then(|| Slots {
                 maxconn: spec.maxconn,
@@ -250,8 +248,8 @@ impl Backend {
     fn counted(self: Arc<Self>, permit: Option<OwnedSemaphorePermit>) -> InFlight {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         raise_peak(&self.peak_in_flight, now);
-        let pool_now = self.pool_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        raise_peak(&self.pool_peak, pool_now);
+        let pool_now = self.pool.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        raise_peak(&self.pool.peak, pool_now);
         InFlight { backend: self, _slot: permit }
     }
 
@@ -286,12 +284,12 @@ impl Backend {
 
     /// Requests in flight on every server of this one's pool.
     pub fn pool_in_flight(&self) -> usize {
-        self.pool_in_flight.load(Ordering::Relaxed)
+        self.pool.in_flight.load(Ordering::Relaxed)
     }
 
     /// The most requests there have been in flight on the pool at once.
     pub fn pool_peak_in_flight(&self) -> usize {
-        self.pool_peak.load(Ordering::Relaxed)
+        self.pool.peak.load(Ordering::Relaxed)
     }
 }
 
@@ -311,6 +309,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.backend.pool_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

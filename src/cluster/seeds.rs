@@ -39,6 +39,13 @@ struct Seed {
     resolving: bool,
 }
 
+impl Seed {
+    /// Its last addresses that are not live members.
+    fn not_members<'a>(&'a self, is_member: &'a impl Fn(&SocketAddr) -> bool) -> impl Iterator<Item = SocketAddr> + 'a {
+        self.addrs.iter().filter(|a| !is_member(a)).copied()
+    }
+}
+
 pub struct Seeds {
     seeds: Vec<Seed>,
     /// This node's own gossip address: a name that includes it (a replica of the same service) is not
@@ -83,16 +90,15 @@ impl Seeds {
             if seed.next_try > now {
                 continue;
             }
+            // While a lookup hangs, or after one failed (this one may too), the last addresses now rather than
+            // after it.
+            if seed.resolving || seed.error.is_some() {
+                now_due.extend(seed.not_members(&is_member));
+            }
             if seed.resolving {
-                // The lookup hangs: the last addresses meanwhile, with backoff.
-                now_due.extend(seed.addrs.iter().filter(|a| !is_member(a)));
                 seed.next_try = now + seed.backoff;
                 seed.backoff = (seed.backoff * 2).min(MAX_BACKOFF);
                 continue;
-            }
-            if seed.error.is_some() {
-                // The last lookup failed: this one may too, so the last addresses now rather than after it.
-                now_due.extend(seed.addrs.iter().filter(|a| !is_member(a)));
             }
             seed.resolving = true;
             // `resolved` schedules the next try when the answer comes; if it does not, this does.
@@ -144,7 +150,7 @@ impl Seeds {
                 seed.error = Some(e);
             }
         }
-        let missing: Vec<SocketAddr> = seed.addrs.iter().filter(|a| !is_member(a)).copied().collect();
+        let missing: Vec<SocketAddr> = seed.not_members(&is_member).collect();
         let now = Instant::now();
         if missing.is_empty() && seed.error.is_none() {
             seed.backoff = FIRST_BACKOFF;

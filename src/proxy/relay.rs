@@ -158,10 +158,9 @@ pub async fn transfer<T: Transport>(
         relay_response(worker, plan, &mut ur, up_buf, &mut cw, sent, (&response_status, &delivered, &head_at), asks);
     tokio::pin!(send_body, relay);
     let mut body_finished = request_done.get();
-    // The client stopped sending the body (`c`: timed out, `C`: closed) after the answer began; once the
-    // server has been told (a half-close), what becomes of the answer is the client's doing.
-    let mut client_stopped = None;
-    let mut told_server = false;
+    // The server was told the client stopped sending the body after the answer began (`c`: it timed out,
+    // `C`: it closed): what becomes of the answer after that is the client's doing.
+    let mut told_server: Option<u8> = None;
     // While the answer still moves, a client that only timed out sending may be reading it: the server is
     // told once both directions have been idle for --timeout-client (HAProxy's client timeout), not before.
     let mut tell_server_at: Option<Instant> = None;
@@ -183,14 +182,10 @@ pub async fn transfer<T: Transport>(
                     // waiting for the rest of the body is told there is none, so it ends its answer rather than
                     // wait for --timeout-server.
                     Err(BodyError::SrcClosed) => {
-                        client_stopped = Some(b'C');
                         tell_server();
-                        told_server = true;
+                        told_server = Some(b'C');
                     }
-                    Err(BodyError::SrcTimeout) => {
-                        client_stopped = Some(b'c');
-                        tell_server_at = Some(delivered.at.get() + t.client);
-                    }
+                    Err(BodyError::SrcTimeout) => tell_server_at = Some(delivered.at.get() + t.client),
                     Err(_) => {
                         break Err(Failure::AbortedMidResponse(*b"CD", response_status.get(), delivered.bytes.get()))
                     }
@@ -200,7 +195,7 @@ pub async fn transfer<T: Transport>(
                 let due = delivered.at.get() + t.client;
                 if Instant::now() >= due {
                     tell_server();
-                    told_server = true;
+                    told_server = Some(b'c');
                     tell_server_at = None;
                 } else {
                     tell_server_at = Some(due);
@@ -211,7 +206,7 @@ pub async fn transfer<T: Transport>(
     };
     *responded = head_at.get();
     plan.body_in.set(initial as u64 + progress.bytes.get());
-    match (outcome, client_stopped.filter(|_| told_server)) {
+    match (outcome, told_server) {
         // The server cut or stalled an answer whose request the client never finished: the client's doing.
         (Err(Failure::AbortedMidResponse([b'S' | b's', phase], status, bytes)), Some(who)) => {
             Err(Failure::AbortedMidResponse([who, phase], status, bytes))
