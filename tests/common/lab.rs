@@ -128,6 +128,11 @@ impl Host {
         );
     }
 
+    /// Stops dropping frames on this host's link.
+    pub fn lossless(&self) {
+        nft(&self.switch, &format!("delete table bridge lossy_{}\n", self.port));
+    }
+
     /// The share of UDP round trips from this host to `other` that come back (of 300 sent).
     pub fn round_trips(&self, other: &Host) -> f64 {
         let echo = other.enter(|| std::net::UdpSocket::bind(other.addr(9)).unwrap());
