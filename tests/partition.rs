@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::http_get;
-use common::lab::{Host, Lab};
+use common::lab::{Host, Lab, Way};
 use common::{wait_until, Lines, Process, WAIT};
 
 const GOSSIP: u16 = 7946;
@@ -161,6 +161,29 @@ fn a_paused_agent_is_routed_again_once_it_resumes() {
     t.nodes[0].process.signal(libc::SIGCONT);
     let took = assert_routes(t.lab.host(0), &["n2", "n3"]);
     eprintln!("resume to traffic: {took:?}");
+}
+
+/// Told by a lone message that it was declared down, foca rejoins under a new generation, gossips that once
+/// and waits to be spoken to. Here that gossip is lost, then so is everything the others send it, their
+/// announces to the identity they hold down included: only the node itself can bring itself back.
+#[test]
+fn a_node_whose_rejoin_is_lost_comes_back_by_itself() {
+    let t = Three::start();
+    let (node, node_host) = (&t.nodes[0], t.lab.host(1));
+    node.process.signal(libc::SIGSTOP);
+    t.proxy.log.wait_for("the paused node declared down", |l| l.contains("member down: n2 "));
+    assert_routes(t.lab.host(0), &["n3"]);
+    node_host.drop_udp(Way::Out, GOSSIP);
+    node.process.signal(libc::SIGCONT);
+    node.log.wait_for("the rejoin", |l| l.contains("rejoined as generation"));
+    let seen = node_host.dropped_udp(Way::Out);
+    wait_until("its rejoin gossip and copies lost", || node_host.dropped_udp(Way::Out) >= seen + 4);
+    node_host.drop_udp(Way::In, GOSSIP);
+    node_host.pass_udp(Way::Out);
+    t.proxy.log.wait_count("n2 a member again", 2, |l| l.contains("member up: n2 "));
+    node_host.pass_udp(Way::In);
+    let took = assert_routes(t.lab.host(0), &["n2", "n3"]);
+    eprintln!("back in: {took:?}");
 }
 
 #[test]

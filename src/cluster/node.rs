@@ -90,6 +90,8 @@ pub struct Node {
     reevaluate: bool,
     /// Leaving on purpose: foca's "defunct" that follows is expected.
     leaving: bool,
+    /// Rejoined under a new generation and not spoken to since (foca's `Active`): see `announce_rejoin`.
+    rejoining: bool,
     stats: Arc<GossipStats>,
     wire: Vec<u8>,
     /// Packets to send again, with when.
@@ -159,6 +161,7 @@ impl Node {
             recheck: None,
             reevaluate: false,
             leaving: false,
+            rejoining: false,
             stats,
             wire: Vec::with_capacity(1500),
             copies: VecDeque::new(),
@@ -440,6 +443,26 @@ impl Node {
         }
         let (members, me) = (&self.members, self.me.gossip);
         self.table.borrow_mut().prune(|addr| *addr == me || members.contains_key(addr), self.max_members);
+        if self.rejoining {
+            self.announce_rejoin();
+        }
+    }
+
+    /// After a rejoin foca gossips the new generation to a few members once and then waits to be spoken to
+    /// (told it was down by a lone message, it does not even probe): if that gossip is lost, only the others'
+    /// announcing to the identity they hold down brings it back, and they pick two of their down members at
+    /// random each second. So until someone answers, the node announces itself each second to every member
+    /// it knew and every seed.
+    fn announce_rejoin(&mut self) {
+        let me = self.me.gossip;
+        let mut to: Vec<SocketAddr> = self.members.keys().copied().chain(self.seeds.last_addresses()).collect();
+        to.sort();
+        to.dedup();
+        for addr in to.into_iter().filter(|a| *a != me) {
+            if let Err(e) = self.foca.announce(NodeId::seed(addr), &mut self.runtime) {
+                tracing::debug!("announce to {addr}: {e}");
+            }
+        }
     }
 
     /// Compares the live members with what the hook last heard, and emits join, leave, failed and update.
@@ -559,6 +582,8 @@ impl Node {
                 if let Some(pending) = &mut self.drain {
                     pending.version = self.version;
                 }
+                self.rejoining = true;
+                self.announce_rejoin();
                 (false, false)
             }
             OwnedNotification::ProbeFailed(_, id) => {
@@ -569,6 +594,7 @@ impl Node {
                 (false, false)
             }
             OwnedNotification::Active => {
+                self.rejoining = false;
                 tracing::info!("joined the cluster as {} ({})", self.me.name, self.me.gossip);
                 (false, false)
             }

@@ -162,6 +162,11 @@ impl Seeds {
         missing
     }
 
+    /// Every seed's last addresses.
+    pub fn last_addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.seeds.iter().flat_map(|s| s.addrs.iter().copied())
+    }
+
     /// This node's gossip address changed (see `Node::adopt_route`).
     pub fn set_me(&mut self, me: SocketAddr) {
         self.me = me;

@@ -51,6 +51,23 @@ fn nft(ns: &str, rules: &str) {
     assert!(out.status.success(), "nft failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A direction of a host's link, as seen from the host.
+#[derive(Clone, Copy)]
+pub enum Way {
+    Out,
+    In,
+}
+
+impl Way {
+    /// The switch port matches frames from the host as coming in, those to it as going out.
+    fn match_on(self) -> &'static str {
+        match self {
+            Way::Out => "iifname",
+            Way::In => "oifname",
+        }
+    }
+}
+
 impl Lab {
     /// `n` hosts, 10.77.0.1 .. 10.77.0.n, on one switch.
     pub fn new(n: usize) -> Lab {
@@ -131,6 +148,40 @@ impl Host {
     /// Stops dropping frames on this host's link.
     pub fn lossless(&self) {
         nft(&self.switch, &format!("delete table bridge lossy_{}\n", self.port));
+    }
+
+    /// Drops the UDP datagrams to `port` this host sends (`Way::Out`) or is sent (`Way::In`), counting them;
+    /// everything else flows.
+    pub fn drop_udp(&self, way: Way, port: u16) {
+        let (table, iface) = (self.udp_table(way), way.match_on());
+        let link = &self.port;
+        nft(
+            &self.switch,
+            &format!(
+                "table bridge {table} {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    \
+                 {iface} \"{link}\" udp dport {port} counter drop\n  }}\n}}\n"
+            ),
+        );
+    }
+
+    /// How many datagrams `drop_udp(way, ..)` dropped so far.
+    pub fn dropped_udp(&self, way: Way) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.switch, "nft", "list", "table", "bridge", &self.udp_table(way)])
+            .output()
+            .expect("nft is needed");
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let count = listing.split("counter packets ").nth(1).and_then(|rest| rest.split(' ').next());
+        count.and_then(|n| n.parse().ok()).expect("a drop counter")
+    }
+
+    /// Stops `drop_udp(way, ..)`.
+    pub fn pass_udp(&self, way: Way) {
+        nft(&self.switch, &format!("delete table bridge {}\n", self.udp_table(way)));
+    }
+
+    fn udp_table(&self, way: Way) -> String {
+        format!("udp_{}_{}", way.match_on(), self.port)
     }
 
     /// The share of UDP round trips from this host to `other` that come back (of 300 sent).
