@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Agent, Backend, Proxy, WAIT};
+use common::{wait_until, Agent, Backend, Proxy, WAIT};
 
 /// Polls GET / until it answers 200 from a backend (bounded); returns how long routing took.
 fn wait_routed(proxy: &Proxy, body_contains: &str) -> Duration {
@@ -217,6 +217,41 @@ fn on_event_handlers_get_serf_style_lines() {
     let _ = doomed.child.wait();
     wait_file_line(&log, "failure", |l| l.starts_with("member-failed\tev2\t127.0.0.1\tbackend"));
     let _ = std::fs::remove_file(&log);
+}
+
+/// Absent, or a zombie waiting for whoever adopted it.
+fn process_gone(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+}
+
+#[test]
+fn a_hung_event_handler_is_killed_with_its_children_and_later_events_still_run() {
+    let dir = std::env::temp_dir().join(format!("shoal-hung-handler-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (hung, log) = (dir.join("hung"), dir.join("events.log"));
+    // The first run starts a child of its own and hangs without reading its input; later runs log theirs.
+    let handler = format!(
+        "if [ ! -e {hung} ]; then sleep 3600 & echo \"$$ $!\" > {hung}.tmp; mv {hung}.tmp {hung}; exec sleep 3600; fi; \
+         while IFS= read -r line; do printf '%s\\t%s\\n' \"$SHOAL_EVENT\" \"$line\"; done >> {log}",
+        hung = hung.display(),
+        log = log.display()
+    );
+    let proxy = Proxy::start(&["--on-event", &handler, "--on-event-timeout", "1s"]);
+    let app = named_backend("hh");
+    let _first = Agent::start(&app.arg(), &proxy.gossip(), &["--name", "hh1"]);
+    wait_until("the first run hanging", || hung.exists());
+    let pids = std::fs::read_to_string(&hung).unwrap();
+    proxy.stderr.wait_for("the hung handler killed", |l| {
+        l.contains("event handler for member-join still running after 1s") && l.contains("killed")
+    });
+    for pid in pids.split_whitespace() {
+        wait_until("the handler and its child gone", || process_gone(pid));
+    }
+    let _second = Agent::start(&app.arg(), &proxy.gossip(), &["--name", "hh2"]);
+    wait_file_line(&log, "the next join", |l| l.starts_with("member-join\thh2\t127.0.0.1\tbackend"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -3,11 +3,15 @@
 //! `name<TAB>address<TAB>role<TAB>tags`. Handlers run one at a time on their own thread; events that arrive
 //! while one runs are coalesced by kind into the next run, so a burst of joins costs one run and the gossip
 //! thread never waits. The queue is bounded: when a handler is so slow that it fills, further events are
-//! dropped and counted rather than held. Names and tags arrive by gossip, so their tabs, newlines and other
-//! control characters are replaced before they reach a handler's stdin: one member is always one line.
+//! dropped and counted rather than held. A handler has `--on-event-timeout` to finish (as Serf does, it is
+//! said to be slow after a second); then it and its process group are killed, so a hung handler costs the
+//! events of its own run, not every later one. Its stdin is written from a thread of its own: a handler that
+//! never reads cannot block the run either. Names and tags arrive by gossip, so their tabs, newlines and
+//! other control characters are replaced before they reach a handler's stdin: one member is always one line.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -19,6 +23,8 @@ use super::state::Member;
 const QUEUE: usize = 4096;
 /// Events closer together than this are handed to one handler run.
 const COALESCE: Duration = Duration::from_millis(50);
+/// A handler running longer than this is said to be slow (Serf's figure).
+const SLOW: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
@@ -46,10 +52,10 @@ pub struct EventHook {
 }
 
 impl EventHook {
-    /// Starts the handler thread for shell command `command`.
-    pub fn start(command: String) -> std::io::Result<EventHook> {
+    /// Starts the handler thread for shell command `command`, each run killed after `timeout`.
+    pub fn start(command: String, timeout: Duration) -> std::io::Result<EventHook> {
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new().name("shoal-events".into()).spawn(move || run(&command, rx))?;
+        std::thread::Builder::new().name("shoal-events".into()).spawn(move || run(&command, timeout, rx))?;
         Ok(EventHook { tx, dropped: Arc::default() })
     }
 
@@ -78,7 +84,7 @@ fn one_field(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
-fn run(command: &str, rx: Receiver<(EventKind, Member)>) {
+fn run(command: &str, timeout: Duration, rx: Receiver<(EventKind, Member)>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.recv_timeout(COALESCE) {
@@ -89,31 +95,72 @@ fn run(command: &str, rx: Receiver<(EventKind, Member)>) {
         kinds.dedup();
         for kind in kinds {
             let input: String = batch.iter().filter(|(k, _)| *k == kind).map(|(_, m)| line(m)).collect();
-            invoke(command, kind, &input);
+            invoke(command, kind, input, timeout);
         }
     }
 }
 
-fn invoke(command: &str, kind: EventKind, input: &str) {
-    let child =
-        Command::new("/bin/sh").arg("-c").arg(command).env("SHOAL_EVENT", kind.as_str()).stdin(Stdio::piped()).spawn();
-    match child {
-        Ok(mut child) => {
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(input.as_bytes());
-            }
-            match child.wait() {
-                Ok(status) if !status.success() => {
-                    tracing::warn!("event handler for {} exited {status}", kind.as_str())
-                }
-                // An agent that is PID 1 reaps orphans; a handler left a zombie for long (its input blocked
-                // by a grandchild holding the pipe) may have been taken for one.
-                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {}
-                Err(e) => tracing::warn!("event handler for {}: {e}", kind.as_str()),
-                Ok(_) => {}
-            }
+fn invoke(command: &str, kind: EventKind, input: String, timeout: Duration) {
+    let event = kind.as_str();
+    // A process group of its own, so that a timeout kills what the handler started too.
+    let spawned = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .env("SHOAL_EVENT", event)
+        .stdin(Stdio::piped())
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => return tracing::warn!("cannot run event handler: {e}"),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // Ends when the handler has read it all, or exits (a broken pipe).
+        let writer = std::thread::Builder::new()
+            .name("shoal-event-input".into())
+            .spawn(move || drop(stdin.write_all(input.as_bytes())));
+        if let Err(e) = writer {
+            tracing::warn!("event handler for {event}: no thread for its input: {e}");
         }
-        Err(e) => tracing::warn!("cannot run event handler: {e}"),
+    }
+    match wait_within(&mut child, event, timeout) {
+        Ok(Some(status)) if !status.success() => tracing::warn!("event handler for {event} exited {status}"),
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            // SAFETY: kill(2) on the process group the handler leads; it is ours until reaped below.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            tracing::warn!(
+                "event handler for {event} still running after {}s (--on-event-timeout): killed with its process \
+                 group",
+                timeout.as_secs_f64()
+            );
+        }
+        // An agent that is PID 1 reaps orphans; a handler left a zombie for long may have been taken for one.
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {}
+        Err(e) => tracing::warn!("event handler for {event}: {e}"),
+    }
+}
+
+/// The handler's exit status, or `None` if it is still running after `timeout`; says so once it is slow.
+fn wait_within(child: &mut Child, event: &str, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let mut said_slow = false;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let ran = started.elapsed();
+        if ran >= timeout {
+            return Ok(None);
+        }
+        if ran >= SLOW && !said_slow {
+            said_slow = true;
+            tracing::warn!("event handler for {event} is slow: running for over {}s", SLOW.as_secs());
+        }
+        std::thread::sleep(pause.min(timeout - ran));
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

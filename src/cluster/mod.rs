@@ -61,6 +61,8 @@ pub struct ClusterConfig {
     pub suspect_timeout: Duration,
     /// Shell command run on membership events, as Serf's event handlers.
     pub on_event: Option<String>,
+    /// Longest a handler may run before it is killed.
+    pub on_event_timeout: Duration,
 }
 
 /// What the gossip layer counts, for the admin endpoints.
@@ -156,7 +158,7 @@ pub fn start(
     };
     let stats = Arc::new(GossipStats::default());
     let (tx, rx) = mpsc::unbounded_channel();
-    let hook = config.on_event.clone().map(events::EventHook::start).transpose()?;
+    let hook = config.on_event.clone().map(|cmd| events::EventHook::start(cmd, config.on_event_timeout)).transpose()?;
     let config = config.clone();
     let node_stats = stats.clone();
     let thread = std::thread::Builder::new().name("shoal-gossip".into()).spawn(move || {

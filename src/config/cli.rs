@@ -125,6 +125,10 @@ pub struct ClusterArgs {
     /// `name<TAB>address<TAB>role<TAB>tags` line per member on stdin, as Serf handlers receive.
     #[arg(long, env = "SHOAL_ON_EVENT", value_name = "CMD")]
     pub on_event: Option<String>,
+    /// Longest an --on-event handler may run; then it and its process group are killed, so one hung handler
+    /// cannot hold back every later event [default: 30s].
+    #[arg(long, env = "SHOAL_ON_EVENT_TIMEOUT", value_name = "DURATION", value_parser = value::duration)]
+    pub on_event_timeout: Option<Duration>,
 }
 
 /// Flags of `shoal agent`.

@@ -83,6 +83,7 @@ impl ProxyConfig {
         flag("suspect-timeout", &duration(c.suspect_timeout));
         if let Some(cmd) = &c.on_event {
             flag("on-event", cmd);
+            flag("on-event-timeout", &duration(c.on_event_timeout));
         }
         flag("threads", &self.threads);
         flag("pin-cpus", &on(self.pin_cpus));

@@ -53,6 +53,7 @@ pub struct FileConfig {
     pub probe_rtt: Option<Spanned<DurationText>>,
     pub suspect_timeout: Option<Spanned<DurationText>>,
     pub on_event: Option<Spanned<String>>,
+    pub on_event_timeout: Option<Spanned<DurationText>>,
     pub threads: Option<Spanned<i64>>,
     pub pin_cpus: Option<Spanned<bool>>,
     pub timeout_head: Option<Spanned<DurationText>>,

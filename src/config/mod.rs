@@ -196,6 +196,7 @@ fn cluster_config(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<Clus
         probe_rtt: dur(args.probe_rtt, "probe-rtt", &f.probe_rtt, Duration::from_millis(120))?,
         suspect_timeout: dur(args.suspect_timeout, "suspect-timeout", &f.suspect_timeout, Duration::from_millis(800))?,
         on_event: args.on_event.clone().or(s.get("on-event", &f.on_event, |v| Ok(v.clone()))?),
+        on_event_timeout: dur(args.on_event_timeout, "on-event-timeout", &f.on_event_timeout, Duration::from_secs(30))?,
     };
     check_cluster(&config)?;
     Ok(config)
@@ -246,6 +247,9 @@ fn check_cluster(c: &ClusterConfig) -> Result<(), ConfigError> {
     }
     if c.suspect_timeout.is_zero() {
         return Err(ConfigError::Field { field: "suspect-timeout", message: "must be more than 0".into() });
+    }
+    if c.on_event_timeout.is_zero() {
+        return Err(ConfigError::Field { field: "on-event-timeout", message: "must be more than 0".into() });
     }
     if let Some(bad) =
         c.join.iter().find(|j| j.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
