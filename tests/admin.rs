@@ -362,14 +362,22 @@ fn latencies_show_which_server_made_clients_wait() {
     let waited = count(&bodies, "slow") as u64;
     assert!(waited > 0 && waited < 8, "round robin sent requests to both: {bodies:?}");
 
-    // Latencies are published a moment after the counters: wait until every request is in them. Each thread
-    // publishes its servers', then the backend's, then the frontends' figures, so the frontend's count is the
-    // last to cover a request (waiting on the backend's, a read between the two saw the frontend at 3 of 8).
+    // Latencies are published a moment after the counters, by each thread in turn, and a page read while one
+    // publishes may show a request in one histogram and not yet in another: wait until the frontend's and the
+    // servers' response counts all cover the 8 requests.
     let start = Instant::now();
     let metrics = loop {
         let (_, metrics) = admin_get(&proxy, "/metrics");
-        let line = format!("shoal_frontend_total_seconds_count{{frontend=\"http\"}} {}", 8);
-        if metrics.lines().any(|l| l == line) {
+        let count = |prefix: &str| -> u64 {
+            metrics
+                .lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        let frontend = count("shoal_frontend_total_seconds_count{frontend=\"http\"}");
+        let servers = count("shoal_server_response_seconds_count{");
+        if (frontend, servers) == (8, 8) {
             break metrics;
         }
         assert!(start.elapsed() < WAIT, "latencies never covered 8 requests:\n{metrics}");
@@ -468,6 +476,9 @@ fn check_columns_tell_what_the_last_health_check_found() {
     };
     assert_eq!(columns("checked"), "15 3 3 6 0");
     let (ok, down) = (&rows["nodes/checked"], &rows["nodes/dead"]);
+    let health =
+        |row: &HashMap<String, String>| ["check_rise", "check_fall", "check_health"].map(|c| row[c].clone()).join(" ");
+    assert_eq!(health(ok), "2 2 3", "rise 2, fall 2, health at the top");
     assert_eq!((ok["check_code"].as_str(), ok["check_desc"].as_str()), ("200", "Layer7 check passed"));
     assert!(num(ok, "check_duration") < 100, "within the interval: {}", ok["check_duration"]);
     assert_eq!(num(ok, "chkfail"), 0);
@@ -479,6 +490,8 @@ fn check_columns_tell_what_the_last_health_check_found() {
     };
     assert_eq!((down["check_status"].as_str(), down["check_code"].as_str()), ("L4CON", ""), "{down:?}");
     assert!(down["last_chk"].contains("connect"), "the reason: {}", down["last_chk"]);
+    // As HAProxy's, a server starts UP one failure from DOWN; failures at the bottom are not counted.
+    assert_eq!((down["status"].as_str(), health(&down).as_str(), down["chkfail"].as_str()), ("DOWN", "2 2 0", "1"));
 
     answer.store(503, Ordering::SeqCst);
     let rows = csv_once(&proxy, "a failing check counted", |rows| {
@@ -486,7 +499,8 @@ fn check_columns_tell_what_the_last_health_check_found() {
     });
     let failing = &rows["nodes/checked"];
     assert_eq!((failing["check_code"].as_str(), failing["last_chk"].as_str()), ("503", "status 503"));
-    assert!(num(failing, "chkfail") >= 2, "fall 2: two failures took it down: {}", failing["chkfail"]);
+    assert_eq!(num(failing, "chkfail"), 2, "fall 2: two failures took it down, later ones are not counted");
+    assert_eq!(health(failing), "2 2 0");
     let page = admin_get(&proxy, "/").1;
     assert!(page.contains("L7STS/503 in "), "the page's last check column");
     // The runtime API's `show servers state` lists it too, stopped (srv_op_state 0).

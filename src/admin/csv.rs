@@ -5,9 +5,9 @@
 
 use super::history::{FrontendRates, Seen};
 use super::stats::{Snapshot, BACKEND, FRONTEND, FRONTEND_TLS};
-use crate::agent::health::CheckReport;
 use crate::balance::counters::Totals;
 use crate::balance::timings::{Phase, Phases, PHASES};
+use crate::balance::Checked;
 
 const HEADER: &str =
     "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,\
@@ -60,8 +60,8 @@ struct Row<'a> {
     seen: Option<Seen>,
     /// Connection and request rates: frontends.
     rates: Option<FrontendRates>,
-    /// The last health check and the failed count: servers the proxy checks.
-    check: Option<&'a (CheckReport, u64)>,
+    /// The last health check, the health and the failed count: servers the proxy checks.
+    check: Option<&'a Checked>,
 }
 
 impl Row<'_> {
@@ -339,12 +339,15 @@ fn value(r: &Row, column: &str) -> Option<String> {
         "ssl_failed_handshake" => n(t.handshake_errors),
         "ssl_reused_sess" => when(r.pxname != FRONTEND_TLS, 0),
         "-" => Some("-".to_string()),
-        "check_status" => r.check.map(|(c, _)| c.status.to_string()),
-        "check_code" => r.check.and_then(|(c, _)| c.code).map(|v| v.to_string()),
-        "check_duration" => r.check.map(|(c, _)| c.duration.as_millis().to_string()),
-        "check_desc" => r.check.map(|(c, _)| c.description().to_string()),
-        "last_chk" => r.check.map(|(c, _)| c.error.clone().unwrap_or_else(|| c.description().to_string())),
-        "chkfail" => r.check.map(|(_, failed)| failed.to_string()),
+        "check_status" => r.check.map(|c| c.report.status.to_string()),
+        "check_code" => r.check.and_then(|c| c.report.code).map(|v| v.to_string()),
+        "check_duration" => r.check.map(|c| c.report.duration.as_millis().to_string()),
+        "check_desc" => r.check.map(|c| c.report.description().to_string()),
+        "last_chk" => r.check.map(|c| c.report.error.clone().unwrap_or_else(|| c.report.description().to_string())),
+        "chkfail" => r.check.map(|c| c.failed.to_string()),
+        "check_rise" => r.check.map(|c| c.health.rise.to_string()),
+        "check_fall" => r.check.map(|c| c.health.fall.to_string()),
+        "check_health" => r.check.map(|c| c.health.health.to_string()),
         "addr" => r.addr.map(str::to_string),
         "cookie" => r.cookie.map(str::to_string),
         "mode" => Some("http".to_string()),

@@ -115,7 +115,8 @@ pub fn render(s: &Snapshot, members: &[Row]) -> String {
                 name: &name,
                 status: server.status,
                 seen: server.seen.as_ref(),
-                check: server.check.as_ref().map_or(String::new(), |(c, _)| {
+                check: server.check.as_ref().map_or(String::new(), |checked| {
+                    let c = &checked.report;
                     let code = c.code.map_or(String::new(), |code| format!("/{code}"));
                     format!("{}{code} in {}ms", c.status, c.duration.as_millis())
                 }),

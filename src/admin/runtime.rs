@@ -198,7 +198,6 @@ fn info(shared: &Shared) -> String {
 /// for carry HAProxy's own placeholders (`-`, 0).
 fn servers_state(shared: &Shared) -> String {
     let s = Snapshot::read(shared);
-    let checks = shared.config.load().backend_check.as_ref().map(|c| (c.rise, c.fall));
     let mut out = String::from(
         "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight \
 srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state \
@@ -216,7 +215,7 @@ srv_agent_addr srv_agent_port\n",
         let addr = server.resolved.map_or_else(|| "-".to_string(), |a| a.ip().to_string());
         let fqdn = if server.host.parse::<std::net::IpAddr>().is_ok() { "-" } else { server.host.as_str() };
         let since = server.seen.map_or(0, |seen| seen.since_change_s());
-        let check = check_columns(server, checks);
+        let check = check_columns(server);
         let _ = writeln!(
             out,
             "2 {BACKEND} {} {} {addr} {op} {admin} {w} {w} {since} {check} 0 0 {fqdn} {} - 0 0 - - 0",
@@ -230,13 +229,13 @@ srv_agent_addr srv_agent_port\n",
 }
 
 /// `srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state`, with HAProxy 2.6's
-/// codes: for a server the proxy checks (`rise`, `fall` configured), its last check's status and result and a
-/// health at the good end when it is UP, at 0 otherwise; for the others, HAProxy's for a server without checks.
-fn check_columns(server: &super::stats::Server, checks: Option<(u32, u32)>) -> String {
-    let (Some((report, _)), Some((rise, fall))) = (&server.check, checks) else {
+/// codes: for a server the proxy checks, its last check's status and result and its health; for the others,
+/// HAProxy's for a server without checks.
+fn check_columns(server: &super::stats::Server) -> String {
+    let Some(checked) = &server.check else {
         return "1 0 2 0 0".into();
     };
-    let status = match report.status {
+    let status = match checked.report.status {
         "SOCKERR" => 5,
         "L4TOUT" => 7,
         "L4CON" => 8,
@@ -246,14 +245,8 @@ fn check_columns(server: &super::stats::Server, checks: Option<(u32, u32)>) -> S
         "L7STS" => 17,
         _ => 0,
     };
-    let result = if report.passed() { 3 } else { 2 };
-    // HAProxy's health runs 0 .. rise-1 while DOWN, rise .. rise+fall-1 while UP; a failed check of an UP
-    // server takes it down the UP range.
-    let health = match (server.status == "UP", report.passed()) {
-        (true, true) => rise + fall - 1,
-        (true, false) => rise,
-        (false, _) => 0,
-    };
+    let result = if checked.report.passed() { 3 } else { 2 };
+    let health = checked.health.health;
     // CHK_ST_CONFIGURED | CHK_ST_ENABLED.
     format!("{status} {result} {health} 6 0")
 }

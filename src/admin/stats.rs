@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
 use super::history::{FrontendRates, Seen};
-use crate::agent::health::CheckReport;
 use crate::balance::counters::Totals;
 use crate::balance::timings::Phases;
+use crate::balance::Checked;
 use crate::balance::ServerState;
 use crate::proxy::Shared;
 
@@ -40,8 +40,8 @@ pub struct Server {
     pub timings: Phases,
     /// Its rate and state changes, once sampled.
     pub seen: Option<Seen>,
-    /// The proxy's last health check of it and how many failed (static servers with checks).
-    pub check: Option<(CheckReport, u64)>,
+    /// The proxy's last health check of it, its health and how many failed (static servers with checks).
+    pub check: Option<Checked>,
 }
 
 /// A server's status as the stats show it: one skipped after a failed connect is down for now, whatever

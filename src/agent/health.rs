@@ -34,11 +34,6 @@ impl Verdicts {
         Verdicts { healthy: None, streak: 0, rise: rise.max(1), fall: fall.max(1) }
     }
 
-    /// Healthy until `fall` checks fail in a row, as HAProxy's servers start UP.
-    pub fn starting_up(rise: u32, fall: u32) -> Verdicts {
-        Verdicts { healthy: Some(true), ..Verdicts::new(rise, fall) }
-    }
-
     /// Records one check; returns the new health when it changes.
     pub fn record(&mut self, passed: bool) -> Option<bool> {
         match self.healthy {

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::address::Address;
 use super::counters::PerThread;
 use super::hash::key_hash;
+use super::health::CheckHealth;
 use crate::agent::health::CheckReport;
 use crate::config::BackendSpec;
 
@@ -57,6 +58,15 @@ pub enum QueueError {
     Timeout,
 }
 
+/// What the stats show of a server the proxy checks.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub report: CheckReport,
+    pub health: CheckHealth,
+    /// Failed checks, as HAProxy's `chkfail` counts them.
+    pub failed: u64,
+}
+
 /// A server requests can be sent to.
 ///
 /// The host is resolved lazily and again after a failed connect, because compose service names may resolve
@@ -94,8 +104,9 @@ pub struct Backend {
     /// Its requests' queue, connect, response and total times, shared with the members of the same name
     /// before and after it.
     pub timings: Arc<super::timings::Timings>,
-    /// The proxy's last health check of it (static servers with `--backend-check-path`) and how many failed.
-    last_check: parking_lot::Mutex<Option<CheckReport>>,
+    /// The proxy's last health check of it (static servers with `--backend-check-path`) and its health after,
+    /// and how many failed.
+    last_check: parking_lot::Mutex<Option<(CheckReport, CheckHealth)>>,
     failed_checks: AtomicU64,
 }
 
@@ -138,18 +149,19 @@ impl Backend {
         }
     }
 
-    /// Records a health check's result for the stats.
-    pub fn checked(&self, report: CheckReport) {
-        if !report.passed() {
+    /// Records a health check's result and the health it left, for the stats; `counted`: a failure HAProxy
+    /// would count in `chkfail`.
+    pub fn checked(&self, report: CheckReport, health: CheckHealth, counted: bool) {
+        if counted {
             self.failed_checks.fetch_add(1, Ordering::Relaxed);
         }
-        *self.last_check.lock() = Some(report);
+        *self.last_check.lock() = Some((report, health));
     }
 
-    /// The last health check and the number that failed, if the proxy checks this server.
-    pub fn last_check(&self) -> Option<(CheckReport, u64)> {
-        let report = self.last_check.lock().clone()?;
-        Some((report, self.failed_checks.load(Ordering::Relaxed)))
+    /// The last health check, if the proxy checks this server.
+    pub fn last_check(&self) -> Option<Checked> {
+        let (report, health) = self.last_check.lock().clone()?;
+        Some(Checked { report, health, failed: self.failed_checks.load(Ordering::Relaxed) })
     }
 
     /// Everything counted under this server's name, its predecessors' included.

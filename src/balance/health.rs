@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{Backend, Publisher, ResolveError, SharedBackends};
-use crate::agent::health::{self, CheckConfig, Verdicts};
+use crate::agent::health::{self, CheckConfig};
 
 /// How often ejected servers are probed, and ramping weights republished.
 const EVERY: Duration = Duration::from_millis(500);
@@ -71,7 +71,7 @@ async fn probe(backend: Arc<Backend>, limit: Duration) {
 
 /// Checks every static server each interval; a verdict that changes is published.
 async fn check_statics(publisher: Arc<Mutex<Publisher>>, config: CheckConfig) {
-    let mut verdicts: HashMap<usize, Verdicts> = HashMap::new();
+    let mut verdicts: HashMap<usize, CheckHealth> = HashMap::new();
     let mut next = Instant::now();
     loop {
         tokio::time::sleep_until(next).await;
@@ -98,20 +98,89 @@ async fn check_statics(publisher: Arc<Mutex<Publisher>>, config: CheckConfig) {
             });
         }
         while let Some(Ok((backend, report))) = checks.join_next().await {
-            let verdict = verdicts
+            let health = verdicts
                 .entry(Arc::as_ptr(&backend) as usize)
-                .or_insert_with(|| Verdicts::starting_up(config.rise, config.fall));
-            let changed = verdict.record(report.passed());
+                .or_insert_with(|| CheckHealth::new(config.rise, config.fall));
+            let (changed, counted) = health.record(report.passed());
             if changed.is_some() {
                 match &report.error {
                     None => tracing::info!("server {} is UP: its check passes", backend.name()),
                     Some(why) => tracing::warn!("server {} is DOWN: check failed: {why}", backend.name()),
                 }
             }
-            backend.checked(report);
+            backend.checked(report, *health, counted);
             if let Some(healthy) = changed {
                 publisher.lock().set_static_health(&backend.name(), healthy);
             }
         }
+    }
+}
+
+/// HAProxy's `check->health` for a server the proxy checks: 0 .. rise-1 while DOWN, rise .. rise+fall-1 while
+/// UP. A server starts UP at `rise` ("up, but will fall down at first failure", as HAProxy's do), a pass
+/// takes it up one step and, once at `rise`, to the top; a failure takes it down one, and below `rise` to 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckHealth {
+    pub health: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl CheckHealth {
+    pub fn new(rise: u32, fall: u32) -> CheckHealth {
+        let (rise, fall) = (rise.max(1), fall.max(1));
+        CheckHealth { health: rise, rise, fall }
+    }
+
+    pub fn up(&self) -> bool {
+        self.health >= self.rise
+    }
+
+    /// Records one check. Returns the new state when it changes, and whether a failure counts in `chkfail`
+    /// (HAProxy counts those of a server not already at the bottom).
+    pub fn record(&mut self, passed: bool) -> (Option<bool>, bool) {
+        let was_up = self.up();
+        let counted = !passed && self.health > 0;
+        if passed && self.health < self.rise + self.fall - 1 {
+            self.health += 1;
+            if self.health >= self.rise {
+                self.health = self.rise + self.fall - 1;
+            }
+        } else if counted {
+            self.health -= 1;
+            if self.health < self.rise {
+                self.health = 0;
+            }
+        }
+        ((self.up() != was_up).then_some(self.up()), counted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CheckHealth;
+
+    /// The steps of HAProxy's `check->health` with rise 2 and fall 3.
+    #[test]
+    fn health_moves_as_haproxys_does() {
+        let mut h = CheckHealth::new(2, 3);
+        assert_eq!((h.health, h.up()), (2, true), "starts UP, one failure from DOWN");
+        assert_eq!(h.record(false), (Some(false), true));
+        assert_eq!(h.health, 0);
+        assert_eq!(h.record(false), (None, false), "a failure at the bottom is not counted");
+        assert_eq!(h.record(true), (None, false));
+        assert_eq!(h.health, 1);
+        assert_eq!(h.record(true), (Some(true), false));
+        assert_eq!(h.health, 4, "UP at the top");
+        assert_eq!(h.record(false), (None, true));
+        assert_eq!(h.record(false), (None, true));
+        assert_eq!(h.health, 2);
+        assert_eq!(h.record(true), (None, false));
+        assert_eq!(h.health, 4, "a pass while UP goes back to the top");
+        for _ in 0..2 {
+            h.record(false);
+        }
+        assert_eq!(h.record(false), (Some(false), true), "the third failure in a row");
+        assert_eq!(h.health, 0);
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use address::ResolveError;
-pub use backend::{raise_peak, Backend, InFlight, Pool, QueueError};
+pub use backend::{raise_peak, Backend, Checked, InFlight, Pool, QueueError};
 pub use hash::{key_hash, Hash};
 pub use least_conn::LeastConn;
 pub use membership::{ClusterBackends, NoSuchServer, Override, Publisher};
