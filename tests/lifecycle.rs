@@ -4,9 +4,10 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{record, Backend, Proxy, Wire};
+use common::{record, Backend, Proxy, Wire, WAIT};
 
 /// Accepts a WebSocket upgrade, echoes until the proxy half-closes, then says "bye" and closes.
 fn websocket_echo() -> Backend {
@@ -197,6 +198,43 @@ fn graceful_shutdown_finishes_requests_in_flight() {
     let status = proxy.wait_exit();
     assert!(status.success(), "exit status {status:?}");
     assert!(std::net::TcpStream::connect(proxy.addr).is_err(), "nothing listens after exit");
+}
+
+/// The stop comes while an answer streams, its head already sent without `Connection: close`: a request the
+/// client pipelined behind it is answered too, with the close, instead of being dropped unread with the
+/// connection (which resets it, and can take the end of the first answer along).
+#[test]
+fn a_request_pipelined_behind_an_answer_under_way_at_a_stop_is_answered() {
+    let (head_sent, head_seen) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (head_sent, released) = (Mutex::new(head_sent), Mutex::new(released));
+    let backend = Backend::raw(move |stream, _| {
+        let mut wire = Wire::new(stream);
+        while let Some(request) = wire.read_request() {
+            if request.start_line().contains("/slow") {
+                wire.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n");
+                head_sent.lock().unwrap().send(()).unwrap();
+                released.lock().unwrap().recv().unwrap();
+                wire.send(b"done");
+            } else {
+                wire.send(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond");
+            }
+        }
+    });
+    let mut proxy = Proxy::start(&["--backend", &backend.arg(), "--grace", "5s"]);
+    let mut client = Wire::connect(proxy.addr);
+    client.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /second HTTP/1.1\r\nHost: t\r\n\r\n");
+    head_seen.recv_timeout(WAIT).unwrap();
+    proxy.signal(libc::SIGTERM);
+    proxy.stderr.wait_for("stop notice", |l| l.contains("stopping"));
+    release.send(()).unwrap();
+    let first = client.read_response(false).expect("the first answer");
+    assert_eq!((first.status(), first.body_str().as_str(), first.header("connection")), (200, "done", None));
+    let second = client.read_response(false).expect("the pipelined request's answer");
+    assert_eq!((second.status(), second.body_str().as_str()), (200, "second"));
+    assert_eq!(second.header("connection").as_deref(), Some("close"));
+    assert!(client.is_closed());
+    assert!(proxy.wait_exit().success());
 }
 
 #[test]

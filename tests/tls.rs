@@ -214,3 +214,41 @@ fn a_tls_listener_without_a_usable_certificate_is_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("/nonexistent/site.pem"), "{err}");
 }
+
+/// A client whose TCP connection was accepted before a stop, and whose handshake comes after it, is served
+/// (its request answered with `Connection: close`), as a plain client's request would be: a stop used to
+/// drop handshakes under way, and an upgrade stops the old process the moment the new one serves.
+#[test]
+fn a_handshake_under_way_at_a_stop_completes_and_is_served() {
+    use rustls_pki_types::pem::PemObject;
+    let pki = Pki::new();
+    pki.leaf("a.pem", &["a.test"]);
+    let backend = Backend::echo_path();
+    let mut proxy = tls_proxy(&backend, &pki.dir, &["--grace", "5s"]);
+    let tcp = TcpStream::connect(proxy.tls()).unwrap();
+    common::wait_until("the TLS client accepted", || proxy.metric("shoal_frontend_tls_current_connections") == 1);
+    proxy.signal(libc::SIGTERM);
+    proxy.stderr.wait_for("the stop", |l| l.contains("stopping"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&pki.ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    tls.write_all(b"GET /late HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200 "), "{answer:?}");
+    assert!(answer.contains("\r\nconnection: close\r\n") && answer.ends_with("/late"), "{answer:?}");
+    assert!(proxy.wait_exit().success());
+}

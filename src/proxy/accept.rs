@@ -80,7 +80,27 @@ impl Drop for ConnectionGuard {
     }
 }
 
-pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
+/// Counts an accept loop (see `worker::run`) from its spawning, before it first runs, until it ends or is
+/// aborted.
+pub struct Running(Rc<Worker>);
+
+impl Running {
+    pub fn new(worker: &Rc<Worker>) -> Running {
+        worker.accept_loops.set(worker.accept_loops.get() + 1);
+        Running(worker.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let w = &self.0;
+        w.accept_loops.set(w.accept_loops.get() - 1);
+        w.connection_closed.notify_waiters();
+    }
+}
+
+pub async fn accept_loop(running: Running, listener: TcpListener, tls: bool) {
+    let worker = running.0.clone();
     let mut failing = AcceptFailures::default();
     loop {
         let stop = worker.shutdown_started();
@@ -205,15 +225,13 @@ impl AcceptFailures {
 
 /// Completes the TLS handshake within its own timeout, then serves the connection. A failed handshake is
 /// counted and logged at debug: scanners and broken clients must not fill the log or disturb anyone else.
+/// A stop lets a handshake under way finish: its client may already be sending a request, which is served
+/// with `Connection: close` as a plain client's is.
 async fn serve_tls(guard: ConnectionGuard, stream: TcpStream, peer: SocketAddr, local_port: u16) {
     let worker = guard.worker().clone();
     let Some(config) = worker.shared.tls.load_full() else { return };
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-    let stop = worker.shutdown_started();
-    let outcome = tokio::select! {
-        done = tokio::time::timeout(worker.config().timeouts.handshake, handshake) => done,
-        _ = stop => return,
-    };
+    let outcome = tokio::time::timeout(worker.config().timeouts.handshake, handshake).await;
     match outcome {
         Ok(Ok(tls)) => {
             worker.frontend(true).session();

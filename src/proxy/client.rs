@@ -95,7 +95,7 @@ pub fn serve<T: Transport>(guard: ConnectionGuard, mut client: Client<T>) -> imp
             // On the heap: the head, the exchange and their state (several KiB of nested futures) exist only
             // while a request is in flight; an idle connection's task holds only the client and its wait.
             if !worker.clock.per_poll(worker.frames.pin(|| one_request(worker, &mut client, head_since))).await
-                || worker.is_shutting_down()
+                || worker.is_shutting_down() && !request_behind(&mut client)
             {
                 break;
             }
@@ -103,6 +103,13 @@ pub fn serve<T: Transport>(guard: ConnectionGuard, mut client: Client<T>) -> imp
         client.buf.clear();
         worker.buffers.put(std::mem::take(&mut client.buf));
     }
+}
+
+/// Stopping after an answer whose head went out before the stop (without `Connection: close`): whether the
+/// client already sent another request. It is answered, with the close, rather than dropped unread, which
+/// would reset the connection and could take the end of the last answer with it.
+fn request_behind<T: Transport>(client: &mut Client<T>) -> bool {
+    !client.buf.is_empty() || client.stream.read_now(&mut client.buf).is_ok_and(|n| n > 0)
 }
 
 /// Reads one request head (whole by `head_since` + `--timeout-head` if given) and answers it: forwarded,

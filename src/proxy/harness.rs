@@ -59,65 +59,7 @@ impl Harness {
         std_backend.set_nonblocking(true)?;
         let addr = std_backend.local_addr()?;
         let backend = Rc::new(local.block_on(&runtime, async { TcpListener::from_std(std_backend) })?);
-        // Short timeouts: a case that waits for bytes that never come ends quickly.
-        let cli = Cli::try_parse_from([
-            "shoal",
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--gossip",
-            "127.0.0.1:0",
-            "--backend",
-            &format!("s1={addr}"),
-            "--threads",
-            "1",
-            "--access-log",
-            "off",
-            "--timeout-head",
-            "200ms",
-            "--timeout-idle",
-            "200ms",
-            "--timeout-client",
-            "200ms",
-            "--timeout-server",
-            "200ms",
-            "--timeout-connect",
-            "500ms",
-            "--pool-max-idle",
-            "0",
-            "--grace",
-            "1s",
-        ])
-        .map_err(|e| io::Error::other(e.to_string()))?;
-        let Command::Proxy(args) = cli.command else { unreachable!("a proxy command line") };
-        let config = ProxyConfig::load(&args).map_err(|e| io::Error::other(e.to_string()))?;
-        let pool = Pool::new(1);
-        let statics = config.backends.iter().map(|b| (Arc::new(Backend::new(b, &pool)), b.weight)).collect();
-        let backends = balance::shared(BackendSet::default());
-        let (set_changed, set_changes) = watch::channel(0);
-        let _publisher = Publisher::new(statics, backends.clone(), pool, set_changed.clone());
-        let (config_changed, config_changes) = watch::channel(0);
-        let (stop, shutdown) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            config: ArcSwap::from_pointee(config),
-            config_changes,
-            backends,
-            shutdown,
-            log: None,
-            diagnostics: None,
-            open: Default::default(),
-            frontend: PerThread::new(1),
-            frontend_tls: PerThread::new(1),
-            timings: Default::default(),
-            history: Default::default(),
-            started: std::time::SystemTime::now(),
-            set_changes,
-            tls: ArcSwapOption::empty(),
-            https_port: AtomicU16::new(0),
-            gossip: Arc::default(),
-            roster: Arc::default(),
-            handed_over: Default::default(),
-        });
+        let Parts { shared, set_changed, config_changed, stop } = parts(addr)?;
         let worker = Rc::new(Worker::new(0, shared));
         Ok(Harness {
             runtime,
@@ -167,6 +109,78 @@ type Records = Rc<RefCell<Vec<Rc<RefCell<Vec<u8>>>>>>;
 
 /// The scripted backend: each connection gets `reply` after its first bytes (or at once if none come
 /// soon), and what it receives is recorded until the proxy closes it or goes quiet.
+/// A thread's shared state, configured for one static backend at `backend` with short timeouts, and the
+/// senders it watches (kept alive: the worker reads them).
+struct Parts {
+    shared: Arc<Shared>,
+    set_changed: watch::Sender<u64>,
+    config_changed: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+fn parts(addr: SocketAddr) -> io::Result<Parts> {
+    // Short timeouts: a case that waits for bytes that never come ends quickly.
+    let cli = Cli::try_parse_from([
+        "shoal",
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--gossip",
+        "127.0.0.1:0",
+        "--backend",
+        &format!("s1={addr}"),
+        "--threads",
+        "1",
+        "--access-log",
+        "off",
+        "--timeout-head",
+        "200ms",
+        "--timeout-idle",
+        "200ms",
+        "--timeout-client",
+        "200ms",
+        "--timeout-server",
+        "200ms",
+        "--timeout-connect",
+        "500ms",
+        "--pool-max-idle",
+        "0",
+        "--grace",
+        "1s",
+    ])
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let Command::Proxy(args) = cli.command else { unreachable!("a proxy command line") };
+    let config = ProxyConfig::load(&args).map_err(|e| io::Error::other(e.to_string()))?;
+    let pool = Pool::new(1);
+    let statics = config.backends.iter().map(|b| (Arc::new(Backend::new(b, &pool)), b.weight)).collect();
+    let backends = balance::shared(BackendSet::default());
+    let (set_changed, set_changes) = watch::channel(0);
+    let _publisher = Publisher::new(statics, backends.clone(), pool, set_changed.clone());
+    let (config_changed, config_changes) = watch::channel(0);
+    let (stop, shutdown) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        config: ArcSwap::from_pointee(config),
+        config_changes,
+        backends,
+        shutdown,
+        log: None,
+        diagnostics: None,
+        open: Default::default(),
+        frontend: PerThread::new(1),
+        frontend_tls: PerThread::new(1),
+        timings: Default::default(),
+        history: Default::default(),
+        started: std::time::SystemTime::now(),
+        set_changes,
+        tls: ArcSwapOption::empty(),
+        https_port: AtomicU16::new(0),
+        gossip: Arc::default(),
+        roster: Arc::default(),
+        handed_over: Default::default(),
+    });
+    Ok(Parts { shared, set_changed, config_changed, stop })
+}
+
 async fn answer(listener: Rc<TcpListener>, reply: Vec<u8>, records: Records) {
     let reply = Rc::new(reply);
     loop {
@@ -361,5 +375,40 @@ mod tests {
         };
         assert!(!connects_after_drain(false), "without a successor the stopping listener drops SYNs");
         assert!(connects_after_drain(true), "after a handover the socket is left as the successor has it");
+    }
+
+    /// Stopped before its accept loop ever ran, with a client waiting in the queue and no connection open:
+    /// the thread must serve the queue before it ends. Its main future is polled before its tasks, and it
+    /// used to end at once with no connection to wait for, resetting the client with its listener.
+    #[test]
+    fn a_thread_stopping_with_no_connection_open_still_serves_its_queue() {
+        use std::io::{Read, Write};
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = backend.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut conn in backend.incoming().flatten() {
+                let mut head = Vec::new();
+                let mut byte = [0u8];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        });
+        let super::Parts { shared, stop, .. } = super::parts(addr).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        stop.send(true).unwrap();
+        let (_commands, commands) = tokio::sync::mpsc::unbounded_channel();
+        let listening = super::super::listener::Listening { listener, tls: false };
+        super::super::worker::run(0, shared, vec![listening], commands);
+        client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nok"), "{answer:?}");
+        assert!(answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{answer:?}");
     }
 }

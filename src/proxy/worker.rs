@@ -13,7 +13,7 @@ use tokio::task::{AbortHandle, LocalSet};
 
 use arc_swap::Cache;
 
-use super::accept::accept_loop;
+use super::accept::{accept_loop, Running};
 use super::buffers::{Buffers, HeadBufs};
 use super::clock::Clock;
 use super::frames::Frames;
@@ -89,6 +89,9 @@ pub struct Worker {
     /// Latencies recorded on this thread, published every second.
     timings: RefCell<Recorder>,
     pub(super) connections: Cell<usize>,
+    /// Accept loops running on this thread: a stopping one is still draining its queue.
+    pub(super) accept_loops: Cell<usize>,
+    /// A connection closed or an accept loop ended.
     pub(super) connection_closed: Notify,
     shutting_down: Cell<bool>,
     shutdown: Notify,
@@ -116,6 +119,7 @@ impl Worker {
             log: RefCell::new(Vec::new()),
             timings: RefCell::new(Recorder::new(&shared.timings.frontends, &shared.timings.backend)),
             connections: Cell::new(0),
+            accept_loops: Cell::new(0),
             connection_closed: Notify::new(),
             shutting_down: Cell::new(false),
             shutdown: Notify::new(),
@@ -171,7 +175,7 @@ impl Worker {
         let addr = listener.local_addr();
         match (TcpListener::from_std(listener), addr) {
             (Ok(l), Ok(addr)) => {
-                let handle = tokio::task::spawn_local(accept_loop(self.clone(), l, tls)).abort_handle();
+                let handle = tokio::task::spawn_local(accept_loop(Running::new(&self), l, tls)).abort_handle();
                 self.accepting.borrow_mut().push((addr, handle));
             }
             (Err(e), _) | (_, Err(e)) => tracing::error!("thread {}: listener: {e}", self.id),
@@ -346,10 +350,13 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<Listening>, commands: 
         worker.idle.stop();
         worker.shutdown.notify_waiters();
         let grace = worker.config().timeouts.grace;
+        // The accept loops too: this future is polled before them, and ending it drops their listeners with
+        // whatever is still in the queue.
+        let busy = || worker.connections.get() > 0 || worker.accept_loops.get() > 0;
         let drained = async {
-            while worker.connections.get() > 0 {
+            while busy() {
                 let closed = worker.connection_closed.notified();
-                if worker.connections.get() == 0 {
+                if !busy() {
                     break;
                 }
                 closed.await;
