@@ -87,4 +87,25 @@ impl ControlSignals {
             }
         })
     }
+
+    /// The signals that came while nobody waited (each kind once), without blocking: the signal driver gets
+    /// a few milliseconds to read what the handlers noted.
+    pub fn pending(&mut self) -> Vec<Control> {
+        let mut pending = Vec::new();
+        while let Ok(next) = self.runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(20), async {
+                tokio::select! {
+                    _ = self.stop.recv() => Control::Stop,
+                    _ = self.hup.recv() => Control::Reload,
+                    _ = self.usr2.recv() => Control::Upgrade,
+                }
+            })
+            .await
+        }) {
+            if !pending.contains(&next) {
+                pending.push(next);
+            }
+        }
+        pending
+    }
 }

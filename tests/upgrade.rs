@@ -22,8 +22,8 @@ struct BinaryCopy {
 }
 
 impl BinaryCopy {
-    fn new() -> BinaryCopy {
-        let dir = std::env::temp_dir().join(format!("shoal-upgrade-{}", std::process::id()));
+    fn new(test: &str) -> BinaryCopy {
+        let dir = std::env::temp_dir().join(format!("shoal-upgrade-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let copy = BinaryCopy { path: dir.join("shoal"), dir };
         copy.install(Path::new(env!("CARGO_BIN_EXE_shoal")));
@@ -61,6 +61,11 @@ fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
+/// Exited: absent, or a zombie its adopter has not reaped.
+fn gone(pid: u32) -> bool {
+    !alive(pid) || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+}
+
 /// Kills the process named in the pid file when dropped: the upgraded proxy is not the test's child.
 struct KillFromPidFile(PathBuf);
 
@@ -76,7 +81,7 @@ impl Drop for KillFromPidFile {
 
 #[test]
 fn sigusr2_swaps_the_process_without_losing_a_request() {
-    let binary = BinaryCopy::new();
+    let binary = BinaryCopy::new("swap");
     let backend = Backend::http(|_| common::ok("served"));
     let pid_file = std::env::temp_dir().join(format!("shoal-upgrade-{}.pid", std::process::id()));
     let _cleanup = KillFromPidFile(pid_file.clone());
@@ -148,4 +153,59 @@ fn sigusr2_swaps_the_process_without_losing_a_request() {
     assert!(!alive(old) || std::fs::read_to_string(format!("/proc/{old}/stat")).is_ok_and(|s| s.contains(") Z")));
     assert_eq!(common::get(proxy.addr, "/").body_str(), "served", "the new process answers on the same port");
     proxy.stderr.wait_for("the handover logged", |l| l.contains(&format!("upgrade: pid {new} serves now")));
+}
+
+/// Sends SIGUSR2 to `pid` and waits for the pid file to name another process; returns it.
+fn upgrade(pid: u32, pid_file: &Path) -> u32 {
+    // SAFETY: kill(2) on a proxy process this test started (directly or by an upgrade).
+    unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
+    wait_until("the successor in the pid file", || read_pid(pid_file).is_some_and(|p| p != pid));
+    read_pid(pid_file).unwrap()
+}
+
+/// What answers 30 requests in a row, by body.
+fn answering(proxy: &Proxy) -> std::collections::BTreeSet<String> {
+    (0..30).map(|_| common::get(proxy.addr, "/").body_str()).collect()
+}
+
+#[test]
+fn an_upgrade_keeps_the_operators_overrides_and_passes_on_a_stop_asked_for_meanwhile() {
+    let binary = BinaryCopy::new("overrides");
+    let (a, b, c) =
+        (Backend::http(|_| common::ok("a")), Backend::http(|_| common::ok("b")), Backend::http(|_| common::ok("c")));
+    let pid_file = std::env::temp_dir().join(format!("shoal-upgrade-overrides-{}.pid", std::process::id()));
+    let _cleanup = KillFromPidFile(pid_file.clone());
+    let (a_arg, b_arg) = (format!("a={}", a.addr), format!("b={}", b.addr));
+    let args = ["--pid-file", pid_file.to_str().unwrap(), "--backend", &a_arg, "--backend", &b_arg, "--threads", "1"];
+    let mut proxy = Proxy::start_from(&binary.path, &args, &[]);
+    let agent = Agent::start(&c.arg(), &proxy.gossip(), &["--name", "c", "--check-path", "/"]);
+    let all: std::collections::BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
+    wait_until("a, b and the member c answering", || answering(&proxy) == all);
+    assert_eq!(proxy.runtime("set server nodes/a state maint; set server nodes/c weight 0"), "\n\n");
+    let only_b: std::collections::BTreeSet<String> = ["b".to_string()].into();
+    assert_eq!(answering(&proxy), only_b);
+
+    // The successor starts with the overrides in force: a still in maintenance, c still weighted 0.
+    let first = proxy.pid();
+    wait_until("the pid file", || read_pid(&pid_file) == Some(first));
+    let second = upgrade(first, &pid_file);
+    assert!(proxy.wait_exit().success());
+    assert_eq!(answering(&proxy), only_b, "overrides lost in the upgrade");
+    let state = proxy.runtime("show servers state");
+    let row = |name: &str| state.lines().find(|l| l.split(' ').nth(3) == Some(name)).unwrap_or_default().to_string();
+    assert_eq!(row("a").split(' ').nth(6), Some("1"), "a in maintenance (srv_admin_state 1): {state}");
+
+    // A stop sent while an upgrade is under way (the successor waits for the paused member c, up to 3 s)
+    // goes on to the process that serves once it does.
+    agent.signal(libc::SIGSTOP);
+    // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrade.
+    unsafe { libc::kill(second as i32, libc::SIGUSR2) };
+    proxy.stderr.wait_count("the second upgrade starting", 2, |l| l.contains("upgrade: starting"));
+    // SAFETY: as above.
+    unsafe { libc::kill(second as i32, libc::SIGTERM) };
+    wait_until("every proxy process gone", || {
+        gone(second) && read_pid(&pid_file).is_none() && std::net::TcpStream::connect(proxy.addr).is_err()
+    });
+    proxy.stderr.wait_for("the stop passed on", |l| l.contains("a stop asked for during the upgrade goes on to pid"));
+    agent.signal(libc::SIGCONT);
 }

@@ -101,6 +101,23 @@ impl Publisher {
         Ok(())
     }
 
+    /// Every operator's change in force, by server name (handed to the successor of a binary upgrade).
+    pub fn overrides(&self) -> Vec<(String, Override)> {
+        let mut all: Vec<(String, Override)> = self.overrides.iter().map(|(n, o)| (n.clone(), *o)).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Takes over a predecessor's overrides, before its members are known: each applies once a server of
+    /// its name is in the set, as any override does.
+    pub fn adopt_overrides(&mut self, overrides: Vec<(String, Override)>) {
+        if overrides.is_empty() {
+            return;
+        }
+        self.overrides.extend(overrides.into_iter().filter(|(_, o)| *o != Override::default()));
+        self.publish();
+    }
+
     /// `--slowstart` (a reload may change it).
     pub fn set_slowstart(&mut self, window: Duration) {
         self.slowstart = window;

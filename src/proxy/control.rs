@@ -4,8 +4,9 @@
 //!   algorithm and TLS certificates change at once for new requests (requests in flight finish under the
 //!   configuration they started with); listeners are added and removed. A file that does not load, a
 //!   certificate that does not, or an address that cannot be bound, leaves everything as it was.
-//! - SIGUSR2 hands the listening sockets to the binary now at this one's path (see [`super::handover`]);
-//!   once it serves, this process stops accepting, finishes what it has and exits.
+//! - SIGUSR2 hands the listening sockets to the binary now at this one's path (see [`super::handover`]),
+//!   with the members to find and the operator's overrides; once it serves, this process stops accepting,
+//!   finishes what it has and exits. A stop or reload asked for meanwhile goes on to the successor.
 //! - SIGTERM or SIGINT stop gracefully.
 
 use std::os::fd::AsRawFd;
@@ -154,8 +155,11 @@ impl Control {
             fd: h.gossip.1.as_raw_fd(),
         });
         tracing::info!("upgrade: starting {} with {} sockets", self.exe.display(), sockets.len());
-        let peers = self.publisher.lock().routable_members();
-        match handover::start_successor(&self.exe, &sockets, &peers, UPGRADE_WITHIN) {
+        let (peers, overrides) = {
+            let publisher = self.publisher.lock();
+            (publisher.routable_members(), publisher.overrides())
+        };
+        match handover::start_successor(&self.exe, &sockets, &peers, &overrides, UPGRADE_WITHIN) {
             Ok(child) => {
                 tracing::info!(
                     "upgrade: pid {} serves now; this one stops accepting and finishes its requests",
@@ -168,12 +172,32 @@ impl Control {
                     let _ = tx.send(Command::StopAccepting);
                 }
                 self.groups.clear();
+                self.pass_on_signals(child.id());
                 true
             }
             Err(why) => {
                 tracing::error!("upgrade failed, this process keeps serving: {why}");
                 false
             }
+        }
+    }
+
+    /// Signals sent to this process while its successor started were meant for whichever serves: a stop or a
+    /// reload goes on to the successor (the pid file named this process until it served); another upgrade
+    /// is dropped, with a line saying so.
+    fn pass_on_signals(&mut self, successor: u32) {
+        for signal in self.signals.pending() {
+            let (number, what) = match signal {
+                Signal::Stop => (libc::SIGTERM, "stop"),
+                Signal::Reload => (libc::SIGHUP, "reload"),
+                Signal::Upgrade => {
+                    tracing::warn!("upgrade: a SIGUSR2 that came during this upgrade is dropped; send it again");
+                    continue;
+                }
+            };
+            tracing::info!("upgrade: a {what} asked for during the upgrade goes on to pid {successor}");
+            // SAFETY: kill(2) on the child this process started, which has just reported that it serves.
+            unsafe { libc::kill(successor as i32, number) };
         }
     }
 }

@@ -15,10 +15,15 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use crate::balance::{Override, ServerState};
+
 const INHERIT: &str = "SHOAL_INHERIT";
 const READY_FD: &str = "SHOAL_READY_FD";
 /// The gossip members the predecessor knew, comma-separated.
 const PEERS: &str = "SHOAL_PEERS";
+/// The operator's overrides (runtime API `set server`), `NAME=STATE/WEIGHT` separated by commas, the name
+/// percent-encoded, `-` for what is not set.
+const OVERRIDES: &str = "SHOAL_OVERRIDES";
 
 /// What kind of socket a handed-over descriptor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +64,8 @@ pub struct Inherited {
     fds: HashMap<(Kind, String), Vec<OwnedFd>>,
     /// The members the predecessor knew: announced to at once, and waited for before reporting ready.
     pub peers: Vec<std::net::SocketAddr>,
+    /// What the predecessor's operator set on its servers, kept across the upgrade.
+    pub overrides: Vec<(String, Override)>,
 }
 
 impl Inherited {
@@ -68,6 +75,7 @@ impl Inherited {
         let Ok(list) = std::env::var(INHERIT) else { return inherited };
         let peers = std::env::var(PEERS).unwrap_or_default();
         inherited.peers = peers.split(',').filter_map(|p| p.parse().ok()).collect();
+        inherited.overrides = decode_overrides(&std::env::var(OVERRIDES).unwrap_or_default());
         for entry in list.split(';').filter(|e| !e.is_empty()) {
             let parsed = entry.split_once('=').and_then(|(key, fd)| {
                 let (tag, addr) = key.split_once('/')?;
@@ -103,6 +111,72 @@ impl Inherited {
     }
 }
 
+fn encode_overrides(overrides: &[(String, Override)]) -> String {
+    let state = |o: &Override| match o.state {
+        Some(ServerState::Maint) => "maint",
+        Some(ServerState::Drain) => "drain",
+        _ => "-",
+    };
+    let entries: Vec<String> = overrides
+        .iter()
+        .map(|(name, o)| {
+            let name: String = name
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => char::from(b).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{name}={}/{}", state(o), o.weight.map_or("-".to_string(), |w| w.to_string()))
+        })
+        .collect();
+    entries.join(",")
+}
+
+/// The overrides in `SHOAL_OVERRIDES`; an entry that does not read is logged and left out.
+fn decode_overrides(text: &str) -> Vec<(String, Override)> {
+    let decode_name = |encoded: &str| -> Option<String> {
+        let mut bytes = Vec::new();
+        let mut rest = encoded.as_bytes();
+        while let Some((&b, tail)) = rest.split_first() {
+            if b == b'%' {
+                let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &tail[2..];
+            } else {
+                bytes.push(b);
+                rest = tail;
+            }
+        }
+        String::from_utf8(bytes).ok()
+    };
+    let entry = |e: &str| -> Option<(String, Override)> {
+        let (name, setting) = e.split_once('=')?;
+        let (state, weight) = setting.split_once('/')?;
+        let state = match state {
+            "maint" => Some(ServerState::Maint),
+            "drain" => Some(ServerState::Drain),
+            "-" => None,
+            _ => return None,
+        };
+        let weight = match weight {
+            "-" => None,
+            w => Some(w.parse().ok()?),
+        };
+        Some((decode_name(name)?, Override { state, weight }))
+    };
+    text.split(',')
+        .filter(|e| !e.is_empty())
+        .filter_map(|e| {
+            let parsed = entry(e);
+            if parsed.is_none() {
+                tracing::warn!("ignoring {OVERRIDES} entry {e:?}");
+            }
+            parsed
+        })
+        .collect()
+}
+
 /// Tells the previous process, if any, that this one now serves.
 pub fn report_ready() {
     let Some(fd) = std::env::var(READY_FD).ok().and_then(|v| v.parse::<RawFd>().ok()) else { return };
@@ -126,6 +200,7 @@ pub fn start_successor(
     exe: &Path,
     sockets: &[Handed],
     peers: &[std::net::SocketAddr],
+    overrides: &[(String, Override)],
     limit: Duration,
 ) -> Result<Child, String> {
     let mut ends = [0 as RawFd; 2];
@@ -146,6 +221,7 @@ pub fn start_successor(
         .args(std::env::args_os().skip(1))
         .env(INHERIT, list.join(";"))
         .env(PEERS, peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
+        .env(OVERRIDES, encode_overrides(overrides))
         .env(READY_FD, (3 + sockets.len()).to_string());
     // SAFETY: only async-signal-safe calls (fcntl, dup2) on descriptors this process owns, and no allocation:
     // `scratch` is sized beforehand. Each source is first copied above every target, so placing one at its
@@ -203,5 +279,25 @@ fn wait_ready(child: &mut Child, pipe: OwnedFd, limit: Duration) -> Result<(), S
         if Instant::now() >= deadline {
             return Err(format!("the new process was not ready within {limit:?}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_cross_the_environment_unchanged() {
+        let overrides = vec![
+            ("web, 1=odd/名".to_string(), Override { state: Some(ServerState::Maint), weight: None }),
+            ("s2".to_string(), Override { state: Some(ServerState::Drain), weight: Some(7) }),
+            ("s3".to_string(), Override { state: None, weight: Some(0) }),
+        ];
+        let text = encode_overrides(&overrides);
+        assert_eq!(text.matches(',').count(), 2, "one separator per entry: {text}");
+        assert_eq!(decode_overrides(&text), overrides);
+        let maint = Override { state: Some(ServerState::Maint), weight: None };
+        let read = decode_overrides("s1=maint/-,bad,s2=up/3,s%ZZ=-/1,s3=-/x,s4=-/-");
+        assert_eq!(read, [("s1".to_string(), maint), ("s4".to_string(), Override::default())]);
     }
 }

@@ -124,11 +124,12 @@ fn start_tls(paths: &[PathBuf]) -> Result<Arc<rustls::ServerConfig>, tls::TlsErr
     tls::server_config(Arc::new(certificates))
 }
 
-/// Waits (at most a few seconds) until `n` servers are in rotation: a successor must route to its
-/// predecessor's members, health known, before it takes the clients.
-fn wait_for_members(shared: &Shared, n: usize) {
+/// Waits (at most a few seconds) until `n` members are routable: a successor must route to its predecessor's
+/// members, health known, before it takes the clients. Static servers do not count: they start UP here,
+/// whatever the predecessor's checks found.
+fn wait_for_members(publisher: &parking_lot::Mutex<Publisher>, n: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while shared.backends.load().rotation().len() < n {
+    while publisher.lock().routable_members().len() < n {
         if std::time::Instant::now() >= deadline {
             tracing::warn!("upgrade: serving before every member of the predecessor was found");
             return;
@@ -184,6 +185,7 @@ pub fn run(
     let runtime_api = bind_control(Kind::RuntimeApi, config.runtime_api)?;
     let gossip = inherited.take(Kind::Gossip, &config.cluster.bind.to_string()).pop().map(std::net::UdpSocket::from);
     let peers = std::mem::take(&mut inherited.peers);
+    let overrides = std::mem::take(&mut inherited.overrides);
     if !inherited.is_empty() {
         tracing::warn!("closing handed-over sockets this configuration no longer uses: {:?}", inherited.leftovers());
     }
@@ -195,6 +197,7 @@ pub fn run(
     let (set_changed, set_changes) = watch::channel(0);
     let publisher = Publisher::new(statics, backends.clone(), pool, set_changed);
     publisher.lock().set_slowstart(config.slowstart);
+    publisher.lock().adopt_overrides(overrides);
     let checks = config.backend_check.clone();
     balance::health::start(backends.clone(), publisher.clone(), checks, config.timeouts.connect)
         .map_err(ProxyError::Start)?;
@@ -269,7 +272,7 @@ pub fn run(
         commands.push(tx);
     }
     if successor {
-        wait_for_members(&shared, peers.len());
+        wait_for_members(&publisher, peers.len());
         for (tx, listeners) in commands.iter().zip(waiting) {
             for l in listeners {
                 let _ = tx.send(worker::Command::Listen(l));
