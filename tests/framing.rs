@@ -339,3 +339,19 @@ fn early_final_answer_to_expect_closes_without_waiting_for_the_body() {
     assert_eq!(r.header("connection").as_deref(), Some("close"), "the unread body makes the connection unusable");
     assert!(w.is_closed());
 }
+
+/// A malformed chunked body that arrives with its head is the proxy's refusal: 400, logged `PD` and counted
+/// with the frontend's refused requests, as when it arrives later (it was logged `CR`, a client's abort, and
+/// not counted).
+#[test]
+fn a_bad_chunk_that_comes_with_its_head_is_refused_and_counted() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut w = Wire::connect(proxy.addr);
+    w.send(b"POST /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    assert_eq!(w.read_response(false).unwrap().status(), 400);
+    let line = proxy.log_line("POST /bad");
+    assert!(line.contains(" PD--"), "{line}");
+    assert_eq!(proxy.metric("shoal_frontend_refused_total"), 1);
+    assert!(backend.requests().is_empty(), "nothing reached the server");
+}

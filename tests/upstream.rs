@@ -213,3 +213,96 @@ fn a_backend_that_never_accepts_times_out_on_connect() {
     assert!(proxy.stderr.all().iter().any(|l| l.contains("connect timed out")));
     drop(fillers);
 }
+
+/// `--timeout-connect` is spent connecting, not waiting in a full server's queue: a request that waited there
+/// longer still gets a whole connect. It got 1 ms, which a connect outlasts on any real link (here its
+/// first SYN is dropped, so it needs the kernel's retry a second later): 503 `sC`, and the healthy server
+/// ejected. In a network namespace (needs root).
+#[test]
+fn a_request_queued_past_the_connect_timeout_still_gets_a_whole_connect() {
+    let lab = common::lab::Lab::new(1);
+    let host = lab.host(0);
+    let (gate, gated) = mpsc::channel::<()>();
+    let gated = Mutex::new(gated);
+    let backend = host.enter(|| {
+        Backend::http(move |req| {
+            if req.start_line().contains("/slow") {
+                let _ = gated.lock().unwrap().recv();
+            }
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec()
+        })
+    });
+    let server = format!("s1={},maxconn=1", backend.addr);
+    let (listen, admin) = (host.addr(8080), host.addr(1936));
+    let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
+    let args =
+        ["proxy", "--listen", &listen_arg, "--gossip", "127.0.0.1:0", "--admin", &admin_arg, "--runtime-api", "off"];
+    let limits = ["--backend", &server, "--timeout-connect", "2s", "--timeout-queue", "10s", "--threads", "1"];
+    let (_proxy, log) = host.shoal(&[&args[..], &limits[..]].concat(), &[]);
+    log.wait_for("the proxy listening", |l| l.contains("listening on "));
+    let get = |path: &'static str| host.enter(|| common::http_get(listen, path, std::time::Duration::from_secs(10)));
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| get("/slow"));
+        backend.wait_requests(1);
+        let queued = s.spawn(|| get("/queued"));
+        host.wait_get(admin, "/;csv", "the second request in s1's queue", |csv| {
+            csv.lines().any(|l| l.starts_with("nodes,s1,1,"))
+        });
+        // Held in the queue past the connect timeout; its connect will need a SYN retry.
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        host.drop_syns_to(backend.addr.port());
+        gate.send(()).unwrap();
+        assert_eq!(slow.join().unwrap(), Ok("ok".to_string()));
+        common::wait_until("the queued request's first SYN dropped", || host.syns_dropped(backend.addr.port()) >= 1);
+        host.pass_syns_to(backend.addr.port());
+        assert_eq!(queued.join().unwrap(), Ok("ok".to_string()), "the queued request; log: {:?}", log.all());
+    });
+    assert!(!log.all().iter().any(|l| l.contains("skipped until")), "a healthy server ejected: {:?}", log.all());
+}
+
+/// The access log's `Tq/Tw/Tc/Tr/Tt` timers.
+fn timers(line: &str) -> Vec<i64> {
+    let field = line.split(' ').find(|f| f.split('/').count() == 5 && f.split('/').all(|t| t.parse::<i64>().is_ok()));
+    field.unwrap_or_else(|| panic!("no timers in {line}")).split('/').map(|t| t.parse().unwrap()).collect()
+}
+
+/// With one slot (maxconn=1): a request that waits in the queue logs that wait as `Tw` only, not again in
+/// `Tc` (HAProxy's `Tc` leaves `Tw` out); and an error answer gives the slot back before its client's
+/// lingering close, as a response does, so the next request is not held behind it.
+#[test]
+fn the_queue_wait_is_logged_once_and_an_error_answer_frees_its_slot_at_once() {
+    let (gate, gated) = mpsc::channel::<()>();
+    let gated = Mutex::new(gated);
+    let backend = Backend::http(move |req| {
+        if req.start_line().contains("/held") {
+            let _ = gated.lock().unwrap().recv();
+        }
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+    });
+    let server = format!("one={},maxconn=1", backend.arg());
+    let args = ["--backend", &server, "--threads", "1", "--timeout-queue", "1s", "--timeout-server", "2s"];
+    let proxy = Proxy::start(&args);
+    std::thread::scope(|s| {
+        let addr = proxy.addr;
+        let held = s.spawn(move || common::get(addr, "/held"));
+        backend.wait_requests(1);
+        let queued = s.spawn(move || common::get(addr, "/queued"));
+        common::wait_until("the second request in the queue", || proxy.servers_column("one", "qcur") == "1");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        gate.send(()).unwrap();
+        assert_eq!(held.join().unwrap().status(), 200);
+        assert_eq!(queued.join().unwrap().status(), 200);
+    });
+    let t = timers(&proxy.log_line("GET /queued"));
+    assert!(t[1] >= 300, "Tw counts the wait: {t:?}");
+    assert!(t[2] < 100, "Tc is the connect alone, not the wait again: {t:?}");
+
+    // A server that does not answer in time: 504, and the client keeps its side open after reading it.
+    let mut stalled = Wire::connect(proxy.addr);
+    stalled.send(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n");
+    let answer = stalled.read_response(false).expect("the 504");
+    assert_eq!(answer.status(), 504);
+    let next = common::get(proxy.addr, "/next");
+    assert_eq!(next.status(), 200, "the slot was held through the 504's lingering close: 503 sQ");
+    gate.send(()).unwrap();
+}

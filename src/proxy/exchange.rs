@@ -100,16 +100,19 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
     if let Err(e) = framer.check_buffered(&client.buf) {
         tracing::info!("refused request body from {}: {e}", client.peer);
-        return answer(worker, client, &plan, &log, 400, *b"CR").await;
+        worker.frontend(T::TLS).refused();
+        return answer(worker, client, &plan, log, 400, *b"PD").await;
     }
-    let connect_deadline = worker.clock.now() + config.timeouts.connect;
+    // --timeout-connect is spent only while connecting: not in a server's queue, nor waiting for the answer of
+    // a server that took the request and failed it.
+    let mut connect_left = config.timeouts.connect;
     // Why the last attempt that reached a server failed: the answer if no server is left to retry on.
     let mut last_failure: Option<Failure> = None;
     loop {
         let Some(Pick { backend: picked, by_cookie }) = worker.pick_backend(&plan.affinity, &tried) else {
             return match last_failure {
-                Some(failure) => fail(worker, client, &plan, &log, failure).await,
-                None => answer(worker, client, &plan, &log, 503, *b"SC").await,
+                Some(failure) => fail(worker, client, &plan, log, failure).await,
+                None => answer(worker, client, &plan, log, 503, *b"SC").await,
             };
         };
         // Counted once the next server is known, as HAProxy does: a retry on the same server, or a redispatch
@@ -141,7 +144,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                     Err(e) => {
                         tracing::warn!("server {}: {e}: request answered 503", picked.name());
                         log.server = Some(picked.enter());
-                        return answer(worker, client, &plan, &log, 503, *b"sQ").await;
+                        return answer(worker, client, &plan, log, 503, *b"sQ").await;
                     }
                 }
             }
@@ -152,14 +155,19 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         // A first attempt that did not queue began when the head was read: no clock read needed.
         let first = log.retries == 0 && log.queued.is_none();
         log.entered = Some(if first { log.started.head_done } else { worker.clock.now() });
-        let attempt = Attempt { hurry, deadline: connect_deadline };
-        let mut up = match acquire(worker, backend, fresh_only, !plan.retryable, attempt).await {
+        let attempt = Attempt::new(hurry, connect_left, config.timeouts.attempt);
+        let acquired = acquire(worker, backend, fresh_only, !plan.retryable, attempt).await;
+        let began = log.entered.unwrap_or(log.started.head_done);
+        connect_left = connect_left.saturating_sub(worker.clock.now().saturating_duration_since(began));
+        let mut up = match acquired {
             Ok(up) => up,
             Err(e) => {
                 let slot = backend.counters.slot(worker.id);
                 slot.connect_error();
-                let ejected = !matches!(e, ConnectError::TakenOut) && backend.eject();
-                let retry = log.retries < MAX_RETRIES && Instant::now() < connect_deadline;
+                // A connect cut short by the little budget left proves nothing against the server.
+                let fair = !e.timed_out() || attempt.limit >= config.timeouts.attempt.min(config.timeouts.connect);
+                let ejected = fair && !matches!(e, ConnectError::TakenOut) && backend.eject();
+                let retry = log.retries < MAX_RETRIES && !connect_left.is_zero();
                 tracing::warn!(
                     "server {} ({}:{}): {e}{}{}",
                     backend.name(),
@@ -175,7 +183,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                     continue;
                 }
                 let term = if e.timed_out() { *b"sC" } else { *b"SC" };
-                return answer(worker, client, &plan, &log, 503, term).await;
+                return answer(worker, client, &plan, log, 503, term).await;
             }
         };
         log.reached_server = true;
@@ -265,18 +273,27 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 up_buf.clear();
                 worker.buffers.put(up_buf);
                 drop(up);
-                return fail(worker, client, &plan, &log, failure).await;
+                return fail(worker, client, &plan, log, failure).await;
             }
         }
     }
 }
 
 /// How long a connect attempt may take.
+#[derive(Clone, Copy)]
 struct Attempt {
-    /// Another usable server exists: give this one only `--timeout-attempt`.
-    hurry: bool,
-    /// When the connect timeout, shared by every attempt of the request, runs out.
-    deadline: Instant,
+    limit: Duration,
+    /// Given only `--timeout-attempt` because another usable server exists: abandoned, not failed, at the end.
+    abandon: bool,
+}
+
+impl Attempt {
+    /// With `left` of the request's connect budget: all of it, or only `share` if another server could take
+    /// the request (`hurry`).
+    fn new(hurry: bool, left: Duration, share: Duration) -> Attempt {
+        let abandon = hurry && share < left;
+        Attempt { limit: if abandon { share } else { left.max(Duration::from_millis(1)) }, abandon }
+    }
 }
 
 /// A pooled connection to `backend` when one is alive, else a new one, abandoned if the server leaves
@@ -301,12 +318,8 @@ async fn acquire(
         }
     }
     counters.connect();
-    let left = attempt.deadline.saturating_duration_since(worker.clock.now());
-    let share = worker.config().timeouts.attempt;
-    let abandon = attempt.hurry && share < left;
-    let limit = if abandon { share } else { left.max(Duration::from_millis(1)) };
     tokio::select! {
-        connected = upstream::connect(backend, limit, abandon) => connected,
+        connected = upstream::connect(backend, attempt.limit, attempt.abandon) => connected,
         _ = worker.taken_out(backend) => Err(ConnectError::TakenOut),
     }
 }
@@ -316,7 +329,7 @@ async fn fail<T: Transport>(
     worker: &Worker,
     client: &mut Client<T>,
     plan: &Plan<'_>,
-    log: &LogState,
+    log: LogState,
     failure: Failure,
 ) -> bool {
     let server_failed = matches!(
@@ -340,32 +353,34 @@ async fn fail<T: Transport>(
         }
         Failure::RequestBody(BodyError::Framing(e)) => {
             tracing::info!("refused request body from {}: {e}", client.peer);
+            worker.frontend(T::TLS).refused();
             (e.status(), *b"PD")
         }
         Failure::RequestBody(BodyError::SrcTimeout) => (408, *b"cD"),
         // The status a client already received is logged and counted as HAProxy does, with the bytes it got.
         Failure::RequestBody(_) => {
-            log_line(worker, client, plan, log, 0, 0, *b"CD");
+            log_line(worker, client, plan, &log, 0, 0, *b"CD");
             return false;
         }
         Failure::ClientGone(status, bytes) => {
-            log_line(worker, client, plan, log, status, bytes, *b"CD");
+            log_line(worker, client, plan, &log, status, bytes, *b"CD");
             return false;
         }
         Failure::AbortedMidResponse(term, status, bytes) => {
-            log_line(worker, client, plan, log, status, bytes, term);
+            log_line(worker, client, plan, &log, status, bytes, term);
             return false;
         }
     };
     answer(worker, client, plan, log, status, term).await
 }
 
-/// Sends a canned status and closes.
+/// Sends a canned status and closes. The server's slot (maxconn, leastconn's count) is given back before the
+/// client's lingering close, as after a response.
 async fn answer<T: Transport>(
     worker: &Worker,
     client: &mut Client<T>,
     plan: &Plan<'_>,
-    log: &LogState,
+    log: LogState,
     status: u16,
     term: [u8; 2],
 ) -> bool {
@@ -373,7 +388,8 @@ async fn answer<T: Transport>(
     use tokio::io::AsyncWriteExt;
     let idle = worker.config().timeouts.client;
     let _ = timeout(idle, client.stream.write_all(bytes)).await;
-    log_line(worker, client, plan, log, refusal::status_of(bytes), bytes.len() as u64, term);
+    log_line(worker, client, plan, &log, refusal::status_of(bytes), bytes.len() as u64, term);
+    drop(log);
     close_gracefully(&mut client.stream, idle).await;
     false
 }
@@ -446,7 +462,9 @@ fn log_line<T: Transport>(
     let ms =
         |from: Instant, to: Option<Instant>| to.map_or(-1, |t| t.saturating_duration_since(from).as_millis() as i64);
     let t_req = ms(s.instant, Some(s.head_done));
-    let t_connect = ms(s.head_done, log.connected);
+    // HAProxy's Tc leaves out Tw, the wait in a server's queue.
+    let queued_ms = log.queued.map_or(0, |q| q.as_millis() as i64);
+    let t_connect = log.connected.map_or(-1, |c| (ms(s.head_done, Some(c)) - queued_ms).max(0));
     let t_response = log.connected.map_or(-1, |c| ms(c, log.responded));
     let t_total = ms(s.instant, Some(now));
     let name = log.connected.and(log.server.as_ref()).map(|f| f.backend().name());
@@ -458,7 +476,7 @@ fn log_line<T: Transport>(
                 tls: T::TLS,
                 accepted: s.wall_clock(now),
                 server,
-                timers: [t_req, log.queued.map_or(0, |q| q.as_millis() as i64), t_connect, t_response, t_total],
+                timers: [t_req, queued_ms, t_connect, t_response, t_total],
                 status,
                 bytes,
                 termination: term,

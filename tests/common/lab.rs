@@ -68,6 +68,17 @@ impl Way {
     }
 }
 
+/// The packets the one counter of nft table `family table` in namespace `ns` counted.
+fn nft_counter(ns: &str, family: &str, table: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", family, table])
+        .output()
+        .expect("nft is needed");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let count = listing.split("counter packets ").nth(1).and_then(|rest| rest.split(' ').next());
+    count.and_then(|n| n.parse().ok()).expect("a counter")
+}
+
 impl Lab {
     /// `n` hosts, 10.77.0.1 .. 10.77.0.n, on one switch.
     pub fn new(n: usize) -> Lab {
@@ -150,6 +161,28 @@ impl Host {
         nft(&self.switch, &format!("delete table bridge lossy_{}\n", self.port));
     }
 
+    /// Drops the SYNs this host sends to its own TCP port `port` (the host's clients and proxies connecting
+    /// to a server on it): a connect waits for the kernel's retry, a second later. Counted.
+    pub fn drop_syns_to(&self, port: u16) {
+        nft(
+            &self.ns,
+            &format!(
+                "table inet syns_{port} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    \
+                 tcp dport {port} tcp flags & (syn | ack) == syn counter drop\n  }}\n}}\n"
+            ),
+        );
+    }
+
+    /// How many SYNs `drop_syns_to(port)` dropped so far.
+    pub fn syns_dropped(&self, port: u16) -> u64 {
+        nft_counter(&self.ns, "inet", &format!("syns_{port}"))
+    }
+
+    /// Stops `drop_syns_to(port)`.
+    pub fn pass_syns_to(&self, port: u16) {
+        nft(&self.ns, &format!("delete table inet syns_{port}\n"));
+    }
+
     /// Drops the UDP datagrams to `port` this host sends (`Way::Out`) or is sent (`Way::In`), counting them;
     /// everything else flows.
     pub fn drop_udp(&self, way: Way, port: u16) {
@@ -166,13 +199,7 @@ impl Host {
 
     /// How many datagrams `drop_udp(way, ..)` dropped so far.
     pub fn dropped_udp(&self, way: Way) -> u64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.switch, "nft", "list", "table", "bridge", &self.udp_table(way)])
-            .output()
-            .expect("nft is needed");
-        let listing = String::from_utf8_lossy(&out.stdout);
-        let count = listing.split("counter packets ").nth(1).and_then(|rest| rest.split(' ').next());
-        count.and_then(|n| n.parse().ok()).expect("a drop counter")
+        nft_counter(&self.switch, "bridge", &self.udp_table(way))
     }
 
     /// Stops `drop_udp(way, ..)`.
