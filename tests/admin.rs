@@ -271,8 +271,12 @@ fn every_csv_cell_haproxy_fills_is_filled_except_the_listed_ones() {
     let backend = Backend::echo_path();
     // One thread: one pool, so which connections are reused is certain.
     let proxy = Proxy::start(&["--backend", &format!("web1={}", backend.addr), "--threads", "1"]);
-    // Two GETs and a POST with a 100-byte body: `bin` counts every request byte the client sent.
-    let post = format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}", "b".repeat(100));
+    // Two GETs and a POST with a 100-byte chunked body, a chunk extension and a trailer (both dropped on the
+    // way to the server): `bin` counts every request byte the client sent.
+    let post = format!(
+        "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n64;ext=1\r\n{}\r\n0\r\nX-T: y\r\n\r\n",
+        "b".repeat(100)
+    );
     let requests = ["GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n".into(), post];
     for raw in &requests {
         assert_eq!(common::request(proxy.addr, raw.as_bytes()).status(), 200);

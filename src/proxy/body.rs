@@ -94,17 +94,29 @@ pub struct Progress<'c> {
     pub at: Cell<Instant>,
     /// Bytes the destination took.
     pub bytes: Cell<u64>,
+    /// Bytes taken from the source for them: more than `bytes` when a chunked body is re-framed (its
+    /// extensions and trailers dropped), the same otherwise. The CSV's `bin` counts these.
+    pub source: Cell<u64>,
     clock: &'c Clock,
 }
 
 impl Progress<'_> {
     pub fn new(clock: &Clock) -> Progress<'_> {
-        Progress { at: Cell::new(clock.now()), bytes: Cell::new(0), clock }
+        Progress { at: Cell::new(clock.now()), bytes: Cell::new(0), source: Cell::new(0), clock }
     }
 
+    /// `n` bytes moved as they came.
     pub fn add(&self, n: usize) {
-        self.at.set(self.clock.now());
-        self.bytes.set(self.bytes.get() + n as u64);
+        self.moved(n, n);
+    }
+
+    /// `written` bytes went to the destination for `consumed` taken from the source.
+    pub fn moved(&self, written: usize, consumed: usize) {
+        if written > 0 {
+            self.at.set(self.clock.now());
+            self.bytes.set(self.bytes.get() + written as u64);
+        }
+        self.source.set(self.source.get() + consumed as u64);
     }
 }
 
@@ -153,9 +165,9 @@ where
             if !out.is_empty() {
                 write(dst, out, dst_idle).await?;
                 sent += out.len() as u64;
-                if let Some(p) = progress {
-                    p.add(out.len());
-                }
+            }
+            if let Some(p) = progress {
+                p.moved(out.len(), consumed);
             }
             buf.advance(consumed);
             if matches!(framer, Framer::Length(0)) {

@@ -205,7 +205,7 @@ pub async fn transfer<T: Transport>(
         }
     };
     *responded = head_at.get();
-    plan.body_in.set(initial as u64 + progress.bytes.get());
+    plan.body_in.set(initial as u64 + progress.source.get());
     match (outcome, told_server) {
         // The server cut or stalled an answer whose request the client never finished: the client's doing.
         (Err(Failure::AbortedMidResponse([b'S' | b's', phase], status, bytes)), Some(who)) => {
