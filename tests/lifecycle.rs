@@ -290,3 +290,52 @@ fn connections_over_max_connections_wait_in_the_listen_queue() {
     let r = waiting.read_response(false).expect("served once a slot frees up");
     assert_eq!((r.status(), r.body_str().as_str()), (200, "/waiting"));
 }
+
+/// An upgrade request with a body, answered 101 at once, before the proxy could forward the body (the server
+/// reads nothing until it has answered): the server still gets the body exactly once and then the tunnel's
+/// bytes. The switch used to cut the body's forwarding mid-write, and the piece being written went again
+/// through the tunnel.
+#[test]
+fn a_101_before_the_request_body_is_through_still_gets_the_body_once() {
+    const BODY: usize = 16 << 20;
+    let pattern = |i: usize| (i % 251) as u8;
+    let (received_tx, received) = std::sync::mpsc::channel::<Vec<u8>>();
+    let received_tx = Mutex::new(received_tx);
+    let backend = Backend::raw(move |mut stream, _| {
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: upgrade\r\n\r\n");
+        let mut all = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        while all.len() < BODY + 3 {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = received_tx.lock().unwrap().send(all);
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let mut client = std::net::TcpStream::connect(proxy.addr).unwrap();
+    let head = format!(
+        "POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: test\r\nContent-Length: {BODY}\r\n\r\n"
+    );
+    let mut sent = head.into_bytes();
+    sent.extend((0..BODY).map(pattern));
+    sent.extend_from_slice(b"END");
+    let writer = {
+        let mut client = client.try_clone().unwrap();
+        std::thread::spawn(move || client.write_all(&sent))
+    };
+    let mut answer = [0u8; 12];
+    client.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101");
+    writer.join().unwrap().unwrap();
+    let got = received.recv_timeout(WAIT).unwrap();
+    assert_eq!(got.len(), BODY + 3, "the body once, then the tunnel's 3 bytes");
+    assert!(got[..BODY].iter().enumerate().all(|(i, b)| *b == pattern(i)), "the body in order, whole");
+    assert_eq!(&got[BODY..], b"END");
+}

@@ -168,10 +168,24 @@ pub async fn transfer<T: Transport>(
         // SAFETY: shutdown on the upstream socket, open for as long as `up` lives.
         unsafe { libc::shutdown(up_fd, libc::SHUT_WR) };
     };
+    // The 101 that came before the request's body was all sent.
+    let mut switched: Option<Relayed> = None;
     let outcome = loop {
         tokio::select! {
             sent = &mut send_body, if !body_finished => {
                 body_finished = true;
+                if let Some(relayed) = switched.take() {
+                    break match sent {
+                        Ok(()) => {
+                            request_done.set(true);
+                            Ok(relayed)
+                        }
+                        Err(e) => {
+                            tracing::info!("request body before the switch of protocols: {e}");
+                            Err(Failure::AbortedMidResponse(*b"CD", relayed.status, delivered.bytes.get()))
+                        }
+                    };
+                }
                 match sent {
                     Ok(()) => request_done.set(true),
                     // The backend stopped reading: it may still have answered early, so keep relaying.
@@ -201,7 +215,13 @@ pub async fn transfer<T: Transport>(
                     tell_server_at = Some(due);
                 }
             }
-            relayed = &mut relay => break relayed,
+            relayed = &mut relay, if switched.is_none() => match relayed {
+                // A switch of protocols takes effect once the request is whole (RFC 9110 section 7.8): the rest
+                // of its body goes first, or the piece being written when the 101 came would go again through
+                // the tunnel.
+                Ok(relayed) if relayed.upgraded && !body_finished => switched = Some(relayed),
+                relayed => break relayed,
+            },
         }
     };
     *responded = head_at.get();
