@@ -79,6 +79,11 @@ fn echo_through_tunnel(flags: &[&str]) {
 
     w.shutdown_write();
     assert_eq!(w.read_all(), b"bye", "the other direction stays open after our half-close ({flags:?})");
+    // The tunnel's bytes count both ways: the head and 4 MiB and a bit in (`bin`), the 101 and as much out.
+    let tunneled = (bulk.len() + "ping".len() + "a longer frame of bytes".len()) as u64;
+    common::wait_until("the tunnel counted", || proxy.metric("shoal_frontend_bytes_in_total") > 0);
+    assert_eq!(proxy.metric("shoal_frontend_bytes_in_total"), UPGRADE.len() as u64 + tunneled, "{flags:?}");
+    assert!(proxy.metric("shoal_frontend_bytes_out_total") >= tunneled + 3, "{flags:?}");
 }
 
 #[test]

@@ -239,7 +239,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 continue;
             }
             Ok(relayed) if relayed.upgraded => {
-                let moved = tunnel::run(
+                let (moved, moved_in) = tunnel::run(
                     &mut client.stream,
                     &mut client.buf,
                     &mut up.stream,
@@ -248,6 +248,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                     tunnel::Splicing { pipes: &worker.pipes, min: config.limits.splice_min },
                 )
                 .await;
+                plan.body_in.set(plan.body_in.get() + moved_in);
                 log_line(worker, client, &plan, &log, 101, relayed.bytes + moved, *b"--");
                 return false;
             }

@@ -1,5 +1,6 @@
 //! Byte tunnel after a 101 Switching Protocols: both directions copied, each half-closed on its own EOF, the
-//! whole tunnel ended after `idle` without traffic either way. Returns the bytes sent to the client.
+//! whole tunnel ended after `idle` without traffic either way. Returns the bytes sent to the client and to the
+//! server.
 //!
 //! A direction that has carried `splice_min` bytes (when that is not 0) switches from copying through its
 //! buffer to splice(2): a tunnel that turns out to be bulk traffic stops paying for two copies per byte.
@@ -28,7 +29,7 @@ pub async fn run<T: Transport>(
     server_buf: &mut BytesMut,
     idle: Duration,
     splicing: Splicing<'_>,
-) -> u64 {
+) -> (u64, u64) {
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let activity = Activity { last: Cell::new(Instant::now()) };
@@ -53,7 +54,7 @@ pub async fn run<T: Transport>(
         _ = pumps => {}
         _ = watchdog => {}
     }
-    to_client.get()
+    (to_client.get(), to_server.get())
 }
 
 /// When either direction last moved bytes.
