@@ -81,7 +81,7 @@ fn pick(c: &mut Criterion) {
         }
         // A request carrying a sticky cookie: a map lookup before any algorithm.
         let balancer = Balancer::new(&Balance::RoundRobin, 0, Options::default());
-        let ids: Vec<u64> = servers.iter().map(|s| s.cookie_id).collect();
+        let ids: Vec<u64> = servers.iter().map(|s| s.cookie_id()).collect();
         let mut n = 0usize;
         group.bench_function(BenchmarkId::from_parameter("sticky cookie"), |b| {
             b.iter(|| {

@@ -512,3 +512,46 @@ fn a_full_server_queues_requests_until_a_slot_frees_or_the_queue_timeout() {
     release.send(()).unwrap();
     assert_eq!(slow.join().unwrap(), "slow done");
 }
+
+/// A member announcing a static server's name is told apart by its address (`s0@...`), and so is its sticky
+/// cookie and hash-ring seed: they followed the first name, so both servers shared one cookie and a session
+/// begun on the static server went to the member.
+#[test]
+fn a_member_named_like_a_static_server_gets_a_cookie_of_its_own() {
+    let (static_s0, member) = (named("static"), named("member"));
+    let proxy = Proxy::start(&["--sticky-cookie", "SRV", "--backend", &format!("s0={}", static_s0.addr)]);
+    let _agent = Agent::start(&member.arg(), &proxy.gossip(), &["--name", "s0"]);
+    proxy.stderr.wait_for("the member renamed", |l| l.contains("is now called s0@"));
+    proxy.wait_server("s0", "the static server UP", |s, _| s == "UP");
+    common::wait_until("the member in rotation", || {
+        proxy.server_rows().iter().any(|(name, row)| name.starts_with("s0@") && row["status"] == "UP")
+    });
+    let rows = proxy.server_rows();
+    let cookies: std::collections::BTreeSet<&String> = rows.values().map(|row| &row["cookie"]).collect();
+    assert_eq!(cookies.len(), 2, "one cookie each: {rows:?}");
+    // A session begun on the static server stays there.
+    let browser = std::cell::RefCell::new(Browser::default());
+    common::wait_until("a session begun on the static server", || {
+        let mut browser = browser.borrow_mut();
+        browser.jar.clear();
+        browser.get(proxy.addr).body_str() == "static"
+    });
+    let mut browser = browser.into_inner();
+    for _ in 0..10 {
+        assert_eq!(browser.get(proxy.addr).body_str(), "static");
+    }
+}
+
+/// Under `--slowstart` a server coming back ramps from weight 1, but one set to weight 0 stays out: the ramp
+/// gave it 1 (about one request in 101 here).
+#[test]
+fn a_server_weighted_0_takes_nothing_while_it_ramps() {
+    let servers = [named("a"), named("b")];
+    let proxy = proxy_over(&servers, &["--slowstart", "60s", "--threads", "1"]);
+    let ramp = "set server nodes/s1 weight 0; disable server nodes/s1; enable server nodes/s1";
+    assert_eq!(proxy.runtime(ramp), "\n\n\n");
+    proxy.wait_server("s1", "s1 back UP", |s, _| s == "UP");
+    assert_eq!(proxy.servers_column("s1", "weight"), "0");
+    let answers: Vec<String> = (0..600).map(|_| common::get(proxy.addr, "/").body_str()).collect();
+    assert!(answers.iter().all(|a| a == "a"), "only a answers: {:?}", answers.iter().find(|a| *a != "a"));
+}

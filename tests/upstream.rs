@@ -306,3 +306,54 @@ fn the_queue_wait_is_logged_once_and_an_error_answer_frees_its_slot_at_once() {
     assert_eq!(next.status(), 200, "the slot was held through the 504's lingering close: 503 sQ");
     gate.send(()).unwrap();
 }
+
+/// The proxy's half-second housekeeping (slow-start steps, fading response times, probes of ejected servers)
+/// keeps its pace while a probe hangs: the probe of a server whose connects go unanswered (its SYNs dropped,
+/// in a network namespace; needs root) took up to --timeout-connect, and the loop waited for it, so a ramp
+/// moved every 5 s instead of every 500 ms.
+#[test]
+fn a_hanging_probe_does_not_hold_back_a_slow_start() {
+    let lab = common::lab::Lab::new(1);
+    let host = lab.host(0);
+    let (a, b) = (host.enter(|| Backend::http(|_| common::ok("a"))), host.enter(|| Backend::http(|_| common::ok("b"))));
+    let dark = host.enter(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let dark_port = dark.local_addr().unwrap().port();
+    host.drop_syns_to(dark_port);
+    let (listen, admin) = (host.addr(8080), host.addr(1936));
+    let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
+    let servers = format!("a={},b={},dark=127.0.0.1:{dark_port}", a.addr, b.addr);
+    let args = ["proxy", "--listen", &listen_arg, "--gossip", "127.0.0.1:0", "--admin", &admin_arg];
+    let more = ["--runtime-api", "127.0.0.1:9999", "--backend", &servers, "--slowstart", "20s", "--threads", "1"];
+    let (_proxy, log) = host.shoal(&[&args[..], &more[..]].concat(), &[]);
+    log.wait_for("the proxy listening", |l| l.contains("listening on "));
+    // Round robin: one of three requests tries the dark server, is abandoned after --timeout-attempt and
+    // served elsewhere; the dark server is ejected and probed from then on.
+    for _ in 0..3 {
+        assert_eq!(host.enter(|| common::http_get(listen, "/", std::time::Duration::from_secs(5))).map(|_| ()), Ok(()));
+    }
+    log.wait_for("the dark server ejected", |l| l.contains("server dark") && l.contains("skipped until"));
+    let runtime = |line: &str| {
+        host.enter(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9999").unwrap();
+            s.write_all(format!("{line}\n").as_bytes()).unwrap();
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+            out
+        })
+    };
+    runtime("disable server nodes/b; enable server nodes/b");
+    let weight_of_b = || {
+        let csv = host.enter(|| common::http_get(admin, "/;csv", std::time::Duration::from_secs(2))).unwrap();
+        let row = csv.lines().find(|l| l.starts_with("nodes,b,")).unwrap().to_string();
+        row.split(',').nth(18).unwrap().parse::<u32>().unwrap()
+    };
+    // Four ramp steps within 4 s (each 500 ms); with the loop waiting on the 5 s probe, at most one.
+    let start = std::time::Instant::now();
+    let mut weights = std::collections::BTreeSet::new();
+    while start.elapsed() < std::time::Duration::from_secs(4) && weights.len() < 4 {
+        weights.insert(weight_of_b());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(weights.len() >= 4, "b's weight while it ramps, over 4 s: {weights:?}");
+    drop(dark);
+}

@@ -93,9 +93,10 @@ pub struct Backend {
     latency_us: AtomicU64,
     /// `maxconn`, when the server has one.
     slots: Option<Slots>,
-    /// What the sticky cookie says for this server: a hash of its name, the same on every proxy and across
-    /// restarts, which says nothing about its address.
-    pub cookie_id: u64,
+    /// What the sticky cookie says for this server, and where it sits on the hash ring: a hash of its name,
+    /// the same on every proxy and across restarts, which says nothing about its address. Follows renames,
+    /// so two servers never share one.
+    cookie_id: AtomicU64,
     /// What happened to requests sent here, per data-plane thread.
     pub counters: PerThread,
     /// What a member of the same name counted before it went away and came back (a restart): its totals
@@ -130,7 +131,7 @@ impl Backend {
                 waiting: AtomicU32::new(0),
                 maxqueue: spec.maxqueue,
             }),
-            cookie_id: key_hash(format!("shoal server {}", spec.name).as_bytes()),
+            cookie_id: AtomicU64::new(cookie_id(&spec.name)),
             counters: PerThread::new(pool.threads),
             carried: super::counters::Totals::default(),
             timings: Arc::default(),
@@ -173,7 +174,7 @@ impl Backend {
 
     /// The sticky cookie's value for this server.
     pub fn cookie(&self) -> String {
-        format!("{:016x}", self.cookie_id)
+        format!("{:016x}", self.cookie_id())
     }
 
     /// Whether every `maxconn` slot is taken.
@@ -219,12 +220,18 @@ impl Backend {
         self.name.load_full()
     }
 
-    /// Gives the server another name; returns the old one if it changed.
+    /// Gives the server another name, and the cookie id that goes with it; returns the old name if it changed.
     pub fn rename(&self, name: String) -> Option<Arc<String>> {
         if **self.name.load() == name {
             return None;
         }
+        self.cookie_id.store(cookie_id(&name), Ordering::Relaxed);
         Some(self.name.swap(Arc::new(name)))
+    }
+
+    /// See the field: the sticky cookie's value and the hash ring's seed.
+    pub fn cookie_id(&self) -> u64 {
+        self.cookie_id.load(Ordering::Relaxed)
     }
 
     /// Takes this server out of every thread's choice until it is readmitted, so requests stop paying for a
@@ -287,11 +294,30 @@ impl Backend {
         self.latency_us.load(Ordering::Relaxed).max(1)
     }
 
-    /// Lets the average fade by a quarter: a server shunned for being slow gets no new samples, so without
-    /// this it would stay shunned after it recovers. Busy servers' fresh samples outweigh the fading.
-    pub fn fade_latency(&self) {
+    /// Takes `us` as the response time of a server not sampled yet.
+    pub fn seed_latency(&self, us: u64) {
+        let _ = self.latency_us.compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The recent response time in microseconds, 0 before any sample.
+    pub fn sampled_latency_us(&self) -> u64 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+
+    /// Lets an average above `mean` (the set's) fade a quarter of the way to it: a server shunned for being
+    /// slow gets no new samples, so without this it would stay shunned after it recovers. Busy servers'
+    /// fresh samples outweigh the fading. One with no sample yet is taken to be as fast as the mean: taken
+    /// as the fastest of all, it would draw every new request until its first response.
+    pub fn fade_latency(&self, mean: u64) {
         let old = self.latency_us.load(Ordering::Relaxed);
-        self.latency_us.store(old - old / 4, Ordering::Relaxed);
+        let faded = match old {
+            0 => mean,
+            old if old > mean => old - (old - mean) / 4,
+            old => old,
+        };
+        if faded != old {
+            self.latency_us.store(faded, Ordering::Relaxed);
+        }
     }
 
     /// Requests in flight on every server of this one's pool.
@@ -323,4 +349,9 @@ impl Drop for InFlight {
         self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.backend.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The cookie id of a server named `name`.
+fn cookie_id(name: &str) -> u64 {
+    key_hash(format!("shoal server {name}").as_bytes())
 }

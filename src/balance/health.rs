@@ -8,8 +8,10 @@
 //! - While a server ramps up under `--slowstart`, its weight is republished as the clock moves.
 //! - Response-time averages fade, so a server shunned for being slow is tried again once it may be fast.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,18 +40,25 @@ pub fn start(
             if let Some(config) = checks {
                 tokio::task::spawn_local(check_statics(publisher.clone(), config));
             }
+            // Servers being probed: a probe may take `connect_limit`, and must hold back neither the next
+            // ramp and fading step nor the probes of the others.
+            let probing: Rc<RefCell<HashSet<usize>>> = Rc::default();
             loop {
                 tokio::time::sleep(EVERY).await;
                 publisher.lock().tick();
                 let set = backends.load_full();
-                for backend in &set.servers {
-                    backend.fade_latency();
-                }
-                let mut probes = JoinSet::new();
+                super::fade_latencies(&set.servers);
                 for backend in set.servers.iter().filter(|b| b.is_ejected()) {
-                    probes.spawn_local(probe(backend.clone(), connect_limit));
+                    let key = Arc::as_ptr(backend) as usize;
+                    if !probing.borrow_mut().insert(key) {
+                        continue;
+                    }
+                    let (backend, probing) = (backend.clone(), probing.clone());
+                    tokio::task::spawn_local(async move {
+                        probe(backend, connect_limit).await;
+                        probing.borrow_mut().remove(&key);
+                    });
                 }
-                while probes.join_next().await.is_some() {}
             }
         });
     })?;

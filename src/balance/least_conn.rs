@@ -146,9 +146,23 @@ mod tests {
         let _three = [fast.clone().enter(), fast.clone().enter(), fast.clone().enter()];
         assert_eq!(lc.pick(&set, &[]).unwrap().port, 1, "4 x 1 ms beats 1 x 300 ms");
         assert_eq!(LeastConn::new(0, false).pick(&set, &[]).unwrap().port, 2, "without latency: the idle one");
-        for _ in 0..20 {
-            slow.fade_latency();
+        for _ in 0..40 {
+            crate::balance::fade_latencies(&set.servers);
         }
         assert_eq!(lc.pick(&set, &[]).unwrap().port, 2, "tried again once its average faded");
+        assert_eq!(fast.sampled_latency_us(), 1_000, "an average below the mean does not fade");
+    }
+
+    #[test]
+    fn with_latency_a_server_not_sampled_yet_counts_as_fast_as_the_others() {
+        let (a, b, new) = (server(1), server(2), server(3));
+        a.record_latency(2_000);
+        b.record_latency(2_000);
+        let set = BackendSet::equal(vec![a, b, new.clone()]);
+        crate::balance::seed_latencies(&set.servers);
+        assert_eq!(new.sampled_latency_us(), 2_000);
+        let lc = LeastConn::new(0, true);
+        let _busy = [new.clone().enter(), new.clone().enter()];
+        assert_ne!(lc.pick(&set, &[]).unwrap().port, 3, "two in flight on it: not the cheapest any more");
     }
 }

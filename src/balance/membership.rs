@@ -296,6 +296,8 @@ impl Publisher {
             };
         }
         readmit_recovered(&self.shared.load(), &servers);
+        let all: Vec<Arc<Backend>> = servers.iter().map(|(b, _, _)| b.clone()).collect();
+        super::seed_latencies(&all);
         let user_weights = servers.iter().map(|(_, weight, _)| *weight).collect();
         self.ramp(&mut servers);
         let mut set = BackendSet::new(servers);
@@ -344,7 +346,8 @@ impl Publisher {
                 continue;
             }
             let share = elapsed.as_millis() as u64 * 1000 / self.slowstart.as_millis().max(1) as u64;
-            *weight = ((u64::from(*weight) * share / 1000) as u16).max(1);
+            // At least 1, so a ramping server is in rotation from the start; but a weight of 0 stays out.
+            *weight = ((u64::from(*weight) * share / 1000) as u16).max(u16::from(*weight > 0));
             ramping.insert(key, since);
         }
         self.ramping = ramping;

@@ -131,6 +131,28 @@ fn cost(set: &BackendSet, i: usize, latency: bool) -> u64 {
     }
 }
 
+/// The mean response time of the servers sampled, if any is.
+fn sampled_mean(servers: &[Arc<Backend>]) -> Option<u64> {
+    let sampled: Vec<u64> = servers.iter().map(|b| b.sampled_latency_us()).filter(|&us| us > 0).collect();
+    (!sampled.is_empty()).then(|| sampled.iter().sum::<u64>() / sampled.len() as u64)
+}
+
+/// Fades every server's response-time average towards the mean of those sampled (see
+/// [`Backend::fade_latency`]); with none sampled there is nothing to compare, and nothing changes.
+pub fn fade_latencies(servers: &[Arc<Backend>]) {
+    if let Some(mean) = sampled_mean(servers) {
+        servers.iter().for_each(|s| s.fade_latency(mean));
+    }
+}
+
+/// Gives the servers with no response time yet the mean of the others, when a set is built: a server new to
+/// it is as fast as the others until it answers, not the fastest of all.
+pub fn seed_latencies(servers: &[Arc<Backend>]) {
+    if let Some(mean) = sampled_mean(servers) {
+        servers.iter().for_each(|s| s.seed_latency(mean));
+    }
+}
+
 /// The shared, swappable handle every thread reads snapshots from.
 pub type SharedBackends = Arc<ArcSwap<BackendSet>>;
 

@@ -90,7 +90,7 @@ impl BackendSet {
         let cycle = smooth_cycle(&weights_in_rotation).into_iter().map(|k| in_rotation[k]).collect();
         let mut set = BackendSet { cycle, rotation: in_rotation, ..BackendSet::default() };
         for (i, (backend, weight, state)) in servers.into_iter().enumerate() {
-            set.cookies.insert(backend.cookie_id, i);
+            set.cookies.insert(backend.cookie_id(), i);
             set.servers.push(backend);
             set.weights.push(weight);
             set.states.push(state);
@@ -154,7 +154,7 @@ impl BackendSet {
     /// The consistent-hash ring of the servers in rotation (built once per snapshot).
     pub fn ring(&self) -> &Ring {
         self.ring.get_or_init(|| {
-            let members = self.rotation.iter().map(|&i| (i, self.servers[i].cookie_id, self.weights[i]));
+            let members = self.rotation.iter().map(|&i| (i, self.servers[i].cookie_id(), self.weights[i]));
             Ring::new(members)
         })
     }
