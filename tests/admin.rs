@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -197,6 +198,22 @@ fn runtime_api_sets_server_state_and_weight() {
     assert!(proxy.runtime("bogus").starts_with("Unknown command: 'bogus'"));
     let long = format!("set server nodes/s1 state maint {}; show stat", "x".repeat(5000));
     assert_eq!(proxy.runtime(&long), "Line too long.\n\n", "nothing of an over-long line is run");
+    // A byte that is not UTF-8 gets an answer, not a silent close.
+    let raw = |bytes: &[u8]| {
+        let mut stream = std::net::TcpStream::connect(proxy.runtime_api()).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert_eq!(raw(b"set server nodes/caf\xe9 state maint\n"), "No such server.\n\n");
+    // One line is due within 5 s outside a prompt session: an idle client is let go, with nothing run.
+    let started = Instant::now();
+    let mut silent = std::net::TcpStream::connect(proxy.runtime_api()).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(silent.read(&mut [0u8; 16]).unwrap(), 0, "closed without an answer");
+    assert!(started.elapsed() < WAIT, "a silent client held a session for {:?}", started.elapsed());
     assert_eq!(status_of("s1"), "UP");
 
     // Interactive: a prompt after each answer until quit.

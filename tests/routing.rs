@@ -464,8 +464,12 @@ fn a_joining_node_ramps_its_weight_up_under_slowstart() {
     let _b = Agent::start(&app_b.arg(), &proxy.gossip(), &["--name", "b"]);
     let (_, start) = proxy.wait_server("b", "UP", |s, _| s == "UP");
     assert!(start < full, "a server new to rotation starts below its weight: {start} of {full}");
-    // HAProxy's uweight is the weight it ramps towards.
+    // HAProxy's uweight is the weight it ramps towards, in the CSV and in `show servers state`
+    // (srv_uweight, srv_iweight).
     assert_eq!(proxy.servers_column("b", "uweight"), full.to_string());
+    let state = proxy.runtime("show servers state");
+    let row = state.lines().find(|l| l.split(' ').nth(3) == Some("b")).unwrap_or_else(|| panic!("{state}"));
+    assert_eq!(row.split(' ').skip(7).take(2).collect::<Vec<_>>(), [full.to_string(), full.to_string()], "{row}");
     let mut seen = vec![start];
     let begun = Instant::now();
     while seen.last() != Some(&full) {
@@ -498,6 +502,12 @@ fn a_full_server_queues_requests_until_a_slot_frees_or_the_queue_timeout() {
     release.send(()).unwrap();
     assert_eq!(slow.join().unwrap(), "slow done");
     assert_eq!(queued.join().unwrap(), "fast");
+    // HAProxy's qmax: the most that waited at once, on the server and on the backend (it said 0).
+    let rows = proxy.server_rows();
+    assert_eq!((rows["one"]["qcur"].as_str(), rows["one"]["qmax"].as_str()), ("0", "1"));
+    let csv = common::get(proxy.admin(), "/;csv").body_str();
+    let backend = csv.lines().find(|l| l.starts_with("nodes,BACKEND,")).unwrap();
+    assert!(backend.starts_with("nodes,BACKEND,0,1,"), "{backend}");
     let line = proxy.log_line("GET /queued");
     let timers: Vec<i64> =
         line.split(' ').find(|w| w.matches('/').count() == 4).unwrap().split('/').map(|t| t.parse().unwrap()).collect();

@@ -18,7 +18,7 @@ use crate::proxy::Shared;
 
 /// How long an interactive session may stay silent.
 const IDLE: Duration = Duration::from_secs(60);
-/// How long a client may take to read an answer.
+/// How long a client may take to send its line, or to read an answer.
 const WRITE: Duration = Duration::from_secs(5);
 const LINE_LIMIT: usize = 4096;
 /// Sessions at once, as HAProxy's TCP stats socket default (`maxconn 10`).
@@ -57,13 +57,17 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
     let mut reader = BufReader::new(read);
     let mut interactive = false;
     loop {
-        let mut line = String::new();
-        let read = tokio::time::timeout(IDLE, (&mut reader).take(LINE_LIMIT as u64).read_line(&mut line)).await;
-        let Ok(Ok(n)) = read else { return };
+        let mut bytes = Vec::new();
+        let wait = if interactive { IDLE } else { WRITE };
+        let mut limited = (&mut reader).take(LINE_LIMIT as u64);
+        let Ok(Ok(n)) = tokio::time::timeout(wait, limited.read_until(b'\n', &mut bytes)).await else { return };
         if n == 0 {
             return;
         }
         heard.now();
+        // Not UTF-8 (a stray byte, a character cut at the limit): answered like any line, its bad bytes shown
+        // as U+FFFD, rather than by a silent close a script could take for success.
+        let line = String::from_utf8_lossy(&bytes);
         if !line.ends_with('\n') && n >= LINE_LIMIT {
             // Its tail would otherwise be read as a command of its own.
             let _ = tokio::time::timeout(WRITE, write.write_all(b"Line too long.\n\n")).await;
@@ -222,7 +226,8 @@ srv_agent_addr srv_agent_port\n",
             i + 1,
             server.name,
             server.port,
-            w = server.weight
+            // srv_uweight and srv_iweight: the weight set, not the one --slowstart ramps (the CSV's uweight).
+            w = server.user_weight
         );
     }
     out

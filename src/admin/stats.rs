@@ -31,8 +31,9 @@ pub struct Server {
     pub in_flight: u64,
     /// The most requests in flight at once.
     pub peak_in_flight: u64,
-    /// Requests waiting for one of its `maxconn` slots.
+    /// Requests waiting for one of its `maxconn` slots, and the most at once.
     pub queued: u64,
+    pub peak_queued: u64,
     pub maxconn: Option<u64>,
     /// The id its sticky cookie carries, when sticky sessions are on.
     pub cookie: Option<String>,
@@ -85,6 +86,8 @@ pub struct Snapshot {
     pub backend: Totals,
     /// The most requests in flight on the backend at once (its `smax`).
     pub backend_peak: u64,
+    /// The most requests waiting in its servers' queues at once.
+    pub backend_peak_queued: u64,
     pub uptime_s: u64,
     pub gossip: Gossip,
     /// The balancing algorithm, as HAProxy's CSV `algo` names it.
@@ -128,6 +131,7 @@ impl Snapshot {
                 in_flight: b.in_flight() as u64,
                 peak_in_flight: b.peak_in_flight() as u64,
                 queued: u64::from(b.queued()),
+                peak_queued: u64::from(b.peak_queued()),
                 maxconn: b.maxconn().map(u64::from),
                 totals: b.totals(),
                 timings: b.timings.read(),
@@ -154,6 +158,7 @@ impl Snapshot {
             }),
             max_connections: config.limits.max_connections as u64,
             backend_peak: set.servers.first().map_or(0, |b| b.pool_peak_in_flight() as u64),
+            backend_peak_queued: set.servers.first().map_or(0, |b| b.pool_peak_queued() as u64),
             servers,
             backend,
             uptime_s: SystemTime::now().duration_since(shared.started).map_or(0, |d| d.as_secs()),

@@ -32,11 +32,20 @@ pub struct Pool {
     /// The most there have been at once (the backend's `smax`); written only on a new peak, so it stays
     /// cached on every core.
     peak: Arc<AtomicUsize>,
+    /// Requests waiting in any server's queue, and the most at once (the backend's `qcur` and `qmax`).
+    queued: Arc<AtomicUsize>,
+    peak_queued: Arc<AtomicUsize>,
 }
 
 impl Pool {
     pub fn new(threads: usize) -> Pool {
-        Pool { threads, in_flight: Arc::default(), peak: Arc::default() }
+        Pool {
+            threads,
+            in_flight: Arc::default(),
+            peak: Arc::default(),
+            queued: Arc::default(),
+            peak_queued: Arc::default(),
+        }
     }
 }
 
@@ -46,6 +55,8 @@ struct Slots {
     maxconn: u32,
     free: Arc<Semaphore>,
     waiting: AtomicU32,
+    /// The most there have been waiting at once (`qmax`).
+    peak_waiting: AtomicU32,
     maxqueue: u32,
 }
 
@@ -129,6 +140,7 @@ impl Backend {
                 maxconn: spec.maxconn,
                 free: Arc::new(Semaphore::new(spec.maxconn as usize)),
                 waiting: AtomicU32::new(0),
+                peak_waiting: AtomicU32::new(0),
                 maxqueue: spec.maxqueue,
             }),
             cookie_id: AtomicU64::new(cookie_id(&spec.name)),
@@ -194,11 +206,16 @@ impl Backend {
     /// Waits for a slot on a full server, in its queue, at most `limit`.
     pub async fn enter_queued(self: &Arc<Self>, limit: Duration) -> Result<InFlight, QueueError> {
         let Some(s) = &self.slots else { return Ok(self.clone().counted(None)) };
-        if s.waiting.fetch_add(1, Ordering::Relaxed) >= s.maxqueue {
+        let before = s.waiting.fetch_add(1, Ordering::Relaxed);
+        if before >= s.maxqueue {
             s.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(QueueError::Full);
         }
+        s.peak_waiting.fetch_max(before + 1, Ordering::Relaxed);
+        let pool = &self.pool;
+        raise_peak(&pool.peak_queued, pool.queued.fetch_add(1, Ordering::Relaxed) + 1);
         let got = tokio::time::timeout(limit, s.free.clone().acquire_owned()).await;
+        pool.queued.fetch_sub(1, Ordering::Relaxed);
         s.waiting.fetch_sub(1, Ordering::Relaxed);
         match got {
             Ok(Ok(permit)) => Ok(self.clone().counted(Some(permit))),
@@ -214,6 +231,16 @@ impl Backend {
     /// Requests waiting for a slot (HAProxy's `qcur`).
     pub fn queued(&self) -> u32 {
         self.slots.as_ref().map_or(0, |s| s.waiting.load(Ordering::Relaxed))
+    }
+
+    /// The most requests that waited for a slot at once (HAProxy's `qmax`).
+    pub fn peak_queued(&self) -> u32 {
+        self.slots.as_ref().map_or(0, |s| s.peak_waiting.load(Ordering::Relaxed))
+    }
+
+    /// The most requests waiting in all servers' queues at once (the backend's `qmax`).
+    pub fn pool_peak_queued(&self) -> usize {
+        self.pool.peak_queued.load(Ordering::Relaxed)
     }
 
     pub fn name(&self) -> Arc<String> {
