@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Batches waiting for the writer; beyond this, lines are dropped.
 const QUEUE: usize = 1024;
@@ -68,11 +68,22 @@ impl Sink {
     }
 
     /// Waits, at most `limit`, until what was queued so far has been written: for the last lines before exit.
+    /// Queueing the request is bounded too: a sink nobody reads (a stuck pipe) keeps the queue full.
     pub fn flush(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         let (ack, done) = sync_channel(1);
-        if self.tx.send(Message::Flush(ack)).is_ok() {
-            let _ = done.recv_timeout(limit);
+        let mut marker = Message::Flush(ack);
+        loop {
+            match self.tx.try_send(marker) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    marker = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
         }
+        let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 
     pub fn stats(&self) -> &Arc<SinkStats> {

@@ -63,6 +63,49 @@ fn a_log_pipe_whose_reader_is_gone_neither_stops_nor_weakens_the_proxy() {
     assert!(child.wait_exit().success());
 }
 
+/// A log pipe whose reader stays but stops reading (`shoal proxy | sleep 1d`): the writer blocks, the queue
+/// fills, lines are dropped and counted, and a stop still ends the process: the last flush used to wait for a
+/// place in the full queue forever.
+#[test]
+fn a_log_pipe_nobody_reads_does_not_hold_the_exit() {
+    let backend = Backend::http(|_| common::ok("fine"));
+    let addr = common::free_port();
+    let admin = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["proxy", "--listen", &addr.to_string(), "--admin", &admin.to_string(), "--threads", "1"])
+        .args(["--gossip", "127.0.0.1:0", "--runtime-api", "127.0.0.1:0", "--backend", &backend.arg()])
+        .args(["--grace", "1s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shoal");
+    let _held_unread = (child.stdout.take(), child.stderr.take());
+    let mut child = Process(child);
+    wait_listening(addr);
+    wait_listening(admin);
+    // Access lines of 6 KB (long paths) fill the pipe (64 KiB), then the queue (1,024 batches of 32 KiB).
+    let dropped = || {
+        let metrics = common::get(admin, "/metrics").body_str();
+        let prefix = "shoal_log_lines_lost_total{log=\"access\",cause=\"dropped\"} ";
+        metrics.lines().find_map(|l| l.strip_prefix(prefix)).map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let request = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "x".repeat(6000));
+    let mut client = Wire::connect(addr);
+    let start = Instant::now();
+    while dropped() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the queue never filled");
+        for _ in 0..500 {
+            client.send(request.as_bytes());
+            assert_eq!(client.read_response(false).map(|r| r.status()), Some(200), "answered while the log is stuck");
+        }
+    }
+    let stopped = Instant::now();
+    child.signal(libc::SIGTERM);
+    let status = child.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(stopped.elapsed() < WAIT, "the stop took {:?}", stopped.elapsed());
+}
+
 #[test]
 fn a_check_whose_stdout_is_closed_does_not_panic() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
