@@ -71,6 +71,49 @@ fn bad_values_name_the_field_and_line() {
     assert!(!ok && err.contains(":1: field `cluster-key`") && err.contains("32 bytes"), "{err}");
     let (ok, _, err) = check(&["--cluster-key-file", "/nonexistent/keys"], &[]);
     assert!(!ok && err.contains("`cluster-key-file`") && err.contains("/nonexistent/keys"), "{err}");
+
+    // Named as the file spells it, not as the code does.
+    let f = file("runtime-api = \"nowhere\"\n");
+    let (ok, _, err) = check(&["--config", f.arg()], &[]);
+    assert!(!ok && err.contains(":1: field `runtime-api`"), "{err}");
+    // A check interval of 0 spun, and every check timed out at once; rise or fall out of range wrapped.
+    let checks = ["--backend", "a=127.0.0.1:9", "--backend-check-path", "/"];
+    let (ok, _, err) = check(&[&checks[..], &["--backend-check-interval", "0"]].concat(), &[]);
+    assert!(!ok && err.contains("`backend-check-interval`: must be more than 0"), "{err}");
+    let f = file("backend-rise = 4294967296\n");
+    let (ok, _, err) = check(&[&checks[..], &["--config", f.arg()]].concat(), &[]);
+    assert!(!ok && err.contains("`backend-rise`") && err.contains("outside 1..=1000"), "{err}");
+    let (ok, _, err) = check(&[&checks[..], &["--backend-fall", "0"]].concat(), &[]);
+    assert!(!ok && err.contains("`backend-fall`"), "{err}");
+}
+
+/// The agent's check settings: 0 made its loops spin (a check per turn, or /bin/sh in a tight loop).
+#[test]
+fn an_agent_with_a_zero_interval_or_count_is_refused_by_name() {
+    let base = ["agent", "--service", "127.0.0.1:9", "--gossip", "127.0.0.1:0", "--check-path", "/"];
+    for (flag, value) in [("--check-interval", "0"), ("--agent-inter", "0s"), ("--rise", "0"), ("--fall", "0")] {
+        let mut child = shoal()
+            .args(base)
+            .args([flag, value])
+            .args(["--", "true"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > common::WAIT {
+                let _ = child.kill();
+                panic!("{flag} {value} accepted: the agent runs");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let field = flag.trim_start_matches('-');
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        assert!(err.contains(&format!("`{field}`: must be more than 0")), "{flag}: {err}");
+    }
 }
 
 #[test]

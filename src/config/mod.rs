@@ -161,6 +161,11 @@ fn in_range(field: &'static str, v: usize, lo: usize, hi: usize) -> Result<usize
     }
 }
 
+/// A `rise` or `fall`: at least one check, and at most a thousand in a row.
+fn checks_in_a_row(field: &'static str, n: usize) -> Result<u32, ConfigError> {
+    Ok(in_range(field, n, 1, 1000)? as u32)
+}
+
 fn default_gossip() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946)
 }
@@ -286,6 +291,17 @@ impl AgentConfig {
             field: "service",
             message: format!("{:?} is not a reachable HOST:PORT", args.service),
         })?;
+        // Each is a loop's step or a check's timeout (0 spins), or a count of checks in a row (0 means none).
+        for (field, zero) in [
+            ("check-interval", args.check_interval.is_zero()),
+            ("agent-inter", args.agent_inter.is_zero()),
+            ("rise", args.rise == 0),
+            ("fall", args.fall == 0),
+        ] {
+            if zero {
+                return Err(ConfigError::Field { field, message: "must be more than 0".into() });
+            }
+        }
         Ok(AgentConfig {
             service,
             name: if args.name.is_empty() { crate::host::name().unwrap_or_default() } else { args.name.clone() },
@@ -420,7 +436,7 @@ impl ProxyConfig {
             },
             runtime_api: args
                 .runtime_api
-                .or(s.get("runtime_api", &f.runtime_api, |v| value::optional_listen_addr(v))?)
+                .or(s.get("runtime-api", &f.runtime_api, |v| value::optional_listen_addr(v))?)
                 .map_or(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9999)), |e| e.0),
             balance: args.balance.clone().or(s.get("balance", &f.balance, |v| value::balance(v))?).unwrap_or_default(),
             hash_balance_factor: {
@@ -468,8 +484,14 @@ impl ProxyConfig {
                         &f.backend_check_interval,
                         Duration::from_secs(2),
                     )?,
-                    rise: count(args.backend_rise.map(|v| v as usize), "backend-rise", &f.backend_rise, 2)? as u32,
-                    fall: count(args.backend_fall.map(|v| v as usize), "backend-fall", &f.backend_fall, 3)? as u32,
+                    rise: checks_in_a_row(
+                        "backend-rise",
+                        count(args.backend_rise.map(|v| v as usize), "backend-rise", &f.backend_rise, 2)?,
+                    )?,
+                    fall: checks_in_a_row(
+                        "backend-fall",
+                        count(args.backend_fall.map(|v| v as usize), "backend-fall", &f.backend_fall, 3)?,
+                    )?,
                     expect: match args.backend_check_status {
                         Some(range) => range,
                         None => s
@@ -550,6 +572,7 @@ impl ProxyConfig {
             ("timeout-server", config.timeouts.server),
             ("timeout-tunnel", config.timeouts.tunnel),
             ("timeout-handshake", config.timeouts.handshake),
+            ("backend-check-interval", config.backend_check.as_ref().map_or(Duration::MAX, |c| c.interval)),
         ] {
             if t.is_zero() {
                 return Err(ConfigError::Field { field: name, message: "must be more than 0".into() });
