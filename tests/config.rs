@@ -87,6 +87,21 @@ fn bad_values_name_the_field_and_line() {
     assert!(!ok && err.contains("`backend-fall`"), "{err}");
 }
 
+/// `--cluster-key-file` beats `SHOAL_CLUSTER_KEY` as any flag beats the environment (the compose file sets
+/// the variable; an operator rotates with a file): clap refused the two together, naming a flag never typed.
+#[test]
+fn a_cluster_key_file_flag_beats_the_key_in_the_environment() {
+    let keys = file(&format!("{}\n", common::keygen()));
+    let key = common::keygen();
+    let (ok, out, err) = check(&["--cluster-key-file", keys.arg()], &[("SHOAL_CLUSTER_KEY", &key)]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("--cluster-key-file {}\n", keys.arg())) && !out.contains("--cluster-key <"), "{out}");
+    let (ok, out, err) = check(&["--cluster-key", &key], &[("SHOAL_CLUSTER_KEY_FILE", keys.arg())]);
+    assert!(ok && out.contains("--cluster-key <secret>") && !out.contains("--cluster-key-file"), "{out}{err}");
+    let (ok, _, err) = check(&["--cluster-key", &key, "--cluster-key-file", keys.arg()], &[]);
+    assert!(!ok && err.contains("`cluster-key-file`") && err.contains("keep one"), "{err}");
+}
+
 /// The agent's check settings: 0 made its loops spin (a check per turn, or /bin/sh in a tight loop).
 #[test]
 fn an_agent_with_a_zero_interval_or_count_is_refused_by_name() {

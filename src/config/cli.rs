@@ -104,7 +104,7 @@ pub struct ClusterArgs {
     pub cluster_key: Vec<String>,
     /// A file of cluster keys, one per line, the first sealing; re-read when it changes, so keys rotate
     /// without a restart.
-    #[arg(long, env = "SHOAL_CLUSTER_KEY_FILE", value_name = "FILE", conflicts_with = "cluster_key")]
+    #[arg(long, env = "SHOAL_CLUSTER_KEY_FILE", value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
     /// Gossip in the clear on a non-loopback address: any host that reaches it can add itself as a backend.
     #[arg(long, env = "SHOAL_GOSSIP_INSECURE", value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]

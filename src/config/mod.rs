@@ -209,8 +209,27 @@ fn cluster_config(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<Clus
 
 /// The cluster keys from flags (or env) over the file; checked here so a bad key fails the start by name.
 fn key_source(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<KeySource, ConfigError> {
-    let source = if !args.cluster_key.is_empty() {
-        KeySource::Keys(args.cluster_key.iter().map(|k| Secret(k.clone())).collect())
+    let keys = || KeySource::Keys(args.cluster_key.iter().map(|k| Secret(k.clone())).collect());
+    let source = if let (false, Some(path)) = (args.cluster_key.is_empty(), &args.cluster_key_file) {
+        // Both: a flag beats the environment (compose may set SHOAL_CLUSTER_KEY while an operator rotates
+        // keys with --cluster-key-file); two flags, or two variables, contradict each other.
+        let env_keys = std::env::var("SHOAL_CLUSTER_KEY").ok();
+        let keys_from_env = env_keys.is_some_and(|v| v.split(',').eq(args.cluster_key.iter().map(String::as_str)));
+        let file_from_env = std::env::var_os("SHOAL_CLUSTER_KEY_FILE").is_some_and(|v| path.as_os_str() == v);
+        match (keys_from_env, file_from_env) {
+            (true, false) => KeySource::File(path.clone()),
+            (false, true) => keys(),
+            _ => {
+                return Err(ConfigError::Field {
+                    field: "cluster-key-file",
+                    message: "given with cluster-key at the same level (both flags, or both SHOAL_CLUSTER_KEY and \
+                              SHOAL_CLUSTER_KEY_FILE): keep one"
+                        .into(),
+                })
+            }
+        }
+    } else if !args.cluster_key.is_empty() {
+        keys()
     } else if let Some(path) = &args.cluster_key_file {
         KeySource::File(path.clone())
     } else if let Some(keys) = s.get("cluster-key", &f.cluster_key, |v| {
