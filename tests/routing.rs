@@ -565,3 +565,25 @@ fn a_server_weighted_0_takes_nothing_while_it_ramps() {
     let answers: Vec<String> = (0..600).map(|_| common::get(proxy.addr, "/").body_str()).collect();
     assert!(answers.iter().all(|a| a == "a"), "only a answers: {:?}", answers.iter().find(|a| *a != "a"));
 }
+
+/// `--agent-check http://...` whose app sends its line chunked (Node's `res.write("50%\n"); res.end()`): the
+/// line is the payload's first, not the chunk size (`"4" is not an agent-check word`, and the weight stayed).
+#[test]
+fn an_http_agent_check_answered_chunked_is_read() {
+    let app = Backend::http(|req| {
+        if req.start_line().contains("/capacity") {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n50%\n\r\n0\r\n\r\n".to_vec()
+        } else {
+            common::ok("app")
+        }
+    });
+    let proxy = Proxy::start(&[]);
+    let check = format!("http://{}/capacity", app.addr);
+    let agent = Agent::start(
+        &app.arg(),
+        &proxy.gossip(),
+        &["--name", "a", "--agent-check", &check, "--agent-inter", "100ms", "--weight", "100"],
+    );
+    proxy.wait_server("a", "at half weight", |status, weight| status == "UP" && weight == 50);
+    assert!(!agent.stderr.all().iter().any(|l| l.contains("agent-check word")), "{:?}", agent.stderr.all());
+}

@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::http::chunked::{ChunkedDecoder, Emit};
+
 /// What the app said.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Report {
@@ -70,7 +72,8 @@ pub async fn ask(source: &str, limit: Duration) -> Result<String, String> {
     timeout(limit, answer).await.unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
-/// GET http://HOST:PORT/PATH; the first line of the body of a 2xx answer.
+/// GET http://HOST:PORT/PATH; the first line of the body of a 2xx answer, as soon as it is there (a server
+/// that keeps the connection open despite `Connection: close` is not waited for).
 async fn http_line(rest: &str) -> Result<String, String> {
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -80,13 +83,59 @@ async fn http_line(rest: &str) -> Result<String, String> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
     let mut response = Vec::new();
-    stream.take(64 * 1024).read_to_end(&mut response).await.map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        response.extend_from_slice(&chunk[..n]);
+        let ended = n == 0 || response.len() >= 64 * 1024;
+        if let Some(line) = first_body_line(&response, ended)? {
+            return Ok(line);
+        }
+        if ended {
+            return Err("no HTTP answer".into());
+        }
+    }
+}
+
+/// The first line of a 2xx answer's body once it is whole (`ended`: nothing more will come), chunked framing
+/// undone: an HTTP/1.1 server may send its line chunked (Node's `res.write` then `res.end` does).
+fn first_body_line(response: &[u8], ended: bool) -> Result<Option<String>, String> {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = String::from_utf8_lossy(&response[..end]);
     if !head.starts_with("HTTP/1.1 2") && !head.starts_with("HTTP/1.0 2") {
         return Err(format!("status line {:?}", head.lines().next().unwrap_or_default()));
     }
-    Ok(body.lines().next().unwrap_or_default().to_string())
+    let chunked = head.lines().skip(1).any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().contains("chunked")
+        })
+    });
+    let length = head.lines().skip(1).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+    });
+    let mut body = response[end + 4..].to_vec();
+    if let (false, Some(length)) = (chunked, length) {
+        if body.len() >= length {
+            body.truncate(length);
+            return Ok(Some(String::from_utf8_lossy(&body).lines().next().unwrap_or_default().to_string()));
+        }
+    }
+    if chunked {
+        let mut payload = Vec::new();
+        let mut decoder = ChunkedDecoder::new(Emit::Payload, 4096);
+        decoder.feed(&body, &mut payload).map_err(|e| format!("chunked body: {e}"))?;
+        let whole = decoder.is_done();
+        body = payload;
+        if whole && !body.contains(&b'\n') {
+            return Ok(Some(String::from_utf8_lossy(&body).into_owned()));
+        }
+    }
+    match body.iter().position(|&b| b == b'\n') {
+        Some(i) => Ok(Some(String::from_utf8_lossy(&body[..i]).trim_end_matches('\r').to_string())),
+        None if ended => Ok(Some(String::from_utf8_lossy(&body).into_owned())),
+        None => Ok(None),
+    }
 }
 
 /// Runs `command` with /bin/sh; the first line it prints.
@@ -107,6 +156,21 @@ async fn command_line(command: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http_answer_s_first_line_is_read_as_soon_as_it_is_there() {
+        let line = |raw: &[u8], ended| first_body_line(raw, ended).unwrap();
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n50%\n\r\n0\r\n\r\n";
+        assert_eq!(line(chunked, false).as_deref(), Some("50%"));
+        let unterminated = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\ndrain\r\n0\r\n\r\n";
+        assert_eq!(line(unterminated, false).as_deref(), Some("drain"), "a whole chunked body, no newline");
+        let sized = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n75%";
+        assert_eq!(line(sized, false).as_deref(), Some("75%"), "kept alive: the length says it is whole");
+        assert_eq!(line(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n7", false), None, "more to come");
+        assert_eq!(line(b"HTTP/1.0 200 OK\r\n\r\nup\r\nmore", false).as_deref(), Some("up"));
+        assert_eq!(line(b"HTTP/1.0 200 OK\r\n\r\nup", true).as_deref(), Some("up"), "until close");
+        assert!(first_body_line(b"HTTP/1.1 503 No\r\n\r\n", false).is_err());
+    }
 
     #[test]
     fn reads_haproxys_grammar() {
