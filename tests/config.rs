@@ -184,3 +184,29 @@ fn pinned_threads_run_on_one_cpu_each() {
     }
     assert_eq!(common::get(proxy.addr, "/pinned").body_str(), "/pinned");
 }
+
+/// What `--check` prints, given back as flags, is the same configuration: an IPv6 backend's default name
+/// did not read back (`[::1]:81=::1:81`), and `--strict-limits off` was left out, so a `max-connections`
+/// above the descriptor limit was refused the second time.
+#[test]
+fn what_check_prints_reads_back_as_the_same_configuration() {
+    let given = ["--backend", "[::1]:81", "--backend", "v4=127.0.0.1:82,maxconn=5", "--max-connections", "50000"];
+    let (ok, printed, err) = check(&[&given[..], &["--strict-limits", "off"]].concat(), &[]);
+    assert!(ok, "{err}");
+    let args: Vec<String> = printed
+        .lines()
+        .filter(|l| l.starts_with("--"))
+        .flat_map(|l| match l.split_once(' ') {
+            Some((flag, value)) => vec![flag.to_string(), value.to_string()],
+            None => vec![l.to_string()],
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, again, err) = check(&args, &[]);
+    assert!(ok, "{printed}\n{err}");
+    assert_eq!(again, printed);
+    assert!(
+        printed.contains("--backend [::1]:81,weight=100\n") && printed.contains("--strict-limits off\n"),
+        "{printed}"
+    );
+}

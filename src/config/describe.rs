@@ -31,7 +31,14 @@ impl ProxyConfig {
         }
         flag("redirect-https", &on(self.redirect_https));
         for b in &self.backends {
-            let mut spec = format!("{}={}:{},weight={}", b.name, b.host, b.port, b.weight);
+            // An IPv6 host in brackets, and the name left out where it is the address (the default), so the
+            // line reads back as given.
+            let host = if b.host.contains(':') { format!("[{}]", b.host) } else { b.host.clone() };
+            let addr = format!("{host}:{}", b.port);
+            let mut spec = match b.name == addr {
+                true => format!("{addr},weight={}", b.weight),
+                false => format!("{}={addr},weight={}", b.name, b.weight),
+            };
             if b.maxconn > 0 {
                 let _ = write!(spec, ",maxconn={},maxqueue={}", b.maxconn, b.maxqueue);
             }
@@ -107,6 +114,9 @@ impl ProxyConfig {
         flag("max-header-bytes", &l.max_header_bytes);
         flag("max-headers", &l.max_headers);
         flag("max-connections", &l.max_connections);
+        if !self.strict_limits {
+            flag("strict-limits", &"off");
+        }
         flag("pool-max-idle", &l.pool_max_idle);
         flag("splice-min", &l.splice_min);
         flag("access-log", &on(self.access_log));

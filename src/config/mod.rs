@@ -90,6 +90,8 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub access_log: bool,
+    /// `--strict-limits`: a `max-connections` the descriptor limit cannot hold is refused (else kept, warned).
+    pub strict_limits: bool,
 }
 
 #[derive(Debug, Error)]
@@ -563,11 +565,12 @@ impl ProxyConfig {
                 splice_min: count(args.splice_min.map(|v| v as usize), "splice-min", &f.splice_min, 0)? as u64,
             },
             access_log: args.access_log.or(f.access_log.as_ref().map(|v| *v.get_ref())).unwrap_or(true),
+            strict_limits: args.strict_limits.or(f.strict_limits.as_ref().map(|v| *v.get_ref())).unwrap_or(true),
         };
         if config.listen.is_empty() && config.tls_listen.is_empty() {
             return Err(ConfigError::Field { field: "listen", message: "at least one address is needed".into() });
         }
-        let strict = args.strict_limits.or(f.strict_limits.as_ref().map(|v| *v.get_ref())).unwrap_or(true);
+        let strict = config.strict_limits;
         config.fit_descriptors(args.max_connections.is_some() || f.max_connections.is_some(), strict)?;
         if !config.tls_listen.is_empty() && config.tls_certs.is_empty() {
             return Err(ConfigError::Field {
