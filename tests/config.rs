@@ -72,6 +72,9 @@ fn bad_values_name_the_field_and_line() {
     let (ok, _, err) = check(&["--cluster-key-file", "/nonexistent/keys"], &[]);
     assert!(!ok && err.contains("`cluster-key-file`") && err.contains("/nonexistent/keys"), "{err}");
 
+    // One address for plain and TLS clients: the kernel would split them at random.
+    let (ok, _, err) = check(&["--listen", "127.0.0.1:8443", "--tls-listen", "127.0.0.1:8443"], &[]);
+    assert!(!ok && err.contains("`tls-listen`: 127.0.0.1:8443 is also a plain listener"), "{err}");
     // Named as the file spells it, not as the code does.
     let f = file("runtime-api = \"nowhere\"\n");
     let (ok, _, err) = check(&["--config", f.arg()], &[]);

@@ -137,3 +137,54 @@ fn sighup_serves_a_replaced_certificate_to_new_connections() {
     assert!(curl("b.test").status.success(), "the renewed certificate is served");
     assert!(curl("a.test").status.success());
 }
+
+/// An address moved from the plain listeners to the TLS ones by a reload serves TLS: the removal of the plain
+/// listener also stopped the new TLS one's accept loops (same address), leaving a port that completed
+/// handshakes and served nothing.
+#[test]
+fn sighup_moves_an_address_from_plain_to_tls() {
+    let pki = Pki::new();
+    let cert = pki.leaf("site.pem", &["a.test"]);
+    let backend = Backend::echo_path();
+    let (main, moved) = (free_port().to_string(), free_port());
+    let plain = format!("listen = [\"{main}\", \"{moved}\"]\nbackend = [\"{}\"]\n", backend.addr);
+    let file = TempFile::new("move.toml", &plain);
+    let proxy = Proxy::start(&["--config", file.arg()]);
+    assert_eq!(common::get(moved, "/plain").body_str(), "/plain");
+    file.write(&format!(
+        "listen = [\"{main}\"]\ntls-listen = [\"{moved}\"]\ntls-cert = [\"{}\"]\nbackend = [\"{}\"]\n",
+        cert.display(),
+        backend.addr
+    ));
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the reload", |l| l.contains("configuration reloaded"));
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(&pki.ca_file)
+        .args([
+            "--resolve",
+            &format!("a.test:{}:127.0.0.1", moved.port()),
+            &format!("https://a.test:{}/tls", moved.port()),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/tls", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A reload that changes a static server's `maxconn` applies it: the server kept its slots from the first
+/// configuration, so requests still queued one at a time under `maxconn=1` after it became 100.
+#[test]
+fn sighup_applies_a_changed_maxconn() {
+    let backend = Backend::echo_path();
+    let listen = free_port().to_string();
+    let with =
+        |maxconn: u32| format!("listen = [\"{listen}\"]\nbackend = [\"s1={},maxconn={maxconn}\"]\n", backend.addr);
+    let file = TempFile::new("maxconn.toml", &with(1));
+    let proxy = Proxy::start(&["--config", file.arg()]);
+    assert_eq!(proxy.servers_column("s1", "slim"), "1");
+    file.write(&with(100));
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the reload", |l| l.contains("configuration reloaded"));
+    assert_eq!(proxy.servers_column("s1", "slim"), "100");
+    assert_eq!(common::get(proxy.addr, "/after").body_str(), "/after");
+}

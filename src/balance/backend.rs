@@ -152,7 +152,16 @@ impl Backend {
         }
     }
 
-    /// A server that takes over the counts of `predecessor` (a node back under the same name).
+    /// Whether `spec` sets the limits this server has (`maxconn`, and `maxqueue` with it).
+    pub fn limits_are(&self, spec: &BackendSpec) -> bool {
+        match &self.slots {
+            None => spec.maxconn == 0,
+            Some(s) => (s.maxconn, s.maxqueue) == (spec.maxconn, spec.maxqueue),
+        }
+    }
+
+    /// A server that takes over the counts of `predecessor` (a node back under the same name, or a static
+    /// server whose limits a reload changed).
     pub fn succeeding(spec: &BackendSpec, pool: &Pool, predecessor: &Backend) -> Backend {
         Backend {
             carried: predecessor.totals(),

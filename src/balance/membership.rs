@@ -151,7 +151,8 @@ impl Publisher {
     }
 
     /// Replaces the static servers (a reload): one whose name, host and port are unchanged keeps its counters
-    /// and its connections; its weight follows the new configuration.
+    /// and its connections; its weight follows the new configuration, and so do its `maxconn` and `maxqueue`
+    /// (a server with new limits succeeds the old one, its counts carried over).
     pub fn set_statics(&mut self, specs: &[BackendSpec]) {
         let old = std::mem::take(&mut self.statics);
         self.statics = specs
@@ -160,8 +161,11 @@ impl Publisher {
                 let same = |(b, _): &&(Arc<Backend>, u16)| {
                     *b.name() == spec.name && b.host == spec.host && b.port == spec.port
                 };
-                let backend =
-                    old.iter().find(same).map_or_else(|| Arc::new(Backend::new(spec, &self.pool)), |(b, _)| b.clone());
+                let backend = match old.iter().find(same) {
+                    Some((b, _)) if b.limits_are(spec) => b.clone(),
+                    Some((b, _)) => Arc::new(Backend::succeeding(spec, &self.pool, b)),
+                    None => Arc::new(Backend::new(spec, &self.pool)),
+                };
                 (backend, spec.weight)
             })
             .collect();

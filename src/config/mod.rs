@@ -570,6 +570,13 @@ impl ProxyConfig {
         if config.listen.is_empty() && config.tls_listen.is_empty() {
             return Err(ConfigError::Field { field: "listen", message: "at least one address is needed".into() });
         }
+        // (Port 0 asks for any free port: two such listeners get two.)
+        if let Some(both) = config.tls_listen.iter().find(|a| a.port() != 0 && config.listen.contains(a)) {
+            return Err(ConfigError::Field {
+                field: "tls-listen",
+                message: format!("{both} is also a plain listener: the kernel would hand each client to either"),
+            });
+        }
         let strict = config.strict_limits;
         config.fit_descriptors(args.max_connections.is_some() || f.max_connections.is_some(), strict)?;
         if !config.tls_listen.is_empty() && config.tls_certs.is_empty() {

@@ -116,7 +116,7 @@ impl Control {
             if !keep {
                 tracing::info!("no longer listening on {} (reload)", g.bound);
                 for tx in commands {
-                    let _ = tx.send(Command::Unlisten(g.bound));
+                    let _ = tx.send(Command::Unlisten(g.bound, g.tls));
                 }
             }
             keep

@@ -32,8 +32,9 @@ use crate::http::fields::FieldStore;
 pub enum Command {
     /// Accept on this socket too (a listener added by a reload).
     Listen(Listening),
-    /// Stop accepting on the sockets bound to this address (a listener removed by a reload).
-    Unlisten(std::net::SocketAddr),
+    /// Stop accepting on the sockets bound to this address, plain or TLS (a listener removed by a reload; a
+    /// reload may move an address from one kind to the other, so both kinds are on it for a moment).
+    Unlisten(std::net::SocketAddr, bool),
     /// Stop accepting anywhere: a new process has the listening sockets (a binary upgrade).
     StopAccepting,
 }
@@ -95,8 +96,8 @@ pub struct Worker {
     pub(super) connection_closed: Notify,
     shutting_down: Cell<bool>,
     shutdown: Notify,
-    /// The accept loops running on this thread, by the address they accept on.
-    accepting: RefCell<Vec<(std::net::SocketAddr, AbortHandle)>>,
+    /// The accept loops running on this thread, by the address they accept on and whether it is TLS.
+    accepting: RefCell<Vec<(std::net::SocketAddr, bool, AbortHandle)>>,
 }
 
 impl Worker {
@@ -155,14 +156,15 @@ impl Worker {
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Listen(listening) => self.clone().listen(listening),
-                Command::Unlisten(addr) => self.accepting.borrow_mut().retain(|(a, handle)| {
-                    if *a == addr {
+                Command::Unlisten(addr, tls) => self.accepting.borrow_mut().retain(|(a, t, handle)| {
+                    let removed = (*a, *t) == (addr, tls);
+                    if removed {
                         handle.abort();
                     }
-                    *a != addr
+                    !removed
                 }),
                 Command::StopAccepting => {
-                    for (_, handle) in self.accepting.borrow_mut().drain(..) {
+                    for (_, _, handle) in self.accepting.borrow_mut().drain(..) {
                         handle.abort();
                     }
                 }
@@ -176,7 +178,7 @@ impl Worker {
         match (TcpListener::from_std(listener), addr) {
             (Ok(l), Ok(addr)) => {
                 let handle = tokio::task::spawn_local(accept_loop(Running::new(&self), l, tls)).abort_handle();
-                self.accepting.borrow_mut().push((addr, handle));
+                self.accepting.borrow_mut().push((addr, tls, handle));
             }
             (Err(e), _) | (_, Err(e)) => tracing::error!("thread {}: listener: {e}", self.id),
         }
