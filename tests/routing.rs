@@ -151,6 +151,9 @@ fn the_sticky_cookie_never_reaches_the_app_and_a_stale_one_is_replaced() {
     }
     assert!(seen[4].header("cookie").is_none(), "a Cookie field holding only the sticky cookie is dropped");
     assert!(other.requests().is_empty(), "the other server saw none of them");
+    // Only the sticky cookie's bytes are cut: a value-only cookie stays one, spaces stay (`tok123=; b=2` before).
+    assert_eq!(with(&format!("tok123; SRV={value}; b = 2")).body_str(), owner);
+    assert_eq!(mine.requests().last().unwrap().headers("cookie"), ["tok123; b = 2"]);
 
     // A cookie naming no server, or not an id at all: the algorithm decides and the cookie is replaced.
     for stale in ["SRV=0123456789abcdef", "SRV=not-an-id", "SRV="] {
