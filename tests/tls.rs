@@ -49,6 +49,26 @@ fn frontend_cells(proxy: &Proxy, columns: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// A TLS client for `a.test` over `tcp`, trusting the test CA and offering `alpn` (none if empty).
+fn tls_client(pki: &Pki, alpn: &[&[u8]], tcp: TcpStream) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&pki.ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    rustls::StreamOwned::new(connection, tcp)
+}
+
 #[test]
 fn show_info_totals_count_tls_clients_too() {
     // HAProxy's CumConns and CumReq are the process's, every frontend's: 2 TLS requests and 1 plain make 3.
@@ -215,12 +235,29 @@ fn a_tls_listener_without_a_usable_certificate_is_refused_by_name() {
     assert!(!out.status.success() && err.contains("/nonexistent/site.pem"), "{err}");
 }
 
+/// A client offering only `http/1.0` in ALPN is served over HTTP/1.0: rustls sent a fatal
+/// no_application_protocol alert when the lists shared nothing (the server offered http/1.1 only).
+#[test]
+fn an_http_1_0_client_offering_only_http_1_0_in_alpn_is_served() {
+    let pki = Pki::new();
+    pki.leaf("a.pem", &["a.test"]);
+    let backend = Backend::echo_path();
+    let proxy = tls_proxy(&backend, &pki.dir, &[]);
+    let mut tls = tls_client(&pki, &[b"http/1.0"], TcpStream::connect(proxy.tls()).unwrap());
+    tls.write_all(b"GET /old HTTP/1.0\r\nHost: a.test\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 200 ") || answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(answer.ends_with("/old"), "{answer:?}");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.0"[..]));
+}
+
 /// A client whose TCP connection was accepted before a stop, and whose handshake comes after it, is served
 /// (its request answered with `Connection: close`), as a plain client's request would be: a stop used to
 /// drop handshakes under way, and an upgrade stops the old process the moment the new one serves.
 #[test]
 fn a_handshake_under_way_at_a_stop_completes_and_is_served() {
-    use rustls_pki_types::pem::PemObject;
     let pki = Pki::new();
     pki.leaf("a.pem", &["a.test"]);
     let backend = Backend::echo_path();
@@ -230,20 +267,7 @@ fn a_handshake_under_way_at_a_stop_completes_and_is_served() {
     proxy.signal(libc::SIGTERM);
     proxy.stderr.wait_for("the stop", |l| l.contains("stopping"));
 
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&pki.ca_file).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
-    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    let mut tls = tls_client(&pki, &[], tcp);
     tls.write_all(b"GET /late HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
     let mut answer = Vec::new();
     let _ = tls.read_to_end(&mut answer);

@@ -123,7 +123,9 @@ pub fn server_config(certificates: Arc<Certificates>) -> Result<Arc<ServerConfig
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certificates);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // http/1.0 too: rustls refuses a client whose list shares nothing with ours (no_application_protocol),
+    // where OpenSSL servers go on without ALPN, and HTTP/1.0 clients are served.
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
 }
