@@ -141,6 +141,24 @@ fn transfer_encoding_with_parameters_is_refused_before_any_server() {
     }
 }
 
+/// A Host that is no authority, or that names another site than an absolute-form target (which the server
+/// would follow, RFC 9112 section 3.2.2, while the proxy balanced, redirected and logged by Host), is refused.
+#[test]
+fn a_host_that_disagrees_with_the_target_or_is_no_authority_is_refused() {
+    for raw in [
+        "GET http://internal.example/admin HTTP/1.1\r\nHost: public.example\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: evil.example@good.example\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: good.example/evil\r\n\r\n",
+    ] {
+        assert_eq!(refused_before_any_server(raw.as_bytes()), 400, "{raw:?}");
+    }
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg()]);
+    let raw = b"GET http://Site.example:8080/in HTTP/1.1\r\nHost: site.example:8080\r\n\r\n";
+    assert_eq!(common::request(proxy.addr, raw).body_str(), "http://Site.example:8080/in", "agreeing: forwarded");
+}
+
 #[test]
 fn a_chunked_body_broken_in_its_first_bytes_reaches_no_server() {
     let head = "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";

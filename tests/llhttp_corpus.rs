@@ -197,13 +197,20 @@ fn read_requests(input: &[u8]) -> (usize, End) {
 /// Adds a Host field after the request line; returns its length.
 ///
 /// llhttp does not require Host, but shoal answers an HTTP/1.1 request without one with 400 (RFC 9112 section
-/// 3.2): most of llhttp's request cases have none, and adding it lets them test the rest of the framing.
+/// 3.2): most of llhttp's request cases have none, and adding it lets them test the rest of the framing. For
+/// an absolute-form target the Host is its authority, which shoal requires it to be.
 fn with_host(buf: &mut Vec<u8>) -> usize {
-    const HOST: &[u8] = b"Host: llhttp.test\r\n";
     let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(0);
     let line_end = buf[start..].iter().position(|&b| b == b'\n').map_or(buf.len(), |i| start + i + 1);
-    buf.splice(line_end..line_end, HOST.iter().copied());
-    HOST.len()
+    let line = String::from_utf8_lossy(&buf[start..line_end]).into_owned();
+    let target = line.split(' ').nth(1).unwrap_or_default();
+    let authority = target.split_once("://").map(|(_, rest)| {
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        authority.rsplit_once('@').map_or(authority, |(_, a)| a).to_string()
+    });
+    let host = format!("Host: {}\r\n", authority.as_deref().unwrap_or("llhttp.test"));
+    buf.splice(line_end..line_end, host.bytes());
+    host.len()
 }
 
 /// Reads responses the way the exchange does.

@@ -23,6 +23,8 @@ pub enum HttpError {
     MissingHost,
     #[error("repeated Host header")]
     RepeatedHost,
+    #[error("Host header: {0}")]
+    BadHost(&'static str),
     #[error("invalid request target")]
     BadTarget,
     #[error("invalid method")]

@@ -107,6 +107,9 @@ pub fn parse_request_with<'a>(
         0 | 1 => {}
         _ => return Err(HttpError::RepeatedHost),
     }
+    if let Some(host) = values(Known::Host).first() {
+        check_host(fields::trim_ows(host), target)?;
+    }
 
     let te = values(Known::TransferEncoding);
     let cl = values(Known::ContentLength);
@@ -231,6 +234,25 @@ fn check_method(method: &str) -> Result<(), HttpError> {
 }
 
 /// origin-form, absolute-form, or `*` for OPTIONS; visible ASCII only.
+/// A Host value is an authority, `host[:port]` (RFC 9110 section 7.2): no spaces, user info, path or
+/// backslash, which a server or a redirect built from it would read differently. With an absolute-form
+/// target the server takes the authority from the target and ignores Host (RFC 9112 section 3.2.2), while
+/// this proxy balances, redirects and logs by Host: the two must agree, as HAProxy requires.
+fn check_host(host: &[u8], target: &str) -> Result<(), HttpError> {
+    if host.iter().any(|&b| b.is_ascii_whitespace() || b.is_ascii_control() || b"@/\\?#".contains(&b)) {
+        return Err(HttpError::BadHost("not an authority"));
+    }
+    if let Some(i) = target.find("://").filter(|_| !target.starts_with('/')) {
+        let rest = &target[i + 3..];
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        if !authority.as_bytes().eq_ignore_ascii_case(host) {
+            return Err(HttpError::BadHost("does not match the request target's authority"));
+        }
+    }
+    Ok(())
+}
+
 fn check_target(method: &str, target: &str) -> Result<(), HttpError> {
     let bytes = target.as_bytes();
     if bytes.is_empty() || !bytes.iter().all(|&b| (0x21..0x7f).contains(&b)) {
@@ -267,6 +289,15 @@ mod tests {
     fn simple_get() {
         let r = parse(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
         assert_eq!((r.method, r.target, r.version), ("GET", "/a?b", Version::Http11));
+        // An absolute-form target whose authority is the Host (any case); authorities with ports and IPv6.
+        for head in [
+            &b"GET http://A.example:8080/x?y HTTP/1.1\r\nHost: a.example:8080\r\n\r\n"[..],
+            b"GET http://user@a.example HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+        ] {
+            assert!(parse(head).unwrap().is_some(), "{}", String::from_utf8_lossy(head));
+        }
         assert_eq!(r.body, RequestBody::None);
         assert!(r.keep_alive);
     }
@@ -315,6 +346,10 @@ mod tests {
         let cases: &[(&[u8], u16)] = &[
             (b"GET / HTTP/1.1\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET http://internal.example/admin HTTP/1.1\r\nHost: public.example\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x@y\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x/y\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n", 400),
             (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
