@@ -110,6 +110,13 @@ fn cases() -> Vec<Case> {
             "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\n\r\n",
             GET,
         ),
+        ok(
+            "a client's claims about its connection dropped, in any spelling",
+            "GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=6.6.6.6;proto=https\r\nX-Forwarded-Ssl: on\r\n\
+             X_Forwarded_Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Scheme: https\r\n\
+             x_forwarded_for: 6.6.6.6\r\nX-Keep: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Keep: 1\r\n{xf}\r\n",
+        ),
         ok("HTTP/1.0 without Host", "GET / HTTP/1.0\r\n\r\n", "GET / HTTP/1.0\r\nConnection: keep-alive\r\n{xf}\r\n"),
         ok("obs-text in a value", "GET / HTTP/1.1\r\nHost: a\r\nX-T: caf\u{e9}\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nX-T: caf\u{e9}\r\n{xf}\r\n"),
         Case {

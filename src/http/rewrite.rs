@@ -32,9 +32,8 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded<'_>, out: &mut Vec<u8
     out.extend_from_slice(b"\r\n");
     for (name, value) in &req.headers {
         let n = name.as_bytes();
-        let replaced = n.eq_ignore_ascii_case(b"x-forwarded-proto") || n.eq_ignore_ascii_case(b"x-forwarded-port");
         let named_by_connection = req.connection.names(n) && !fields::is_protected(n);
-        if fields::is_hop_by_hop(n) || named_by_connection || replaced {
+        if fields::is_hop_by_hop(n) || named_by_connection || claims_the_connection(n) {
             continue;
         }
         if let (Some(sticky), true) = (fwd.strip_cookie, n.eq_ignore_ascii_case(b"cookie")) {
@@ -64,6 +63,27 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded<'_>, out: &mut Vec<u8
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     decimal(out, fwd.port);
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// A field that tells the app about the client's connection, which only this proxy knows: the client's own
+/// is dropped (X-Forwarded-Proto and -Port are then written by the proxy; X-Forwarded-For is the one a client's
+/// may precede, appended to as HAProxy does). `Forwarded` and `X-Forwarded-Host` / `-Ssl` / `-Scheme` would
+/// let a client claim https, another client address or another host to frameworks that read them first
+/// (Rack); an underscore spelling (`X_Forwarded_Proto`) reads the same to a CGI-style server.
+fn claims_the_connection(name: &[u8]) -> bool {
+    let spelled = |want: &[u8]| {
+        name.len() == want.len()
+            && name.iter().zip(want).all(|(&a, &w)| a.to_ascii_lowercase() == w || (a == b'_' && w == b'-'))
+    };
+    const OWNED: [&[u8]; 6] = [
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-forwarded-host",
+        b"x-forwarded-ssl",
+        b"x-forwarded-scheme",
+        b"forwarded",
+    ];
+    OWNED.iter().any(|w| spelled(w)) || (name.contains(&b'_') && spelled(b"x-forwarded-for"))
 }
 
 /// `n` in decimal, without going through `fmt` (heads and log lines are written on every request).
