@@ -114,6 +114,11 @@ impl<'a> FieldIndex<'a> {
         self.seen[known as usize].1
     }
 
+    /// The first value of `known`, if it occurs.
+    pub fn first(&self, known: Known) -> Option<&'a [u8]> {
+        self.seen[known as usize].0
+    }
+
     /// Every value of `known`, in order; `headers` is what was noted, for a field that occurs more than once.
     pub fn values<'s>(&'s self, known: Known, headers: &[Field<'a>]) -> Cow<'s, [&'a [u8]]> {
         match &self.seen[known as usize] {

@@ -107,7 +107,7 @@ pub fn parse_request_with<'a>(
         0 | 1 => {}
         _ => return Err(HttpError::RepeatedHost),
     }
-    if let Some(host) = values(Known::Host).first() {
+    if let Some(host) = index.first(Known::Host) {
         check_host(fields::trim_ows(host), target)?;
     }
 
@@ -234,15 +234,30 @@ fn check_method(method: &str) -> Result<(), HttpError> {
 }
 
 /// origin-form, absolute-form, or `*` for OPTIONS; visible ASCII only.
+/// Bytes a Host value may not hold (control bytes other than tab never reach here: the parser refuses them).
+const NOT_IN_AUTHORITY: [bool; 256] = {
+    let mut table = [false; 256];
+    let bad = b" \t@/\\?#\x7f";
+    let mut i = 0;
+    while i < bad.len() {
+        table[bad[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// A Host value is an authority, `host[:port]` (RFC 9110 section 7.2): no spaces, user info, path or
 /// backslash, which a server or a redirect built from it would read differently. With an absolute-form
 /// target the server takes the authority from the target and ignores Host (RFC 9112 section 3.2.2), while
 /// this proxy balances, redirects and logs by Host: the two must agree, as HAProxy requires.
 fn check_host(host: &[u8], target: &str) -> Result<(), HttpError> {
-    if host.iter().any(|&b| b.is_ascii_whitespace() || b.is_ascii_control() || b"@/\\?#".contains(&b)) {
+    if host.iter().any(|&b| NOT_IN_AUTHORITY[usize::from(b)]) {
         return Err(HttpError::BadHost("not an authority"));
     }
-    if let Some(i) = target.find("://").filter(|_| !target.starts_with('/')) {
+    if target.starts_with('/') {
+        return Ok(());
+    }
+    if let Some(i) = target.find("://") {
         let rest = &target[i + 3..];
         let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
         let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);

@@ -71,6 +71,11 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded<'_>, out: &mut Vec<u8
 /// let a client claim https, another client address or another host to frameworks that read them first
 /// (Rack); an underscore spelling (`X_Forwarded_Proto`) reads the same to a CGI-style server.
 fn claims_the_connection(name: &[u8]) -> bool {
+    // Most fields are none of these: told apart by their first byte and length before any comparison.
+    match (name.first(), name.len()) {
+        (Some(b'x' | b'X'), 15..=18) | (Some(b'f' | b'F'), 9) => {}
+        _ => return false,
+    }
     let spelled = |want: &[u8]| {
         name.len() == want.len()
             && name.iter().zip(want).all(|(&a, &w)| a.to_ascii_lowercase() == w || (a == b'_' && w == b'-'))

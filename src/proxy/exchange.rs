@@ -157,11 +157,12 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         log.entered = Some(if first { log.started.head_done } else { worker.clock.now() });
         let attempt = Attempt::new(hurry, connect_left, config.timeouts.attempt);
         let acquired = acquire(worker, backend, fresh_only, !plan.retryable, attempt).await;
+        // What this attempt spent connecting comes off the budget; read only if another attempt follows.
         let began = log.entered.unwrap_or(log.started.head_done);
-        connect_left = connect_left.saturating_sub(worker.clock.now().saturating_duration_since(began));
         let mut up = match acquired {
             Ok(up) => up,
             Err(e) => {
+                connect_left = connect_left.saturating_sub(worker.clock.now().saturating_duration_since(began));
                 let slot = backend.counters.slot(worker.id);
                 slot.connect_error();
                 // A connect cut short by the little budget left proves nothing against the server.
@@ -214,6 +215,8 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 up_buf.clear();
                 worker.buffers.put(up_buf);
                 log.retries += 1;
+                let connected = log.connected.unwrap_or(began);
+                connect_left = connect_left.saturating_sub(connected.saturating_duration_since(began));
                 // A reused connection may just have timed out at the backend: merely avoid that server for this
                 // request. A fresh one that closed without answering, or a host that does not acknowledge,
                 // points at a dying backend: eject it.
