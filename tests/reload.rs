@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::certs::Pki;
@@ -171,20 +172,41 @@ fn sighup_moves_an_address_from_plain_to_tls() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "/tls", "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A reload that changes a static server's `maxconn` applies it: the server kept its slots from the first
-/// configuration, so requests still queued one at a time under `maxconn=1` after it became 100.
+/// A reload that changes a static server's `maxconn` applies it (the server kept its slots from the first
+/// configuration, so requests still queued one at a time under `maxconn=1` after it became 100), and
+/// nothing else about the server changes: not its ramp under `--slowstart` (it ramped again from weight 1),
+/// not its health (one DOWN stayed DOWN while its checks passed).
 #[test]
-fn sighup_applies_a_changed_maxconn() {
-    let backend = Backend::echo_path();
+fn sighup_applies_a_changed_maxconn_and_keeps_the_rest() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let answer = healthy.clone();
+    let (s1, s2) = (
+        Backend::echo_path(),
+        Backend::http(move |_| match answer.load(Ordering::SeqCst) {
+            true => common::ok("s2"),
+            false => b"HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        }),
+    );
     let listen = free_port().to_string();
-    let with =
-        |maxconn: u32| format!("listen = [\"{listen}\"]\nbackend = [\"s1={},maxconn={maxconn}\"]\n", backend.addr);
+    let with = |maxconn: u32| {
+        format!(
+            "listen = [\"{listen}\"]\nbackend = [\"s1={},maxconn={maxconn}\", \"s2={},maxconn={maxconn}\"]\n\
+             slowstart = \"60s\"\nbackend-check-path = \"/\"\nbackend-check-interval = \"100ms\"\n\
+             backend-rise = 2\nbackend-fall = 2\n",
+            s1.addr, s2.addr
+        )
+    };
     let file = TempFile::new("maxconn.toml", &with(1));
     let proxy = Proxy::start(&["--config", file.arg()]);
     assert_eq!(proxy.servers_column("s1", "slim"), "1");
+    healthy.store(false, Ordering::SeqCst);
+    proxy.wait_server("s2", "s2 DOWN", |s, _| s == "DOWN");
     file.write(&with(100));
     proxy.signal(libc::SIGHUP);
     proxy.stderr.wait_for("the reload", |l| l.contains("configuration reloaded"));
     assert_eq!(proxy.servers_column("s1", "slim"), "100");
+    assert_eq!(proxy.servers_column("s1", "weight"), "100", "not ramping again");
     assert_eq!(common::get(proxy.addr, "/after").body_str(), "/after");
+    healthy.store(true, Ordering::SeqCst);
+    proxy.wait_server("s2", "s2 UP once its checks pass", |s, _| s == "UP");
 }

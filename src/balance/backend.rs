@@ -100,8 +100,11 @@ pub struct Backend {
     peak_in_flight: AtomicUsize,
     /// What every server of the pool shares: the requests in flight on all of them, and their peak.
     pool: Pool,
-    /// Recent response time in microseconds, peak-sensitive (see `record_latency`); 0 before any.
+    /// Recent response time in microseconds, peak-sensitive (see `record_latency`); 0 before any, or the
+    /// set's mean until the first (`seed_latency`).
     latency_us: AtomicU64,
+    /// A response time was recorded: until then `latency_us` is a stand-in the first sample replaces.
+    sampled: AtomicBool,
     /// `maxconn`, when the server has one.
     slots: Option<Slots>,
     /// What the sticky cookie says for this server, and where it sits on the hash ring: a hash of its name,
@@ -136,6 +139,7 @@ impl Backend {
             peak_in_flight: AtomicUsize::new(0),
             pool: pool.clone(),
             latency_us: AtomicU64::new(0),
+            sampled: AtomicBool::new(false),
             slots: (spec.maxconn > 0).then(|| Slots {
                 maxconn: spec.maxconn,
                 free: Arc::new(Semaphore::new(spec.maxconn as usize)),
@@ -167,6 +171,8 @@ impl Backend {
             carried: predecessor.totals(),
             timings: predecessor.timings.clone(),
             peak_in_flight: AtomicUsize::new(predecessor.peak_in_flight()),
+            last_check: parking_lot::Mutex::new(predecessor.last_check.lock().clone()),
+            failed_checks: AtomicU64::new(predecessor.failed_checks.load(Ordering::Relaxed)),
             ..Backend::new(spec, pool)
         }
     }
@@ -321,7 +327,9 @@ impl Backend {
     /// server that turns slow is shunned at once and trusted again gradually (linkerd's peak EWMA).
     pub fn record_latency(&self, us: u64) {
         let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 || us >= old { us } else { old - (old - us) / 8 };
+        // Loaded first: the swap (a write to a line every thread reads) happens once per server.
+        let first = !self.sampled.load(Ordering::Relaxed) && !self.sampled.swap(true, Ordering::Relaxed);
+        let new = if first || old == 0 || us >= old { us } else { old - (old - us) / 8 };
         self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 

@@ -80,14 +80,16 @@ async fn probe(backend: Arc<Backend>, limit: Duration) {
 
 /// Checks every static server each interval; a verdict that changes is published.
 async fn check_statics(publisher: Arc<Mutex<Publisher>>, config: CheckConfig) {
-    let mut verdicts: HashMap<usize, CheckHealth> = HashMap::new();
+    // By name and address: a reload that only changes a server's limits replaces its `Backend`, not its health.
+    let key = |b: &Backend| format!("{}={}:{}", b.name(), b.host, b.port);
+    let mut verdicts: HashMap<String, CheckHealth> = HashMap::new();
     let mut next = Instant::now();
     loop {
         tokio::time::sleep_until(next).await;
         next += config.interval;
         let statics = publisher.lock().statics();
         // A reload may have replaced them: forget the verdicts of servers that are gone.
-        verdicts.retain(|key, _| statics.iter().any(|b| Arc::as_ptr(b) as usize == *key));
+        verdicts.retain(|k, _| statics.iter().any(|b| key(b) == *k));
         let mut checks = JoinSet::new();
         for backend in statics {
             let config = config.clone();
@@ -107,9 +109,16 @@ async fn check_statics(publisher: Arc<Mutex<Publisher>>, config: CheckConfig) {
             });
         }
         while let Some(Ok((backend, report))) = checks.join_next().await {
-            let health = verdicts
-                .entry(Arc::as_ptr(&backend) as usize)
-                .or_insert_with(|| CheckHealth::new(config.rise, config.fall));
+            // A server checked afresh (new, or at a new address under a name the set holds DOWN) starts where
+            // the set has it, so that its first verdict that differs is published.
+            let health = verdicts.entry(key(&backend)).or_insert_with(|| {
+                let down = publisher.lock().static_is_down(&backend.name());
+                if down {
+                    CheckHealth::down(config.rise, config.fall)
+                } else {
+                    CheckHealth::new(config.rise, config.fall)
+                }
+            });
             let (changed, counted) = health.record(report.passed());
             if changed.is_some() {
                 match &report.error {
@@ -139,6 +148,11 @@ impl CheckHealth {
     pub fn new(rise: u32, fall: u32) -> CheckHealth {
         let (rise, fall) = (rise.max(1), fall.max(1));
         CheckHealth { health: rise, rise, fall }
+    }
+
+    /// At the bottom: DOWN, `rise` passes from UP.
+    pub fn down(rise: u32, fall: u32) -> CheckHealth {
+        CheckHealth { health: 0, ..CheckHealth::new(rise, fall) }
     }
 
     pub fn up(&self) -> bool {

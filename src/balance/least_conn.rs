@@ -161,6 +161,10 @@ mod tests {
         let set = BackendSet::equal(vec![a, b, new.clone()]);
         crate::balance::seed_latencies(&set.servers);
         assert_eq!(new.sampled_latency_us(), 2_000);
+        let faster = server(4);
+        faster.seed_latency(2_000);
+        faster.record_latency(300);
+        assert_eq!(faster.sampled_latency_us(), 300, "the first sample replaces the stand-in");
         let lc = LeastConn::new(0, true);
         let _busy = [new.clone().enter(), new.clone().enter()];
         assert_ne!(lc.pick(&set, &[]).unwrap().port, 3, "two in flight on it: not the cheapest any more");

@@ -48,7 +48,7 @@ pub struct Publisher {
     /// `--slowstart`: how long a server new to rotation takes to reach its full weight.
     slowstart: Duration,
     /// When each server (by the address of its `Backend`) came into rotation, while it is still ramping up.
-    ramping: HashMap<usize, Instant>,
+    ramping: HashMap<RampKey, Instant>,
     /// Members' servers that went away, by name, with their last weight and when: listed DOWN with their
     /// counters for [`RETENTION`], and succeeded by a member that comes back under the same name.
     departed: HashMap<String, (Arc<Backend>, u16, Instant)>,
@@ -129,6 +129,11 @@ impl Publisher {
         if changed {
             self.publish();
         }
+    }
+
+    /// Whether the static server `name` is held DOWN by its health check.
+    pub fn static_is_down(&self, name: &str) -> bool {
+        self.statics_down.contains(name)
     }
 
     /// The static servers, for their health checks.
@@ -325,18 +330,20 @@ impl Publisher {
             return;
         }
         let old = self.shared.load();
-        let was_up: HashSet<usize> = old
-            .servers
-            .iter()
-            .zip(&old.states)
-            .filter(|(_, s)| **s == ServerState::Up)
-            .map(|(b, _)| Arc::as_ptr(b) as usize)
-            .collect();
+        // A member is one generation (a restarted node ramps again); a static server is its name, whichever
+        // `Backend` a reload gave it.
+        let statics: HashSet<Arc<String>> = self.statics.iter().map(|(b, _)| b.name()).collect();
+        let key = |b: &Arc<Backend>| match statics.get(&b.name()) {
+            Some(name) => RampKey::Static(name.clone()),
+            None => RampKey::Member(Arc::as_ptr(b) as usize),
+        };
+        let was_up: HashSet<RampKey> =
+            old.servers.iter().zip(&old.states).filter(|(_, s)| **s == ServerState::Up).map(|(b, _)| key(b)).collect();
         let now = Instant::now();
         let first = old.servers.is_empty();
         let mut ramping = HashMap::new();
         for (backend, weight, state) in servers.iter_mut() {
-            let key = Arc::as_ptr(backend) as usize;
+            let key = key(backend);
             if *state != ServerState::Up {
                 continue;
             }
@@ -356,6 +363,13 @@ impl Publisher {
         }
         self.ramping = ramping;
     }
+}
+
+/// Who is ramping up under `--slowstart`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RampKey {
+    Static(Arc<String>),
+    Member(usize),
 }
 
 /// A server that membership or its health check brings back UP is no longer skipped for an earlier failed
