@@ -473,6 +473,9 @@ fn a_joining_node_ramps_its_weight_up_under_slowstart() {
     let state = proxy.runtime("show servers state");
     let row = state.lines().find(|l| l.split(' ').nth(3) == Some("b")).unwrap_or_else(|| panic!("{state}"));
     assert_eq!(row.split(' ').skip(7).take(2).collect::<Vec<_>>(), [full.to_string(), full.to_string()], "{row}");
+    // HAProxy's throttle: the percent of its weight reached while it ramps, then nothing.
+    let throttle = proxy.servers_column("b", "throttle");
+    assert!(throttle.parse::<u64>().is_ok_and(|t| t < 100), "throttle while ramping: {throttle:?}");
     let mut seen = vec![start];
     let begun = Instant::now();
     while seen.last() != Some(&full) {
@@ -484,6 +487,7 @@ fn a_joining_node_ramps_its_weight_up_under_slowstart() {
         std::thread::yield_now();
     }
     assert!(seen.windows(2).all(|w| w[0] < w[1]) && seen.len() >= 4, "ramped up in steps: {seen:?}");
+    assert_eq!(proxy.servers_column("b", "throttle"), "", "no throttle at full weight");
 }
 
 #[test]

@@ -41,6 +41,8 @@ struct Row<'a> {
     /// Requests queued (servers and the backend).
     qcur: Option<u64>,
     qmax: Option<u64>,
+    /// Percent of its weight a server ramping up under `--slowstart` has reached (HAProxy's `throttle`).
+    throttle: Option<u64>,
     scur: u64,
     smax: Option<u64>,
     slim: Option<u64>,
@@ -80,6 +82,7 @@ impl Row<'_> {
             kind: Kind::Frontend,
             qcur: None,
             qmax: None,
+            throttle: None,
             scur,
             smax,
             slim: Some(s.max_connections),
@@ -199,6 +202,8 @@ pub fn render_filtered(s: &Snapshot, filter: &Filter) -> String {
             kind: Kind::Server,
             qcur: Some(server.queued),
             qmax: Some(server.peak_queued),
+            throttle: (server.weight < server.user_weight)
+                .then(|| u64::from(server.weight) * 100 / u64::from(server.user_weight)),
             scur: server.in_flight,
             smax: Some(server.peak_in_flight),
             slim: server.maxconn,
@@ -226,6 +231,7 @@ pub fn render_filtered(s: &Snapshot, filter: &Filter) -> String {
         kind: Kind::Backend,
         qcur: Some(s.servers.iter().map(|v| v.queued).sum()),
         qmax: Some(s.backend_peak_queued),
+        throttle: None,
         scur: s.servers.iter().map(|v| v.in_flight).sum(),
         smax: Some(s.backend_peak),
         slim: None,
@@ -289,6 +295,7 @@ fn value(r: &Row, column: &str) -> Option<String> {
         "svname" => Some(r.svname.to_string()),
         "qcur" => r.qcur.map(|v| v.to_string()),
         "qmax" => r.qmax.map(|v| v.to_string()),
+        "throttle" => r.throttle.map(|v| v.to_string()),
         "scur" => n(r.scur),
         "smax" => r.smax.map(|v| v.to_string()),
         "slim" => r.slim.map(|v| v.to_string()),
