@@ -15,12 +15,19 @@ use common::{Backend, Proxy, WAIT};
 
 /// `curl https://NAME:PORT/PATH` resolved to `addr`, trusting the test CA.
 fn curl(pki: &Pki, name: &str, addr: SocketAddr, path: &str) -> Output {
+    curl_all(pki, name, addr, &[path], &[])
+}
+
+/// One curl fetching every path in turn (reusing its TLS session), with `extra` arguments.
+fn curl_all(pki: &Pki, name: &str, addr: SocketAddr, paths: &[&str], extra: &[&str]) -> Output {
     let resolve = format!("{name}:{}:{}", addr.port(), addr.ip());
-    let url = format!("https://{name}:{}{path}", addr.port());
+    let urls = paths.iter().map(|path| format!("https://{name}:{}{path}", addr.port()));
     Command::new("curl")
         .args(["-sS", "-v", "--max-time", "5", "--cacert"])
         .arg(&pki.ca_file)
-        .args(["--resolve", &resolve, &url])
+        .args(extra)
+        .args(["--resolve", &resolve])
+        .args(urls)
         .output()
         .expect("curl")
 }
@@ -90,6 +97,24 @@ fn show_info_totals_count_tls_clients_too() {
     // And the CSV's TLS cells, HAProxy's: sessions are TLS sessions on the TLS frontend only.
     let tls_cells = ["ssl_sess", "ssl_failed_handshake", "conn_tot"];
     assert_eq!(frontend_cells(&proxy, &tls_cells), ["shoal 0 0 1", "shoal-tls 2 0 2"]);
+}
+
+/// A client that comes back with its session ticket resumes rather than negotiating again, and the TLS
+/// frontend's `ssl_reused_sess` counts it (it was left empty).
+#[test]
+fn a_resumed_session_is_counted() {
+    let pki = Pki::new();
+    pki.leaf("a.pem", &["a.test"]);
+    let backend = Backend::echo_path();
+    let proxy = tls_proxy(&backend, &pki.dir, &[]);
+    // One curl, two URLs, each on a connection of its own (the server closes the first): curl offers the
+    // ticket it got on the first.
+    let out = curl_all(&pki, "a.test", proxy.tls(), &["/one", "/two"], &["-H", "Connection: close"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/one/two", "{}", String::from_utf8_lossy(&out.stderr));
+    common::wait_until("two TLS sessions counted", || {
+        frontend_cells(&proxy, &["ssl_sess"]).contains(&"shoal-tls 2".to_string())
+    });
+    assert_eq!(frontend_cells(&proxy, &["ssl_sess", "ssl_reused_sess"]), ["shoal 0 0", "shoal-tls 2 1"]);
 }
 
 #[test]

@@ -345,10 +345,11 @@ fn value(r: &Row, column: &str) -> Option<String> {
         "conn_rate_max" => r.rates.map(|f| f.connections.max.to_string()),
         "connect" => when(proxied, t.connects),
         "reuse" => when(proxied, t.reuses),
-        // Only the TLS frontend has TLS sessions (servers are reached in the clear); resumptions are not counted.
+        // Only the TLS frontend has TLS sessions (servers are reached in the clear); `ssl_reused_sess` counts
+        // those resumed with a ticket.
         "ssl_sess" => n(if r.pxname == FRONTEND_TLS { t.sessions } else { 0 }),
         "ssl_failed_handshake" => n(t.handshake_errors),
-        "ssl_reused_sess" => when(r.pxname != FRONTEND_TLS, 0),
+        "ssl_reused_sess" => n(if r.pxname == FRONTEND_TLS { t.resumed } else { 0 }),
         "-" => Some("-".to_string()),
         "check_status" => r.check.map(|c| c.report.status.to_string()),
         "check_code" => r.check.and_then(|c| c.report.code).map(|v| v.to_string()),

@@ -29,6 +29,8 @@ pub struct Slot {
     retries: AtomicU64,
     /// TLS handshakes that failed or timed out (the TLS frontend).
     handshake_errors: AtomicU64,
+    /// TLS sessions resumed rather than negotiated in full (the TLS frontend's `ssl_reused_sess`).
+    resumed: AtomicU64,
     /// Responses cut because the client went away (`cli_abrt`) or the server did (`srv_abrt`).
     client_aborts: AtomicU64,
     server_aborts: AtomicU64,
@@ -82,6 +84,10 @@ impl Slot {
 
     pub fn retry(&self) {
         bump(&self.retries, 1);
+    }
+
+    pub fn resumed(&self) {
+        bump(&self.resumed, 1);
     }
 
     pub fn handshake_error(&self) {
@@ -150,6 +156,7 @@ impl PerThread {
             t.response_errors += get(&s.response_errors);
             t.retries += get(&s.retries);
             t.handshake_errors += get(&s.handshake_errors);
+            t.resumed += get(&s.resumed);
             t.client_aborts += get(&s.client_aborts);
             t.server_aborts += get(&s.server_aborts);
             t.intercepted += get(&s.intercepted);
@@ -174,6 +181,7 @@ pub struct Totals {
     pub response_errors: u64,
     pub retries: u64,
     pub handshake_errors: u64,
+    pub resumed: u64,
     pub client_aborts: u64,
     pub server_aborts: u64,
     pub intercepted: u64,
@@ -196,6 +204,7 @@ impl std::ops::AddAssign for Totals {
         self.response_errors += o.response_errors;
         self.retries += o.retries;
         self.handshake_errors += o.handshake_errors;
+        self.resumed += o.resumed;
         self.client_aborts += o.client_aborts;
         self.server_aborts += o.server_aborts;
         self.intercepted += o.intercepted;

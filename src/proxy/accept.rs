@@ -235,6 +235,9 @@ async fn serve_tls(guard: ConnectionGuard, stream: TcpStream, peer: SocketAddr, 
     match outcome {
         Ok(Ok(tls)) => {
             worker.frontend(true).session();
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                worker.frontend(true).resumed();
+            }
             client::serve(guard, client::Client::new(tls, peer, local_port)).await;
         }
         Ok(Err(e)) => {
