@@ -226,12 +226,15 @@ fn a_request_pipelined_behind_an_answer_under_way_at_a_stop_is_answered() {
             }
         }
     });
-    let mut proxy = Proxy::start(&["--backend", &backend.arg(), "--grace", "5s"]);
+    // One thread: once its listener stops taking connections, the thread serving the client has seen the stop.
+    let mut proxy = Proxy::start(&["--backend", &backend.arg(), "--grace", "5s", "--threads", "1"]);
     let mut client = Wire::connect(proxy.addr);
     client.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /second HTTP/1.1\r\nHost: t\r\n\r\n");
     head_seen.recv_timeout(WAIT).unwrap();
     proxy.signal(libc::SIGTERM);
     proxy.stderr.wait_for("stop notice", |l| l.contains("stopping"));
+    let refused = || std::net::TcpStream::connect_timeout(&proxy.addr, Duration::from_millis(100)).is_err();
+    common::wait_until("the thread stopping", refused);
     release.send(()).unwrap();
     let first = client.read_response(false).expect("the first answer");
     assert_eq!((first.status(), first.body_str().as_str(), first.header("connection")), (200, "done", None));
@@ -325,6 +328,7 @@ fn a_101_before_the_request_body_is_through_still_gets_the_body_once() {
     });
     let proxy = Proxy::start(&["--backend", &backend.arg()]);
     let mut client = std::net::TcpStream::connect(proxy.addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
     let head = format!(
         "POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: test\r\nContent-Length: {BODY}\r\n\r\n"
     );

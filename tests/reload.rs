@@ -191,7 +191,7 @@ fn sighup_applies_a_changed_maxconn_and_keeps_the_rest() {
     let with = |maxconn: u32| {
         format!(
             "listen = [\"{listen}\"]\nbackend = [\"s1={},maxconn={maxconn}\", \"s2={},maxconn={maxconn}\"]\n\
-             slowstart = \"60s\"\nbackend-check-path = \"/\"\nbackend-check-interval = \"100ms\"\n\
+             slowstart = \"60s\"\nbackend-check-path = \"/\"\nbackend-check-interval = \"500ms\"\n\
              backend-rise = 2\nbackend-fall = 2\n",
             s1.addr, s2.addr
         )

@@ -286,11 +286,15 @@ fn a_handshake_under_way_at_a_stop_completes_and_is_served() {
     let pki = Pki::new();
     pki.leaf("a.pem", &["a.test"]);
     let backend = Backend::echo_path();
-    let mut proxy = tls_proxy(&backend, &pki.dir, &["--grace", "5s"]);
+    // One thread: once its listener stops taking connections, the thread holding the client has seen the stop.
+    let mut proxy = tls_proxy(&backend, &pki.dir, &["--grace", "5s", "--threads", "1"]);
     let tcp = TcpStream::connect(proxy.tls()).unwrap();
     common::wait_until("the TLS client accepted", || proxy.metric("shoal_frontend_tls_current_connections") == 1);
     proxy.signal(libc::SIGTERM);
     proxy.stderr.wait_for("the stop", |l| l.contains("stopping"));
+    let tls_addr = proxy.tls();
+    let refused = || TcpStream::connect_timeout(&tls_addr, std::time::Duration::from_millis(100)).is_err();
+    common::wait_until("the thread stopping", refused);
 
     let mut tls = tls_client(&pki, &[], tcp);
     tls.write_all(b"GET /late HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
