@@ -436,6 +436,11 @@ impl Wire {
         }
     }
 
+    /// The next `n` bytes, whatever they are; `None` if the peer closes first.
+    pub fn read_bytes(&mut self, n: usize) -> Option<Vec<u8>> {
+        self.read_exact_raw(n)
+    }
+
     fn read_exact_raw(&mut self, n: usize) -> Option<Vec<u8>> {
         while self.buf.len() < n {
             if !self.fill() {
