@@ -151,6 +151,8 @@ fn sighup_moves_an_address_from_plain_to_tls() {
     let plain = format!("listen = [\"{main}\", \"{moved}\"]\nbackend = [\"{}\"]\n", backend.addr);
     let file = TempFile::new("move.toml", &plain);
     let proxy = Proxy::start(&["--config", file.arg()]);
+    // Proxy::start returns at the first listener's line; the second may come a moment later.
+    proxy.stderr.wait_for("the second listener", |l| l.contains(&format!("listening on {moved}")));
     assert_eq!(common::get(moved, "/plain").body_str(), "/plain");
     file.write(&format!(
         "listen = [\"{main}\"]\ntls-listen = [\"{moved}\"]\ntls-cert = [\"{}\"]\nbackend = [\"{}\"]\n",
