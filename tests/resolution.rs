@@ -252,7 +252,7 @@ fn a_slow_resolver_does_not_keep_out_a_server_whose_address_works() {
     drop(server);
     assert!(get().is_err(), "the server is gone");
     // Skipped twice: after the first lookup's timeout, and now for the refused connect.
-    log.wait_count("the server skipped", 2, |l| l.contains("server web") && l.contains("skipped until it answers"));
+    log.wait_count("the server skipped", 2, |l| l.contains("server web") && l.contains("skipped for"));
     // Back only once the lookup its failure started has ended and a probe has started another (A and AAAA
     // queries each).
     let skipped_at = dns.queries();

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::address::Address;
 use super::counters::PerThread;
+use super::ejection::Ejection;
 use super::hash::key_hash;
 use super::health::CheckHealth;
 use crate::agent::health::CheckReport;
@@ -93,6 +94,8 @@ pub struct Backend {
     /// Skipped by every thread after a failed connect (or a request its host never acknowledged), until a
     /// probe connect succeeds or membership says it is back.
     ejected: AtomicBool,
+    /// When it may be probed, and how long the next ejection lasts (a lock taken only on failures and probes).
+    ejection: parking_lot::Mutex<Ejection>,
     /// Gossip probes of this server's node that failed: a request waiting on it may be given up.
     suspicions: AtomicU64,
     /// Requests currently using this server, on any thread, and the most there have been at once.
@@ -134,6 +137,7 @@ impl Backend {
             port: spec.port,
             address: Address::new(&spec.host, spec.port),
             ejected: AtomicBool::new(false),
+            ejection: parking_lot::Mutex::default(),
             suspicions: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
@@ -277,13 +281,33 @@ impl Backend {
     }
 
     /// Takes this server out of every thread's choice until it is readmitted, so requests stop paying for a
-    /// failed attempt while gossip or a health check has not noticed yet. Returns whether it was in.
-    pub fn eject(&self) -> bool {
-        !self.ejected.swap(true, Ordering::Relaxed)
+    /// failed attempt while gossip or a health check has not noticed yet. Returns how long it stays out before
+    /// its first probe (see [`Ejection`]), or `None` if it was out already.
+    pub fn eject(&self, now: Instant) -> Option<Duration> {
+        let mut ejection = self.ejection.lock();
+        (!self.ejected.swap(true, Ordering::Relaxed)).then(|| ejection.eject(now))
     }
 
-    /// Puts an ejected server back; returns whether it was out.
-    pub fn readmit(&self) -> bool {
+    /// Whether the server is out and its time out is over: a probe may readmit it.
+    pub fn probe_due(&self, now: Instant) -> bool {
+        self.is_ejected() && self.ejection.lock().probe_due(now)
+    }
+
+    /// Puts an ejected server back after a probe connected; returns whether it was out.
+    pub fn readmit(&self, now: Instant) -> bool {
+        let mut ejection = self.ejection.lock();
+        let was_out = self.ejected.swap(false, Ordering::Relaxed);
+        if was_out {
+            ejection.readmitted(now);
+        }
+        was_out
+    }
+
+    /// Membership or a health check brought the server back UP: back in rotation, its failures forgotten.
+    /// Returns whether it was out.
+    pub fn recovered(&self) -> bool {
+        let mut ejection = self.ejection.lock();
+        ejection.forgive();
         self.ejected.swap(false, Ordering::Relaxed)
     }
 

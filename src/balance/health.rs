@@ -2,7 +2,8 @@
 //! loop:
 //!
 //! - Ejected servers (a failed connect, a request their host never acknowledged) are probed with a TCP
-//!   connect every 500 ms and readmitted when one succeeds, unless membership said so first.
+//!   connect every 500 ms once their time out is over (see `ejection`), and readmitted when one succeeds,
+//!   unless membership said so first.
 //! - Static servers (`--backend`) get HTTP checks with `--backend-check-path`, HAProxy's `check` with `inter`,
 //!   `rise` and `fall` (gossip members are checked by their own agents).
 //! - While a server ramps up under `--slowstart`, its weight is republished as the clock moves.
@@ -48,7 +49,8 @@ pub fn start(
                 publisher.lock().tick();
                 let set = backends.load_full();
                 super::fade_latencies(&set.servers);
-                for backend in set.servers.iter().filter(|b| b.is_ejected()) {
+                let now = Instant::now().into_std();
+                for backend in set.servers.iter().filter(|b| b.probe_due(now)) {
                     let key = Arc::as_ptr(backend) as usize;
                     if !probing.borrow_mut().insert(key) {
                         continue;
@@ -72,7 +74,7 @@ async fn probe(backend: Arc<Backend>, limit: Duration) {
     backend.address.refresh();
     let Ok(addr) = backend.address.resolve(deadline).await else { return };
     if let Ok(Ok(_)) = tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-        if backend.readmit() {
+        if backend.readmit(Instant::now().into_std()) {
             tracing::info!("server {} ({addr}) accepts connections again: back in rotation", backend.name());
         }
     }

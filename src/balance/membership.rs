@@ -379,7 +379,7 @@ fn readmit_recovered(old: &BackendSet, new: &[(Arc<Backend>, u16, ServerState)])
         old.servers.iter().zip(&old.states).map(|(b, s)| (Arc::as_ptr(b), *s)).collect();
     for (backend, _, state) in new {
         let was = before.get(&Arc::as_ptr(backend));
-        if *state == ServerState::Up && was.is_some_and(|s| *s != ServerState::Up) && backend.readmit() {
+        if *state == ServerState::Up && was.is_some_and(|s| *s != ServerState::Up) && backend.recovered() {
             tracing::info!("server {} is back UP: no longer skipped for its earlier failure", backend.name());
         }
     }

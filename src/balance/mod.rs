@@ -11,6 +11,7 @@
 mod address;
 mod backend;
 pub mod counters;
+pub mod ejection;
 mod hash;
 pub mod health;
 mod least_conn;

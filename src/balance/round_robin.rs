@@ -70,16 +70,16 @@ mod tests {
         assert!(RoundRobin::new(0).pick(&set(0), &[]).is_none());
         let one = set(1);
         assert_eq!(rr.pick(&one, &one.servers).unwrap().port, 1000, "the only server, avoided but not ejected");
-        s.servers[0].eject();
+        s.servers[0].eject(std::time::Instant::now());
         let picks: Vec<_> = (0..4).map(|_| rr.pick(&s, &[]).unwrap().port).collect();
         assert!(!picks.contains(&1000), "an ejected server is skipped: {picks:?}");
         assert_eq!(rr.pick(&s, &s.servers[1..]).unwrap().port, 1001, "avoided before ejected");
         for b in &s.servers {
-            b.eject();
+            b.eject(std::time::Instant::now());
         }
         assert!(rr.pick(&s, &[]).is_some(), "all ejected still yields a server");
         assert!(rr.pick(&s, &s.servers).is_none(), "failed and ejected: never again for this request");
-        assert!(s.servers[0].readmit());
+        assert!(s.servers[0].readmit(std::time::Instant::now()));
         assert_eq!(rr.pick(&s, &[]).unwrap().port, 1000, "readmitted");
     }
 }

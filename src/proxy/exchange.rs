@@ -167,14 +167,16 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 slot.connect_error();
                 // A connect cut short by the little budget left proves nothing against the server.
                 let fair = !e.timed_out() || attempt.limit >= config.timeouts.attempt.min(config.timeouts.connect);
-                let ejected = fair && !matches!(e, ConnectError::TakenOut) && backend.eject();
+                let ejected = (fair && !matches!(e, ConnectError::TakenOut))
+                    .then(|| backend.eject(worker.clock.now().into_std()))
+                    .flatten();
                 let retry = log.retries < MAX_RETRIES && !connect_left.is_zero();
                 tracing::warn!(
                     "server {} ({}:{}): {e}{}{}",
                     backend.name(),
                     backend.host,
                     backend.port,
-                    if ejected { "; skipped until it answers again" } else { "" },
+                    Ejected(ejected),
                     if retry { "; trying another server" } else { "" },
                 );
                 if retry {
@@ -227,14 +229,14 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 };
                 let dying = matches!(failure, Failure::Unanswered(Unanswered::NotAcknowledged))
                     || matches!(failure, Failure::NoResponse) && !up.reused;
-                let ejected = dying && backend.eject();
-                if !matches!(failure, Failure::NoResponse) || ejected {
+                let ejected = dying.then(|| backend.eject(worker.clock.now().into_std())).flatten();
+                if !matches!(failure, Failure::NoResponse) || ejected.is_some() {
                     tracing::warn!(
                         "server {} ({}:{}): {reason}{}; trying another server",
                         backend.name(),
                         backend.host,
                         backend.port,
-                        if ejected { "; skipped until it answers again" } else { "" },
+                        Ejected(ejected),
                     );
                 }
                 tried.push(backend.clone());
@@ -279,6 +281,18 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 drop(up);
                 return fail(worker, client, &plan, log, failure).await;
             }
+        }
+    }
+}
+
+/// What a warning says of a server it ejected: how long before it is probed (see `balance::ejection`).
+struct Ejected(Option<Duration>);
+
+impl std::fmt::Display for Ejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(out) => write!(f, "; skipped for {} ms, then until it answers again", out.as_millis()),
+            None => Ok(()),
         }
     }
 }

@@ -183,6 +183,19 @@ impl Host {
         nft(&self.ns, &format!("delete table inet syns_{port}\n"));
     }
 
+    /// Drops, at the switch, the TCP segments carrying data (PSH) that this host sends to port `port` of
+    /// another: connects succeed, requests are never acknowledged, as over a link that loses what it carries.
+    pub fn drop_data_sent_to(&self, port: u16) {
+        let link = &self.port;
+        nft(
+            &self.switch,
+            &format!(
+                "table bridge data_{link}_{port} {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    \
+                 iifname \"{link}\" tcp dport {port} tcp flags & psh == psh drop\n  }}\n}}\n"
+            ),
+        );
+    }
+
     /// Drops the UDP datagrams to `port` this host sends (`Way::Out`) or is sent (`Way::In`), counting them;
     /// everything else flows.
     pub fn drop_udp(&self, way: Way, port: u16) {

@@ -578,8 +578,13 @@ pub struct Backend {
 impl Backend {
     /// An HTTP/1.1 keep-alive server answering each request with `handler`'s bytes, recording every request.
     pub fn http(handler: impl Fn(&Message) -> Vec<u8> + Send + Sync + 'static) -> Backend {
+        Backend::http_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// The same on `bind` (an address of a lab host, from a thread in its namespace).
+    pub fn http_on(bind: SocketAddr, handler: impl Fn(&Message) -> Vec<u8> + Send + Sync + 'static) -> Backend {
         let handler: Arc<Handler> = Arc::new(handler);
-        Self::raw(move |stream, received| {
+        Self::raw_on(bind, move |stream, received| {
             let mut w = Wire::new(stream);
             while let Some(req) = w.read_request() {
                 // Recorded on arrival, before the handler runs (it may block).
@@ -632,7 +637,14 @@ impl Backend {
 
     /// A backend whose connections are handled by `f`, which may record messages itself.
     pub fn raw(f: impl Fn(TcpStream, &Arc<(Mutex<Vec<Message>>, Condvar)>) + Send + Sync + 'static) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::raw_on("127.0.0.1:0".parse().unwrap(), f)
+    }
+
+    fn raw_on(
+        bind: SocketAddr,
+        f: impl Fn(TcpStream, &Arc<(Mutex<Vec<Message>>, Condvar)>) + Send + Sync + 'static,
+    ) -> Backend {
+        let listener = TcpListener::bind(bind).unwrap();
         let addr = listener.local_addr().unwrap();
         let received: Arc<(Mutex<Vec<Message>>, Condvar)> = Arc::default();
         let connections = Arc::new(AtomicUsize::new(0));
