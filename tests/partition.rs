@@ -38,6 +38,11 @@ fn proxy(host: &Host, key: &str, extra: &[&str]) -> Running {
 
 /// An agent named `name` health-checking the webapp it supervises, as the compose file's nodes do.
 fn node(host: &Host, name: &str, key: &str, seed: SocketAddr) -> Running {
+    node_with(host, name, key, seed, &[])
+}
+
+/// The same with more agent flags.
+fn node_with(host: &Host, name: &str, key: &str, seed: SocketAddr, extra: &[&str]) -> Running {
     let (service, gossip, seed) = (host.addr(APP).to_string(), host.addr(GOSSIP).to_string(), seed.to_string());
     let exe = env!("CARGO_BIN_EXE_shoal");
     let args = [
@@ -54,15 +59,9 @@ fn node(host: &Host, name: &str, key: &str, seed: SocketAddr) -> Running {
         "/",
         "--check-interval",
         "1s",
-        "--",
-        exe,
-        "webapp",
-        "--listen",
-        &service,
-        "--name",
-        name,
     ];
-    let (process, log) = host.shoal(&args, &[("SHOAL_CLUSTER_KEY", key)]);
+    let child = ["--", exe, "webapp", "--listen", &service, "--name", name];
+    let (process, log) = host.shoal(&[&args[..], extra, &child[..]].concat(), &[("SHOAL_CLUSTER_KEY", key)]);
     Running { process, log }
 }
 
@@ -125,11 +124,17 @@ struct Three {
 
 impl Three {
     fn start() -> Three {
+        Three::start_with(&[])
+    }
+
+    /// With `extra` flags for every member, the proxy included.
+    fn start_with(extra: &[&str]) -> Three {
         let lab = Lab::new(3);
         let key = common::keygen();
-        let proxy = proxy(lab.host(0), &key, &["--threads", "1"]);
+        let proxy = proxy(lab.host(0), &key, &[&["--threads", "1"], extra].concat());
         let seed = lab.host(0).addr(GOSSIP);
-        let nodes = vec![node(lab.host(1), "n2", &key, seed), node(lab.host(2), "n3", &key, seed)];
+        let nodes =
+            vec![node_with(lab.host(1), "n2", &key, seed, extra), node_with(lab.host(2), "n3", &key, seed, extra)];
         assert_routes(lab.host(0), &["n2", "n3"]);
         Three { proxy, nodes, key, lab }
     }
@@ -189,6 +194,69 @@ fn a_node_whose_rejoin_is_lost_comes_back_by_itself() {
     node_host.pass_udp(Way::In);
     let took = assert_routes(t.lab.host(0), &["n2", "n3"]);
     eprintln!("back in: {took:?}");
+}
+
+/// A health change is broadcast a few times within a second or so. A proxy that hears nothing in that time
+/// (a blip shorter than the suspicion timeout, so nobody is declared down and nothing is re-announced) must
+/// still learn it: members repeat what they last said. It never did before.
+#[test]
+fn a_health_change_missed_in_a_blip_reaches_the_proxy_later() {
+    let t = Three::start_with(&["--suspect-timeout", "20s"]);
+    let (proxy_host, far) = (t.lab.host(0), t.lab.host(1));
+    proxy_host.drop_udp(Way::In, GOSSIP);
+    // n2's app answers its checks later than the 1 s they are given: n2 reports itself unhealthy.
+    let app = far.addr(APP);
+    far.enter(|| {
+        let body = r#"{"delay": 5000}"#;
+        let mut s = std::net::TcpStream::connect(app).expect("n2's app");
+        let head =
+            format!("POST /delay HTTP/1.1\r\nHost: n2\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        std::io::Write::write_all(&mut s, format!("{head}{body}").as_bytes()).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "POST /delay: {answer}");
+    });
+    t.nodes[0].log.wait_for("n2 unhealthy", |l| l.contains("is unhealthy"));
+    // Everything n2 and n3 send the proxy meanwhile is lost: n2's broadcasts, n3's relaying them, copies.
+    let seen = proxy_host.dropped_udp(Way::In);
+    wait_until("the broadcasts spent", || proxy_host.dropped_udp(Way::In) >= seen + 60);
+    proxy_host.pass_udp(Way::In);
+    let start = Instant::now();
+    while up_in_csv(proxy_host) != set(&["n3"]) {
+        assert!(start.elapsed() < WAIT, "the proxy still routes {:?}", up_in_csv(proxy_host));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = t.proxy.log.all();
+    assert!(!lines.iter().any(|l| l.contains("member down")), "a blip, not a partition: {lines:?}");
+}
+
+/// n2 is declared down everywhere; while the proxy is cut off, n2 rejoins under a new identity (n3 sees it)
+/// and dies. Healed, the proxy hears from n3 that the new identity is down too: foca reports only the rename
+/// of one down identity to another, and the proxy took that for a member coming up (a dead server routed,
+/// kept for good since no member-down follows).
+#[test]
+fn a_node_that_rejoined_and_died_out_of_sight_stays_out() {
+    let t = Three::start();
+    let (proxy_host, n2, n3) = (t.lab.host(0), &t.nodes[0], &t.nodes[1]);
+    n2.process.signal(libc::SIGSTOP);
+    t.proxy.log.wait_for("n2 down at the proxy", |l| l.contains("member down: n2 "));
+    n3.log.wait_for("n2 down at n3", |l| l.contains("member down: n2 "));
+    proxy_host.cut();
+    t.proxy.log.wait_for("n3 down at the proxy", |l| l.contains("member down: n3 "));
+    n2.process.signal(libc::SIGCONT);
+    n2.log.wait_for("n2's rejoin", |l| l.contains("rejoined as generation"));
+    n3.log.wait_count("n2's new identity up at n3", 2, |l| l.contains("member up: n2 "));
+    n2.process.signal(libc::SIGKILL);
+    n3.log.wait_count("n2's new identity down at n3", 2, |l| l.contains("member down: n2 "));
+    proxy_host.heal();
+    wait_until("the proxy hearing of n2's later identity", || {
+        let lines = t.proxy.log.all();
+        lines.iter().any(|l| l.contains("stays down: its later identity is down too"))
+            || lines.iter().filter(|l| l.contains("member up: n2 ")).count() > 1
+    });
+    assert_routes(proxy_host, &["n3"]);
+    let ups = t.proxy.log.all().iter().filter(|l| l.contains("member up: n2 ")).count();
+    assert_eq!(ups, 1, "n2 came up once, at the start: {:?}", t.proxy.log.all());
 }
 
 #[test]

@@ -34,9 +34,14 @@ type Swim = Foca<NodeId, PostcardCodec, StdRng, Handler>;
 const DRAIN_RECHECK: Duration = Duration::from_millis(20);
 /// Key-file polling and table pruning.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// What foca may put in one packet, leaving room for the seal within a 1400-byte datagram (overlay networks
-/// such as swarm's VXLAN have an MTU of 1450).
-const MAX_PAYLOAD: usize = 1400 - seal::OVERHEAD;
+/// What foca may put in one packet, leaving room for the seal within the largest sealed datagram.
+const MAX_PAYLOAD: usize = seal::MAX_SEALED - seal::OVERHEAD;
+/// This node says again what it last said of itself (its state, its drain acknowledgements) this often.
+/// foca spends a broadcast in a few transmissions within a second or so: a member that missed them all (a
+/// blip shorter than the suspicion timeout) would not learn a health or drain change until the next one.
+/// Serf resyncs by push-pull every 30 s; a repeat costs a few hundred bytes riding on gossip, and members
+/// that have it already do not pass it on.
+const REPEAT_EVERY: Duration = Duration::from_secs(5);
 /// A member declared down is announced to this often, so both sides of a healed partition find each other
 /// even when neither has the other as a `--join` seed.
 const ANNOUNCE_TO_DOWN_EVERY: Duration = Duration::from_secs(1);
@@ -92,6 +97,8 @@ pub struct Node {
     leaving: bool,
     /// Rejoined under a new generation and not spoken to since (foca's `Active`): see `announce_rejoin`.
     rejoining: bool,
+    /// When this node next repeats what it said (see [`REPEAT_EVERY`]).
+    next_repeat: Instant,
     stats: Arc<GossipStats>,
     wire: Vec<u8>,
     /// Packets to send again, with when.
@@ -162,6 +169,7 @@ impl Node {
             reevaluate: false,
             leaving: false,
             rejoining: false,
+            next_repeat: Instant::now() + REPEAT_EVERY,
             stats,
             wire: Vec::with_capacity(1500),
             copies: VecDeque::new(),
@@ -446,6 +454,45 @@ impl Node {
         if self.rejoining {
             self.announce_rejoin();
         }
+        if Instant::now() >= self.next_repeat {
+            self.next_repeat = Instant::now() + REPEAT_EVERY;
+            self.repeat();
+        }
+    }
+
+    /// See [`REPEAT_EVERY`]: this node's state under the version it has, and its acknowledgements of drains
+    /// still under way.
+    fn repeat(&mut self) {
+        let mut said = Vec::new();
+        if self.version > 0 {
+            said.push(Broadcast::State {
+                node: self.me.gossip,
+                generation: self.me.generation,
+                version: self.version,
+                state: self.state.clone(),
+            });
+        }
+        {
+            let table = self.table.borrow();
+            for id in self.members.values() {
+                let Some(entry) = table.current(id) else { continue };
+                if entry.state.draining && table.acked(self.me.gossip, id, entry.version) {
+                    said.push(Broadcast::DrainAck {
+                        proxy: self.me.gossip,
+                        node: id.gossip,
+                        generation: id.generation,
+                        version: entry.version,
+                    });
+                }
+            }
+        }
+        self.table.borrow_mut().repeating = true;
+        for b in said {
+            if let Err(e) = self.foca.add_broadcast(&state::encode(&b)) {
+                tracing::debug!("repeating a broadcast: {e}");
+            }
+        }
+        self.table.borrow_mut().repeating = false;
     }
 
     /// After a rejoin foca gossips the new generation to a few members once and then waits to be spoken to
@@ -567,7 +614,7 @@ impl Node {
                 let found = self.over_cap && self.admit_waiting();
                 (true, found)
             }
-            OwnedNotification::Rename(_, new) => self.upsert(new),
+            OwnedNotification::Rename(old, new) => self.renamed(old, new),
             OwnedNotification::Rejoin(new) => {
                 self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -608,6 +655,23 @@ impl Node {
             }
             _ => (false, false),
         }
+    }
+
+    /// foca replaced `old` with `new` at one address. It says no more when both are active (a rejoin seen
+    /// by a member that held the old identity alive) or both are down (a node that rejoined and died while
+    /// this one did not hear of it): only an active `new` is a member.
+    fn renamed(&mut self, old: NodeId, new: NodeId) -> (bool, bool) {
+        let active = self.foca.iter_members().any(|m| *m.id() == new);
+        if active {
+            return self.upsert(new);
+        }
+        if self.members.get(&old.gossip) == Some(&old) {
+            tracing::info!("member down: {} {} ({:?}), replaced by a later identity", old.name, old.gossip, old.role);
+            self.members.remove(&old.gossip);
+            return (true, self.over_cap && self.admit_waiting());
+        }
+        tracing::info!("member {} {} stays down: its later identity is down too", new.name, new.gossip);
+        (false, false)
     }
 
     /// Records a member unless a newer generation on the same address is already known, or the table is full.

@@ -35,6 +35,10 @@ const AT_NONCE: usize = AT_KEY + KEY_ID;
 const HEADER: usize = AT_NONCE + NONCE;
 /// Bytes a sealed packet adds to its payload.
 pub const OVERHEAD: usize = HEADER + TAG;
+/// The largest sealed packet: 1400 bytes fit an overlay network's MTU (swarm's VXLAN has 1450). Anything
+/// longer is refused before it is authenticated, so a flood of forged 64 KiB datagrams costs a length check
+/// each, not a pass of Poly1305 over every byte.
+pub const MAX_SEALED: usize = 1400;
 /// How far a packet's timestamp may be from this host's clock. Older packets are refused as replays, so the
 /// hosts' clocks must agree within this (NTP).
 pub const MAX_SKEW_MS: u64 = 30_000;
@@ -214,7 +218,7 @@ impl Sealer {
 
     /// Decrypts `packet` in place and returns its payload, or why it is refused.
     pub fn open<'a>(&mut self, packet: &'a mut [u8], now_ms: u64) -> Result<&'a [u8], Refused> {
-        if packet.len() < OVERHEAD || packet[0] != VERSION {
+        if packet.len() < OVERHEAD || packet.len() > MAX_SEALED || packet[0] != VERSION {
             return Err(Refused::Malformed);
         }
         let key = self.keyring.find(&packet[AT_KEY..AT_NONCE]).ok_or(Refused::UnknownKey)?;
@@ -321,6 +325,16 @@ mod tests {
 
     fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
         hay.windows(needle.len()).position(|w| w == needle)
+    }
+
+    #[test]
+    fn refuses_packets_longer_than_any_sealer_makes_unopened() {
+        let key = generate().unwrap();
+        let (mut a, mut b) = (sealer(&[&key]), sealer(&[&key]));
+        let mut largest = sealed(&mut a, &[7; MAX_SEALED - OVERHEAD], NOW);
+        assert_eq!(b.open(&mut largest, NOW).map(<[u8]>::len), Ok(MAX_SEALED - OVERHEAD));
+        let mut longer = sealed(&mut a, &[7; MAX_SEALED - OVERHEAD + 1], NOW);
+        assert_eq!(b.open(&mut longer, NOW), Err(Refused::Malformed));
     }
 
     #[test]

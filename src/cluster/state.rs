@@ -122,6 +122,9 @@ pub struct Table {
     acks: HashMap<(SocketAddr, SocketAddr), (u64, u64, Instant)>,
     /// Set when something new arrived; the node clears it after telling its listener.
     pub changed: bool,
+    /// Set by the node while it hands foca a repeat of what it said before (foca passes its own broadcasts
+    /// through this table too): one equal to what the table holds is let through instead of dropped.
+    pub repeating: bool,
 }
 
 impl Table {
@@ -160,8 +163,11 @@ impl Table {
         let now = Instant::now();
         match b {
             Broadcast::State { node, generation, version, state } => {
-                let newer = self.states.get(&node).is_none_or(|e| (generation, version) > (e.generation, e.version));
-                if !newer {
+                let held = self.states.get(&node).map(|e| (e.generation, e.version));
+                if self.repeating && held == Some((generation, version)) {
+                    return Some(Key { kind: 0, from: node, about: node, order: (generation, version) });
+                }
+                if held.is_some_and(|held| (generation, version) <= held) {
                     return None;
                 }
                 self.states.insert(node, Entry { generation, version, state, touched: now });
@@ -169,8 +175,11 @@ impl Table {
                 Some(Key { kind: 0, from: node, about: node, order: (generation, version) })
             }
             Broadcast::DrainAck { proxy, node, generation, version } => {
-                let newer = self.acks.get(&(proxy, node)).is_none_or(|&(g, v, _)| (generation, version) > (g, v));
-                if !newer {
+                let held = self.acks.get(&(proxy, node)).map(|&(g, v, _)| (g, v));
+                if self.repeating && held == Some((generation, version)) {
+                    return Some(Key { kind: 1, from: proxy, about: node, order: (generation, version) });
+                }
+                if held.is_some_and(|held| (generation, version) <= held) {
                     return None;
                 }
                 self.acks.insert((proxy, node), (generation, version, now));
@@ -223,5 +232,10 @@ mod tests {
         assert!(k3.invalidates(&k2) && !k2.invalidates(&k3));
         assert!(!table.borrow().states[&node].state.draining);
         assert!(h.receive_item(b"\xff\xff", None).is_err());
+        // The node's own repeat of what the table holds goes out again; older ones still do not.
+        table.borrow_mut().repeating = true;
+        assert!(h.receive_item(&v(3, false), None).unwrap().is_some(), "a repeat let through");
+        assert!(h.receive_item(&v(2, true), None).unwrap().is_none());
+        assert!(!table.borrow().states[&node].state.draining);
     }
 }
