@@ -128,6 +128,19 @@ fn count(bodies: &[String], body: &str) -> usize {
     bodies.iter().filter(|b| *b == body).count()
 }
 
+/// Lines sent together outside prompt mode all run, as HAProxy runs them (`printf 'a\nb\n' | socat`): only
+/// the first did, and the rest were dropped unanswered. `quit` ends its line's commands.
+#[test]
+fn runtime_api_runs_pipelined_lines_and_stops_at_quit() {
+    let (one, two) = (Backend::http(|_| common::ok("one")), Backend::http(|_| common::ok("two")));
+    let proxy = proxy_with(1, &[("s1", one.addr), ("s2", two.addr)]);
+    let status_of = |server: &str| csv(&proxy)[&format!("nodes/{server}")]["status"].clone();
+    assert_eq!(proxy.runtime("disable server nodes/s1\ndisable server nodes/s2"), "\n\n");
+    assert_eq!((status_of("s1"), status_of("s2")), ("MAINT".into(), "MAINT".into()));
+    assert_eq!(proxy.runtime("quit; enable server nodes/s1"), "");
+    assert_eq!(status_of("s1"), "MAINT", "nothing after quit runs");
+}
+
 #[test]
 fn runtime_api_sets_server_state_and_weight() {
     let one = Backend::http(|_| common::ok("one"));

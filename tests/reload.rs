@@ -212,3 +212,25 @@ fn sighup_applies_a_changed_maxconn_and_keeps_the_rest() {
     healthy.store(true, Ordering::SeqCst);
     proxy.wait_server("s2", "s2 UP once its checks pass", |s, _| s == "UP");
 }
+
+/// The backend's totals count what every server did: a server a reload removes takes nothing away from them
+/// (they fell by its share, which a Prometheus `increase()` reads as a counter reset).
+#[test]
+fn sighup_removing_a_server_keeps_the_backend_totals() {
+    let (first, second) = (Backend::http(|_| common::ok("first")), Backend::http(|_| common::ok("second")));
+    let listen = free_port().to_string();
+    let file = TempFile::new("totals.toml", &config(std::slice::from_ref(&listen), &[&first, &second]));
+    let proxy = Proxy::start(&["--config", file.arg(), "--threads", "1"]);
+    for _ in 0..20 {
+        assert_eq!(common::get(proxy.addr, "/").status(), 200);
+    }
+    assert_eq!(second.requests().len(), 10, "round robin");
+    wait_until("20 requests in the backend's totals", || proxy.backend_column("stot") == "20");
+    file.write(&config(std::slice::from_ref(&listen), &[&first]));
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the reload", |l| l.contains("configuration reloaded: 1 static servers"));
+    assert_eq!(proxy.backend_column("stot"), "20", "after the reload");
+    assert_eq!(proxy.backend_column("hrsp_2xx"), "20");
+    assert_eq!(common::get(proxy.addr, "/").body_str(), "first");
+    wait_until("21 requests", || proxy.backend_column("stot") == "21");
+}

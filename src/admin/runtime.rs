@@ -83,7 +83,10 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
         let mut quit = false;
         for command in line.trim().split(';').map(str::trim).filter(|c| !c.is_empty()) {
             match command {
-                "quit" => quit = true,
+                "quit" => {
+                    quit = true;
+                    break;
+                }
                 "prompt" => interactive = !interactive,
                 _ if out.len() > OUTPUT_LIMIT => {
                     out.push_str("Output limit reached: the rest of the line is ignored.\n\n");
@@ -100,7 +103,10 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
         }
         // A client that does not read its answers is let go.
         let written = tokio::time::timeout(WRITE, write.write_all(out.as_bytes())).await;
-        if !matches!(written, Ok(Ok(()))) || quit || !interactive {
+        // Outside prompt mode a session ends with its line, unless more lines came with it: HAProxy runs
+        // those too (`printf 'cmd1\ncmd2\n' | socat`), rather than dropping them unanswered.
+        let pipelined = !reader.buffer().is_empty();
+        if !matches!(written, Ok(Ok(()))) || quit || !(interactive || pipelined) {
             return;
         }
     }

@@ -174,6 +174,17 @@ impl Publisher {
                 (backend, spec.weight)
             })
             .collect();
+        // A server the reload removed (or renamed or moved) leaves its counts to the backend's totals, which
+        // must not go back.
+        for (gone, _) in &old {
+            let kept = self
+                .statics
+                .iter()
+                .any(|(b, _)| b.name() == gone.name() && (&b.host, b.port) == (&gone.host, gone.port));
+            if !kept {
+                self.retired += gone.totals();
+            }
+        }
         self.publish();
     }
 

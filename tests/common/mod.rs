@@ -284,6 +284,16 @@ impl Proxy {
     }
 
     /// Server `name`'s value in CSV column `column`.
+    /// A cell of the `nodes/BACKEND` row.
+    pub fn backend_column(&self, column: &str) -> String {
+        let csv = get(self.admin(), "/;csv").body_str();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().trim_start_matches("# ").split(',').collect();
+        let at = header.iter().position(|c| *c == column).expect("a CSV column");
+        let row = lines.find(|l| l.starts_with("nodes,BACKEND,")).expect("the BACKEND row");
+        row.split(',').nth(at).unwrap_or_default().to_string()
+    }
+
     pub fn servers_column(&self, name: &str, column: &str) -> String {
         self.server_rows()[name][column].clone()
     }
