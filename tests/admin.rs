@@ -197,7 +197,12 @@ fn runtime_api_sets_server_state_and_weight() {
     assert_eq!(lines.next(), Some(header));
     let s1: Vec<&str> = lines.next().unwrap().split(' ').collect();
     assert_eq!(s1.len(), 25, "{state}");
-    assert_eq!((s1[1], s1[3], s1[5], s1[6], s1[7]), ("nodes", "s1", "2", "0", "300"), "{state}");
+    assert_eq!((s1[1], s1[3], s1[5], s1[6], s1[7], s1[8]), ("nodes", "s1", "2", "0", "300", "100"), "{state}");
+    // HAProxy's `get weight`, and weights as a percentage of the initial one.
+    assert_eq!(proxy.runtime("get weight nodes/s1"), "300 (initial 100)\n\n");
+    assert_eq!(proxy.runtime("set weight nodes/s1 50%; get weight nodes/s1"), "\n50 (initial 100)\n\n");
+    assert_eq!(proxy.runtime("set server nodes/s1 weight 300"), "\n");
+    assert_eq!(proxy.runtime("get weight nodes/nope"), "No such server.\n\n");
     let port = one.addr.port().to_string();
     assert_eq!((s1[4], s1[17], s1[18]), ("127.0.0.1", "-", port.as_str()), "address, no FQDN, port: {state}");
 

@@ -34,8 +34,9 @@ const HELP: &str = "The following commands are valid at this level:
   show stat [{<iid>|<proxy>} <type> <sid>] [up|no-maint] : counters of each proxy and server (CSV)
   show servers state [<backend>]          : dump volatile server information
   set server <bk>/<srv> state <state>     : set a server's state (ready, drain, maint)
-  set server <bk>/<srv> weight <weight>   : change a server's weight
-  set weight <bk>/<srv> <weight>          : change a server's weight (deprecated)
+  set server <bk>/<srv> weight <weight>[%] : change a server's weight (% of its initial weight)
+  set weight <bk>/<srv> <weight>[%]       : change a server's weight (deprecated)
+  get weight <bk>/<srv>                   : report a server's current and initial weight
   disable server <bk>/<srv>               : put a server in maintenance
   enable server <bk>/<srv>                : take a server out of maintenance
 ";
@@ -128,8 +129,9 @@ fn answer(command: &str, shared: &Shared, publisher: &Mutex<Publisher>) -> Strin
         ["show", "servers", "state", _] => "Can't find backend.\n".into(),
         ["set", "server", target, "state", state] => set_state(publisher, target, state),
         ["set", "server", target, "weight", weight] | ["set", "weight", target, weight] => {
-            set_weight(publisher, target, weight)
+            set_weight(shared, publisher, target, weight)
         }
+        ["get", "weight", target] => get_weight(shared, target),
         ["disable", "server", target] => set_state(publisher, target, "maint"),
         ["enable", "server", target] => set_state(publisher, target, "ready"),
         _ => format!("Unknown command: '{command}'\n{HELP}"),
@@ -168,20 +170,40 @@ fn set_state(publisher: &Mutex<Publisher>, target: &str, state: &str) -> String 
     }
 }
 
-fn set_weight(publisher: &Mutex<Publisher>, target: &str, weight: &str) -> String {
-    let Ok(weight) = weight.parse::<u16>() else {
-        return "Require <weight> or <weight%>: an integer from 0 to 65535.\n".into();
-    };
+/// `set weight`: an absolute weight, or a percentage of the initial one (HAProxy's `<weight%>`).
+fn set_weight(shared: &Shared, publisher: &Mutex<Publisher>, target: &str, weight: &str) -> String {
+    const USAGE: &str =
+        "Require <weight> or <weight%>: an integer from 0 to 65535, or a percentage of the initial weight.\n";
     let name = match server_name(target) {
         Ok(name) => name,
         Err(e) => return e,
     };
+    let weight = match weight.strip_suffix('%') {
+        None => weight.parse::<u16>().ok(),
+        Some(percent) => percent.parse::<u64>().ok().and_then(|percent| {
+            let initial = Snapshot::read(shared).servers.iter().find(|s| s.name == name)?.initial_weight;
+            Some((u64::from(initial) * percent / 100).min(u64::from(u16::MAX)) as u16)
+        }),
+    };
+    let Some(weight) = weight else { return USAGE.into() };
     match publisher.lock().set(name, |o| o.weight = Some(weight)) {
         Ok(()) => {
             tracing::info!("runtime API: server {BACKEND}/{name} weight set to {weight}");
             String::new()
         }
         Err(_) => "No such server.\n".into(),
+    }
+}
+
+/// `get weight`: the weight in force and the initial one, as HAProxy prints them.
+fn get_weight(shared: &Shared, target: &str) -> String {
+    let name = match server_name(target) {
+        Ok(name) => name,
+        Err(e) => return e,
+    };
+    match Snapshot::read(shared).servers.iter().find(|s| s.name == name) {
+        Some(s) => format!("{} (initial {})\n", s.user_weight, s.initial_weight),
+        None => "No such server.\n".into(),
     }
 }
 
@@ -228,12 +250,14 @@ srv_agent_addr srv_agent_port\n",
         let check = check_columns(server);
         let _ = writeln!(
             out,
-            "2 {BACKEND} {} {} {addr} {op} {admin} {w} {w} {since} {check} 0 0 {fqdn} {} - 0 0 - - 0",
+            "2 {BACKEND} {} {} {addr} {op} {admin} {} {} {since} {check} 0 0 {fqdn} {} - 0 0 - - 0",
             i + 1,
             server.name,
+            // srv_uweight: the weight in force, not the one --slowstart ramps (the CSV's uweight); srv_iweight:
+            // the one configured or announced.
+            server.user_weight,
+            server.initial_weight,
             server.port,
-            // srv_uweight and srv_iweight: the weight set, not the one --slowstart ramps (the CSV's uweight).
-            w = server.user_weight
         );
     }
     out

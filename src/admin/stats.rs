@@ -28,6 +28,8 @@ pub struct Server {
     pub weight: u16,
     /// Its weight before `--slowstart` scales it (`uweight`).
     pub user_weight: u16,
+    /// Its weight as configured or announced, before an operator's `set weight` (`iweight`).
+    pub initial_weight: u16,
     pub in_flight: u64,
     /// The most requests in flight at once.
     pub peak_in_flight: u64,
@@ -128,6 +130,7 @@ impl Snapshot {
                 status: status_of(b, state),
                 weight,
                 user_weight: set.user_weights.get(i).copied().unwrap_or(weight),
+                initial_weight: set.initial_weights.get(i).copied().unwrap_or(weight),
                 in_flight: b.in_flight() as u64,
                 peak_in_flight: b.peak_in_flight() as u64,
                 queued: u64::from(b.queued()),

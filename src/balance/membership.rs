@@ -306,6 +306,7 @@ impl Publisher {
         let mut gone: Vec<_> = self.departed.values().map(|(b, w, _)| (b.clone(), *w, ServerState::Down)).collect();
         gone.sort_by_key(|(b, _, _)| b.name().to_string());
         servers.extend(gone);
+        let initial_weights = servers.iter().map(|(_, weight, _)| *weight).collect();
         for (backend, weight, state) in &mut servers {
             let Some(o) = self.overrides.get(backend.name().as_str()) else { continue };
             *weight = o.weight.unwrap_or(*weight);
@@ -322,6 +323,7 @@ impl Publisher {
         self.ramp(&mut servers);
         let mut set = BackendSet::new(servers);
         set.user_weights = user_weights;
+        set.initial_weights = initial_weights;
         set.retired = self.retired;
         let up = set.rotation().len();
         let known = set.servers.len();

@@ -51,6 +51,9 @@ pub struct BackendSet {
     /// Each server's weight before `--slowstart` scales it (HAProxy's `uweight`): `weights` but for a server
     /// ramping up.
     pub user_weights: Vec<u16>,
+    /// Each server's weight as configured or announced, before an operator's `set weight` (HAProxy's
+    /// `iweight`).
+    pub initial_weights: Vec<u16>,
     /// Each server's state, in the order of `servers`.
     pub states: Vec<ServerState>,
     /// 2^32 / weight for each server, so comparing loads per unit of weight takes a multiplication, not a
@@ -98,6 +101,7 @@ impl BackendSet {
         }
         set.least_cost = set.rotation.iter().map(|&i| set.inverse_weights[i]).min().unwrap_or(0);
         set.user_weights = set.weights.clone();
+        set.initial_weights = set.weights.clone();
         set.rotating = (set.rotation.iter())
             .map(|&i| Rotating { server: set.servers[i].clone(), inverse_weight: set.inverse_weights[i] })
             .collect();
