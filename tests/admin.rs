@@ -116,7 +116,26 @@ fn csv_page_and_metrics_count_what_clients_saw() {
     let (status, page) = admin_get(&proxy, "/");
     assert_eq!(status, 200);
     assert!(page.contains("<table>") && page.contains(&format!("s1 ({})", good.addr)), "{page}");
-    assert_eq!(admin_get(&proxy, "/nope").0, 404);
+    // HAProxy's `stats uri /` matches a prefix: its default `/haproxy?stats` is the page too, options follow a
+    // `;` wherever the path ends, and `;up` / `;no-maint` leave out servers DOWN (s3, refused) or in MAINT.
+    assert!(admin_get(&proxy, "/haproxy?stats").1.contains("<table>"));
+    assert!(!admin_get(&proxy, "/haproxy?stats;norefresh").1.contains("http-equiv=\"refresh\""));
+    assert!(page.contains("http-equiv=\"refresh\""));
+    assert_eq!(proxy.runtime("disable server nodes/s2"), "\n");
+    let listed = |target: &str| -> Vec<String> {
+        let (status, csv) = admin_get(&proxy, target);
+        assert_eq!(status, 200, "{target}");
+        csv.lines()
+            .skip(1)
+            .filter(|l| l.starts_with("nodes,s"))
+            .map(|l| l.split(',').nth(1).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed("/haproxy?stats;csv"), ["s1", "s2", "s3"]);
+    assert_eq!(listed("/;csv;up"), ["s1"]);
+    assert_eq!(listed("/haproxy?stats;csv;no-maint"), ["s1", "s3"]);
+    let up_page = admin_get(&proxy, "/;up").1;
+    assert!(up_page.contains("s1 (") && !up_page.contains("s2 (") && !up_page.contains("s3 ("), "{up_page}");
 }
 
 /// The bodies of `n` GETs in a row.

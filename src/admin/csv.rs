@@ -171,14 +171,23 @@ impl Filter {
         self.proxy.as_deref().is_none_or(|p| p == r.pxname || p == r.iid.to_string())
             && self.types.is_none_or(|t| t & bit != 0)
             && (!server || self.sid.is_none_or(|sid| sid == r.sid))
-            && (!server || !self.up || !matches!(r.status, "DOWN" | "MAINT"))
-            && (!server || !self.no_maint || r.status != "MAINT")
+            && (!server || self.shows(r.status))
     }
-}
 
-/// Every row.
-pub fn render(s: &Snapshot) -> String {
-    render_filtered(s, &Filter::default())
+    /// The stats page's `;up` and `;no-maint` options.
+    pub fn states(up: bool, no_maint: bool) -> Filter {
+        Filter { up, no_maint, ..Filter::default() }
+    }
+
+    /// Whether a server of this status is listed.
+    pub fn shows(&self, status: &str) -> bool {
+        let hidden = match status {
+            "MAINT" => self.up || self.no_maint,
+            "DOWN" => self.up,
+            _ => false,
+        };
+        !hidden
+    }
 }
 
 pub fn render_filtered(s: &Snapshot, filter: &Filter) -> String {

@@ -121,25 +121,32 @@ async fn read_target(stream: &mut TcpStream) -> Head {
     }
 }
 
-/// Routes like HAProxy's `stats uri /`: options follow a `;` (`/;csv`, `/;csv;norefresh`), or `?stats;csv`.
+/// `/metrics` and `/members` are shoal's own; any other path is the stats page, as under HAProxy's `stats uri
+/// /`, which matches a prefix (so its default `/haproxy?stats` is served too). Options follow a `;` anywhere
+/// after it: `;csv`, `;up` (no server DOWN or in maintenance), `;no-maint`, `;norefresh`.
 fn respond(target: &str, shared: &Shared) -> (&'static str, &'static str, String) {
-    let (path, options) = target.split_once(';').unwrap_or((target, ""));
-    let path = path.strip_suffix("?stats").unwrap_or(path);
+    let path = target.split(['?', ';']).next().unwrap_or_default();
+    let option = |name: &str| target.split(';').skip(1).any(|o| o.starts_with(name));
     let snapshot = stats::Snapshot::read(shared);
     match path {
-        "/" if options.split(';').any(|o| o == "csv") => {
-            ("200 OK", "text/plain; charset=utf-8", csv::render(&snapshot))
-        }
-        "/" => ("200 OK", "text/html; charset=utf-8", page::render(&snapshot, &shared.roster.rows())),
+        _ if !path.starts_with('/') => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found: the stats are at / (;csv for CSV), /metrics and /members\n".into(),
+        ),
         "/metrics" => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", prometheus::render(&snapshot)),
         "/members" => {
             let rows = shared.roster.rows();
             ("200 OK", "application/json", serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()) + "\n")
         }
-        _ => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: the stats are at / (;csv for CSV), /metrics and /members\n".into(),
-        ),
+        _ => {
+            let filter = csv::Filter::states(option("up"), option("no-maint"));
+            if option("csv") {
+                ("200 OK", "text/plain; charset=utf-8", csv::render_filtered(&snapshot, &filter))
+            } else {
+                let page = page::render(&snapshot, &shared.roster.rows(), &filter, !option("norefresh"));
+                ("200 OK", "text/html; charset=utf-8", page)
+            }
+        }
     }
 }

@@ -41,9 +41,11 @@ struct Line<'a> {
     timings: &'a Phases,
 }
 
-pub fn render(s: &Snapshot, members: &[Row]) -> String {
+/// The page, listing the servers `filter` shows, reloading itself every 5 s if `refresh`.
+pub fn render(s: &Snapshot, members: &[Row], filter: &super::csv::Filter, refresh: bool) -> String {
+    let refresh = if refresh { "<meta http-equiv=\"refresh\" content=\"5\">" } else { "" };
     let mut out = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+        "<!doctype html><html><head><meta charset=\"utf-8\">{refresh}\
 <link rel=\"icon\" href=\"data:,\"><title>shoal statistics</title><style>{STYLE}</style></head><body><h1>shoal statistics</h1>\
 <p>uptime {}; {} client connections of {}; CSV at <a href=\"/;csv\">/;csv</a>, metrics at \
 <a href=\"/metrics\">/metrics</a>, members at <a href=\"/members\">/members</a></p>",
@@ -95,7 +97,7 @@ pub fn render(s: &Snapshot, members: &[Row]) -> String {
         };
         line(&mut out, &l);
     }
-    for server in &s.servers {
+    for server in s.servers.iter().filter(|v| filter.shows(v.status)) {
         let name = format!("{} ({})", escape(&server.name), escape(&server.address));
         let joining = members.iter().any(|m| m.name == server.name && m.status == "joining");
         let suspected = server.seen.as_ref().is_some_and(Seen::suspected_lately);
