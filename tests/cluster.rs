@@ -427,6 +427,11 @@ fn a_dead_node_stays_listed_down_with_its_counters_and_keeps_them_when_it_comes_
     let page = common::get(proxy.admin(), "/").body_str();
     let row = page.split("<tr").find(|r| r.contains("phoenix (")).expect("phoenix on the page");
     assert!(row.starts_with(" class=\"active_down\""), "red, as HAProxy shows a DOWN server: {row}");
+    // A listed server is one the runtime API can act on: held out before it comes back ("No such server."
+    // before), then let go.
+    assert_eq!(proxy.runtime("set server nodes/phoenix state maint"), "\n");
+    proxy.wait_server("phoenix", "MAINT", |status, _| status == "MAINT");
+    assert_eq!(proxy.runtime("set server nodes/phoenix state ready"), "\n");
     let restarted = Instant::now();
     // Back under the same name (a restart: new process, new port): its counts go on from there.
     let (_phoenix_app, phoenix) = common::webapp("phoenix");

@@ -87,8 +87,10 @@ impl Publisher {
 
     /// Records an operator's change to the server(s) named `name` and republishes.
     pub fn set(&mut self, name: &str, change: impl FnOnce(&mut Override)) -> Result<(), NoSuchServer> {
-        let exists =
-            self.statics.iter().any(|(b, _)| *b.name() == name) || self.known.values().any(|b| *b.name() == name);
+        // Any server listed: a member's that went away too (an operator may hold it out before it is back).
+        let exists = self.statics.iter().any(|(b, _)| *b.name() == name)
+            || self.known.values().any(|b| *b.name() == name)
+            || self.departed.contains_key(name);
         if !exists {
             return Err(NoSuchServer(name.to_string()));
         }
@@ -141,13 +143,13 @@ impl Publisher {
         self.statics.iter().map(|(b, _)| b.clone()).collect()
     }
 
-    /// Republishes while a server ramps up, so its weight follows the clock; true while any does.
-    pub fn tick(&mut self) -> bool {
-        if self.ramping.is_empty() {
-            return false;
+    /// Republishes while a server ramps up, so its weight follows the clock, and once a server that went away
+    /// has been listed for [`RETENTION`], so it goes even if nothing else changes.
+    pub fn tick(&mut self) {
+        let expired = self.departed.values().any(|(_, _, since)| since.elapsed() >= RETENTION);
+        if !self.ramping.is_empty() || expired {
+            self.publish();
         }
-        self.publish();
-        true
     }
 
     /// The gossip addresses of the members in rotation now.
@@ -466,6 +468,24 @@ mod tests {
         let set = p.shared.load();
         let web1 = set.servers.iter().position(|b| *b.name() == "web-1").unwrap();
         assert_eq!(set.states[web1], ServerState::Down);
+    }
+
+    /// A server that went away leaves the list after RETENTION on the housekeeping tick alone: it stayed as
+    /// long as no membership change came to prune it.
+    #[test]
+    fn a_departed_server_leaves_after_retention_without_another_change() {
+        let shared = crate::balance::shared(BackendSet::default());
+        let publisher = Publisher::new(Vec::new(), shared, Pool::new(1), watch::channel(0).0);
+        let mut p = publisher.lock();
+        p.update(&[member("web-1", "10.0.0.1:7946", 5), member("web-2", "10.0.0.2:7946", 5)]);
+        p.update(&[member("web-2", "10.0.0.2:7946", 5)]);
+        assert_eq!(names(&p), ["web-1", "web-2"], "listed DOWN once gone");
+        p.tick();
+        assert_eq!(names(&p), ["web-1", "web-2"], "within its retention");
+        let Some(long_ago) = Instant::now().checked_sub(RETENTION) else { return };
+        p.departed.get_mut("web-1").expect("departed").2 = long_ago;
+        p.tick();
+        assert_eq!(names(&p), ["web-2"]);
     }
 
     #[test]

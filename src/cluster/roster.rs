@@ -107,12 +107,35 @@ impl Roster {
 
     /// This node first, then every member by name, with their ages brought up to date.
     pub fn rows(&self) -> Vec<Row> {
-        let tracked = self.tracked.lock();
+        let mut tracked = self.tracked.lock();
+        // Members that went away leave after RETENTION even when no membership change comes to prune them.
+        tracked.retain(|_, t| t.gone.is_none_or(|g| g.elapsed() < RETENTION));
         let mut rows: Vec<Row> = self.this.lock().iter().cloned().collect();
         let mut others: Vec<Row> =
             tracked.values().map(|t| Row { since_change_s: t.changed.elapsed().as_secs(), ..t.row.clone() }).collect();
         others.sort_by(|a, b| (&a.name, &a.address, a.generation).cmp(&(&b.name, &b.address, b.generation)));
         rows.extend(others);
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::NodeId;
+
+    /// A member that went away leaves `/members` after RETENTION when read, though no membership change
+    /// came to prune it (a quiet cluster kept it for good).
+    #[test]
+    fn a_member_that_went_away_leaves_after_retention_without_another_change() {
+        let roster = Roster::default();
+        let id = NodeId::new("10.0.0.1:7946".parse().unwrap(), Role::Backend, None, 100, false, "web-1");
+        roster.observe(&[Member { id, state: None }]);
+        roster.observe(&[]);
+        let statuses = || roster.rows().into_iter().map(|r| r.status).collect::<Vec<_>>();
+        assert_eq!(statuses(), ["failed"]);
+        let Some(long_ago) = Instant::now().checked_sub(RETENTION) else { return };
+        roster.tracked.lock().values_mut().for_each(|t| t.gone = Some(long_ago));
+        assert!(statuses().is_empty());
     }
 }
