@@ -404,6 +404,19 @@ fn an_agent_check_sets_weight_drain_and_maint_and_a_failing_one_falls_back() {
     report.write("drain\n");
     proxy.wait_server("a", "DRAIN", |status, _| status == "DRAIN");
     assert!((0..20).all(|_| common::get(proxy.addr, "/").body_str() == "b"), "a draining node takes nothing new");
+    // What a line leaves out stays as it was (HAProxy's "parameters which are not advertised by the agent are
+    // not changed"): a weight alone keeps the drain, which only `ready` ends; `down` lasts until `up`, and
+    // may carry a description after a `#`.
+    report.write("75%\n");
+    proxy.wait_server("a", "still DRAIN, at 3/4", |status, weight| status == "DRAIN" && weight == full * 3 / 4);
+    report.write("ready\n");
+    proxy.wait_server("a", "UP at 3/4", |status, weight| status == "UP" && weight == full * 3 / 4);
+    report.write("down # disk full\n");
+    proxy.wait_server("a", "DOWN", |status, _| status == "DOWN");
+    report.write("50%\n");
+    proxy.wait_server("a", "still DOWN, at half", |status, weight| status == "DOWN" && weight == full / 2);
+    report.write("up\n");
+    proxy.wait_server("a", "UP at half", |status, weight| status == "UP" && weight == full / 2);
     report.write("maint\n");
     proxy.wait_server("a", "MAINT", |status, _| status == "MAINT");
 
@@ -414,6 +427,28 @@ fn an_agent_check_sets_weight_drain_and_maint_and_a_failing_one_falls_back() {
     assert!((0..20).any(|_| common::get(proxy.addr, "/").body_str() == "a"));
     agent_a.signal(libc::SIGTERM);
     assert!(agent_a.wait_exit().success());
+}
+
+/// An agent-check command that outlives its time (a pipeline stuck on a hung app) is killed with everything
+/// it started: only its shell was, and each check left its `sleep` behind.
+#[test]
+fn an_agent_check_command_that_hangs_leaves_no_process_behind() {
+    let app = named("a");
+    let proxy = Proxy::start(&[]);
+    let runs = TempFile::new("agent-check-runs", "");
+    let marker = format!("{}.{}", 900_000 + std::process::id() % 90_000, 17);
+    let check = format!("echo run >> {}; sleep {marker} | cat", runs.arg());
+    let mut agent =
+        Agent::start(&app.arg(), &proxy.gossip(), &["--name", "a", "--agent-check", &check, "--agent-inter", "100ms"]);
+    common::wait_until("ten checks run", || std::fs::read_to_string(&runs.0).unwrap_or_default().lines().count() >= 10);
+    let sleeping = || {
+        let out = std::process::Command::new("pgrep").args(["-f", &format!("^sleep {marker}")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(sleeping() <= 1, "{} sleeps left behind by 10 checks", sleeping());
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit().success());
+    common::wait_until("no check process left after the agent", || sleeping() == 0);
 }
 
 #[test]

@@ -3,9 +3,10 @@
 //! a TCP port of the server's; here it comes from an `http://` URL (the first line of the answer's body) or a
 //! shell command (the first line it prints), so no extra port is opened anywhere.
 //!
-//! Words, separated by spaces or commas: `N%` scales the configured weight; `ready` and `up` put the node
-//! back; `drain` stops new requests (sticky sessions keep going); `maint` takes it out; `down`, `failed` and
-//! `stopped` mark it down. Other words (`maxconn:N`) are accepted and ignored.
+//! Words, separated by spaces, tabs or commas: `N%` scales the configured weight; `drain` stops new requests
+//! (sticky sessions keep going) and `maint` takes the node out until `ready`; `down`, `failed` and `stopped`
+//! (with an optional `#` and a description after them) mark it down until `up`. As in HAProxy, what a line
+//! does not mention stays as the last line left it. `maxconn:N` is accepted and ignored.
 
 use std::time::Duration;
 
@@ -32,9 +33,21 @@ pub enum Admin {
     Maint,
 }
 
-/// Parses one agent-check line.
+impl Report {
+    /// This report where it says something, `earlier` where it does not.
+    pub fn over(self, earlier: Report) -> Report {
+        Report {
+            percent: self.percent.or(earlier.percent),
+            admin: self.admin.or(earlier.admin),
+            up: self.up.or(earlier.up),
+        }
+    }
+}
+
+/// Parses one agent-check line; what follows a `#` is a description for people (`down # disk full`).
 pub fn parse(line: &str) -> Result<Report, String> {
     let mut report = Report::default();
+    let line = line.split('#').next().unwrap_or_default();
     let words = line.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty());
     let mut understood = false;
     for word in words {
@@ -138,19 +151,44 @@ fn first_body_line(response: &[u8], ended: bool) -> Result<Option<String>, Strin
     }
 }
 
-/// Runs `command` with /bin/sh; the first line it prints.
+/// Most of a command's output read: the line is the first.
+const OUTPUT_LIMIT: u64 = 64 * 1024;
+
+/// Runs `command` with /bin/sh in a process group of its own; the first line it prints. Whatever it started
+/// goes with it, once it exits or its time is up: `curl -s app/agent | head -1` stuck on a hung app would
+/// otherwise leave a curl and a head behind every `--agent-inter`.
 async fn command_line(command: &str) -> Result<String, String> {
-    let out = tokio::process::Command::new("/bin/sh")
+    let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .map_err(|e| format!("cannot run: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("exited with {}", out.status));
+    let _group = Group(child.id());
+    let mut output = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        stdout.take(OUTPUT_LIMIT).read_to_end(&mut output).await.map_err(|e| format!("read: {e}"))?;
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string())
+    let status = child.wait().await.map_err(|e| format!("wait: {e}"))?;
+    if !status.success() {
+        return Err(format!("exited with {status}"));
+    }
+    Ok(String::from_utf8_lossy(&output).lines().next().unwrap_or_default().to_string())
+}
+
+/// Kills a command's process group when dropped: after it answered, or when its time ran out.
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) on the group the command's shell leads (ESRCH once all of it is gone).
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +218,9 @@ mod tests {
         assert_eq!(parse("MAINT, maxconn:30").unwrap().admin, Some(Admin::Maint));
         assert_eq!(parse("ready 100%").unwrap().admin, Some(Admin::Ready));
         assert_eq!(parse("down").unwrap().up, Some(false));
+        assert_eq!(parse("down # disk full").unwrap().up, Some(false), "a description after #");
+        assert_eq!(parse("stopped#maintenance window").unwrap().up, Some(false));
+        assert!(parse("# nothing but a description").is_err());
         assert!(parse("").is_err());
         assert!(parse("fast").is_err());
         assert!(parse("x%").is_err());

@@ -174,7 +174,7 @@ impl Said {
                 if std::mem::take(&mut self.failing) {
                     tracing::info!("agent check answers again");
                 }
-                report
+                report.over(self.report)
             }
             Err(why) => {
                 if !std::mem::replace(&mut self.failing, true) {
