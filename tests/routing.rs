@@ -451,6 +451,22 @@ fn an_agent_check_command_that_hangs_leaves_no_process_behind() {
     common::wait_until("no check process left after the agent", || sleeping() == 0);
 }
 
+/// A check under way does not hold up the agent: SIGTERM is acted on at once, not when the check returns
+/// (each check, up to its interval, was awaited in the agent's loop; here that is a minute).
+#[test]
+fn an_agent_stops_at_once_while_a_check_hangs() {
+    let app = named("a");
+    let proxy = Proxy::start(&[]);
+    let runs = TempFile::new("agent-check-started", "");
+    let check = format!("echo run >> {}; sleep 1000", runs.arg());
+    let mut agent =
+        Agent::start(&app.arg(), &proxy.gossip(), &["--name", "a", "--agent-check", &check, "--agent-inter", "60s"]);
+    common::wait_until("the check started", || !std::fs::read_to_string(&runs.0).unwrap_or_default().is_empty());
+    agent.signal(libc::SIGTERM);
+    agent.stderr.wait_for("the stop begun", |l| l.contains("stopping: draining"));
+    assert!(agent.wait_exit().success());
+}
+
 #[test]
 fn static_servers_are_health_checked_with_rise_fall_and_a_status_range() {
     let status = Arc::new(AtomicU16::new(200));

@@ -15,7 +15,7 @@ use crate::cluster::{self, Announce, Member, Membership, NodeState, Role};
 use crate::config::AgentConfig;
 use crate::signals::StopSignals;
 use capacity::{Admin, Report};
-use health::{CheckConfig, Verdicts};
+use health::Verdicts;
 use orphans::Orphans;
 use supervise::{Event, Supervisor};
 
@@ -71,11 +71,16 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
     tracing::info!("agent for {} running", config.service);
     let mut child =
         (!config.command.is_empty()).then(|| runtime.block_on(async { Supervisor::start(config.command.clone()) }));
-    runtime.block_on(async {
+    // A local set: the check tasks are not Send, and go when the loop ends (their commands killed with them).
+    tokio::task::LocalSet::new().block_on(&runtime, async {
         let mut verdicts = config.check.as_ref().map(|c| Verdicts::new(c.rise, c.fall));
         let mut next_check = tokio::time::Instant::now();
         let mut next_agent_check = tokio::time::Instant::now();
         let mut said = Said { healthy: config.check.is_none(), report: Report::default(), failing: false };
+        // Checks run as tasks of their own and report here: one whose app hangs takes up to its interval,
+        // and the loop must meanwhile answer signals and the app's exit (a SIGTERM waited up to 2 s a check).
+        let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel::<Checked>();
+        let (mut checking, mut agent_checking) = (false, false);
         let mut orphans = Orphans::default();
         let mut orphan_scan = tokio::time::interval(orphans::SCAN_EVERY);
         // Scans missed while a check held the loop are not made up back to back: a zombie must have been one
@@ -101,18 +106,38 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
                         tracing::debug!("reaped {reaped} orphaned processes");
                     }
                 }
-                _ = tokio::time::sleep_until(next_check), if config.check.is_some() => {
-                    let check = config.check.as_ref().expect("guarded");
+                _ = tokio::time::sleep_until(next_check), if config.check.is_some() && !checking => {
+                    let check = config.check.clone().expect("guarded");
                     next_check += check.interval;
-                    if let Some(healthy) = run_check(&config, check, verdicts.as_mut().expect("with check")).await {
-                        said.healthy = healthy;
-                        node.set_state(said.state(&config));
-                    }
+                    let (service, reports) = (config.service, reports.clone());
+                    checking = true;
+                    tokio::task::spawn_local(async move {
+                        let _ = reports.send(Checked::Health(health::check(service, &check).await));
+                    });
                 }
-                _ = tokio::time::sleep_until(next_agent_check), if config.agent_check.is_some() => {
+                _ = tokio::time::sleep_until(next_agent_check), if config.agent_check.is_some() && !agent_checking => {
                     next_agent_check += config.agent_inter;
-                    let source = config.agent_check.as_deref().expect("guarded");
-                    if said.agent_check(source, config.agent_inter).await {
+                    let (source, limit) = (config.agent_check.clone().expect("guarded"), config.agent_inter);
+                    let reports = reports.clone();
+                    agent_checking = true;
+                    tokio::task::spawn_local(async move {
+                        let answer = capacity::ask(&source, limit).await.and_then(|line| capacity::parse(&line));
+                        let _ = reports.send(Checked::Agent(answer));
+                    });
+                }
+                Some(checked) = reported.recv() => {
+                    let changed = match checked {
+                        Checked::Health(result) => {
+                            checking = false;
+                            let verdicts = verdicts.as_mut().expect("with check");
+                            verdict(&config, result, verdicts).map(|healthy| said.healthy = healthy).is_some()
+                        }
+                        Checked::Agent(answer) => {
+                            agent_checking = false;
+                            said.agent_check(config.agent_check.as_deref().unwrap_or_default(), answer)
+                        }
+                    };
+                    if changed {
                         node.set_state(said.state(&config));
                     }
                 }
@@ -131,9 +156,14 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
     Ok(status.map_or(0, supervise::exit_code))
 }
 
-/// One health check; the new verdict when it changes.
-async fn run_check(config: &AgentConfig, check: &CheckConfig, verdicts: &mut Verdicts) -> Option<bool> {
-    let result = health::check(config.service, check).await;
+/// What a check task reports.
+enum Checked {
+    Health(Result<(), String>),
+    Agent(Result<Report, String>),
+}
+
+/// Records a health check's result; the new verdict when it changes.
+fn verdict(config: &AgentConfig, result: Result<(), String>, verdicts: &mut Verdicts) -> Option<bool> {
     if let Err(reason) = &result {
         tracing::debug!("health check of {} failed: {reason}", config.service);
     }
@@ -165,10 +195,9 @@ impl Said {
         }
     }
 
-    /// Asks the app; true when what it says changed. A failing check falls back to the configured weight and
-    /// state, with a log line.
-    async fn agent_check(&mut self, source: &str, limit: std::time::Duration) -> bool {
-        let answer = capacity::ask(source, limit).await.and_then(|line| capacity::parse(&line));
+    /// Takes what the app answered `source`; true when what it says changed. A failing check falls back to
+    /// the configured weight and state, with a log line.
+    fn agent_check(&mut self, source: &str, answer: Result<Report, String>) -> bool {
         let report = match answer {
             Ok(report) => {
                 if std::mem::take(&mut self.failing) {
