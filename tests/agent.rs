@@ -130,3 +130,14 @@ fn stopped_between_runs_the_agent_exits_with_the_apps_last_status() {
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit().code(), Some(3));
 }
+
+#[test]
+fn an_app_that_cannot_start_makes_the_agent_exit_as_a_shell_would() {
+    // Never started at all: stopped, the agent exited 0, as if the app had run and ended well.
+    let app = Backend::echo_path();
+    let proxy = Proxy::start(&[]);
+    let mut agent = Agent::start(&app.arg(), &proxy.gossip(), &["--", "/nonexistent/app"]);
+    agent.stderr.wait_for("the failed start", |l| l.contains("cannot start"));
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit().code(), Some(127), "command not found");
+}

@@ -74,6 +74,9 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::error!("cannot start {program}: {e}; trying again in {:?}", self.backoff);
+                // What a shell reports for a command it cannot run: stopped now, the agent must not exit 0.
+                let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+                self.last_status = Some(ExitStatus::from_raw(code << 8));
                 self.schedule();
             }
         }
