@@ -141,3 +141,13 @@ fn an_app_that_cannot_start_makes_the_agent_exit_as_a_shell_would() {
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit().code(), Some(127), "command not found");
 }
+
+#[test]
+fn without_a_health_check_a_node_whose_app_is_down_takes_no_requests() {
+    // The agent checks nothing but supervises the app: while the app is down between restarts (here a crash
+    // loop, its backoff growing to seconds), the node is DOWN at the proxy; it stayed UP before.
+    let service = Backend::echo_path();
+    let proxy = Proxy::start(&[]);
+    let _agent = Agent::start(&service.arg(), &proxy.gossip(), &["--name", "looping", "--", "sh", "-c", "exit 1"]);
+    proxy.wait_server("looping", "DOWN while its app waits to restart", |status, _| status == "DOWN");
+}

@@ -76,7 +76,8 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
         let mut verdicts = config.check.as_ref().map(|c| Verdicts::new(c.rise, c.fall));
         let mut next_check = tokio::time::Instant::now();
         let mut next_agent_check = tokio::time::Instant::now();
-        let mut said = Said { healthy: config.check.is_none(), report: Report::default(), failing: false };
+        let mut said =
+            Said { healthy: config.check.is_none(), running: true, report: Report::default(), failing: false };
         // Checks run as tasks of their own and report here: one whose app hangs takes up to its interval,
         // and the loop must meanwhile answer signals and the app's exit (a SIGTERM waited up to 2 s a check).
         let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel::<Checked>();
@@ -97,6 +98,13 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
                         match event {
                             Event::Exited(status) => c.exited_with(status),
                             Event::Due => c.restart(),
+                        }
+                        // Without a health check, whether the app runs is all the agent knows of it: a node
+                        // whose app is down (waiting out its restart backoff) takes no requests meanwhile.
+                        let running = c.pid().is_some();
+                        if config.check.is_none() && running != said.running {
+                            said.running = running;
+                            node.set_state(said.state(&config));
                         }
                     }
                 }
@@ -178,6 +186,8 @@ fn verdict(config: &AgentConfig, result: Result<(), String>, verdicts: &mut Verd
 /// What the agent says of its node: the health check's verdict and the agent check's report together.
 struct Said {
     healthy: bool,
+    /// The supervised app is running (or there is none): followed only without a health check.
+    running: bool,
     report: Report,
     /// The agent check fails: the report is set aside (logged once per failing spell).
     failing: bool,
@@ -187,7 +197,7 @@ impl Said {
     fn state(&self, config: &AgentConfig) -> NodeState {
         let percent = u64::from(self.report.percent.unwrap_or(100));
         NodeState {
-            healthy: self.healthy && self.report.up != Some(false),
+            healthy: self.healthy && self.running && self.report.up != Some(false),
             draining: self.report.admin == Some(Admin::Drain),
             maint: self.report.admin == Some(Admin::Maint),
             weight: (u64::from(config.weight) * percent / 100).min(u64::from(u16::MAX)) as u16,
