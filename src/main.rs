@@ -101,6 +101,10 @@ fn run(cli: Cli, diagnostics: Option<logging::Sink>) -> Ended {
             }
             Err(e) => (ExitCode::from(1), Some(format!("shoal: {e}"))),
         },
+        Command::Check(args) => match shoal::agent::check_once(args.url.0, &args.url.1, args.timeout) {
+            Ok(()) => (ExitCode::SUCCESS, None),
+            Err(why) => (ExitCode::from(1), Some(format!("shoal: check failed: {why}"))),
+        },
         Command::Keygen => match shoal::cluster::seal::generate() {
             Ok(key) => {
                 logging::say(&mut io::stdout(), format_args!("{key}"));

@@ -151,3 +151,22 @@ fn without_a_health_check_a_node_whose_app_is_down_takes_no_requests() {
     let _agent = Agent::start(&service.arg(), &proxy.gossip(), &["--name", "looping", "--", "sh", "-c", "exit 1"]);
     proxy.wait_server("looping", "DOWN while its app waits to restart", |status, _| status == "DOWN");
 }
+
+#[test]
+fn shoal_check_answers_a_containers_healthcheck() {
+    let up = Backend::echo_path();
+    let failing = Backend::http(|_| b"HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n".to_vec());
+    let refused = common::free_port();
+    let check = |url: &str| {
+        let out = common::shoal().args(["check", url]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+    assert_eq!(check(&format!("http://{}/health", up.addr)), (Some(0), String::new()));
+    assert_eq!(up.requests()[0].start_line(), "GET /health HTTP/1.1");
+    let (code, why) = check(&format!("http://{}/", failing.addr));
+    assert!(code == Some(1) && why.contains("503"), "{code:?} {why}");
+    let (code, why) = check(&format!("http://{refused}/"));
+    assert!(code == Some(1) && why.contains("connect"), "{code:?} {why}");
+    let (code, why) = check("localhost:3000/");
+    assert!(code == Some(2) && why.contains("http://"), "a bad URL is refused as a flag: {code:?} {why}");
+}

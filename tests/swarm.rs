@@ -1,6 +1,7 @@
 //! The stack on Docker Swarm with real containers: `docker/stack.yml` deployed on a one-node swarm (made by the
 //! test if the machine has none, and left afterwards). Web replicas scale from 3 to 4 and all get traffic; a
-//! rolling restart of `web` and a `docker kill` of one task under steady load fail no request; a second proxy
+//! rolling restart of `web`, an update to an app that cannot start (rolled back) and a `docker kill` of one task
+//! under steady load fail no request; a second proxy
 //! replica sees the same members; the stack is removed cleanly.
 //!
 //! Needs Docker Engine (CI runs as root). The routing mesh (ingress) does not work on these machines, so the
@@ -20,6 +21,8 @@ use common::http_get;
 /// Longest wait for anything the swarm must do by itself (schedule a task, converge an update).
 const SETTLE: Duration = Duration::from_secs(120);
 const IMAGE: &str = "shoal:swarm-test";
+/// `web`'s command in docker/stack.yml up to its app, which the test replaces with one that cannot start.
+const WEB_ARGS: &str = "agent --service 0.0.0.0:3000 --join tasks.ha:7946 --check-path / --check-interval 1s --";
 
 fn docker(args: &[&str]) -> String {
     stdout(run(Command::new("docker").args(args)))
@@ -196,6 +199,21 @@ fn the_stack_scales_updates_and_survives_a_killed_task_without_a_failed_request(
         docker(&["service", "update", "--force", &web]);
         eprintln!(
             "rolling restart done: {} answered, {} failed",
+            ok.load(Ordering::SeqCst),
+            failed.load(Ordering::SeqCst)
+        );
+        // An update whose app cannot start: the agent would restart it for ever, but the image's health check
+        // fails, so swarm never counts the new task running and rolls the update back; the old tasks serve on.
+        let updated = Command::new("docker")
+            .args(["service", "update", "--args", &format!("{WEB_ARGS} /nonexistent/app"), &web])
+            .output()
+            .expect("docker");
+        let said = format!("{}{}", String::from_utf8_lossy(&updated.stdout), String::from_utf8_lossy(&updated.stderr));
+        let state = || docker(&["service", "inspect", "--format", "{{.UpdateStatus.State}}", &web]);
+        wait_until("the rollback", || (state() == "rollback_completed").then_some(()));
+        eprintln!("docker service update of a broken app: {:?} {said}", updated.status.code());
+        eprintln!(
+            "broken update rolled back: {} answered, {} failed",
             ok.load(Ordering::SeqCst),
             failed.load(Ordering::SeqCst)
         );

@@ -164,6 +164,20 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
     Ok(status.map_or(0, supervise::exit_code))
 }
 
+/// `shoal check`: one check of `service` as the agent makes it (GET `path`, a 2xx or 3xx within `limit`).
+pub fn check_once(service: std::net::SocketAddr, path: &str, limit: Duration) -> Result<(), String> {
+    let config = health::CheckConfig {
+        method: "GET".into(),
+        path: path.into(),
+        interval: limit,
+        rise: 1,
+        fall: 1,
+        expect: (200, 399),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(health::check(service, &config))
+}
+
 /// What a check task reports.
 enum Checked {
     Health(Result<(), String>),

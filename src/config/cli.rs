@@ -29,6 +29,19 @@ pub enum Command {
     Keygen,
     /// List the cluster's members as a proxy sees them, as `serf members` does.
     Members(MembersArgs),
+    /// One HTTP check of an app, for a container's HEALTHCHECK (the image has no curl): exits 0 on a 2xx or
+    /// 3xx answer within the timeout, 1 otherwise, saying why on stderr.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// What to ask: `http://IP:PORT/PATH`.
+    #[arg(value_name = "URL", value_parser = value::check_url)]
+    pub url: (SocketAddr, String),
+    /// How long the answer may take.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = value::duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -178,6 +178,18 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// `http://IP:PORT/PATH` for `shoal check`: the address and the path (`/` when none). An IP, not a name: the
+/// check is of the app beside it, and a lookup that hangs would be the check's failure, not the app's.
+pub fn check_url(s: &str) -> Result<(std::net::SocketAddr, String), String> {
+    let rest = s.strip_prefix("http://").ok_or_else(|| format!("{s:?} does not start with http://"))?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+    let addr = authority.parse().map_err(|_| format!("{authority:?} is not IP:PORT"))?;
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!("{path:?} is not a path"));
+    }
+    Ok((addr, path.to_string()))
+}
+
 /// A `KEY=VALUE` tag. Event handlers read tags as `k=v,k=v` in one tab-separated field, so neither part may
 /// hold a control character, and the key no `=` or `,`.
 pub fn tag(s: &str) -> Result<(String, String), String> {
