@@ -204,7 +204,7 @@ pub fn render_filtered(s: &Snapshot, filter: &Filter) -> String {
     if let Some(tls) = &s.frontend_tls {
         row(Row::frontend(FRONTEND_TLS, 3, (tls_open, Some(tls_peak)), s, tls, s.frontend_rates[1]));
     }
-    for (i, server) in s.servers.iter().enumerate() {
+    for server in &s.servers {
         row(Row {
             pxname: BACKEND,
             svname: &server.name,
@@ -222,7 +222,7 @@ pub fn render_filtered(s: &Snapshot, filter: &Filter) -> String {
             uweight: Some(u64::from(server.user_weight)),
             act: Some(1),
             iid: 2,
-            sid: i as u64 + 1,
+            sid: server.id,
             addr: Some(&server.address),
             cookie: server.cookie.as_deref(),
             algo: None,

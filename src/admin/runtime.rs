@@ -236,7 +236,7 @@ srv_time_since_last_change srv_check_status srv_check_result srv_check_health sr
 bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr \
 srv_agent_addr srv_agent_port\n",
     );
-    for (i, server) in s.servers.iter().enumerate() {
+    for server in &s.servers {
         // srv_op_state: 2 running, 0 stopped. srv_admin_state: 0x01 maintenance, 0x08 draining.
         let op = if matches!(server.status, "UP" | "DRAIN") { 2 } else { 0 };
         let admin = match server.status {
@@ -251,7 +251,7 @@ srv_agent_addr srv_agent_port\n",
         let _ = writeln!(
             out,
             "2 {BACKEND} {} {} {addr} {op} {admin} {} {} {since} {check} 0 0 {fqdn} {} - 0 0 - - 0",
-            i + 1,
+            server.id,
             server.name,
             // srv_uweight: the weight in force, not the one --slowstart ramps (the CSV's uweight); srv_iweight:
             // the one configured or announced.

@@ -30,6 +30,8 @@ pub struct Server {
     pub user_weight: u16,
     /// Its weight as configured or announced, before an operator's `set weight` (`iweight`).
     pub initial_weight: u16,
+    /// HAProxy's `sid`: fixed while the server is listed.
+    pub id: u64,
     pub in_flight: u64,
     /// The most requests in flight at once.
     pub peak_in_flight: u64,
@@ -131,6 +133,7 @@ impl Snapshot {
                 weight,
                 user_weight: set.user_weights.get(i).copied().unwrap_or(weight),
                 initial_weight: set.initial_weights.get(i).copied().unwrap_or(weight),
+                id: set.ids.get(i).copied().unwrap_or(i as u64 + 1),
                 in_flight: b.in_flight() as u64,
                 peak_in_flight: b.peak_in_flight() as u64,
                 queued: u64::from(b.queued()),

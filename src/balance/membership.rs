@@ -54,6 +54,9 @@ pub struct Publisher {
     departed: HashMap<String, (Arc<Backend>, u16, Instant)>,
     /// What servers no longer listed counted, so the backend's totals do not drop.
     retired: super::counters::Totals,
+    /// Each listed server's id, by name, and the next id to give (see `BackendSet::ids`).
+    ids: HashMap<String, u64>,
+    next_id: u64,
 }
 
 /// How long a member's server that went away stays listed (DOWN, with its counters), as the roster keeps
@@ -80,6 +83,8 @@ impl Publisher {
             ramping: HashMap::new(),
             departed: HashMap::new(),
             retired: super::counters::Totals::default(),
+            ids: HashMap::new(),
+            next_id: 1,
         };
         p.publish();
         Arc::new(Mutex::new(p))
@@ -222,6 +227,22 @@ impl Publisher {
         self.publish();
     }
 
+    /// The id of each of `servers`: the one its name has, or the next one; names no longer listed give theirs
+    /// up.
+    fn ids_of(&mut self, servers: &[(Arc<Backend>, u16, ServerState)]) -> Vec<u64> {
+        let names: Vec<String> = servers.iter().map(|(b, _, _)| b.name().to_string()).collect();
+        self.ids.retain(|name, _| names.contains(name));
+        names
+            .into_iter()
+            .map(|name| {
+                *self.ids.entry(name).or_insert_with(|| {
+                    self.next_id += 1;
+                    self.next_id - 1
+                })
+            })
+            .collect()
+    }
+
     /// Names every member's server after the name it announces (the host name by default). Names must be
     /// unique, and two live members can announce the same one: two nodes on one host, or a restarted task
     /// (swarm's `web-{{.Task.Slot}}`) while its killed predecessor is not declared down yet. The newest
@@ -323,7 +344,9 @@ impl Publisher {
         super::seed_latencies(&all);
         let user_weights = servers.iter().map(|(_, weight, _)| *weight).collect();
         self.ramp(&mut servers);
+        let ids = self.ids_of(&servers);
         let mut set = BackendSet::new(servers);
+        set.ids = ids;
         set.user_weights = user_weights;
         set.initial_weights = initial_weights;
         set.retired = self.retired;
@@ -486,6 +509,36 @@ mod tests {
         p.departed.get_mut("web-1").expect("departed").2 = long_ago;
         p.tick();
         assert_eq!(names(&p), ["web-2"]);
+    }
+
+    /// HAProxy's server ids are fixed; by position, a member sorted before the others, or one moved to the
+    /// end when it went away, changed theirs (`show stat 2 4 2` then named another server).
+    #[test]
+    fn server_ids_stay_with_their_names_while_others_come_and_go() {
+        let shared = crate::balance::shared(BackendSet::default());
+        let publisher = Publisher::new(Vec::new(), shared, Pool::new(1), watch::channel(0).0);
+        let mut p = publisher.lock();
+        let ids = |p: &Publisher| -> Vec<(String, u64)> {
+            let set = p.shared.load();
+            let mut all: Vec<(String, u64)> =
+                set.servers.iter().map(|b| b.name().to_string()).zip(set.ids.clone()).collect();
+            all.sort();
+            all
+        };
+        let (w1, w2, w3) = (
+            member("web-1", "10.0.0.1:7946", 5),
+            member("web-2", "10.0.0.2:7946", 5),
+            member("web-3", "10.0.0.3:7946", 5),
+        );
+        p.update(&[w1.clone(), w2.clone(), w3.clone()]);
+        let first = ids(&p);
+        assert_eq!(first.iter().map(|(_, id)| *id).collect::<Vec<_>>(), [1, 2, 3]);
+        p.update(&[w2.clone(), w3.clone()]);
+        assert_eq!(ids(&p), first, "web-1 gone (listed DOWN at the end): nobody's id moves");
+        p.update(&[member("web-0", "10.0.0.4:7946", 5), w2, w3]);
+        let now = ids(&p);
+        assert_eq!(now[0], ("web-0".to_string(), 4), "a newcomer sorted first gets a new id");
+        assert_eq!(now[1..], first[..], "the others keep theirs");
     }
 
     #[test]

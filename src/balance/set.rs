@@ -54,6 +54,9 @@ pub struct BackendSet {
     /// Each server's weight as configured or announced, before an operator's `set weight` (HAProxy's
     /// `iweight`).
     pub initial_weights: Vec<u16>,
+    /// Each server's id (HAProxy's `sid`): given to its name when first listed and kept while it is listed,
+    /// so ids do not move when other servers come and go; empty: by position.
+    pub ids: Vec<u64>,
     /// Each server's state, in the order of `servers`.
     pub states: Vec<ServerState>,
     /// 2^32 / weight for each server, so comparing loads per unit of weight takes a multiplication, not a
