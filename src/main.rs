@@ -114,7 +114,7 @@ fn run(cli: Cli, diagnostics: Option<logging::Sink>) -> Ended {
         },
         Command::Agent(args) => match AgentConfig::load(&args) {
             Err(e) => config_error(e),
-            Ok(config) => match shoal::agent::run(config) {
+            Ok(config) => match shoal::agent::run(config, diagnostics) {
                 Ok(code) => (ExitCode::from(code), None),
                 Err(e) => finish::<std::io::Error>(Err(e)),
             },

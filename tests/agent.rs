@@ -170,3 +170,66 @@ fn shoal_check_answers_a_containers_healthcheck() {
     let (code, why) = check("localhost:3000/");
     assert!(code == Some(2) && why.contains("http://"), "a bad URL is refused as a flag: {code:?} {why}");
 }
+
+/// The agent started in a process group of its own, as a shell starts a job, with the app in it.
+fn agent_as_a_job(proxy: &Proxy, service: &Backend, app: &str) -> (common::Process, common::Lines) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = common::shoal();
+    cmd.args(["agent", "--service", &service.arg(), "--join", &proxy.gossip(), "--gossip", "127.0.0.1:0"])
+        .args(["--stop-timeout", "5s", "--", "sh", "-c", app])
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("start agent");
+    let stderr = common::Lines::default();
+    stderr.clone().collect_from(child.stderr.take().unwrap());
+    (common::Process(child), stderr)
+}
+
+#[test]
+fn a_ctrl_c_reaches_the_agent_alone_which_leaves_before_it_stops_the_app() {
+    // Ctrl-C signals the terminal's whole foreground job: the app, in the agent's group, got SIGINT itself
+    // and died while its node was still in rotation. In a group of its own, it gets the agent's SIGTERM, after
+    // the node has left.
+    let (service, proxy) = (Backend::echo_path(), Proxy::start(&[]));
+    let app = "trap 'echo app-got-INT >&2; exit 0' INT; trap 'echo app-got-TERM >&2; exit 0' TERM; \
+               echo app-ready >&2; while :; do sleep 0.1; done";
+    let (mut agent, stderr) = agent_as_a_job(&proxy, &service, app);
+    stderr.wait_for("the app running", |l| l == "app-ready");
+    // SAFETY: kill(2) on the process group the agent leads.
+    unsafe { libc::kill(-(agent.0.id() as i32), libc::SIGINT) };
+    stderr.wait_for("the app stopped", |l| l.starts_with("app-got-"));
+    let lines = stderr.all();
+    let (left, stopped) =
+        (lines.iter().position(|l| l.contains("left the cluster")), lines.iter().position(|l| l == "app-got-TERM"));
+    assert!(left.is_some() && stopped > left, "the node left, then the app got SIGTERM: {lines:?}");
+    assert!(agent.wait_exit().success());
+}
+
+#[test]
+fn stopping_the_agent_stops_what_a_wrapper_script_started() {
+    // `sh -c 'sleep ...; true'`: the shell waits on its child. SIGTERM reached the shell alone, and the
+    // sleep lived on after the agent.
+    let (service, proxy) = (Backend::echo_path(), Proxy::start(&[]));
+    let marker = format!("{}.{}", 800_000 + std::process::id() % 90_000, 23);
+    let sleeping = || {
+        let out = std::process::Command::new("pgrep").args(["-f", &format!("^sleep {marker}")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let (mut agent, _stderr) = agent_as_a_job(&proxy, &service, &format!("sleep {marker}; true"));
+    common::wait_until("the wrapped app running", || sleeping() == 1);
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit();
+    common::wait_until("nothing of the app left", || sleeping() == 0);
+}
+
+#[test]
+fn an_app_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
+    let (service, proxy) = (Backend::echo_path(), Proxy::start(&[]));
+    let app = "trap '' TERM; echo app-ready >&2; while :; do sleep 0.1; done";
+    let mut agent = Agent::start(&service.arg(), &proxy.gossip(), &["--stop-timeout", "500ms", "--", "sh", "-c", app]);
+    agent.stderr.wait_for("the app running", |l| l == "app-ready");
+    agent.signal(libc::SIGTERM);
+    agent.stderr.wait_for("the kill", |l| l.contains("did not stop within 500ms: killing it"));
+    assert_eq!(agent.wait_exit().code(), Some(128 + libc::SIGKILL), "the app's status, as a shell reports it");
+}

@@ -28,9 +28,6 @@ impl Membership for Quiet {
     }
 }
 
-/// How long the app gets to stop after SIGTERM before it is killed.
-const CHILD_GRACE: Duration = Duration::from_secs(10);
-
 /// Runs until told to stop; returns the process exit code.
 /// The signals an agent handles, installed before anything starts: until then a SIGHUP or SIGTERM would take
 /// the default action and kill the agent (and, through PR_SET_PDEATHSIG, its app).
@@ -52,7 +49,9 @@ impl Signals {
     }
 }
 
-pub fn run(config: AgentConfig) -> std::io::Result<u8> {
+/// `diagnostics`: the log's writer, flushed before the app is stopped, so that what the agent said (the node
+/// left) comes before what the app says as it stops when both share a stderr (a container's log).
+pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> std::io::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut signals = runtime.block_on(async { Signals::install() })?;
     let node = cluster::start(
@@ -157,8 +156,11 @@ pub fn run(config: AgentConfig) -> std::io::Result<u8> {
     let drained = node.drain(config.drain_timeout);
     let _ = runtime.block_on(drained);
     node.leave(Duration::from_secs(2));
+    if let Some(log) = &diagnostics {
+        log.flush(Duration::from_secs(1));
+    }
     let status = match child.as_mut() {
-        Some(c) => runtime.block_on(c.stop(CHILD_GRACE)),
+        Some(c) => runtime.block_on(c.stop(config.stop_timeout)),
         None => None,
     };
     Ok(status.map_or(0, supervise::exit_code))

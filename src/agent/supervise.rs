@@ -54,8 +54,10 @@ impl Supervisor {
     fn spawn(&mut self) {
         let Some((program, args)) = self.argv.split_first() else { return };
         let mut command = Command::new(program);
-        // The cluster key is the agent's secret, not the app's.
-        command.args(args).env_remove("SHOAL_CLUSTER_KEY").kill_on_drop(true);
+        // The cluster key is the agent's secret, not the app's. A process group of its own: a Ctrl-C at the
+        // terminal reaches the agent alone, which drains the node before it stops the app, and the agent's
+        // signals reach what the app started too (`sh -c 'node app.js'` without `exec`), as `tini -g` does.
+        command.args(args).env_remove("SHOAL_CLUSTER_KEY").process_group(0).kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe and touches only the child's own attributes, as pre_exec requires.
         // A SIGKILLed agent cannot stop its app, so the kernel does: the app gets SIGTERM when the agent dies.
         unsafe {
@@ -119,10 +121,11 @@ impl Supervisor {
         self.spawn();
     }
 
+    /// Sends `signal` to the app's process group.
     pub fn signal(&self, signal: i32) {
         if let Some(pid) = self.child.as_ref().and_then(Child::id) {
-            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-            unsafe { libc::kill(pid as i32, signal) };
+            // SAFETY: kill(2) on the group our unreaped child leads.
+            unsafe { libc::kill(-(pid as i32), signal) };
         }
     }
 
@@ -135,6 +138,8 @@ impl Supervisor {
             Ok(Ok(status)) => Some(status),
             _ => {
                 tracing::warn!("child did not stop within {grace:?}: killing it");
+                self.signal(libc::SIGKILL);
+                let child = self.child.as_mut()?;
                 let _ = child.kill().await;
                 child.wait().await.ok()
             }

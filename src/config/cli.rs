@@ -185,6 +185,10 @@ pub struct AgentArgs {
     /// On SIGTERM, longest wait for the proxies to stop sending requests before leaving anyway.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = value::duration)]
     pub drain_timeout: Duration,
+    /// How long the app has to exit after its SIGTERM (sent once the node has left) before it is killed;
+    /// keep drain, leave (2 s) and this under the container's stop grace period.
+    #[arg(long, env = "SHOAL_STOP_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = value::duration)]
+    pub stop_timeout: Duration,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// The app to supervise: started, restarted when it exits, stopped last (everything after `--`).

@@ -297,6 +297,8 @@ pub struct AgentConfig {
     pub agent_check: Option<String>,
     pub agent_inter: Duration,
     pub drain_timeout: Duration,
+    /// `--stop-timeout`: the app's time to exit after SIGTERM.
+    pub stop_timeout: Duration,
     pub cluster: ClusterConfig,
     /// The app to supervise, if any.
     pub command: Vec<String>,
@@ -348,6 +350,7 @@ impl AgentConfig {
             agent_check: args.agent_check.clone(),
             agent_inter: args.agent_inter,
             drain_timeout: args.drain_timeout,
+            stop_timeout: args.stop_timeout,
             cluster: cluster_config(&args.cluster, &nowhere, &nowhere.values)?,
             command: args.command.clone(),
         })
