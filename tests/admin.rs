@@ -220,6 +220,10 @@ fn runtime_api_sets_server_state_and_weight() {
     // HAProxy's `get weight`, and weights as a percentage of the initial one.
     assert_eq!(proxy.runtime("get weight nodes/s1"), "300 (initial 100)\n\n");
     assert_eq!(proxy.runtime("set weight nodes/s1 50%; get weight nodes/s1"), "\n50 (initial 100)\n\n");
+    assert_eq!(
+        proxy.runtime("set weight nodes/s1 184467440737095517%; get weight nodes/s1"),
+        "\n65535 (initial 100)\n\n"
+    );
     assert_eq!(proxy.runtime("set server nodes/s1 weight 300"), "\n");
     assert_eq!(proxy.runtime("get weight nodes/nope"), "No such server.\n\n");
     let port = one.addr.port().to_string();

@@ -201,7 +201,7 @@ fn a_node_whose_rejoin_is_lost_comes_back_by_itself() {
 /// still learn it: members repeat what they last said. It never did before.
 #[test]
 fn a_health_change_missed_in_a_blip_reaches_the_proxy_later() {
-    let t = Three::start_with(&["--suspect-timeout", "20s"]);
+    let t = Three::start_with(&["--suspect-timeout", "60s"]);
     let (proxy_host, far) = (t.lab.host(0), t.lab.host(1));
     proxy_host.drop_udp(Way::In, GOSSIP);
     // n2's app answers its checks later than the 1 s they are given: n2 reports itself unhealthy.

@@ -391,5 +391,25 @@ fn a_server_that_connects_but_loses_requests_stays_out_longer_each_time() {
     let outs: Vec<&str> =
         lines.iter().map(|l| l.split("skipped for ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("-")).collect();
     assert_eq!(outs[..4], ["500", "1000", "2000", "4000"], "after {served} requests: {lines:?}");
+    // And it did stay out that long: each readmission comes no sooner than its time out after the ejection
+    // (a lower bound, which a slow machine only widens).
+    let at = |line: &str| -> f64 {
+        let time = line.split('T').nth(1).and_then(|t| t.split('Z').next()).expect("a timestamp");
+        time.split(':').fold(0.0, |acc, part| acc * 60.0 + part.parse::<f64>().unwrap())
+    };
+    let all = log.all();
+    for (ejected, out) in lines.iter().zip([0.5, 1.0, 2.0]) {
+        let back = all
+            .iter()
+            .filter(|l| l.contains("server flaky") && l.contains("back in rotation"))
+            .map(|l| at(l))
+            .find(|t| *t > at(ejected))
+            .expect("readmitted after each ejection");
+        assert!(
+            back - at(ejected) >= out * 0.95,
+            "readmitted {:.3} s after an ejection of {out} s",
+            back - at(ejected)
+        );
+    }
     assert_eq!(good.requests().len(), served, "each request once at the good server");
 }

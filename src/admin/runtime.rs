@@ -72,13 +72,7 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
         if !line.ends_with('\n') && n >= LINE_LIMIT {
             // Its tail would otherwise be read as a command of its own.
             let _ = tokio::time::timeout(WRITE, write.write_all(b"Line too long.\n\n")).await;
-            // Read what is left before closing, briefly: unread bytes would make the close a reset that can
-            // destroy the answer before the client reads it.
-            let _ = write.shutdown().await;
-            let mut sink = Vec::new();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), (&mut reader).take(1 << 20).read_to_end(&mut sink)).await;
-            return;
+            return close(write, reader).await;
         }
         let mut out = String::new();
         let mut quit = false;
@@ -104,13 +98,27 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
         }
         // A client that does not read its answers is let go.
         let written = tokio::time::timeout(WRITE, write.write_all(out.as_bytes())).await;
-        // Outside prompt mode a session ends with its line, unless more lines came with it: HAProxy runs
-        // those too (`printf 'cmd1\ncmd2\n' | socat`), rather than dropping them unanswered.
-        let pipelined = !reader.buffer().is_empty();
-        if !matches!(written, Ok(Ok(()))) || quit || !(interactive || pipelined) {
+        if !matches!(written, Ok(Ok(()))) {
             return;
         }
+        // Outside prompt mode a session ends with its line, unless more came with it: HAProxy runs what its
+        // buffer holds (`printf 'cmd1\ncmd2\n' | socat`) rather than dropping it unanswered. Here, what is
+        // buffered or already readable.
+        let pipelined = !reader.buffer().is_empty()
+            || matches!(tokio::time::timeout(Duration::ZERO, reader.fill_buf()).await, Ok(Ok(more)) if !more.is_empty());
+        if quit || !(interactive || pipelined) {
+            return close(write, reader).await;
+        }
     }
+}
+
+/// Ends a session: the answers are all written; what the client still sends is read, briefly, before the
+/// socket closes, since unread bytes would make the close a reset that can destroy the answers before the
+/// client reads them.
+async fn close(mut write: tokio::net::tcp::OwnedWriteHalf, mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>) {
+    let _ = write.shutdown().await;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), (&mut reader).take(1 << 20).read_to_end(&mut sink)).await;
 }
 
 /// The answer to one command, without the closing empty line.
@@ -182,7 +190,7 @@ fn set_weight(shared: &Shared, publisher: &Mutex<Publisher>, target: &str, weigh
         None => weight.parse::<u16>().ok(),
         Some(percent) => percent.parse::<u64>().ok().and_then(|percent| {
             let initial = Snapshot::read(shared).servers.iter().find(|s| s.name == name)?.initial_weight;
-            Some((u64::from(initial) * percent / 100).min(u64::from(u16::MAX)) as u16)
+            Some((u64::from(initial).saturating_mul(percent) / 100).min(u64::from(u16::MAX)) as u16)
         }),
     };
     let Some(weight) = weight else { return USAGE.into() };

@@ -169,8 +169,10 @@ async fn command_line(command: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot run: {e}"))?;
     let _group = Group(child.id());
     let mut output = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        stdout.take(OUTPUT_LIMIT).read_to_end(&mut output).await.map_err(|e| format!("read: {e}"))?;
+    if let Some(mut stdout) = child.stdout.take() {
+        (&mut stdout).take(OUTPUT_LIMIT).read_to_end(&mut output).await.map_err(|e| format!("read: {e}"))?;
+        // The rest is read and thrown away: a closed pipe would kill a chatty command (SIGPIPE), a failure.
+        let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
     }
     let status = child.wait().await.map_err(|e| format!("wait: {e}"))?;
     if !status.success() {

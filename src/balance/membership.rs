@@ -318,10 +318,16 @@ impl Publisher {
         let now = Instant::now();
         let listed: HashSet<String> = servers.iter().map(|(b, _, _)| b.name().to_string()).collect();
         let mut retired = super::counters::Totals::default();
+        let overrides = &mut self.overrides;
         self.departed.retain(|name, (backend, _, since)| {
             let keep = now.duration_since(*since) < RETENTION && !listed.contains(name);
             if !keep {
                 retired += backend.totals();
+                // Gone for good: an operator's override goes with it, rather than waiting, unseen and beyond
+                // `set server`'s reach, for the next member to take the name.
+                if !listed.contains(name) {
+                    overrides.remove(name);
+                }
             }
             keep
         });
@@ -505,10 +511,12 @@ mod tests {
         assert_eq!(names(&p), ["web-1", "web-2"], "listed DOWN once gone");
         p.tick();
         assert_eq!(names(&p), ["web-1", "web-2"], "within its retention");
+        p.set("web-1", |o| o.state = Some(ServerState::Maint)).expect("a listed server");
         let Some(long_ago) = Instant::now().checked_sub(RETENTION) else { return };
         p.departed.get_mut("web-1").expect("departed").2 = long_ago;
         p.tick();
         assert_eq!(names(&p), ["web-2"]);
+        assert!(p.overrides().is_empty(), "its override went with it, not to the next web-1");
     }
 
     /// HAProxy's server ids are fixed; by position, a member sorted before the others, or one moved to the
