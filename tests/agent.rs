@@ -233,3 +233,17 @@ fn an_app_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
     agent.stderr.wait_for("the kill", |l| l.contains("did not stop within 500ms: killing it"));
     assert_eq!(agent.wait_exit().code(), Some(128 + libc::SIGKILL), "the app's status, as a shell reports it");
 }
+
+#[test]
+fn without_a_health_check_a_node_is_routed_once_its_app_accepts_connections() {
+    // The app listens two seconds after it starts: its node was UP at once, and requests found a closed port.
+    let proxy = Proxy::start(&[]);
+    let service = common::free_port();
+    let app = format!("sleep 2; exec {} webapp --listen {service} --name late", env!("CARGO_BIN_EXE_shoal"));
+    let agent = Agent::start(&service.to_string(), &proxy.gossip(), &["--name", "late", "--", "sh", "-c", &app]);
+    let (status, _) = proxy.wait_server("late", "listed", |_, _| true);
+    assert_eq!(status, "DOWN", "not routed while its app does not listen yet");
+    proxy.wait_server("late", "UP once the app listens", |status, _| status == "UP");
+    assert!(agent.stderr.all().iter().any(|l| l.contains("accepts connections: ready")));
+    assert_eq!(common::get(proxy.addr, "/").status(), 200);
+}

@@ -60,7 +60,8 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
             role: Role::Backend,
             service: Some(config.service),
             weight: config.weight,
-            checked: config.check.is_some(),
+            // Not routed before a state says healthy: a health check's, or the supervised app's port accepting.
+            checked: config.check.is_some() || !config.command.is_empty(),
             name: config.name.clone(),
             tags: config.tags.clone(),
         },
@@ -75,8 +76,12 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
         let mut verdicts = config.check.as_ref().map(|c| Verdicts::new(c.rise, c.fall));
         let mut next_check = tokio::time::Instant::now();
         let mut next_agent_check = tokio::time::Instant::now();
+        // Without a health check, a supervised app is ready once its port accepts a connection (HAProxy's
+        // plain `check`), probed after every start, and not ready from its exit on.
+        let follow_app = config.check.is_none() && child.is_some();
         let mut said =
-            Said { healthy: config.check.is_none(), running: true, report: Report::default(), failing: false };
+            Said { healthy: config.check.is_none(), ready: !follow_app, report: Report::default(), failing: false };
+        let (mut next_ready_probe, mut ready_probing) = (tokio::time::Instant::now(), false);
         // Checks run as tasks of their own and report here: one whose app hangs takes up to its interval,
         // and the loop must meanwhile answer signals and the app's exit (a SIGTERM waited up to 2 s a check).
         let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel::<Checked>();
@@ -98,11 +103,8 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
                             Event::Exited(status) => c.exited_with(status),
                             Event::Due => c.restart(),
                         }
-                        // Without a health check, whether the app runs is all the agent knows of it: a node
-                        // whose app is down (waiting out its restart backoff) takes no requests meanwhile.
-                        let running = c.pid().is_some();
-                        if config.check.is_none() && running != said.running {
-                            said.running = running;
+                        if follow_app && c.pid().is_none() && said.ready {
+                            said.ready = false;
                             node.set_state(said.state(&config));
                         }
                     }
@@ -132,6 +134,18 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
                         let _ = reports.send(Checked::Agent(answer));
                     });
                 }
+                _ = tokio::time::sleep_until(next_ready_probe),
+                    if follow_app && !said.ready && !ready_probing && child.as_ref().is_some_and(|c| c.pid().is_some()) =>
+                {
+                    next_ready_probe = tokio::time::Instant::now() + READY_PROBE_EVERY;
+                    let (service, reports) = (config.service, reports.clone());
+                    ready_probing = true;
+                    tokio::task::spawn_local(async move {
+                        let connect = tokio::net::TcpStream::connect(service);
+                        let accepted = matches!(tokio::time::timeout(READY_PROBE_EVERY, connect).await, Ok(Ok(_)));
+                        let _ = reports.send(Checked::Ready(accepted));
+                    });
+                }
                 Some(checked) = reported.recv() => {
                     let changed = match checked {
                         Checked::Health(result) => {
@@ -142,6 +156,15 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
                         Checked::Agent(answer) => {
                             agent_checking = false;
                             said.agent_check(config.agent_check.as_deref().unwrap_or_default(), answer)
+                        }
+                        Checked::Ready(accepted) => {
+                            ready_probing = false;
+                            // Not if it exited meanwhile: whatever accepted was not this run of the app.
+                            let running = child.as_ref().is_some_and(|c| c.pid().is_some());
+                            if accepted && running {
+                                tracing::info!("service {} accepts connections: ready", config.service);
+                            }
+                            std::mem::replace(&mut said.ready, accepted && running) != said.ready
                         }
                     };
                     if changed {
@@ -184,7 +207,12 @@ pub fn check_once(service: std::net::SocketAddr, path: &str, limit: Duration) ->
 enum Checked {
     Health(Result<(), String>),
     Agent(Result<Report, String>),
+    /// Whether the supervised app's port accepted a connection.
+    Ready(bool),
 }
+
+/// How often a supervised app's port is tried after a start, when there is no health check.
+const READY_PROBE_EVERY: Duration = Duration::from_millis(200);
 
 /// Records a health check's result; the new verdict when it changes.
 fn verdict(config: &AgentConfig, result: Result<(), String>, verdicts: &mut Verdicts) -> Option<bool> {
@@ -202,8 +230,9 @@ fn verdict(config: &AgentConfig, result: Result<(), String>, verdicts: &mut Verd
 /// What the agent says of its node: the health check's verdict and the agent check's report together.
 struct Said {
     healthy: bool,
-    /// The supervised app is running (or there is none): followed only without a health check.
-    running: bool,
+    /// The supervised app runs and its port accepts connections (or there is no app, or a health check says
+    /// more).
+    ready: bool,
     report: Report,
     /// The agent check fails: the report is set aside (logged once per failing spell).
     failing: bool,
@@ -213,7 +242,7 @@ impl Said {
     fn state(&self, config: &AgentConfig) -> NodeState {
         let percent = u64::from(self.report.percent.unwrap_or(100));
         NodeState {
-            healthy: self.healthy && self.running && self.report.up != Some(false),
+            healthy: self.healthy && self.ready && self.report.up != Some(false),
             draining: self.report.admin == Some(Admin::Drain),
             maint: self.report.admin == Some(Admin::Maint),
             weight: (u64::from(config.weight) * percent / 100).min(u64::from(u16::MAX)) as u16,
