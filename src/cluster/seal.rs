@@ -42,8 +42,11 @@ pub const MAX_SEALED: usize = 1400;
 /// How far a packet's timestamp may be from this host's clock. Older packets are refused as replays, so the
 /// hosts' clocks must agree within this (NTP).
 pub const MAX_SKEW_MS: u64 = 30_000;
-/// How many recent counters are remembered per sender session; older ones are refused.
-const WINDOW: u64 = 128;
+/// How many recent counters are remembered per sender session; older ones are refused. A sender's counter is
+/// shared by all its destinations and every packet takes two (its copy), so one flush to many members (a
+/// rejoin announced to each) moves it far between two packets to the same member: 128 refused the copy of a
+/// lost packet once a node sent to more than about 64 members in the 10 ms before the copy left.
+const WINDOW: u64 = Window::BITS;
 /// Sender sessions remembered at once (only authentic packets create one).
 const MAX_SESSIONS: usize = 4096;
 /// Length of a key in bytes: what `shoal keygen` prints, base64-encoded.
@@ -165,11 +168,49 @@ pub fn generate() -> std::io::Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(key))
 }
 
+/// A bit set over the last [`Window::BITS`] counters: bit `i` stands for `highest - i`.
+#[derive(Clone, Copy)]
+struct Window([u64; 16]);
+
+impl Window {
+    const BITS: u64 = 16 * 64;
+
+    /// Only `highest` seen.
+    fn first() -> Window {
+        let mut w = Window([0; 16]);
+        w.0[0] = 1;
+        w
+    }
+
+    fn get(&self, i: u64) -> bool {
+        i < Self::BITS && self.0[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    fn set(&mut self, i: u64) {
+        if i < Self::BITS {
+            self.0[(i / 64) as usize] |= 1 << (i % 64);
+        }
+    }
+
+    /// `highest` moved up by `n`: every bit moves `n` further from it, those beyond the window are dropped.
+    fn advance(&mut self, n: u64) {
+        if n >= Self::BITS {
+            self.0 = [0; 16];
+            return;
+        }
+        let (words, bits) = ((n / 64) as usize, (n % 64) as u32);
+        for i in (0..16).rev() {
+            let from = |j: usize| if j >= words { self.0[j - words] } else { 0 };
+            let low = if bits > 0 && i > words { from(i - 1) >> (64 - bits) } else { 0 };
+            self.0[i] = if i >= words { (from(i) << bits) | low } else { 0 };
+        }
+    }
+}
+
 /// The counters seen recently from one sender session.
 struct Session {
     highest: u64,
-    /// Bit `i` set: counter `highest - i` was received.
-    seen: u128,
+    seen: Window,
     /// This host's clock (ms) when the session last sent an authentic packet.
     last: u64,
 }
@@ -242,30 +283,27 @@ impl Sealer {
 
     /// Whether `counter` of `session` was received (and is still remembered).
     fn seen(&self, session: u64, counter: u64) -> bool {
-        self.sessions.get(&session).is_some_and(|s| {
-            counter <= s.highest && s.highest - counter < WINDOW && s.seen & (1u128 << (s.highest - counter)) != 0
-        })
+        self.sessions.get(&session).is_some_and(|s| counter <= s.highest && s.seen.get(s.highest - counter))
     }
 
     /// Records `counter` for `session`, refusing one already seen or older than the window.
     fn remember(&mut self, session: u64, counter: u64, now_ms: u64) -> Result<(), Refused> {
         if !self.sessions.contains_key(&session) {
             self.make_room(now_ms);
-            self.sessions.insert(session, Session { highest: counter, seen: 1, last: now_ms });
+            self.sessions.insert(session, Session { highest: counter, seen: Window::first(), last: now_ms });
             return Ok(());
         }
         let s = self.sessions.get_mut(&session).expect("checked above");
         if counter > s.highest {
-            let shift = counter - s.highest;
-            s.seen = if shift >= WINDOW { 0 } else { s.seen << shift };
-            s.seen |= 1;
+            s.seen.advance(counter - s.highest);
+            s.seen.set(0);
             s.highest = counter;
         } else {
             let age = s.highest - counter;
-            if age >= WINDOW || s.seen & (1u128 << age) != 0 {
+            if age >= WINDOW || s.seen.get(age) {
                 return Err(Refused::Replayed);
             }
-            s.seen |= 1u128 << age;
+            s.seen.set(age);
         }
         s.last = now_ms;
         Ok(())
@@ -374,6 +412,47 @@ mod tests {
             assert!(b.open(&mut p, NOW + 30).is_ok(), "packet {i}");
         }
         assert_eq!(b.open(&mut old.clone(), NOW + 31), Err(Refused::Replayed));
+    }
+
+    #[test]
+    fn the_window_keeps_exactly_the_last_counters_seen() {
+        // Against a plain set of counters, over random steps forward and back.
+        let mut w = Window::first();
+        let (mut highest, mut seen) = (5000u64, std::collections::BTreeSet::from([5000u64]));
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let step = x % 300;
+            if x.is_multiple_of(3) {
+                w.advance(step);
+                highest += step;
+                w.set(0);
+                seen.insert(highest);
+            } else if step < Window::BITS && step <= highest {
+                w.set(step);
+                seen.insert(highest - step);
+            }
+            let probe = x % (Window::BITS + 10);
+            let want = probe < Window::BITS && probe <= highest && seen.contains(&(highest - probe));
+            assert_eq!(w.get(probe), want, "counter {} (highest {highest})", highest.wrapping_sub(probe));
+        }
+    }
+
+    #[test]
+    fn a_copy_late_behind_a_burst_to_other_members_is_still_delivered() {
+        // A rejoin announced to 300 members: the copy of a lost packet to this one leaves 10 ms after its
+        // original, by which time the sender sealed 600 more packets, one of them to this member.
+        let key = generate().unwrap();
+        let (mut a, mut b) = (sealer(&[&key]), sealer(&[&key]));
+        let (_lost, repeat) = (sealed(&mut a, b"to b", NOW), copy(&mut a, b"to b", NOW));
+        for _ in 0..600 {
+            sealed(&mut a, b"to others", NOW);
+        }
+        assert!(b.open(&mut sealed(&mut a, b"to b again", NOW), NOW).is_ok());
+        assert_eq!(b.open(&mut repeat.clone(), NOW).unwrap(), b"to b", "the copy, 601 counters behind");
+        assert_eq!(b.open(&mut repeat.clone(), NOW), Err(Refused::Replayed));
     }
 
     #[test]
