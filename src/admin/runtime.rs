@@ -72,7 +72,7 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
         if !line.ends_with('\n') && n >= LINE_LIMIT {
             // Its tail would otherwise be read as a command of its own.
             let _ = tokio::time::timeout(WRITE, write.write_all(b"Line too long.\n\n")).await;
-            return close(write, reader).await;
+            return close(write, reader, &heard).await;
         }
         let mut out = String::new();
         let mut quit = false;
@@ -103,11 +103,10 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
         }
         // Outside prompt mode a session ends with its line, unless more came with it: HAProxy runs what its
         // buffer holds (`printf 'cmd1\ncmd2\n' | socat`) rather than dropping it unanswered. Here, what is
-        // buffered or already readable.
-        let pipelined = !reader.buffer().is_empty()
-            || matches!(tokio::time::timeout(Duration::ZERO, reader.fill_buf()).await, Ok(Ok(more)) if !more.is_empty());
+        // buffered or has reached the socket (asked of the kernel: the reactor may not have seen it yet).
+        let pipelined = !reader.buffer().is_empty() || readable_now(reader.get_ref());
         if quit || !(interactive || pipelined) {
-            return close(write, reader).await;
+            return close(write, reader, &heard).await;
         }
     }
 }
@@ -115,10 +114,26 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
 /// Ends a session: the answers are all written; what the client still sends is read, briefly, before the
 /// socket closes, since unread bytes would make the close a reset that can destroy the answers before the
 /// client reads them.
-async fn close(mut write: tokio::net::tcp::OwnedWriteHalf, mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>) {
+async fn close(
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    heard: &Heard,
+) {
+    heard.closing();
     let _ = write.shutdown().await;
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(1), (&mut reader).take(1 << 20).read_to_end(&mut sink)).await;
+}
+
+/// Whether bytes wait unread in the socket: a peek that does not wait.
+fn readable_now(stream: &tokio::net::tcp::OwnedReadHalf) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv(2) into one byte we own, on a descriptor the stream keeps open; MSG_PEEK leaves the data.
+    let n = unsafe {
+        libc::recv(stream.as_ref().as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    n > 0
 }
 
 /// The answer to one command, without the closing empty line.

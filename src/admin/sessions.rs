@@ -29,6 +29,11 @@ impl Heard {
     pub fn now(&self) {
         self.0.set(Instant::now());
     }
+
+    /// The session has answered everything and only lingers to close cleanly: the first to give up its slot.
+    pub fn closing(&self) {
+        self.0.set(Instant::now().checked_sub(Duration::from_secs(86_400)).unwrap_or(self.0.get()));
+    }
 }
 
 struct Session {

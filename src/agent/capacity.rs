@@ -171,8 +171,9 @@ async fn command_line(command: &str) -> Result<String, String> {
     let mut output = Vec::new();
     if let Some(mut stdout) = child.stdout.take() {
         (&mut stdout).take(OUTPUT_LIMIT).read_to_end(&mut output).await.map_err(|e| format!("read: {e}"))?;
-        // The rest is read and thrown away: a closed pipe would kill a chatty command (SIGPIPE), a failure.
-        let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
+        // Up to 1 MiB more is read and thrown away: a closed pipe would kill a chatty command (SIGPIPE, a
+        // failure); one that never stops (`yes`) must not keep the agent's thread busy until its timeout.
+        let _ = tokio::io::copy(&mut (&mut stdout).take(1 << 20), &mut tokio::io::sink()).await;
     }
     let status = child.wait().await.map_err(|e| format!("wait: {e}"))?;
     if !status.success() {

@@ -55,8 +55,9 @@ impl Supervisor {
         let Some((program, args)) = self.argv.split_first() else { return };
         let mut command = Command::new(program);
         // The cluster key is the agent's secret, not the app's. A process group of its own: a Ctrl-C at the
-        // terminal reaches the agent alone, which drains the node before it stops the app, and the agent's
-        // signals reach what the app started too (`sh -c 'node app.js'` without `exec`), as `tini -g` does.
+        // terminal reaches the agent alone, which drains the node before it stops the app, and the stop
+        // reaches what the app started too (`sh -c 'node app.js'` without `exec`). The app does not own the
+        // terminal: one that reads it is stopped (SIGTTIN), as a background job is.
         command.args(args).env_remove("SHOAL_CLUSTER_KEY").process_group(0).kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe and touches only the child's own attributes, as pre_exec requires.
         // A SIGKILLed agent cannot stop its app, so the kernel does: the app gets SIGTERM when the agent dies.
@@ -121,8 +122,17 @@ impl Supervisor {
         self.spawn();
     }
 
-    /// Sends `signal` to the app's process group.
+    /// Forwards `signal` (HUP, USR1, USR2) to the app alone: a reload signal is the app's to hand on, and its
+    /// workers may die of one meant for their master (gunicorn's reset HUP to the default).
     pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            // SAFETY: kill(2) on the pid of our unreaped child.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// Sends `signal` to the app's whole process group, what a wrapper script started included: the stop.
+    fn signal_group(&self, signal: i32) {
         if let Some(pid) = self.child.as_ref().and_then(Child::id) {
             // SAFETY: kill(2) on the group our unreaped child leads.
             unsafe { libc::kill(-(pid as i32), signal) };
@@ -132,13 +142,13 @@ impl Supervisor {
     /// Sends SIGTERM, waits up to `grace`, then kills; returns how the child ended (between runs, how the
     /// last one did: a crash-looping app stopped during its backoff must not look like a clean exit).
     pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
-        self.signal(libc::SIGTERM);
+        self.signal_group(libc::SIGTERM);
         let Some(child) = self.child.as_mut() else { return self.last_status };
         match tokio::time::timeout(grace, child.wait()).await {
             Ok(Ok(status)) => Some(status),
             _ => {
                 tracing::warn!("child did not stop within {grace:?}: killing it");
-                self.signal(libc::SIGKILL);
+                self.signal_group(libc::SIGKILL);
                 let child = self.child.as_mut()?;
                 let _ = child.kill().await;
                 child.wait().await.ok()

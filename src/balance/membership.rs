@@ -92,10 +92,12 @@ impl Publisher {
 
     /// Records an operator's change to the server(s) named `name` and republishes.
     pub fn set(&mut self, name: &str, change: impl FnOnce(&mut Override)) -> Result<(), NoSuchServer> {
-        // Any server listed: a member's that went away too (an operator may hold it out before it is back).
+        // Any server listed: a member's that went away too (an operator may hold it out before it is back);
+        // and any name an override is kept for, listed or not, so that it can be set back.
         let exists = self.statics.iter().any(|(b, _)| *b.name() == name)
             || self.known.values().any(|b| *b.name() == name)
-            || self.departed.contains_key(name);
+            || self.departed.contains_key(name)
+            || self.overrides.contains_key(name);
         if !exists {
             return Err(NoSuchServer(name.to_string()));
         }
@@ -318,16 +320,10 @@ impl Publisher {
         let now = Instant::now();
         let listed: HashSet<String> = servers.iter().map(|(b, _, _)| b.name().to_string()).collect();
         let mut retired = super::counters::Totals::default();
-        let overrides = &mut self.overrides;
         self.departed.retain(|name, (backend, _, since)| {
             let keep = now.duration_since(*since) < RETENTION && !listed.contains(name);
             if !keep {
                 retired += backend.totals();
-                // Gone for good: an operator's override goes with it, rather than waiting, unseen and beyond
-                // `set server`'s reach, for the next member to take the name.
-                if !listed.contains(name) {
-                    overrides.remove(name);
-                }
             }
             keep
         });
@@ -516,7 +512,9 @@ mod tests {
         p.departed.get_mut("web-1").expect("departed").2 = long_ago;
         p.tick();
         assert_eq!(names(&p), ["web-2"]);
-        assert!(p.overrides().is_empty(), "its override went with it, not to the next web-1");
+        assert_eq!(p.overrides().len(), 1, "kept until set back, as README says, for the next web-1");
+        p.set("web-1", |o| o.state = None).expect("an override can be set back once its row is gone");
+        assert!(p.overrides().is_empty());
     }
 
     /// HAProxy's server ids are fixed; by position, a member sorted before the others, or one moved to the
