@@ -109,3 +109,10 @@ impl ControlSignals {
         pending
     }
 }
+
+/// Sends `signal` to the process group `leader` leads (a child spawned with `process_group(0)`), what it
+/// started included. Call it only while the leader is unreaped, so that its id names no other group.
+pub fn kill_group(leader: u32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid only sends a signal; the caller vouches the group is its child's.
+    unsafe { libc::kill(-(leader as i32), signal) };
+}

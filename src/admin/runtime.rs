@@ -204,7 +204,7 @@ fn set_weight(shared: &Shared, publisher: &Mutex<Publisher>, target: &str, weigh
     let weight = match weight.strip_suffix('%') {
         None => weight.parse::<u16>().ok(),
         Some(percent) => percent.parse::<u64>().ok().and_then(|percent| {
-            let initial = Snapshot::read(shared).servers.iter().find(|s| s.name == name)?.initial_weight;
+            let (_, initial) = weights(shared, name)?;
             Some((u64::from(initial).saturating_mul(percent) / 100).min(u64::from(u16::MAX)) as u16)
         }),
     };
@@ -224,10 +224,18 @@ fn get_weight(shared: &Shared, target: &str) -> String {
         Ok(name) => name,
         Err(e) => return e,
     };
-    match Snapshot::read(shared).servers.iter().find(|s| s.name == name) {
-        Some(s) => format!("{} (initial {})\n", s.user_weight, s.initial_weight),
+    match weights(shared, name) {
+        Some((current, initial)) => format!("{current} (initial {initial})\n"),
         None => "No such server.\n".into(),
     }
+}
+
+/// Server `name`'s weight in force (before `--slowstart` scales it) and its initial one, from the backend set
+/// alone (a stats snapshot adds up every server's counters).
+fn weights(shared: &Shared, name: &str) -> Option<(u16, u16)> {
+    let set = shared.backends.load();
+    let i = set.servers.iter().position(|b| *b.name() == name)?;
+    Some((*set.user_weights.get(i)?, *set.initial_weights.get(i)?))
 }
 
 fn info(shared: &Shared) -> String {

@@ -188,8 +188,7 @@ struct Group(Option<u32>);
 impl Drop for Group {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
-            // SAFETY: kill(2) on the group the command's shell leads (ESRCH once all of it is gone).
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            crate::signals::kill_group(pid, libc::SIGKILL);
         }
     }
 }

@@ -164,7 +164,9 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
                             if accepted && running {
                                 tracing::info!("service {} accepts connections: ready", config.service);
                             }
-                            std::mem::replace(&mut said.ready, accepted && running) != said.ready
+                            let was = said.ready;
+                            said.ready = accepted && running;
+                            was != said.ready
                         }
                     };
                     if changed {

@@ -134,8 +134,7 @@ impl Supervisor {
     /// Sends `signal` to the app's whole process group, what a wrapper script started included: the stop.
     fn signal_group(&self, signal: i32) {
         if let Some(pid) = self.child.as_ref().and_then(Child::id) {
-            // SAFETY: kill(2) on the group our unreaped child leads.
-            unsafe { libc::kill(-(pid as i32), signal) };
+            crate::signals::kill_group(pid, signal);
         }
     }
 

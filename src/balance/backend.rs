@@ -275,6 +275,11 @@ impl Backend {
         Some(self.name.swap(Arc::new(name)))
     }
 
+    /// Whether this is the server `name` at `host:port` (a reload keeps such a server).
+    pub fn is_at(&self, name: &str, host: &str, port: u16) -> bool {
+        **self.name.load() == name && self.host == host && self.port == port
+    }
+
     /// See the field: the sticky cookie's value and the hash ring's seed.
     pub fn cookie_id(&self) -> u64 {
         self.cookie_id.load(Ordering::Relaxed)

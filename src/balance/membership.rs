@@ -172,10 +172,7 @@ impl Publisher {
         self.statics = specs
             .iter()
             .map(|spec| {
-                let same = |(b, _): &&(Arc<Backend>, u16)| {
-                    *b.name() == spec.name && b.host == spec.host && b.port == spec.port
-                };
-                let backend = match old.iter().find(same) {
+                let backend = match old.iter().find(|(b, _)| b.is_at(&spec.name, &spec.host, spec.port)) {
                     Some((b, _)) if b.limits_are(spec) => b.clone(),
                     Some((b, _)) => Arc::new(Backend::succeeding(spec, &self.pool, b)),
                     None => Arc::new(Backend::new(spec, &self.pool)),
@@ -186,10 +183,7 @@ impl Publisher {
         // A server the reload removed (or renamed or moved) leaves its counts to the backend's totals, which
         // must not go back.
         for (gone, _) in &old {
-            let kept = self
-                .statics
-                .iter()
-                .any(|(b, _)| b.name() == gone.name() && (&b.host, b.port) == (&gone.host, gone.port));
+            let kept = self.statics.iter().any(|(b, _)| b.is_at(&gone.name(), &gone.host, gone.port));
             if !kept {
                 self.retired += gone.totals();
             }
@@ -233,7 +227,8 @@ impl Publisher {
     /// up.
     fn ids_of(&mut self, servers: &[(Arc<Backend>, u16, ServerState)]) -> Vec<u64> {
         let names: Vec<String> = servers.iter().map(|(b, _, _)| b.name().to_string()).collect();
-        self.ids.retain(|name, _| names.contains(name));
+        let listed: HashSet<&String> = names.iter().collect();
+        self.ids.retain(|name, _| listed.contains(name));
         names
             .into_iter()
             .map(|name| {

@@ -127,8 +127,8 @@ fn invoke(command: &str, kind: EventKind, input: String, timeout: Duration) {
         Ok(Some(status)) if !status.success() => tracing::warn!("event handler for {event} exited {status}"),
         Ok(Some(_)) => {}
         Ok(None) => {
-            // SAFETY: kill(2) on the process group the handler leads; it is ours until reaped below.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            // The handler leads its group and is ours until reaped below.
+            crate::signals::kill_group(child.id(), libc::SIGKILL);
             let _ = child.wait();
             tracing::warn!(
                 "event handler for {event} still running after {}s (--on-event-timeout): killed with its process \

@@ -477,12 +477,7 @@ impl Node {
             for id in self.members.values() {
                 let Some(entry) = table.current(id) else { continue };
                 if entry.state.draining && table.acked(self.me.gossip, id, entry.version) {
-                    said.push(Broadcast::DrainAck {
-                        proxy: self.me.gossip,
-                        node: id.gossip,
-                        generation: id.generation,
-                        version: entry.version,
-                    });
+                    said.push(self.drain_ack(id, entry.version));
                 }
             }
         }
@@ -560,12 +555,7 @@ impl Node {
                 if self.membership.busy_with(id) {
                     pending = true;
                 } else {
-                    acks.push(Broadcast::DrainAck {
-                        proxy: self.me.gossip,
-                        node: id.gossip,
-                        generation: id.generation,
-                        version: entry.version,
-                    });
+                    acks.push(self.drain_ack(id, entry.version));
                 }
             }
         }
@@ -577,6 +567,11 @@ impl Node {
         if pending {
             self.recheck = Some(Instant::now() + DRAIN_RECHECK);
         }
+    }
+
+    /// This proxy's acknowledgement that it stopped routing to `id` as of its state `version`.
+    fn drain_ack(&self, id: &NodeId, version: u64) -> Broadcast {
+        Broadcast::DrainAck { proxy: self.me.gossip, node: id.gossip, generation: id.generation, version }
     }
 
     /// A draining node is done once every live proxy has acknowledged, or at its deadline.

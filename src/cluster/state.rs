@@ -159,32 +159,39 @@ impl Table {
         }
     }
 
+    /// Whether an update of `order` over the `held` one is news (`Some(true)`: recorded and marked changed),
+    /// this node's own repeat of what is held (`Some(false)`: passed on, nothing recorded) or stale (`None`).
+    fn take(&mut self, held: Option<(u64, u64)>, order: (u64, u64)) -> Option<bool> {
+        match held {
+            Some(held) if self.repeating && held == order => Some(false),
+            Some(held) if order <= held => None,
+            _ => {
+                self.changed = true;
+                Some(true)
+            }
+        }
+    }
+
     fn apply(&mut self, b: Broadcast) -> Option<Key> {
         let now = Instant::now();
         match b {
             Broadcast::State { node, generation, version, state } => {
-                let held = self.states.get(&node).map(|e| (e.generation, e.version));
-                if self.repeating && held == Some((generation, version)) {
-                    return Some(Key { kind: 0, from: node, about: node, order: (generation, version) });
-                }
-                if held.is_some_and(|held| (generation, version) <= held) {
-                    return None;
+                let order = (generation, version);
+                let key = Key { kind: 0, from: node, about: node, order };
+                if !self.take(self.states.get(&node).map(|e| (e.generation, e.version)), order)? {
+                    return Some(key);
                 }
                 self.states.insert(node, Entry { generation, version, state, touched: now });
-                self.changed = true;
-                Some(Key { kind: 0, from: node, about: node, order: (generation, version) })
+                Some(key)
             }
             Broadcast::DrainAck { proxy, node, generation, version } => {
-                let held = self.acks.get(&(proxy, node)).map(|&(g, v, _)| (g, v));
-                if self.repeating && held == Some((generation, version)) {
-                    return Some(Key { kind: 1, from: proxy, about: node, order: (generation, version) });
-                }
-                if held.is_some_and(|held| (generation, version) <= held) {
-                    return None;
+                let order = (generation, version);
+                let key = Key { kind: 1, from: proxy, about: node, order };
+                if !self.take(self.acks.get(&(proxy, node)).map(|&(g, v, _)| (g, v)), order)? {
+                    return Some(key);
                 }
                 self.acks.insert((proxy, node), (generation, version, now));
-                self.changed = true;
-                Some(Key { kind: 1, from: proxy, about: node, order: (generation, version) })
+                Some(key)
             }
         }
     }
