@@ -160,6 +160,24 @@ fn runtime_api_runs_pipelined_lines_and_stops_at_quit() {
     assert_eq!(status_of("s1"), "MAINT", "nothing after quit runs");
 }
 
+/// A line whose answers pass 4 MiB is cut there with a message, the answers before it whole: they are written
+/// as they are computed, so the limit counts what was sent as well as what waits.
+#[test]
+fn a_runtime_line_past_the_output_limit_is_cut_with_a_message() {
+    // Servers nothing listens on: `show stat` lists them all the same, about 40 KiB of CSV per command.
+    let addrs: Vec<SocketAddr> = (0..100).map(|_| common::free_port()).collect();
+    let servers: Vec<(String, SocketAddr)> = addrs.iter().enumerate().map(|(i, a)| (format!("s{i}"), *a)).collect();
+    let servers: Vec<(&str, SocketAddr)> = servers.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let proxy = proxy_with(1, &servers);
+    let one = proxy.runtime("show stat");
+    assert!(one.len() > 16 << 10, "one answer is {} bytes", one.len());
+    let out = proxy.runtime(&"show stat;".repeat(400));
+    let (answers, cut) = out.split_once("Output limit reached: the rest of the line is ignored.\n\n").expect("cut");
+    assert_eq!(cut, "", "nothing follows the message");
+    assert!(answers.len() > 4 << 20 && answers.len() <= (4 << 20) + 2 * one.len(), "{} bytes", answers.len());
+    assert!(answers.starts_with("# pxname") && answers.ends_with("\n\n"), "whole answers only");
+}
+
 #[test]
 fn runtime_api_sets_server_state_and_weight() {
     let one = Backend::http(|_| common::ok("one"));

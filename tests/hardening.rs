@@ -815,6 +815,34 @@ fn an_endless_body_to_a_client_that_does_not_read_holds_no_more_than_buffers() {
 }
 
 #[test]
+fn runtime_lines_of_many_commands_to_clients_that_do_not_read_hold_no_more_than_buffers() {
+    let backend = Backend::http(|_| common::ok("fine"));
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--access-log", "off"]);
+    assert!(proxy.runtime("show info").contains("Name: shoal"));
+    let before = common::peak_rss_kib(proxy.pid());
+    // Each line asks for about a megabyte; its client reads nothing, so every session stalls on its writes.
+    let line = "help;".repeat(800) + "\n";
+    let clients: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = TcpStream::connect(proxy.runtime_api()).unwrap();
+            s.write_all(line.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    wait_until("an answer to reach every client", || {
+        clients.iter().all(|c| {
+            c.set_nonblocking(true).unwrap();
+            c.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0)
+        })
+    });
+    let grown = common::peak_rss_kib(proxy.pid()) - before;
+    eprintln!("peak RSS grew {grown} KiB with 10 stalled sessions of 1 MiB answers each");
+    assert!(grown < 4 << 10, "the runtime API holds {grown} KiB of answers nobody reads");
+    drop(clients);
+    assert!(proxy.runtime("show info").contains("Name: shoal"), "the runtime API still answers");
+}
+
+#[test]
 fn clients_that_vanish_mid_request_or_mid_response_poison_nothing() {
     // `/big` answers 8 MiB; anything else echoes the length of the body it read.
     let backend = Backend::raw(|stream, _| {

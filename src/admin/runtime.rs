@@ -25,6 +25,9 @@ const LINE_LIMIT: usize = 4096;
 const SESSIONS: usize = 10;
 /// Most output one line of commands may produce; the rest of the line is refused.
 const OUTPUT_LIMIT: usize = 4 << 20;
+/// Answers are written once this much has gathered, so that a line of many commands is computed only as fast
+/// as its client reads, as HAProxy's applets do: one that stops reading, or is gone, costs a buffer's worth.
+const FLUSH_AT: usize = 64 << 10;
 
 const HELP: &str = "The following commands are valid at this level:
   help                                    : this message
@@ -75,6 +78,7 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
             return close(write, reader, &heard).await;
         }
         let mut out = String::new();
+        let mut sent = 0;
         let mut quit = false;
         for command in line.trim().split(';').map(str::trim).filter(|c| !c.is_empty()) {
             match command {
@@ -83,7 +87,7 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
                     break;
                 }
                 "prompt" => interactive = !interactive,
-                _ if out.len() > OUTPUT_LIMIT => {
+                _ if sent + out.len() > OUTPUT_LIMIT => {
                     out.push_str("Output limit reached: the rest of the line is ignored.\n\n");
                     break;
                 }
@@ -92,13 +96,18 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
                     out.push('\n');
                 }
             }
+            if out.len() >= FLUSH_AT {
+                if !send(&mut write, &out).await {
+                    return;
+                }
+                sent += out.len();
+                out.clear();
+            }
         }
         if interactive && !quit {
             out.push_str("> ");
         }
-        // A client that does not read its answers is let go.
-        let written = tokio::time::timeout(WRITE, write.write_all(out.as_bytes())).await;
-        if !matches!(written, Ok(Ok(()))) {
+        if !send(&mut write, &out).await {
             return;
         }
         // Outside prompt mode a session ends with its line, unless more came with it: HAProxy runs what its
@@ -109,6 +118,11 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
             return close(write, reader, &heard).await;
         }
     }
+}
+
+/// Writes `out`; false if the client did not take it in time (a client that does not read is let go) or is gone.
+async fn send(write: &mut tokio::net::tcp::OwnedWriteHalf, out: &str) -> bool {
+    matches!(tokio::time::timeout(WRITE, write.write_all(out.as_bytes())).await, Ok(Ok(())))
 }
 
 /// Ends a session: the answers are all written; what the client still sends is read, briefly, before the

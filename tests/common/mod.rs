@@ -740,11 +740,19 @@ pub fn webapp(name: &str) -> (Process, String) {
     (Process(child), addr)
 }
 
-/// A loopback port with nothing listening on it right now, for a server the test is about to start.
 /// A process's resident memory, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    memory_kib(pid, "VmRSS:")
+}
+
+/// The most resident memory a process has had, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    memory_kib(pid, "VmHWM:")
+}
+
+fn memory_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    status.lines().find(|l| l.starts_with(field)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Polls `done` until it holds (failing after `WAIT`); returns how long that took.
@@ -762,6 +770,7 @@ pub fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
+/// A loopback port with nothing listening on it right now, for a server the test is about to start.
 pub fn free_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
