@@ -42,24 +42,42 @@ struct Session {
     task: AbortHandle,
 }
 
-/// The sessions being served, at most `max`.
+/// How many evicted sessions may still hold their connection at once. An aborted task lets go of its socket
+/// only when the scheduler next runs it, and the accept loop, always ready under a crowd, ran up to a hundred
+/// accepts before that: a descriptor per eviction in between. Waiting for each one instead put every accept
+/// behind whatever the other sessions had to compute.
+const CLOSING_MAX: usize = 4;
+
+/// The sessions being served, at most `max`, and those evicted but not yet gone.
 struct Slots {
     max: usize,
     next_id: Cell<u64>,
     live: RefCell<Vec<Session>>,
+    closing: RefCell<Vec<AbortHandle>>,
 }
 
 impl Slots {
-    /// Makes room for one more session: closes the quietest one if every slot is taken.
-    fn make_room(&self) {
-        let mut live = self.live.borrow_mut();
-        if live.len() < self.max {
-            return;
-        }
-        let Some(quietest) = (0..live.len()).min_by_key(|&i| live[i].heard.0.get()) else { return };
-        let evicted = live.swap_remove(quietest);
+    /// Makes room for one more session: closes the quietest one if every slot is taken, and returns once no
+    /// more than `CLOSING_MAX` evicted ones still hold their connection.
+    async fn make_room(&self) {
+        let evicted = {
+            let mut live = self.live.borrow_mut();
+            if live.len() < self.max {
+                return;
+            }
+            let Some(quietest) = (0..live.len()).min_by_key(|&i| live[i].heard.0.get()) else { return };
+            live.swap_remove(quietest)
+        };
         evicted.task.abort();
         tracing::debug!("control listener full: closed the session quiet for {:?}", evicted.heard.0.get().elapsed());
+        self.closing.borrow_mut().push(evicted.task);
+        loop {
+            self.closing.borrow_mut().retain(|task| !task.is_finished());
+            if self.closing.borrow().len() <= CLOSING_MAX {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     fn ended(&self, id: u64) {
@@ -93,7 +111,12 @@ where
             // Shared also holds the access log's sender: this thread lets go of it at shutdown (by returning,
             // which drops the handler and every connection still served), so the log thread can end.
             drop(shared);
-            let slots = Rc::new(Slots { max: max.max(1), next_id: Cell::new(0), live: RefCell::new(Vec::new()) });
+            let slots = Rc::new(Slots {
+                max: max.max(1),
+                next_id: Cell::new(0),
+                live: RefCell::new(Vec::new()),
+                closing: RefCell::new(Vec::new()),
+            });
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
@@ -107,7 +130,7 @@ where
                         continue;
                     }
                 };
-                slots.make_room();
+                slots.make_room().await;
                 let id = slots.next_id.get();
                 slots.next_id.set(id + 1);
                 let heard = Heard::new();
