@@ -116,3 +116,15 @@ pub fn kill_group(leader: u32, signal: i32) {
     // SAFETY: kill(2) with a negative pid only sends a signal; the caller vouches the group is its child's.
     unsafe { libc::kill(-(leader as i32), signal) };
 }
+
+/// Sends `signal` to what is left of the process group a reaped leader led: what it started and did not take
+/// with it. The id is the group's while any member lives, so it can name another group only once every member
+/// is gone and a new process took the number and leads a group of its own; then a process with that id
+/// exists, and nothing is sent.
+pub fn kill_remnants(leader: u32, signal: i32) {
+    // SAFETY: kill(2) with signal 0 only checks that a process with this id exists.
+    let reused = unsafe { libc::kill(leader as i32, 0) } == 0;
+    if !reused {
+        kill_group(leader, signal);
+    }
+}

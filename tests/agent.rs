@@ -206,18 +206,42 @@ fn a_ctrl_c_reaches_the_agent_alone_which_leaves_before_it_stops_the_app() {
     assert!(agent.wait_exit().success());
 }
 
+/// A `sleep` duration no other test or process uses, to find a test's sleeps by.
+fn sleep_marker(test: u32) -> String {
+    format!("{}.{test}", 800_000 + std::process::id() % 90_000)
+}
+
+/// How many `sleep <marker>` processes run.
+fn sleeps_of(marker: &str) -> usize {
+    let out = std::process::Command::new("pgrep").args(["-f", &format!("^sleep {marker}")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 #[test]
 fn stopping_the_agent_stops_what_a_wrapper_script_started() {
     // `sh -c 'sleep ...; true'`: the shell waits on its child. SIGTERM reached the shell alone, and the
     // sleep lived on after the agent.
     let (service, proxy) = (Backend::echo_path(), Proxy::start(&[]));
-    let marker = format!("{}.{}", 800_000 + std::process::id() % 90_000, 23);
-    let sleeping = || {
-        let out = std::process::Command::new("pgrep").args(["-f", &format!("^sleep {marker}")]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
+    let marker = sleep_marker(23);
+    let sleeping = || sleeps_of(&marker);
     let (mut agent, _stderr) = agent_as_a_job(&proxy, &service, &format!("sleep {marker}; true"));
     common::wait_until("the wrapped app running", || sleeping() == 1);
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit();
+    common::wait_until("nothing of the app left", || sleeping() == 0);
+}
+
+#[test]
+fn what_a_crashed_app_left_running_is_stopped_before_it_starts_again() {
+    // `sh -c 'server & ...; exit'`, or npm dying while the node server it started lives on: the remnant kept
+    // the port, and every restart failed to bind it.
+    let (service, proxy) = (Backend::echo_path(), Proxy::start(&[]));
+    let marker = sleep_marker(29);
+    let sleeping = || sleeps_of(&marker);
+    let app = format!("sleep {marker} & echo app-ran >&2; exit 3");
+    let mut agent = Agent::start(&service.arg(), &proxy.gossip(), &["--", "sh", "-c", &app]);
+    agent.stderr.wait_count("three runs", 3, |l| l == "app-ran");
+    common::wait_until("the earlier runs' remnants gone", || sleeping() <= 1);
     agent.signal(libc::SIGTERM);
     agent.wait_exit();
     common::wait_until("nothing of the app left", || sleeping() == 0);

@@ -23,6 +23,9 @@ pub enum Event {
 pub struct Supervisor {
     argv: Vec<String>,
     child: Option<Child>,
+    /// The last run's process group, once its leader is reaped: what it left behind (a wrapper's child, the
+    /// server npm started) is stopped, so that it cannot hold the port the next run needs.
+    remnants: Option<u32>,
     started: Instant,
     backoff: Duration,
     /// When the next start is due, while there is no child: after an exit, or a start that failed.
@@ -36,6 +39,7 @@ impl Supervisor {
         let mut s = Supervisor {
             argv,
             child: None,
+            remnants: None,
             started: Instant::now(),
             backoff: FIRST_BACKOFF,
             restart_at: None,
@@ -52,6 +56,7 @@ impl Supervisor {
 
     /// Starts the child; a start that fails is tried again after the backoff, as an exit is.
     fn spawn(&mut self) {
+        self.kill_remnants(libc::SIGKILL);
         let Some((program, args)) = self.argv.split_first() else { return };
         let mut command = Command::new(program);
         // The cluster key is the agent's secret, not the app's. A process group of its own: a Ctrl-C at the
@@ -59,12 +64,19 @@ impl Supervisor {
         // reaches what the app started too (`sh -c 'node app.js'` without `exec`). The app does not own the
         // terminal: one that reads it is stopped (SIGTTIN), as a background job is.
         command.args(args).env_remove("SHOAL_CLUSTER_KEY").process_group(0).kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches only the child's own attributes, as pre_exec requires.
         // A SIGKILLed agent cannot stop its app, so the kernel does: the app gets SIGTERM when the agent dies.
+        // An agent that died before the prctl took effect sends nothing: the child then has another parent
+        // already, and does not start.
+        let agent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe and touch only the child's own attributes, and the
+        // error is built without allocating, as pre_exec requires.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != agent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });
@@ -94,9 +106,12 @@ impl Supervisor {
     /// A deadline rather than a sleep, so the agent goes on answering signals and running checks meanwhile.
     pub async fn next(&mut self) -> Event {
         if let Some(child) = self.child.as_mut() {
+            let leader = child.id();
             let status = child.wait().await.unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
             self.child = None;
             self.last_status = Some(status);
+            self.remnants = leader;
+            self.kill_remnants(libc::SIGTERM);
             return Event::Exited(status);
         }
         match self.restart_at {
@@ -138,9 +153,21 @@ impl Supervisor {
         }
     }
 
+    /// Signals what the last run left behind; SIGKILL forgets it (sent before the next start, or at the stop:
+    /// it had the backoff to end on SIGTERM).
+    fn kill_remnants(&mut self, signal: i32) {
+        if let Some(leader) = self.remnants {
+            crate::signals::kill_remnants(leader, signal);
+        }
+        if signal == libc::SIGKILL {
+            self.remnants = None;
+        }
+    }
+
     /// Sends SIGTERM, waits up to `grace`, then kills; returns how the child ended (between runs, how the
     /// last one did: a crash-looping app stopped during its backoff must not look like a clean exit).
     pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.kill_remnants(libc::SIGKILL);
         self.signal_group(libc::SIGTERM);
         let Some(child) = self.child.as_mut() else { return self.last_status };
         match tokio::time::timeout(grace, child.wait()).await {
