@@ -85,6 +85,12 @@ fn run(cli: Cli, diagnostics: Option<logging::Sink>) -> Ended {
             if a.nodes == 0 || a.nodes > 64 {
                 return config_error("`nodes`: must be 1 to 64");
             }
+            if a.first_port as usize + a.nodes - 1 > u16::MAX as usize {
+                return config_error(format!(
+                    "`first-port`: {} nodes from port {} go past 65535",
+                    a.nodes, a.first_port
+                ));
+            }
             finish(demo::run(DemoConfig {
                 listen: a.listen,
                 nodes: a.nodes,

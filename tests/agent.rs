@@ -186,6 +186,24 @@ fn agent_as_a_job(proxy: &Proxy, service: &Backend, app: &str) -> (common::Proce
     (common::Process(child), stderr)
 }
 
+/// A loopback `--service` on a node that gossips beyond loopback sends every proxy on another host to
+/// itself: said at start, rather than found by the 502s.
+#[test]
+fn a_loopback_service_gossiped_beyond_loopback_is_warned_about() {
+    let mut cmd = common::shoal();
+    cmd.args(["agent", "--service", "127.0.0.1:9", "--gossip", "0.0.0.0:0", "--gossip-insecure", "--join"])
+        .arg("127.0.0.1:9")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("start agent");
+    let stderr = common::Lines::default();
+    stderr.clone().collect_from(child.stderr.take().unwrap());
+    let _agent = common::Process(child);
+    stderr.wait_for("the warning", |l| {
+        l.contains("service 127.0.0.1:9 is a loopback address: proxies on other hosts would connect to themselves")
+    });
+}
+
 #[test]
 fn a_ctrl_c_reaches_the_agent_alone_which_leaves_before_it_stops_the_app() {
     // Ctrl-C signals the terminal's whole foreground job: the app, in the agent's group, got SIGINT itself

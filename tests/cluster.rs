@@ -219,6 +219,26 @@ fn on_event_handlers_get_serf_style_lines() {
     let _ = std::fs::remove_file(&log);
 }
 
+/// The cluster key and the admin password reach shoal through its environment; a handler it runs does not
+/// inherit them (the supervised app never did).
+#[test]
+fn event_handlers_do_not_inherit_the_secrets() {
+    let log = std::env::temp_dir().join(format!("shoal-event-env-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let handler = format!(
+        "cat > /dev/null; printf 'key=%s auth=%s\\n' \"${{SHOAL_CLUSTER_KEY-unset}}\" \"${{SHOAL_ADMIN_AUTH-unset}}\" >> {}",
+        log.display()
+    );
+    let key = common::keygen();
+    let proxy =
+        Proxy::start_with(&["--on-event", &handler], &[("SHOAL_CLUSTER_KEY", &key), ("SHOAL_ADMIN_AUTH", "u:p")]);
+    let app = named_backend("env");
+    let _agent = Agent::start(&app.arg(), &proxy.gossip(), &["--name", "env1", "--cluster-key", &key]);
+    let line = wait_file_line(&log, "the handler's line", |l| l.starts_with("key="));
+    assert_eq!(line, "key=unset auth=unset");
+    let _ = std::fs::remove_file(&log);
+}
+
 /// Absent, or a zombie waiting for whoever adopted it.
 fn process_gone(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

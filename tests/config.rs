@@ -105,33 +105,85 @@ fn a_cluster_key_file_flag_beats_the_key_in_the_environment() {
     assert!(!ok && err.contains("`cluster-key-file`") && err.contains("keep one"), "{err}");
 }
 
+/// Runs `shoal agent` with `args` (and a check, and `true` to supervise) and returns its stderr once it has
+/// exited, failing if it exits 0 or is still running after `WAIT`.
+fn agent_refused(args: &[&str]) -> String {
+    let base = ["agent", "--service", "127.0.0.1:9", "--gossip", "127.0.0.1:0", "--check-path", "/"];
+    let mut child = shoal()
+        .args(base)
+        .args(args)
+        .args(["--", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > common::WAIT {
+            let _ = child.kill();
+            panic!("{args:?} accepted: the agent runs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{args:?} accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The agent's check settings: 0 made its loops spin (a check per turn, or /bin/sh in a tight loop).
 #[test]
 fn an_agent_with_a_zero_interval_or_count_is_refused_by_name() {
-    let base = ["agent", "--service", "127.0.0.1:9", "--gossip", "127.0.0.1:0", "--check-path", "/"];
     for (flag, value) in [("--check-interval", "0"), ("--agent-inter", "0s"), ("--rise", "0"), ("--fall", "0")] {
-        let mut child = shoal()
-            .args(base)
-            .args([flag, value])
-            .args(["--", "true"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > common::WAIT {
-                let _ = child.kill();
-                panic!("{flag} {value} accepted: the agent runs");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = agent_refused(&[flag, value]);
         let field = flag.trim_start_matches('-');
-        assert!(!out.status.success(), "{flag} {value} accepted");
         assert!(err.contains(&format!("`{field}`: must be more than 0")), "{flag}: {err}");
     }
+}
+
+/// Values that were accepted and then failed quietly: a check whose request line every server answers 400,
+/// two servers sharing the one verdict their name gets, a key file never read, a name cut short.
+#[test]
+fn values_that_would_fail_quietly_later_are_refused_by_name() {
+    for servers in [["web=127.0.0.1:1", "web=127.0.0.1:2"], ["127.0.0.1:1", "127.0.0.1:1"]] {
+        let (ok, _, err) = check(&["--backend", servers[0], "--backend", servers[1]], &[]);
+        assert!(!ok && err.contains("`backend`: two servers are named"), "{servers:?}: {err}");
+    }
+    let (ok, _, err) = check(&["--backend-check-path", "/a b"], &[]);
+    assert!(!ok && err.contains("--backend-check-path") && err.contains("percent-encode"), "{err}");
+    let f = file("backend-check-path = \"/health\\tcheck\"\n");
+    let (ok, _, err) = check(&["--config", f.arg()], &[]);
+    assert!(!ok && err.contains(":1: field `backend-check-path`"), "{err}");
+    // Read, and refused, although no path turns the checks on yet.
+    let f = file("backend-check-interval = \"5x\"\n");
+    let (ok, _, err) = check(&["--config", f.arg()], &[]);
+    assert!(!ok && err.contains(":1: field `backend-check-interval`"), "{err}");
+    let (ok, _, err) = check(&["--backend-rise", "0"], &[]);
+    assert!(!ok && err.contains("`backend-rise`"), "{err}");
+    // Each thread accepts on its own listener: three connections cannot be shared by four.
+    let (ok, _, err) = check(&["--threads", "4", "--max-connections", "3"], &[]);
+    assert!(!ok && err.contains("`max-connections`: 3 is fewer than the 4 threads"), "{err}");
+    let (ok, out, err) = check(&["--threads", "2", "--max-connections", "3"], &[]);
+    assert!(ok && out.contains("--max-connections 3\n"), "{err}");
+    // In one file, as with flags: keep one.
+    let keys = file(&format!("{}\n", common::keygen()));
+    let f = file(&format!("cluster-key = \"{}\"\ncluster-key-file = \"{}\"\n", common::keygen(), keys.arg()));
+    let (ok, _, err) = check(&["--config", f.arg()], &[]);
+    assert!(!ok && err.contains("`cluster-key-file`: given with cluster-key in the same file"), "{err}");
+    // The on/off spellings every other switch takes.
+    let (ok, _, err) = check(&["--gossip", "0.0.0.0:7946"], &[("SHOAL_GOSSIP_INSECURE", "on")]);
+    assert!(ok, "{err}");
+
+    let err = agent_refused(&["--name", &"n".repeat(40)]);
+    assert!(err.contains("`name`: ") && err.contains("at most 32"), "{err}");
+    let err = agent_refused(&["--check-path", "/health check"]);
+    assert!(err.contains("--check-path"), "{err}");
+    let err = agent_refused(&["--check-method", "get"]);
+    assert!(err.contains("--check-method") && err.contains("HEAD or GET"), "{err}");
+
+    let out = shoal().args(["demo", "--first-port", "65535", "--nodes", "2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("`first-port`: 2 nodes from port 65535 go past 65535"), "{err}");
 }
 
 #[test]

@@ -298,6 +298,29 @@ fn connections_over_max_connections_wait_in_the_listen_queue() {
     assert_eq!((r.status(), r.body_str().as_str()), (200, "/waiting"));
 }
 
+/// Split over threads, `--max-connections` still holds for the process: each thread took it divided and rounded
+/// up, so 3 over 2 threads let 4 clients in.
+#[test]
+fn max_connections_holds_for_the_process_whatever_the_threads() {
+    let backend = Backend::echo_path();
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "2", "--max-connections", "3"]);
+    // Twelve clients, hashed by the kernel to either thread's listener: each thread has two or more to serve.
+    let _held: Vec<Wire> = (0..12)
+        .map(|i| {
+            let mut w = Wire::connect(proxy.addr);
+            w.send(format!("GET /held{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            w
+        })
+        .collect();
+    common::wait_until("three served", || backend.requests().len() >= 3);
+    // Kept alive, the three hold their slots; give a fourth every chance to be let in.
+    let settle = std::time::Instant::now();
+    while settle.elapsed() < std::time::Duration::from_millis(500) {
+        assert_eq!(backend.requests().len(), 3, "more clients served at once than --max-connections");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// An upgrade request with a body, answered 101 at once, before the proxy could forward the body (the server
 /// reads nothing until it has answered): the server still gets the body exactly once and then the tunnel's
 /// bytes. The switch used to cut the body's forwarding mid-write, and the piece being written went again

@@ -213,6 +213,25 @@ fn sighup_applies_a_changed_maxconn_and_keeps_the_rest() {
     proxy.wait_server("s2", "s2 UP once its checks pass", |s, _| s == "UP");
 }
 
+/// The static servers' checks run on a thread that reads its settings once: a reload that changes them says
+/// so, as for any setting that takes a restart, instead of appearing to apply them.
+#[test]
+fn sighup_changing_the_backend_checks_says_they_take_a_restart() {
+    let server = Backend::echo_path();
+    let listen = free_port().to_string();
+    let with = |path: &str| {
+        format!("listen = [\"{listen}\"]\nbackend = [\"s1={}\"]\nbackend-check-path = \"{path}\"\n", server.addr)
+    };
+    let file = TempFile::new("checks.toml", &with("/"));
+    let proxy = Proxy::start(&["--config", file.arg()]);
+    file.write(&with("/elsewhere"));
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the warning", |l| {
+        l.contains("reload: backend-check settings changed, which takes a restart or an upgrade")
+    });
+    proxy.stderr.wait_for("the reload", |l| l.contains("configuration reloaded"));
+}
+
 /// The backend's totals count what every server did: a server a reload removes takes nothing away from them
 /// (they fell by its share, which a Prometheus `increase()` reads as a counter reset).
 #[test]

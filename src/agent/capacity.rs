@@ -158,7 +158,11 @@ const OUTPUT_LIMIT: u64 = 64 * 1024;
 /// goes with it, once it exits or its time is up: `curl -s app/agent | head -1` stuck on a hung app would
 /// otherwise leave a curl and a head behind every `--agent-inter`.
 async fn command_line(command: &str) -> Result<String, String> {
-    let mut child = tokio::process::Command::new("/bin/sh")
+    let mut shell = tokio::process::Command::new("/bin/sh");
+    for secret in crate::config::SECRET_VARS {
+        shell.env_remove(secret);
+    }
+    let mut child = shell
         .arg("-c")
         .arg(command)
         .stdin(std::process::Stdio::null())

@@ -63,7 +63,10 @@ impl Supervisor {
         // terminal reaches the agent alone, which drains the node before it stops the app, and the stop
         // reaches what the app started too (`sh -c 'node app.js'` without `exec`). The app does not own the
         // terminal: one that reads it is stopped (SIGTTIN), as a background job is.
-        command.args(args).env_remove("SHOAL_CLUSTER_KEY").process_group(0).kill_on_drop(true);
+        for secret in crate::config::SECRET_VARS {
+            command.env_remove(secret);
+        }
+        command.args(args).process_group(0).kill_on_drop(true);
         // A SIGKILLed agent cannot stop its app, so the kernel does: the app gets SIGTERM when the agent dies.
         // An agent that died before the prctl took effect sends nothing: the child then has another parent
         // already, and does not start.

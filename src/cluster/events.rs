@@ -103,13 +103,11 @@ fn run(command: &str, timeout: Duration, rx: Receiver<(EventKind, Member)>) {
 fn invoke(command: &str, kind: EventKind, input: String, timeout: Duration) {
     let event = kind.as_str();
     // A process group of its own, so that a timeout kills what the handler started too.
-    let spawned = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .env("SHOAL_EVENT", event)
-        .stdin(Stdio::piped())
-        .process_group(0)
-        .spawn();
+    let mut shell = Command::new("/bin/sh");
+    for secret in crate::config::SECRET_VARS {
+        shell.env_remove(secret);
+    }
+    let spawned = shell.arg("-c").arg(command).env("SHOAL_EVENT", event).stdin(Stdio::piped()).process_group(0).spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => return tracing::warn!("cannot run event handler: {e}"),

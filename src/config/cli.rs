@@ -120,7 +120,7 @@ pub struct ClusterArgs {
     #[arg(long, env = "SHOAL_CLUSTER_KEY_FILE", value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
     /// Gossip in the clear on a non-loopback address: any host that reaches it can add itself as a backend.
-    #[arg(long, env = "SHOAL_GOSSIP_INSECURE", value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "SHOAL_GOSSIP_INSECURE", value_name = "on|off", num_args = 0..=1, default_missing_value = "on", value_parser = value::switch)]
     pub gossip_insecure: Option<bool>,
     /// Most cluster members tracked; more are ignored, with a log line [default: 1000].
     #[arg(long, env = "SHOAL_MAX_MEMBERS", value_name = "N")]
@@ -160,10 +160,10 @@ pub struct AgentArgs {
     #[arg(long = "tag", env = "SHOAL_TAG", value_name = "K=V", value_delimiter = ',', value_parser = value::tag)]
     pub tags: Vec<(String, String)>,
     /// Health-check the service with an HTTP request to this path; traffic only while it passes.
-    #[arg(long, env = "SHOAL_CHECK_PATH", value_name = "PATH")]
+    #[arg(long, env = "SHOAL_CHECK_PATH", value_name = "PATH", value_parser = value::check_path)]
     pub check_path: Option<String>,
     /// Method of the health check (HAProxy's `option httpchk` uses HEAD).
-    #[arg(long, env = "SHOAL_CHECK_METHOD", value_name = "METHOD", default_value = "HEAD")]
+    #[arg(long, env = "SHOAL_CHECK_METHOD", value_name = "METHOD", default_value = "HEAD", value_parser = value::check_method)]
     pub check_method: String,
     /// Time between health checks (also each check's timeout).
     #[arg(long, env = "SHOAL_CHECK_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = value::duration)]
@@ -258,7 +258,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "SHOAL_SLOWSTART", value_name = "DURATION", value_parser = value::duration)]
     pub slowstart: Option<Duration>,
     /// Health-check static servers (--backend) with an HTTP request to this path, as HAProxy's `check`.
-    #[arg(long, env = "SHOAL_BACKEND_CHECK_PATH", value_name = "PATH")]
+    #[arg(long, env = "SHOAL_BACKEND_CHECK_PATH", value_name = "PATH", value_parser = value::check_path)]
     pub backend_check_path: Option<String>,
     /// Time between checks of static servers (also each check's timeout) [default: 2s].
     #[arg(long, env = "SHOAL_BACKEND_CHECK_INTERVAL", value_name = "DURATION", value_parser = value::duration)]

@@ -16,6 +16,10 @@ use thiserror::Error;
 use crate::cluster::{ClusterConfig, KeySource, Secret};
 use toml::Spanned;
 
+/// The environment variables that carry secrets: the cluster key and the admin password are shoal's, not the
+/// business of the app, an event handler or an agent-check command it starts.
+pub const SECRET_VARS: [&str; 2] = ["SHOAL_CLUSTER_KEY", "SHOAL_ADMIN_AUTH"];
+
 pub use cli::{AgentArgs, Cli, ClusterArgs, Command, DemoArgs, MembersArgs, ProxyArgs, WebappArgs};
 use file::{DurationText, FileConfig, KeyList};
 pub use value::BackendSpec;
@@ -234,6 +238,11 @@ fn key_source(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<KeySourc
         keys()
     } else if let Some(path) = &args.cluster_key_file {
         KeySource::File(path.clone())
+    } else if f.cluster_key.is_some() && f.cluster_key_file.is_some() {
+        return Err(ConfigError::Field {
+            field: "cluster-key-file",
+            message: "given with cluster-key in the same file: keep one (a key written inline is never re-read)".into(),
+        });
     } else if let Some(keys) = s.get("cluster-key", &f.cluster_key, |v| {
         let list = match v {
             KeyList::One(k) => vec![k.clone()],
@@ -327,26 +336,17 @@ impl AgentConfig {
         }
         Ok(AgentConfig {
             service,
-            name: if args.name.is_empty() { crate::host::name().unwrap_or_default() } else { args.name.clone() },
+            name: node_name(&args.name)?,
             weight: args.weight,
             tags: args.tags.clone(),
-            check: match &args.check_path {
-                None => None,
-                Some(path) if !path.starts_with('/') => {
-                    return Err(ConfigError::Field {
-                        field: "check-path",
-                        message: format!("{path:?} must start with /"),
-                    })
-                }
-                Some(path) => Some(crate::agent::health::CheckConfig {
-                    method: args.check_method.clone(),
-                    path: path.clone(),
-                    interval: args.check_interval,
-                    rise: args.rise,
-                    fall: args.fall,
-                    expect: (200, 399),
-                }),
-            },
+            check: args.check_path.as_ref().map(|path| crate::agent::health::CheckConfig {
+                method: args.check_method.clone(),
+                path: path.clone(),
+                interval: args.check_interval,
+                rise: args.rise,
+                fall: args.fall,
+                expect: (200, 399),
+            }),
             agent_check: args.agent_check.clone(),
             agent_inter: args.agent_inter,
             drain_timeout: args.drain_timeout,
@@ -354,7 +354,41 @@ impl AgentConfig {
             cluster: cluster_config(&args.cluster, &nowhere, &nowhere.values)?,
             command: args.command.clone(),
         })
+        .inspect(|c| {
+            if c.service.ip().is_loopback() && !c.cluster.bind.ip().is_loopback() {
+                tracing::warn!(
+                    "service {} is a loopback address: proxies on other hosts would connect to themselves; give \
+                     the address they reach this app at (or 0.0.0.0:{}, the gossip address's)",
+                    c.service,
+                    c.service.port()
+                );
+            }
+        })
     }
+}
+
+/// `--name`, or the host's name: at most `MAX_NAME` bytes, the room a member's identity gives it. A name given
+/// longer is refused (`set server nodes/NAME` would not find it); a host name is cut, with a warning.
+fn node_name(given: &str) -> Result<String, ConfigError> {
+    use crate::cluster::MAX_NAME;
+    if given.len() > MAX_NAME {
+        return Err(ConfigError::Field {
+            field: "name",
+            message: format!("{given:?} is {} bytes long; a node name holds at most {MAX_NAME}", given.len()),
+        });
+    }
+    if !given.is_empty() {
+        return Ok(given.to_string());
+    }
+    let host = crate::host::name().unwrap_or_default();
+    let mut name = host.clone();
+    while name.len() > MAX_NAME {
+        name.pop();
+    }
+    if name != host {
+        tracing::warn!("the host name {host:?} is longer than {MAX_NAME} bytes: this node is named {name:?} (--name)");
+    }
+    Ok(name)
 }
 
 impl ProxyConfig {
@@ -441,6 +475,47 @@ impl ProxyConfig {
         } else {
             args.backend.concat()
         };
+        if let Some(twice) = backends
+            .iter()
+            .enumerate()
+            .find_map(|(i, b)| backends[..i].iter().any(|earlier| earlier.name == b.name).then_some(&b.name))
+        {
+            // A check's verdict and `set server` go by name: one would decide for both.
+            return Err(ConfigError::Field {
+                field: "backend",
+                message: format!("two servers are named {twice:?}: give each a name of its own (NAME=HOST:PORT)"),
+            });
+        }
+        // The check's settings are read (and refused when wrong) whether or not a path turns checks on.
+        let check = crate::agent::health::CheckConfig {
+            method: "HEAD".into(),
+            path: String::new(),
+            interval: dur(
+                args.backend_check_interval,
+                "backend-check-interval",
+                &f.backend_check_interval,
+                Duration::from_secs(2),
+            )?,
+            rise: checks_in_a_row(
+                "backend-rise",
+                count(args.backend_rise.map(|v| v as usize), "backend-rise", &f.backend_rise, 2)?,
+            )?,
+            fall: checks_in_a_row(
+                "backend-fall",
+                count(args.backend_fall.map(|v| v as usize), "backend-fall", &f.backend_fall, 3)?,
+            )?,
+            expect: match args.backend_check_status {
+                Some(range) => range,
+                None => s
+                    .get("backend-check-status", &f.backend_check_status, |v| value::status_range(v))?
+                    .unwrap_or((200, 399)),
+            },
+        };
+        let backend_check = args
+            .backend_check_path
+            .clone()
+            .or(s.get("backend-check-path", &f.backend_check_path, |v| value::check_path(v))?)
+            .map(|path| crate::agent::health::CheckConfig { path, ..check });
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut config = ProxyConfig {
             listen,
@@ -487,43 +562,7 @@ impl ProxyConfig {
                 None => s.get("sticky-cookie", &f.sticky_cookie, |v| value::cookie_name(v))?,
             },
             slowstart: dur(args.slowstart, "slowstart", &f.slowstart, Duration::ZERO)?,
-            backend_check: match args.backend_check_path.clone().or(s.get(
-                "backend-check-path",
-                &f.backend_check_path,
-                |v| Ok(v.clone()),
-            )?) {
-                None => None,
-                Some(path) if !path.starts_with('/') => {
-                    return Err(ConfigError::Field {
-                        field: "backend-check-path",
-                        message: format!("{path:?} must start with /"),
-                    })
-                }
-                Some(path) => Some(crate::agent::health::CheckConfig {
-                    method: "HEAD".into(),
-                    path,
-                    interval: dur(
-                        args.backend_check_interval,
-                        "backend-check-interval",
-                        &f.backend_check_interval,
-                        Duration::from_secs(2),
-                    )?,
-                    rise: checks_in_a_row(
-                        "backend-rise",
-                        count(args.backend_rise.map(|v| v as usize), "backend-rise", &f.backend_rise, 2)?,
-                    )?,
-                    fall: checks_in_a_row(
-                        "backend-fall",
-                        count(args.backend_fall.map(|v| v as usize), "backend-fall", &f.backend_fall, 3)?,
-                    )?,
-                    expect: match args.backend_check_status {
-                        Some(range) => range,
-                        None => s
-                            .get("backend-check-status", &f.backend_check_status, |v| value::status_range(v))?
-                            .unwrap_or((200, 399)),
-                    },
-                }),
-            },
+            backend_check,
             cluster: cluster_config(&args.cluster, s, f)?,
             threads: in_range("threads", count(args.threads, "threads", &f.threads, cores)?, 1, 1024)?,
             pin_cpus: args.pin_cpus.or(f.pin_cpus.as_ref().map(|v| *v.get_ref())).unwrap_or(false),
@@ -582,6 +621,16 @@ impl ProxyConfig {
         }
         let strict = config.strict_limits;
         config.fit_descriptors(args.max_connections.is_some() || f.max_connections.is_some(), strict)?;
+        if config.limits.max_connections < config.threads {
+            // Each thread accepts on a listener of its own, which the kernel hands clients to by hash.
+            return Err(ConfigError::Field {
+                field: "max-connections",
+                message: format!(
+                    "{} is fewer than the {} threads, which each need a connection of their own: lower --threads",
+                    config.limits.max_connections, config.threads
+                ),
+            });
+        }
         if !config.tls_listen.is_empty() && config.tls_certs.is_empty() {
             return Err(ConfigError::Field {
                 field: "tls-cert",

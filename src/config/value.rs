@@ -184,10 +184,28 @@ pub fn check_url(s: &str) -> Result<(std::net::SocketAddr, String), String> {
     let rest = s.strip_prefix("http://").ok_or_else(|| format!("{s:?} does not start with http://"))?;
     let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
     let addr = authority.parse().map_err(|_| format!("{authority:?} is not IP:PORT"))?;
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(format!("{path:?} is not a path"));
+    Ok((addr, check_path(path)?))
+}
+
+/// The path a health check asks for: it goes into the request line as given, so it starts with `/` and holds
+/// no space or control character (each would make every check a 400, and the server DOWN for it).
+pub fn check_path(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must start with /"));
     }
-    Ok((addr, path.to_string()))
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b >= 0x80) {
+        return Err(format!("{path:?} is not a path: no spaces or control characters (percent-encode them)"));
+    }
+    Ok(path.to_string())
+}
+
+/// A health check's method: an HTTP token, in capitals as every registered method is (methods are
+/// case-sensitive: `get` is not GET, and servers answer it 400 or 405).
+pub fn check_method(method: &str) -> Result<String, String> {
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+        return Err(format!("{method:?} is not a method (like HEAD or GET)"));
+    }
+    Ok(method.to_string())
 }
 
 /// A `KEY=VALUE` tag. Event handlers read tags as `k=v,k=v` in one tab-separated field, so neither part may

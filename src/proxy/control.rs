@@ -214,7 +214,7 @@ fn keep_what_needs_a_restart(old: &ProxyConfig, mut new: ProxyConfig) -> ProxyCo
         )*};
     }
     keep!(threads as "threads", pin_cpus as "pin-cpus", admin as "admin", runtime_api as "runtime-api",
-        cluster as "gossip settings", access_log as "access-log");
+        cluster as "gossip settings", access_log as "access-log", backend_check as "backend-check settings");
     if !kept.is_empty() {
         tracing::warn!("reload: {} changed, which takes a restart or an upgrade (kill -USR2)", kept.join(", "));
     }

@@ -134,10 +134,12 @@ impl Worker {
         self.config.borrow().clone()
     }
 
-    /// This thread's share of `--max-connections`.
+    /// This thread's share of `--max-connections`: the shares add up to it exactly (the first threads take one
+    /// more each when it does not divide), and configuration refuses fewer connections than threads.
     pub fn max_connections(&self) -> usize {
         let c = self.config.borrow();
-        c.limits.max_connections.div_ceil(c.threads)
+        let (share, rest) = (c.limits.max_connections / c.threads, c.limits.max_connections % c.threads);
+        share + usize::from(self.id < rest)
     }
 
     /// Takes a reloaded configuration: the next requests use it, the balancing algorithm and the pool follow.
