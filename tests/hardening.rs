@@ -714,6 +714,35 @@ fn misbehaving(bad: &'static [u8]) -> Backend {
     })
 }
 
+/// Transfer-Encoding and Content-Length in one answer: framed by the first, as RFC 9112 says, but the
+/// connection is not used again (whatever else reads it may frame by the second), as HAProxy closes it.
+#[test]
+fn an_answer_with_both_lengths_is_relayed_and_its_connection_not_pooled() {
+    let backend =
+        misbehaving(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "1"]);
+    let bad = common::get(proxy.addr, "/bad");
+    assert_eq!((bad.status(), bad.body_str().as_str()), (200, "abc"));
+    assert_eq!(common::get(proxy.addr, "/good").body_str(), "good");
+    assert_eq!(backend.connection_count(), 2, "the connection that carried both lengths was used again");
+}
+
+/// The proxy's own answers to HEAD are heads alone (RFC 9110 section 9.3.2): a 503 with no server up, a 400.
+#[test]
+fn the_proxys_own_answers_to_head_carry_no_body() {
+    let proxy = Proxy::start(&["--backend", &common::free_port().to_string()]);
+    for (request, status) in [("HEAD / HTTP/1.1\r\nHost: t\r\n\r\n", 503), ("HEAD / HTTP/1.1\r\n\r\n", 400)] {
+        let mut client = Wire::connect(proxy.addr);
+        client.send(request.as_bytes());
+        let all = client.read_all();
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")) && text.ends_with("\r\n\r\n"),
+            "{request:?}: {text:?}"
+        );
+    }
+}
+
 #[test]
 fn hostile_backends_get_clean_answers_and_poison_no_pooled_connection() {
     let endless_headers: &'static [u8] =
@@ -745,6 +774,15 @@ fn hostile_backends_get_clean_answers_and_poison_no_pooled_connection() {
             502,
             "",
         ),
+        // Bodiless answers' lengths were relayed unchecked: the client got both values, or the garbage.
+        (
+            "two Content-Lengths on a 304",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
+            "GET",
+            502,
+            "",
+        ),
+        ("an invalid Content-Length on a HEAD answer", b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", "HEAD", 502, ""),
     ];
     for (what, bad, method, status, body) in cases {
         let backend = misbehaving(bad);

@@ -29,6 +29,9 @@ pub struct Response<'a> {
     /// The backend keeps the connection open after this response.
     pub keep_alive: bool,
     pub head_len: usize,
+    /// A bodiless answer's Content-Length (to HEAD, a 304): the representation's length, checked as any other
+    /// and sent on as one value.
+    pub declared_length: Option<u64>,
 }
 
 /// Rewrites a status line's `HTTP/1.2`..`HTTP/1.9` to `HTTP/1.1` in place, as requests get (RFC 9110
@@ -91,6 +94,10 @@ pub fn parse_response_with<'a>(
     if te_on_http10 && !no_body {
         return Err(HttpError::BadTransferEncoding("not allowed on HTTP/1.0"));
     }
+    // Content-Length is checked in every answer without Transfer-Encoding (which overrides it), as HAProxy
+    // does: a bodiless one's conflicting or invalid value would reach the client as it came.
+    let lengths = values(Known::ContentLength);
+    let declared_length = if te.is_empty() { fields::content_length(&lengths)? } else { None };
     let (body, codings) = if no_body {
         (ResponseBody::None, None)
     } else if !te.is_empty() {
@@ -102,13 +109,17 @@ pub fn parse_response_with<'a>(
             (ResponseBody::UntilClose, Some(codings.joined))
         }
     } else {
-        match fields::content_length(&values(Known::ContentLength))? {
+        match declared_length {
             Some(n) => (ResponseBody::Length(n), None),
             None => (ResponseBody::UntilClose, None),
         }
     };
+    // Both lengths: framed by Transfer-Encoding, but whoever else reads this connection may frame it by
+    // Content-Length (RFC 9112 section 6.3 rule 3: "ought to be handled as an error"); HAProxy closes it after.
+    let both_lengths = !te.is_empty() && !lengths.is_empty();
     let keep_alive = body != ResponseBody::UntilClose
         && !te_on_http10
+        && !both_lengths
         && match version {
             Version::Http11 => !connection.close,
             Version::Http10 => connection.keep_alive && !connection.close,
@@ -123,6 +134,7 @@ pub fn parse_response_with<'a>(
         connection,
         keep_alive,
         head_len,
+        declared_length: if no_body { declared_length } else { None },
     }))
 }
 

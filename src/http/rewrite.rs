@@ -143,12 +143,11 @@ pub fn client_response(resp: &Response<'_>, delivery: &Delivery<'_>, out: &mut V
     out.extend_from_slice(b"\r\n");
     // A bodiless answer to HEAD or a 304 still describes the representation's length.
     let keep_length = resp.body == ResponseBody::None && !(100..200).contains(&resp.status) && resp.status != 204;
+    if let (true, Some(n)) = (keep_length, resp.declared_length) {
+        content_length(out, n);
+    }
     for (name, value) in &resp.headers {
         let n = name.as_bytes();
-        if keep_length && n.eq_ignore_ascii_case(b"content-length") {
-            field(out, n, value);
-            continue;
-        }
         if delivery.upgrade && n.eq_ignore_ascii_case(b"upgrade") {
             field(out, n, value);
             continue;

@@ -305,7 +305,8 @@ fn local_log_line<T: Transport>(
 /// Answers with a canned status, logs it, and closes without losing the answer.
 async fn refuse<T: Transport>(worker: &Worker, client: &mut Client<T>, status: u16, reason: &str, started: Started) {
     tracing::info!("refused request from {}: {status} {reason}", client.peer);
-    let bytes = refusal::response(status);
+    // Refused before or after its head was parsed: a HEAD is known by its first bytes either way.
+    let bytes = refusal::response_to(status, client.buf.starts_with(b"HEAD "));
     let frontend = worker.frontend(T::TLS);
     frontend.refused();
     frontend.response(status, bytes.len() as u64);

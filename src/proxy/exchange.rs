@@ -402,7 +402,7 @@ async fn answer<T: Transport>(
     status: u16,
     term: [u8; 2],
 ) -> bool {
-    let bytes = refusal::response(status);
+    let bytes = refusal::response_to(status, plan.is_head);
     use tokio::io::AsyncWriteExt;
     let idle = worker.config().timeouts.client;
     let _ = timeout(idle, client.stream.write_all(bytes)).await;

@@ -17,6 +17,16 @@ pub fn response(status: u16) -> &'static [u8] {
     }
 }
 
+/// The canned response for `status` as an answer to HEAD: the head alone (RFC 9110 section 9.3.2), its
+/// Content-Length the length a GET's body would have.
+pub fn response_to(status: u16, head: bool) -> &'static [u8] {
+    let full = response(status);
+    match full.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) if head => &full[..end + 4],
+        _ => full,
+    }
+}
+
 /// The status code of a canned response, for log lines.
 pub fn status_of(bytes: &[u8]) -> u16 {
     std::str::from_utf8(&bytes[9..12]).ok().and_then(|s| s.parse().ok()).unwrap_or(500)
@@ -36,6 +46,8 @@ mod tests {
                 head.split("Content-Length: ").nth(1).unwrap().split("\r\n").next().unwrap().parse().unwrap();
             assert_eq!(declared, body.len(), "{code}");
             assert_eq!(status_of(raw), if code == 999 { 500 } else { code });
+            assert_eq!(response_to(code, true), format!("{head}\r\n\r\n").as_bytes());
+            assert_eq!(response_to(code, false), raw);
         }
     }
 }
