@@ -80,6 +80,12 @@ fn cases() -> Vec<Case> {
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n{xf}\r\n3\r\nabc\r\n0\r\nX-Sum: 9\r\n\r\n",
         ),
         ok(
+            "trailers cannot claim what the headers may not",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Forwarded-Proto: https\r\n\
+             Forwarded: for=6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\nHost: b\r\nX-Sum: 9\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n{xf}\r\n0\r\nX-Sum: 9\r\n\r\n",
+        ),
+        ok(
             "chunk sizes normalised",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n00A\r\n0123456789\r\n0\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n{xf}\r\na\r\n0123456789\r\n0\r\n\r\n",

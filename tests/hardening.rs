@@ -147,6 +147,8 @@ fn transfer_encoding_with_parameters_is_refused_before_any_server() {
 fn a_host_that_disagrees_with_the_target_or_is_no_authority_is_refused() {
     for raw in [
         "GET http://internal.example/admin HTTP/1.1\r\nHost: public.example\r\n\r\n",
+        "GET http://site.example:8080/ HTTP/1.1\r\nHost: site.example\r\n\r\n",
+        "GET https://site.example:80/ HTTP/1.1\r\nHost: site.example\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: evil.example@good.example\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: good.example/evil\r\n\r\n",
@@ -157,6 +159,13 @@ fn a_host_that_disagrees_with_the_target_or_is_no_authority_is_refused() {
     let proxy = Proxy::start(&["--backend", &backend.arg()]);
     let raw = b"GET http://Site.example:8080/in HTTP/1.1\r\nHost: site.example:8080\r\n\r\n";
     assert_eq!(common::request(proxy.addr, raw).body_str(), "http://Site.example:8080/in", "agreeing: forwarded");
+    // A port that is the scheme's default, on either side, names the same authority (as HAProxy accepts).
+    for (target, host) in
+        [("http://a:80/d", "a"), ("http://a/d", "a:80"), ("https://a:443/d", "a"), ("http://a:/d", "a")]
+    {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_eq!(common::request(proxy.addr, raw.as_bytes()).body_str(), target, "{raw:?}");
+    }
 }
 
 #[test]

@@ -161,7 +161,7 @@ impl ChunkedDecoder {
         if self.emit == Emit::Chunked {
             out.extend_from_slice(b"0\r\n");
             for f in fields.iter() {
-                if fields::is_hop_by_hop(f.name.as_bytes()) || f.name.eq_ignore_ascii_case("host") {
+                if !super::rewrite::kept_in_trailers(f.name.as_bytes()) {
                     continue;
                 }
                 out.extend_from_slice(f.name.as_bytes());

@@ -258,14 +258,29 @@ fn check_host(host: &[u8], target: &str) -> Result<(), HttpError> {
         return Ok(());
     }
     if let Some(i) = target.find("://") {
-        let rest = &target[i + 3..];
+        let (scheme, rest) = (&target[..i], &target[i + 3..]);
         let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
         let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-        if !authority.as_bytes().eq_ignore_ascii_case(host) {
+        // `http://a:80/` with `Host: a`, or the reverse, name the same authority, as HAProxy accepts.
+        let (authority, host) =
+            (without_default_port(authority.as_bytes(), scheme), without_default_port(host, scheme));
+        if !authority.eq_ignore_ascii_case(host) {
             return Err(HttpError::BadHost("does not match the request target's authority"));
         }
     }
     Ok(())
+}
+
+/// `authority` without a port that is `scheme`'s default (or empty, which means the default).
+fn without_default_port<'a>(authority: &'a [u8], scheme: &str) -> &'a [u8] {
+    let default: &[u8] = if scheme.eq_ignore_ascii_case("http") {
+        b":80"
+    } else if scheme.eq_ignore_ascii_case("https") {
+        b":443"
+    } else {
+        return authority;
+    };
+    authority.strip_suffix(default).or_else(|| authority.strip_suffix(b":")).unwrap_or(authority)
 }
 
 fn check_target(method: &str, target: &str) -> Result<(), HttpError> {

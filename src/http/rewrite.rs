@@ -70,6 +70,12 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded<'_>, out: &mut Vec<u8
 /// may precede, appended to as HAProxy does). `Forwarded` and `X-Forwarded-Host` / `-Ssl` / `-Scheme` would
 /// let a client claim https, another client address or another host to frameworks that read them first
 /// (Rack); an underscore spelling (`X_Forwarded_Proto`) reads the same to a CGI-style server.
+/// Whether a trailer field is passed on. Trailers are not headers (RFC 9110 section 6.5.1: a recipient must
+/// not merge them in), but some servers do: one may claim nothing a head may not, nor frame or route.
+pub fn kept_in_trailers(name: &[u8]) -> bool {
+    !(fields::is_hop_by_hop(name) || fields::is_protected(name) || claims_the_connection(name))
+}
+
 fn claims_the_connection(name: &[u8]) -> bool {
     // Most fields are none of these: told apart by their first byte and length before any comparison.
     match (name.first(), name.len()) {
