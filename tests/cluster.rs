@@ -359,6 +359,22 @@ fn members(proxy: &Proxy, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `SHOAL_ADMIN` as the proxy's own environment spells it (`docker exec ha shoal members`): a listen address
+/// such as `:1936` or `0.0.0.0:1936` reaches this host's admin side; `off` says why there is nothing to ask.
+#[test]
+fn shoal_members_takes_the_admin_setting_as_the_proxy_spells_it() {
+    let proxy = Proxy::start(&[]);
+    let port = proxy.admin().port();
+    for spelled in [format!(":{port}"), format!("0.0.0.0:{port}")] {
+        let out = common::shoal().args(["members"]).env("SHOAL_ADMIN", &spelled).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && stdout.contains(" balancer"), "{spelled}: {stdout}{stderr}");
+    }
+    let out = common::shoal().args(["members"]).env("SHOAL_ADMIN", "off").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("the admin listener is \"off\""), "{stderr}");
+}
+
 #[test]
 fn shoal_members_lists_proxy_and_agents_with_roles_tags_and_states_and_agrees_with_the_page() {
     let proxy = Proxy::start(&[]);

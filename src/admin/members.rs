@@ -57,7 +57,30 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// Where to reach the admin side given `SHOAL_ADMIN` or `--admin`: the proxy's own setting may be a listen
+/// address (`:1936`, `0.0.0.0:1936`: this host's loopback then) or `off`; anything else is a `HOST:PORT`.
+fn connect_address(admin: &str) -> Result<String, String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match crate::config::value::optional_listen_addr(admin) {
+        Ok(crate::config::value::Endpoint(None)) => {
+            Err(format!("the admin listener is {admin:?}: /members needs it (--admin ADDR)"))
+        }
+        Ok(crate::config::value::Endpoint(Some(mut addr))) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                } else {
+                    IpAddr::V6(Ipv6Addr::LOCALHOST)
+                });
+            }
+            Ok(addr.to_string())
+        }
+        Err(_) => Ok(admin.to_string()),
+    }
+}
+
 fn fetch(admin: &str, auth: Option<&str>) -> Result<Vec<Row>, String> {
+    let admin = &connect_address(admin)?;
     let fail = |e: std::io::Error| format!("cannot read {admin}/members: {e}");
     let mut stream = TcpStream::connect(admin).map_err(fail)?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;
