@@ -122,8 +122,10 @@ pub fn kill_group(leader: u32, signal: i32) {
 /// is gone and a new process took the number and leads a group of its own; then a process with that id
 /// exists, and nothing is sent.
 pub fn kill_remnants(leader: u32, signal: i32) {
-    // SAFETY: kill(2) with signal 0 only checks that a process with this id exists.
-    let reused = unsafe { libc::kill(leader as i32, 0) } == 0;
+    // SAFETY: kill(2) with signal 0 only checks that a process with this id exists (EPERM: it does, and is
+    // another user's).
+    let reused = unsafe { libc::kill(leader as i32, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     if !reused {
         kill_group(leader, signal);
     }

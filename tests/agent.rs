@@ -256,7 +256,8 @@ fn what_a_crashed_app_left_running_is_stopped_before_it_starts_again() {
     let (service, proxy) = (Backend::echo_path(), Proxy::start(&[]));
     let marker = sleep_marker(29);
     let sleeping = || sleeps_of(&marker);
-    let app = format!("sleep {marker} & echo app-ran >&2; exit 3");
+    // The remnant ignores SIGTERM, so only the SIGKILL before the next start ends it.
+    let app = format!("(trap '' TERM; exec sleep {marker}) & echo app-ran >&2; exit 3");
     let mut agent = Agent::start(&service.arg(), &proxy.gossip(), &["--", "sh", "-c", &app]);
     agent.stderr.wait_count("three runs", 3, |l| l == "app-ran");
     common::wait_until("the earlier runs' remnants gone", || sleeping() <= 1);

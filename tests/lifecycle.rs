@@ -304,8 +304,8 @@ fn connections_over_max_connections_wait_in_the_listen_queue() {
 fn max_connections_holds_for_the_process_whatever_the_threads() {
     let backend = Backend::echo_path();
     let proxy = Proxy::start(&["--backend", &backend.arg(), "--threads", "2", "--max-connections", "3"]);
-    // Twelve clients, hashed by the kernel to either thread's listener: each thread has two or more to serve.
-    let _held: Vec<Wire> = (0..12)
+    // 32 clients, hashed by the kernel to either thread's listener: each thread has two or more to serve.
+    let _held: Vec<Wire> = (0..32)
         .map(|i| {
             let mut w = Wire::connect(proxy.addr);
             w.send(format!("GET /held{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());

@@ -232,6 +232,29 @@ fn sighup_changing_the_backend_checks_says_they_take_a_restart() {
     proxy.stderr.wait_for("the reload", |l| l.contains("configuration reloaded"));
 }
 
+/// A file asking for 1 thread and 1 connection passes on its own, but the running 2 threads stay (threads
+/// take a restart): a thread would have had no share, and the clients the kernel gave it waited for ever.
+#[test]
+fn sighup_refuses_fewer_connections_than_the_threads_running() {
+    let server = Backend::echo_path();
+    let listen = free_port().to_string();
+    let with = |threads: u32, max: u32| {
+        format!(
+            "listen = [\"{listen}\"]\nbackend = [\"s1={}\"]\nthreads = {threads}\nmax-connections = {max}\n",
+            server.addr
+        )
+    };
+    let file = TempFile::new("threads.toml", &with(2, 100));
+    let proxy = Proxy::start(&["--config", file.arg()]);
+    file.write(&with(1, 1));
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the refusal", |l| {
+        l.contains("configuration not reloaded, the running one stays: `max-connections`: 1 is fewer than the 2")
+    });
+    let answered = (0..20).filter(|i| common::get(proxy.addr, &format!("/{i}")).status() == 200).count();
+    assert_eq!(answered, 20, "both threads still take clients");
+}
+
 /// The backend's totals count what every server did: a server a reload removes takes nothing away from them
 /// (they fell by its share, which a Prometheus `increase()` reads as a counter reset).
 #[test]

@@ -100,6 +100,8 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
                 if !send(&mut write, &out).await {
                     return;
                 }
+                // A client reading a long answer is not quiet, though it sends nothing.
+                heard.now();
                 sent += out.len();
                 out.clear();
             }

@@ -146,3 +146,42 @@ where
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the sessions whose state is still held: made with a session, let go when its task is dropped.
+    struct Held(Rc<Cell<usize>>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() - 1);
+        }
+    }
+
+    /// A crowd accepted as fast as the listener allows: without the wait in `make_room`, the loop never
+    /// yields, no aborted task is dropped, and every evicted session keeps what it holds.
+    #[tokio::test]
+    async fn evicted_sessions_are_let_go_of_before_many_more_are_accepted() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let held = Rc::new(Cell::new(0));
+                let slots =
+                    Slots { max: 2, next_id: Cell::new(0), live: RefCell::default(), closing: RefCell::default() };
+                for id in 0..200 {
+                    slots.make_room().await;
+                    held.set(held.get() + 1);
+                    let state = Held(held.clone());
+                    let task = tokio::task::spawn_local(async move {
+                        let _state = state;
+                        std::future::pending::<()>().await
+                    });
+                    slots.live.borrow_mut().push(Session { id, heard: Heard::new(), task: task.abort_handle() });
+                    assert!(held.get() <= 2 + CLOSING_MAX + 1, "{} sessions held after {id} accepted", held.get());
+                }
+            })
+            .await;
+    }
+}

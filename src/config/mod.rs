@@ -368,7 +368,8 @@ impl AgentConfig {
 }
 
 /// `--name`, or the host's name: at most `MAX_NAME` bytes, the room a member's identity gives it. A name given
-/// longer is refused (`set server nodes/NAME` would not find it); a host name is cut, with a warning.
+/// longer is refused (`set server nodes/NAME` would not find it); a host name keeps its end, with a warning:
+/// replicas' names differ there (`web-7d9f8b6c5-x2x9z`).
 fn node_name(given: &str) -> Result<String, ConfigError> {
     use crate::cluster::MAX_NAME;
     if given.len() > MAX_NAME {
@@ -381,10 +382,8 @@ fn node_name(given: &str) -> Result<String, ConfigError> {
         return Ok(given.to_string());
     }
     let host = crate::host::name().unwrap_or_default();
-    let mut name = host.clone();
-    while name.len() > MAX_NAME {
-        name.pop();
-    }
+    let cut = (host.len().saturating_sub(MAX_NAME)..host.len()).find(|&i| host.is_char_boundary(i)).unwrap_or(0);
+    let name = host[cut..].to_string();
     if name != host {
         tracing::warn!("the host name {host:?} is longer than {MAX_NAME} bytes: this node is named {name:?} (--name)");
     }

@@ -188,21 +188,24 @@ pub fn check_url(s: &str) -> Result<(std::net::SocketAddr, String), String> {
 }
 
 /// The path a health check asks for: it goes into the request line as given, so it starts with `/` and holds
-/// no space or control character (each would make every check a 400, and the server DOWN for it).
+/// no space, control character or non-ASCII byte (each would make every check a 400, and the server DOWN).
 pub fn check_path(path: &str) -> Result<String, String> {
     if !path.starts_with('/') {
         return Err(format!("{path:?} must start with /"));
     }
     if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b >= 0x80) {
-        return Err(format!("{path:?} is not a path: no spaces or control characters (percent-encode them)"));
+        return Err(format!(
+            "{path:?} is not a path: no spaces, control characters or non-ASCII (percent-encode them)"
+        ));
     }
     Ok(path.to_string())
 }
 
-/// A health check's method: an HTTP token, in capitals as every registered method is (methods are
-/// case-sensitive: `get` is not GET, and servers answer it 400 or 405).
+/// A health check's method: capital letters, digits, `-` or `_`, as every registered method is spelled
+/// (methods are case-sensitive: `get` is not GET, and servers answer it 400 or 405).
 pub fn check_method(method: &str) -> Result<String, String> {
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+    let spelled = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+    if method.is_empty() || !method.bytes().all(spelled) {
         return Err(format!("{method:?} is not a method (like HEAD or GET)"));
     }
     Ok(method.to_string())

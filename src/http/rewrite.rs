@@ -65,17 +65,17 @@ pub fn upstream_request(req: &Request<'_>, fwd: &Forwarded<'_>, out: &mut Vec<u8
     out.extend_from_slice(b"\r\n\r\n");
 }
 
-/// A field that tells the app about the client's connection, which only this proxy knows: the client's own
-/// is dropped (X-Forwarded-Proto and -Port are then written by the proxy; X-Forwarded-For is the one a client's
-/// may precede, appended to as HAProxy does). `Forwarded` and `X-Forwarded-Host` / `-Ssl` / `-Scheme` would
-/// let a client claim https, another client address or another host to frameworks that read them first
-/// (Rack); an underscore spelling (`X_Forwarded_Proto`) reads the same to a CGI-style server.
 /// Whether a trailer field is passed on. Trailers are not headers (RFC 9110 section 6.5.1: a recipient must
 /// not merge them in), but some servers do: one may claim nothing a head may not, nor frame or route.
 pub fn kept_in_trailers(name: &[u8]) -> bool {
     !(fields::is_hop_by_hop(name) || fields::is_protected(name) || claims_the_connection(name))
 }
 
+/// A field that tells the app about the client's connection, which only this proxy knows: the client's own
+/// is dropped (X-Forwarded-Proto and -Port are then written by the proxy; X-Forwarded-For is the one a client's
+/// may precede, appended to as HAProxy does). `Forwarded` and `X-Forwarded-Host` / `-Ssl` / `-Scheme` would
+/// let a client claim https, another client address or another host to frameworks that read them first
+/// (Rack); an underscore spelling (`X_Forwarded_Proto`) reads the same to a CGI-style server.
 fn claims_the_connection(name: &[u8]) -> bool {
     // Most fields are none of these: told apart by their first byte and length before any comparison.
     match (name.first(), name.len()) {

@@ -75,6 +75,15 @@ impl Control {
         };
         let old = self.shared.config.load_full();
         let new = keep_what_needs_a_restart(&old, new);
+        // Checked by the file's own `threads`, which the running count replaced.
+        if new.limits.max_connections < new.threads {
+            return tracing::error!(
+                "configuration not reloaded, the running one stays: `max-connections`: {} is fewer than the {} \
+                 threads running, which each need a connection of their own",
+                new.limits.max_connections,
+                new.threads
+            );
+        }
         // Everything that can fail comes first, so a failure changes nothing.
         let tls = match new.tls_listen.is_empty() {
             true => None,

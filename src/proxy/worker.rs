@@ -135,11 +135,12 @@ impl Worker {
     }
 
     /// This thread's share of `--max-connections`: the shares add up to it exactly (the first threads take one
-    /// more each when it does not divide), and configuration refuses fewer connections than threads.
+    /// more each when it does not divide); configuration and reload refuse fewer connections than threads, and
+    /// a share is never 0 (a thread that may hold none would leave the clients the kernel gives it waiting).
     pub fn max_connections(&self) -> usize {
         let c = self.config.borrow();
         let (share, rest) = (c.limits.max_connections / c.threads, c.limits.max_connections % c.threads);
-        share + usize::from(self.id < rest)
+        (share + usize::from(self.id < rest)).max(1)
     }
 
     /// Takes a reloaded configuration: the next requests use it, the balancing algorithm and the pool follow.

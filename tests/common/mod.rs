@@ -742,17 +742,8 @@ pub fn webapp(name: &str) -> (Process, String) {
 
 /// A process's resident memory, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    memory_kib(pid, "VmRSS:")
-}
-
-/// The most resident memory a process has had, in KiB.
-pub fn peak_rss_kib(pid: u32) -> u64 {
-    memory_kib(pid, "VmHWM:")
-}
-
-fn memory_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with(field)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Polls `done` until it holds (failing after `WAIT`); returns how long that took.
