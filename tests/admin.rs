@@ -178,6 +178,23 @@ fn a_runtime_line_past_the_output_limit_is_cut_with_a_message() {
     assert!(answers.starts_with("# pxname") && answers.ends_with("\n\n"), "whole answers only");
 }
 
+/// As HAProxy, the server is looked up before the rest of the command is read: an unknown one is named so
+/// whatever follows (it got the usage text for a percentage, or the state's complaint).
+#[test]
+fn runtime_api_names_an_unknown_server_before_anything_else() {
+    let one = Backend::http(|_| common::ok("one"));
+    let proxy = proxy_with(1, &[("s1", one.addr)]);
+    assert_eq!(proxy.runtime("set weight nodes/nope 50%"), "No such server.\n\n");
+    assert_eq!(proxy.runtime("set server nodes/nope weight 50%"), "No such server.\n\n");
+    assert_eq!(proxy.runtime("set server nodes/nope state bogus"), "No such server.\n\n");
+    assert_eq!(
+        proxy.runtime("set server nodes/s1 state bogus"),
+        "'set server <srv> state' expects 'ready', 'drain' and 'maint'.\n\n"
+    );
+    assert_eq!(proxy.runtime("set weight nodes/s1 50%"), "\n");
+    assert_eq!(proxy.runtime("get weight nodes/s1"), "50 (initial 100)\n\n");
+}
+
 #[test]
 fn runtime_api_sets_server_state_and_weight() {
     let one = Backend::http(|_| common::ok("one"));

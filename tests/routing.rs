@@ -527,6 +527,7 @@ fn a_joining_node_ramps_its_weight_up_under_slowstart() {
     let state = proxy.runtime("show servers state");
     let row = state.lines().find(|l| l.split(' ').nth(3) == Some("b")).unwrap_or_else(|| panic!("{state}"));
     assert_eq!(row.split(' ').skip(7).take(2).collect::<Vec<_>>(), [full.to_string(), full.to_string()], "{row}");
+    assert_eq!(row.split(' ').nth(5), Some("1"), "srv_op_state 1, starting, while it ramps: {row}");
     // HAProxy's throttle: the percent of its weight reached while it ramps, then nothing.
     let throttle = proxy.servers_column("b", "throttle");
     assert!(throttle.parse::<u64>().is_ok_and(|t| t < 100), "throttle while ramping: {throttle:?}");
@@ -542,6 +543,9 @@ fn a_joining_node_ramps_its_weight_up_under_slowstart() {
     }
     assert!(seen.windows(2).all(|w| w[0] < w[1]) && seen.len() >= 4, "ramped up in steps: {seen:?}");
     assert_eq!(proxy.servers_column("b", "throttle"), "", "no throttle at full weight");
+    let state = proxy.runtime("show servers state");
+    let row = state.lines().find(|l| l.split(' ').nth(3) == Some("b")).unwrap_or_else(|| panic!("{state}"));
+    assert_eq!(row.split(' ').nth(5), Some("2"), "srv_op_state 2, running, at full weight: {row}");
 }
 
 #[test]
@@ -559,6 +563,7 @@ fn a_full_server_queues_requests_until_a_slot_frees_or_the_queue_timeout() {
         std::thread::yield_now();
     }
     assert_eq!(proxy.servers_column("one", "slim"), "1");
+    assert_eq!(proxy.servers_column("one", "qlimit"), "1024", "maxqueue's default, as HAProxy shows it");
     assert_eq!(app.requests().len(), 1, "the queued request has not reached the server");
     release.send(()).unwrap();
     assert_eq!(slow.join().unwrap(), "slow done");
@@ -582,6 +587,77 @@ fn a_full_server_queues_requests_until_a_slot_frees_or_the_queue_timeout() {
     assert!(proxy.log_line("GET /too-late").contains(" sQ"), "{}", proxy.log_line("GET /too-late"));
     release.send(()).unwrap();
     assert_eq!(slow.join().unwrap(), "slow done");
+}
+
+/// `GET path` with `Cookie: cookie` on a connection of its own: the body.
+fn get_with_cookie(addr: SocketAddr, path: &str, cookie: &str) -> String {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n");
+    common::request(addr, raw.as_bytes()).body_str()
+}
+
+/// MAINT, as HAProxy's `disable server`: no new requests, those in flight end where they are. A GET waiting for
+/// its answer was abandoned after `--timeout-attempt` and sent to another server, so it ran twice; one queued
+/// for the server waited for its slot (or the queue timeout) instead of going elsewhere.
+#[test]
+fn maint_lets_requests_in_flight_finish_and_sends_queued_ones_elsewhere() {
+    let ((a, release), b) = (Backend::gated("a slow", "a"), named("b"));
+    let proxy = Proxy::start(&[
+        "--backend",
+        &format!("a={},maxconn=1", a.addr),
+        "--backend",
+        &format!("b={}", b.addr),
+        "--threads",
+        "1",
+        "--sticky-cookie",
+        "SRV",
+        "--timeout-attempt",
+        "100ms",
+        "--timeout-queue",
+        "20s",
+    ]);
+    let addr = proxy.addr;
+    let cookie = (0..10)
+        .map(|_| common::get(addr, "/"))
+        .find(|r| r.body_str() == "a")
+        .map(|r| sticky_set(&r, "SRV")[0].split(';').next().unwrap().to_string())
+        .expect("a answered one of ten");
+    let on_a = a.requests().len();
+    let c = cookie.clone();
+    let in_flight = std::thread::spawn(move || get_with_cookie(addr, "/slow", &c));
+    a.wait_requests(on_a + 1);
+    let c = cookie.clone();
+    let queued = std::thread::spawn(move || get_with_cookie(addr, "/queued", &c));
+    common::wait_until("the second request queued on a", || proxy.servers_column("a", "qcur") == "1");
+    assert_eq!(proxy.runtime("set server nodes/a state maint"), "\n");
+    assert_eq!(queued.join().unwrap(), "b", "the queued request went to b at once");
+    // Ten times the attempt timeout after which a request in flight used to be sent again.
+    let window = Instant::now();
+    while window.elapsed() < std::time::Duration::from_secs(1) {
+        assert!(!b.requests().iter().any(|r| r.start_line().contains("/slow")), "the request in flight ran twice");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    release.send(()).unwrap();
+    assert_eq!(in_flight.join().unwrap(), "a slow", "answered by the server in maintenance that had it");
+    assert_eq!(proxy.servers_column("a", "qcur"), "0");
+}
+
+/// `maxqueue=0` is no limit, as in HAProxy: it turned the queue off, and every request finding the server
+/// full got a 503.
+#[test]
+fn maxqueue_0_queues_without_a_limit() {
+    let (app, release) = Backend::gated("slow done", "fast");
+    let proxy = Proxy::start(&["--backend", &format!("one={},maxconn=1,maxqueue=0", app.addr)]);
+    let addr = proxy.addr;
+    let slow = std::thread::spawn(move || common::get(addr, "/slow").body_str());
+    app.wait_requests(1);
+    let queued: Vec<_> = (0..3).map(|_| std::thread::spawn(move || common::get(addr, "/queued").body_str())).collect();
+    common::wait_until("three queued", || proxy.servers_column("one", "qcur") == "3");
+    assert_eq!(proxy.servers_column("one", "qlimit"), "", "no limit shown, as HAProxy shows none");
+    release.send(()).unwrap();
+    assert_eq!(slow.join().unwrap(), "slow done");
+    for q in queued {
+        assert_eq!(q.join().unwrap(), "fast");
+    }
 }
 
 /// A member announcing a static server's name is told apart by its address (`s0@...`), and so is its sticky

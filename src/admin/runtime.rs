@@ -186,16 +186,26 @@ fn server_name(target: &str) -> Result<&str, String> {
     }
 }
 
+/// The server named by `target` (`nodes/s1`), or the error to print: HAProxy looks the server up before it
+/// reads the rest of the command.
+fn known_server<'a>(publisher: &Mutex<Publisher>, target: &'a str) -> Result<&'a str, String> {
+    let name = server_name(target)?;
+    match publisher.lock().knows(name) {
+        true => Ok(name),
+        false => Err("No such server.\n".into()),
+    }
+}
+
 fn set_state(publisher: &Mutex<Publisher>, target: &str, state: &str) -> String {
+    let name = match known_server(publisher, target) {
+        Ok(name) => name,
+        Err(e) => return e,
+    };
     let state = match state {
         "ready" => None,
         "drain" => Some(ServerState::Drain),
         "maint" => Some(ServerState::Maint),
         _ => return "'set server <srv> state' expects 'ready', 'drain' and 'maint'.\n".into(),
-    };
-    let name = match server_name(target) {
-        Ok(name) => name,
-        Err(e) => return e,
     };
     match publisher.lock().set(name, |o| o.state = state) {
         Ok(()) => {
@@ -213,7 +223,7 @@ fn set_state(publisher: &Mutex<Publisher>, target: &str, state: &str) -> String 
 fn set_weight(shared: &Shared, publisher: &Mutex<Publisher>, target: &str, weight: &str) -> String {
     const USAGE: &str =
         "Require <weight> or <weight%>: an integer from 0 to 65535, or a percentage of the initial weight.\n";
-    let name = match server_name(target) {
+    let name = match known_server(publisher, target) {
         Ok(name) => name,
         Err(e) => return e,
     };
@@ -284,8 +294,13 @@ bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check
 srv_agent_addr srv_agent_port\n",
     );
     for server in &s.servers {
-        // srv_op_state: 2 running, 0 stopped. srv_admin_state: 0x01 maintenance, 0x08 draining.
-        let op = if matches!(server.status, "UP" | "DRAIN") { 2 } else { 0 };
+        // srv_op_state: 2 running, 1 starting (ramping up under slowstart), 0 stopped. srv_admin_state: 0x01
+        // maintenance, 0x08 draining.
+        let op = match server.status {
+            "UP" if server.weight < server.user_weight => 1,
+            "UP" | "DRAIN" => 2,
+            _ => 0,
+        };
         let admin = match server.status {
             "MAINT" => 1,
             "DRAIN" => 8,

@@ -39,6 +39,8 @@ pub struct Server {
     pub queued: u64,
     pub peak_queued: u64,
     pub maxconn: Option<u64>,
+    /// `maxqueue`, when the server has a queue with a limit (HAProxy's `qlimit`).
+    pub maxqueue: Option<u64>,
     /// The id its sticky cookie carries, when sticky sessions are on.
     pub cookie: Option<String>,
     pub totals: Totals,
@@ -139,6 +141,7 @@ impl Snapshot {
                 queued: u64::from(b.queued()),
                 peak_queued: u64::from(b.peak_queued()),
                 maxconn: b.maxconn().map(u64::from),
+                maxqueue: b.maxqueue().map(u64::from),
                 totals: b.totals(),
                 timings: b.timings.read(),
                 seen: shared.history.server(&b.name()),

@@ -222,24 +222,30 @@ impl Backend {
         Some(self.clone().counted(permit))
     }
 
-    /// Waits for a slot on a full server, in its queue, at most `limit`.
+    /// Waits for a slot on a full server, in its queue, at most `limit`. Dropped while it waits (the server
+    /// taken out, the client gone), it leaves the queue and its counts.
     pub async fn enter_queued(self: &Arc<Self>, limit: Duration) -> Result<InFlight, QueueError> {
         let Some(s) = &self.slots else { return Ok(self.clone().counted(None)) };
         let before = s.waiting.fetch_add(1, Ordering::Relaxed);
-        if before >= s.maxqueue {
+        // `maxqueue=0` is no limit, as in HAProxy.
+        if s.maxqueue != 0 && before >= s.maxqueue {
             s.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(QueueError::Full);
         }
         s.peak_waiting.fetch_max(before + 1, Ordering::Relaxed);
         let pool = &self.pool;
         raise_peak(&pool.peak_queued, pool.queued.fetch_add(1, Ordering::Relaxed) + 1);
+        let _waiting = Waiting { server: &s.waiting, pool: &pool.queued };
         let got = tokio::time::timeout(limit, s.free.clone().acquire_owned()).await;
-        pool.queued.fetch_sub(1, Ordering::Relaxed);
-        s.waiting.fetch_sub(1, Ordering::Relaxed);
         match got {
             Ok(Ok(permit)) => Ok(self.clone().counted(Some(permit))),
             _ => Err(QueueError::Timeout),
         }
+    }
+
+    /// `maxqueue`, if the server has a queue with a limit (HAProxy's `qlimit`).
+    pub fn maxqueue(&self) -> Option<u32> {
+        self.slots.as_ref().map(|s| s.maxqueue).filter(|&q| q != 0)
     }
 
     /// `maxconn`, if the server has one (HAProxy's `slim`).
@@ -427,4 +433,17 @@ impl Drop for InFlight {
 /// The cookie id of a server named `name`.
 fn cookie_id(name: &str) -> u64 {
     key_hash(format!("shoal server {name}").as_bytes())
+}
+
+/// A request's place in a server's queue and in the backend's, given back however its wait ends.
+struct Waiting<'a> {
+    server: &'a AtomicU32,
+    pool: &'a AtomicUsize,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(1, Ordering::Relaxed);
+        self.server.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -92,13 +92,7 @@ impl Publisher {
 
     /// Records an operator's change to the server(s) named `name` and republishes.
     pub fn set(&mut self, name: &str, change: impl FnOnce(&mut Override)) -> Result<(), NoSuchServer> {
-        // Any server listed: a member's that went away too (an operator may hold it out before it is back);
-        // and any name an override is kept for, listed or not, so that it can be set back.
-        let exists = self.statics.iter().any(|(b, _)| *b.name() == name)
-            || self.known.values().any(|b| *b.name() == name)
-            || self.departed.contains_key(name)
-            || self.overrides.contains_key(name);
-        if !exists {
+        if !self.knows(name) {
             return Err(NoSuchServer(name.to_string()));
         }
         let entry = self.overrides.entry(name.to_string()).or_default();
@@ -108,6 +102,15 @@ impl Publisher {
         }
         self.publish();
         Ok(())
+    }
+
+    /// Whether `set` finds `name`: any server listed, a member's that went away too (an operator may hold it
+    /// out before it is back), and any name an override is kept for, listed or not, so that it can be set back.
+    pub fn knows(&self, name: &str) -> bool {
+        self.statics.iter().any(|(b, _)| *b.name() == name)
+            || self.known.values().any(|b| *b.name() == name)
+            || self.departed.contains_key(name)
+            || self.overrides.contains_key(name)
     }
 
     /// Every operator's change in force, by server name (handed to the successor of a binary upgrade).

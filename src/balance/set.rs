@@ -153,6 +153,13 @@ impl BackendSet {
         self.servers.iter().zip(&self.states).any(|(b, s)| Arc::ptr_eq(b, backend) && serving(s))
     }
 
+    /// Whether `backend` is still here to finish the requests it already has: UP, DRAIN, or MAINT, whose
+    /// requests in flight end as HAProxy's `disable server` lets them. A server DOWN or gone is not.
+    pub fn finishes(&self, backend: &Arc<Backend>) -> bool {
+        let finishing = |s: &ServerState| matches!(s, ServerState::Up | ServerState::Drain | ServerState::Maint);
+        self.servers.iter().zip(&self.states).any(|(b, s)| Arc::ptr_eq(b, backend) && finishing(s))
+    }
+
     /// The server whose sticky cookie carries `id`, with its state.
     pub fn by_cookie(&self, id: u64) -> Option<(&Arc<Backend>, ServerState)> {
         self.cookies.get(&id).map(|&i| (&self.servers[i], self.states[i]))

@@ -94,7 +94,8 @@ pub struct BackendSpec {
     pub weight: u16,
     /// Most requests in flight at once (HAProxy's `maxconn`); 0: no limit. More wait in a queue.
     pub maxconn: u32,
-    /// Most requests waiting for this server (HAProxy's `maxqueue`); beyond, the request is answered 503.
+    /// Most requests waiting for this server (HAProxy's `maxqueue`; 0 is no limit); beyond, the request is
+    /// answered 503.
     pub maxqueue: u32,
 }
 

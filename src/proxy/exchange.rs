@@ -137,11 +137,29 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
             Some(entered) => entered,
             None => {
                 let queued = Instant::now();
-                let waited = picked.enter_queued(config.timeouts.queue).await;
+                // A server taken out meanwhile (DOWN, MAINT, gone) will not serve its queue: the request goes
+                // to another, as HAProxy's redispatch moves it.
+                let waited = tokio::select! {
+                    waited = picked.enter_queued(config.timeouts.queue) => Some(waited),
+                    _ = worker.taken_out(&picked) => None,
+                };
                 log.queued = Some(queued.elapsed());
                 match waited {
-                    Ok(entered) => entered,
-                    Err(e) => {
+                    None if log.retries < MAX_RETRIES => {
+                        tracing::info!(
+                            "server {}: taken out while a request waited in its queue: trying another",
+                            picked.name()
+                        );
+                        log.retries += 1;
+                        tried.push(picked.clone());
+                        continue;
+                    }
+                    None => {
+                        log.server = Some(picked.enter());
+                        return answer(worker, client, &plan, log, 503, *b"sQ").await;
+                    }
+                    Some(Ok(entered)) => entered,
+                    Some(Err(e)) => {
                         tracing::warn!("server {}: {e}: request answered 503", picked.name());
                         log.server = Some(picked.enter());
                         return answer(worker, client, &plan, log, 503, *b"sQ").await;

@@ -42,7 +42,7 @@ impl Unanswered {
         match self {
             Unanswered::NotAcknowledged => "request not acknowledged by its host: abandoned",
             Unanswered::Suspected => "its host failed a gossip probe while the request waited: abandoned",
-            Unanswered::TakenOut => "server taken out (DOWN, MAINT or gone) while the request waited: abandoned",
+            Unanswered::TakenOut => "server DOWN or gone while the request waited: abandoned",
         }
     }
 }
@@ -61,7 +61,7 @@ impl Watch<'_> {
             Some(Unanswered::NotAcknowledged)
         } else if self.backend.suspicions() != self.suspicions {
             Some(Unanswered::Suspected)
-        } else if !worker.serves(self.backend) {
+        } else if !worker.finishes(self.backend) {
             Some(Unanswered::TakenOut)
         } else {
             None

@@ -233,8 +233,13 @@ impl Worker {
         self.backends.borrow_mut().load().serves(backend)
     }
 
-    /// Resolves once `backend` no longer finishes requests (membership, a health check or an operator took
-    /// it out; a server set to DRAIN still does): what an attempt to reach it races against.
+    /// Whether `backend` still finishes the requests it has (see [`crate::balance::BackendSet::finishes`]).
+    pub fn finishes(&self, backend: &Arc<Backend>) -> bool {
+        self.backends.borrow_mut().load().finishes(backend)
+    }
+
+    /// Resolves once `backend` takes no more requests (membership, a health check or an operator took it out;
+    /// a server set to DRAIN still does): what a request not yet sent to it races against.
     pub async fn taken_out(&self, backend: &Arc<Backend>) {
         loop {
             self.set_changed.notified().await;
