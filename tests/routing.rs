@@ -429,6 +429,23 @@ fn an_agent_check_sets_weight_drain_and_maint_and_a_failing_one_falls_back() {
     assert!(agent_a.wait_exit().success());
 }
 
+/// An operator's `set weight` holds until the node's agent check reports a weight of its own, which then
+/// replaces it, as HAProxy's agent-check replaces a weight set on its socket (it held for ever).
+#[test]
+fn an_agent_checks_next_weight_replaces_the_operators() {
+    let app = named("a");
+    let proxy = Proxy::start(&[]);
+    let report = TempFile::new("agent-check", "50%\n");
+    let check = format!("cat {}", report.arg());
+    let _agent =
+        Agent::start(&app.arg(), &proxy.gossip(), &["--name", "a", "--agent-check", &check, "--agent-inter", "100ms"]);
+    proxy.wait_server("a", "at half weight", |status, weight| status == "UP" && weight == 50);
+    assert_eq!(proxy.runtime("set weight nodes/a 10"), "\n");
+    proxy.wait_server("a", "at the operator's weight", |_, weight| weight == 10);
+    report.write("75%\n");
+    proxy.wait_server("a", "at the agent's new weight", |status, weight| status == "UP" && weight == 75);
+}
+
 /// An agent-check command that outlives its time (a pipeline stuck on a hung app) is killed with everything
 /// it started: only its shell was, and each check left its `sleep` behind.
 #[test]
@@ -639,6 +656,38 @@ fn maint_lets_requests_in_flight_finish_and_sends_queued_ones_elsewhere() {
     release.send(()).unwrap();
     assert_eq!(in_flight.join().unwrap(), "a slow", "answered by the server in maintenance that had it");
     assert_eq!(proxy.servers_column("a", "qcur"), "0");
+}
+
+/// Every server full: queued requests spread over the servers' queues (round robin put them all on the first
+/// full server it met, whose queue filled while the others stayed empty).
+#[test]
+fn with_every_server_full_queued_requests_spread_over_the_queues() {
+    let ((a, release_a), (b, release_b)) = (Backend::gated("a slow", "a"), Backend::gated("b slow", "b"));
+    let proxy = Proxy::start(&[
+        "--backend",
+        &format!("a={},maxconn=1", a.addr),
+        "--backend",
+        &format!("b={},maxconn=1", b.addr),
+        "--threads",
+        "1",
+    ]);
+    let addr = proxy.addr;
+    let slow: Vec<_> = (0..2).map(|_| std::thread::spawn(move || common::get(addr, "/slow").body_str())).collect();
+    common::wait_until("a slow request on each", || a.requests().len() == 1 && b.requests().len() == 1);
+    let queued: Vec<_> = (0..4).map(|_| std::thread::spawn(move || common::get(addr, "/q").status())).collect();
+    common::wait_until("four queued", || {
+        let rows = proxy.server_rows();
+        rows["a"]["qcur"].parse::<u32>().unwrap_or(0) + rows["b"]["qcur"].parse::<u32>().unwrap_or(0) == 4
+    });
+    assert_eq!((proxy.servers_column("a", "qcur"), proxy.servers_column("b", "qcur")), ("2".into(), "2".into()));
+    release_a.send(()).unwrap();
+    release_b.send(()).unwrap();
+    for t in slow {
+        assert!(t.join().unwrap().ends_with("slow"));
+    }
+    for t in queued {
+        assert_eq!(t.join().unwrap(), 200);
+    }
 }
 
 /// `maxqueue=0` is no limit, as in HAProxy: it turned the queue off, and every request finding the server

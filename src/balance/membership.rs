@@ -195,8 +195,10 @@ impl Publisher {
     }
 
     fn update(&mut self, members: &[Member]) {
-        self.members =
+        let members: Vec<Member> =
             members.iter().filter(|m| m.id.role == Role::Backend && m.id.service.is_some()).cloned().collect();
+        self.follow_announced_weights(&members);
+        self.members = members;
         let live = &self.members;
         let now = Instant::now();
         let mut gone = Vec::new();
@@ -224,6 +226,27 @@ impl Publisher {
             }
         }
         self.publish();
+    }
+
+    /// A weight a member announces anew (its agent check's report) replaces the one an operator set, as an
+    /// agent-check's report replaces HAProxy's `set weight`: the override was kept for ever, and the node's
+    /// own view of its capacity was ignored from then on.
+    fn follow_announced_weights(&mut self, members: &[Member]) {
+        for m in members {
+            let key = (m.id.gossip, m.id.generation);
+            let Some(before) = self.members.iter().find(|old| (old.id.gossip, old.id.generation) == key) else {
+                continue;
+            };
+            let Some(backend) = self.known.get(&key).filter(|_| before.weight() != m.weight()) else { continue };
+            let name = backend.name().to_string();
+            let Some(o) = self.overrides.get_mut(&name) else { continue };
+            if o.weight.take().is_some() {
+                tracing::info!("server {name}: weight {} announced, replacing the operator's", m.weight());
+            }
+            if *o == Override::default() {
+                self.overrides.remove(&name);
+            }
+        }
     }
 
     /// The id of each of `servers`: the one its name has, or the next one; names no longer listed give theirs

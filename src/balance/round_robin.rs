@@ -17,19 +17,26 @@ impl RoundRobin {
     }
 
     /// The next server in the set's weighted cycle, skipping `avoid` (one that just failed) and ejected
-    /// servers while another exists.
+    /// servers while another exists. When every server is full, the one with the shortest queue: the cursor
+    /// comes back to where it started after a full turn, so the first full server took every queued request
+    /// while the others' queues stayed empty.
     pub fn pick(&self, set: &BackendSet, avoid: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let cycle = set.cycle();
         let n = cycle.len();
-        let mut fallback: Option<(u8, &Arc<Backend>)> = None;
+        let mut fallback: Option<((u8, u32), &Arc<Backend>)> = None;
         for _ in 0..n {
             let i = self.next.get() % n;
             self.next.set(i + 1);
             let candidate = &set.servers[cycle[i]];
             match rank(candidate, avoid) {
                 Some(0) => return Some(candidate.clone()),
-                Some(r) if fallback.is_none_or(|(best, _)| r < best) => fallback = Some((r, candidate)),
-                _ => {}
+                Some(r) => {
+                    let key = (r, candidate.queued());
+                    if fallback.is_none_or(|(best, _)| key < best) {
+                        fallback = Some((key, candidate));
+                    }
+                }
+                None => {}
             }
         }
         fallback.map(|(_, b)| b.clone())
