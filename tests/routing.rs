@@ -601,7 +601,8 @@ fn a_full_server_queues_requests_until_a_slot_frees_or_the_queue_timeout() {
     app.wait_requests(3);
     let r = common::get(addr, "/too-late");
     assert_eq!(r.status(), 503);
-    assert!(proxy.log_line("GET /too-late").contains(" sQ"), "{}", proxy.log_line("GET /too-late"));
+    let line = proxy.log_line("GET /too-late");
+    assert!(line.contains(" sQ") && line.contains(" nodes/one "), "the server it waited for is named: {line}");
     release.send(()).unwrap();
     assert_eq!(slow.join().unwrap(), "slow done");
 }

@@ -102,6 +102,8 @@ fn a_refused_connect_is_retried_on_another_backend() {
     }
     let line = proxy.stdout.wait_for("a retried request", |l| l.contains(" nodes/live ") && retries(l) == 1);
     assert!(line.contains(" 200 "), "{line}");
+    // Ended on another server than its first: HAProxy's `+` before the count marks the redispatch.
+    assert!(line.split(' ').nth(10).is_some_and(|counts| counts.ends_with("/+1")), "{line}");
     // After the first failure the dead server is ejected on every thread: later requests go straight to the
     // live one instead of paying for a retry each time.
     proxy.stdout.wait_count("all ten requests", 10, |l| l.contains(" nodes/live ") && l.contains(" 200 "));
@@ -111,14 +113,19 @@ fn a_refused_connect_is_retried_on_another_backend() {
 
 #[test]
 fn no_backend_is_503() {
+    // As HAProxy logs them: routed to the backend, no server to pick (`nodes/<NOSRV>`, no queue reached: Tw
+    // -1); a server picked whose connect failed is named (it said `shoal/<NOSRV>` for both).
     let proxy = Proxy::start(&[]);
     let r = common::get(proxy.addr, "/");
     assert_eq!(r.status(), 503);
+    let line = proxy.log_line("GET / ");
+    assert!(line.contains(" nodes/<NOSRV> ") && line.contains("/-1/-1/-1/") && line.contains(" SC-- "), "{line}");
     let refused = common::refused_port();
     let dead = refused.addr.to_string();
     let proxy = Proxy::start(&["--backend", &dead]);
     assert_eq!(common::get(proxy.addr, "/").status(), 503);
-    proxy.log_line("shoal/<NOSRV>");
+    let line = proxy.log_line("GET / ");
+    assert!(line.contains(&format!(" nodes/{dead} ")) && line.contains(" SC-- "), "{line}");
 }
 
 #[test]

@@ -16,6 +16,10 @@ pub struct Record<'a> {
     /// The client connected over TLS: `%ft` is `shoal~`, as HAProxy marks SSL frontends.
     pub tls: bool,
     pub accepted: SystemTime,
+    /// The request reached the backend (`%b` is `nodes`), rather than being answered by the frontend before
+    /// routing (a bad request, a timeout, a redirect: `%b` is the frontend's name).
+    pub routed: bool,
+    /// The server of the last attempt, connected or not (`<NOSRV>` when none was picked).
     pub server: Option<&'a str>,
     /// `%TR/%Tw/%Tc/%Tr/%Ta` in milliseconds; -1 where a phase was not reached.
     pub timers: [i64; 5],
@@ -23,11 +27,15 @@ pub struct Record<'a> {
     pub bytes: u64,
     /// `%tsc`: who ended the session and in which phase.
     pub termination: [u8; 2],
+    /// `%ac` and `%fc`: connections open on the process, and on this frontend (plain or TLS).
     pub active: usize,
+    pub frontend_conns: usize,
     /// `%bc` and `%sc`: requests in flight to the backend's servers, and to this one.
     pub backend_conns: usize,
     pub server_conns: usize,
     pub retries: u32,
+    /// The request ended on another server than its first: `%rc` is `+N`, as HAProxy marks a redispatch.
+    pub redispatched: bool,
     /// The request line, or `None` for `<BADREQ>`.
     pub line: Option<&'a [u8]>,
 }
@@ -35,10 +43,8 @@ pub struct Record<'a> {
 /// Appends one line: `%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc
 /// %sq/%bq %{+Q}r`.
 pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
-    let (backend, server) = match r.server {
-        Some(s) => (BACKEND_NAME, s),
-        None => (FRONTEND_NAME, "<NOSRV>"),
-    };
+    let backend = if r.routed { BACKEND_NAME } else { FRONTEND_NAME };
+    let server = r.server.unwrap_or("<NOSRV>");
     ip_address(out, r.client.ip().to_canonical());
     out.push(b':');
     decimal(out, r.client.port());
@@ -62,8 +68,9 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b" - - ");
     out.extend_from_slice(&r.termination);
     out.extend_from_slice(b"-- ");
-    let counts = [r.active, r.active, r.backend_conns, r.server_conns, r.retries as usize];
-    numbers(out, &counts);
+    numbers(out, &[r.active, r.frontend_conns, r.backend_conns, r.server_conns]);
+    out.extend_from_slice(if r.redispatched { b"/+" } else { b"/" });
+    decimal(out, r.retries);
     out.extend_from_slice(b" 0/0 \"");
     match r.line {
         Some(line) => {
@@ -147,21 +154,24 @@ mod tests {
             client: "10.0.0.1:5000".parse().unwrap(),
             tls: false,
             accepted: UNIX_EPOCH + Duration::from_millis(1_764_277_548_123),
+            routed: true,
             server: Some("s1"),
             timers: [0, 0, 1, 2, 3],
             status: 200,
             bytes: 512,
             termination: *b"--",
-            active: 1,
+            active: 3,
+            frontend_conns: 1,
             backend_conns: 0,
             server_conns: 0,
-            retries: 0,
+            retries: 1,
+            redispatched: true,
             line: Some(b"GET /\"x\" HTTP/1.1"),
         };
         format(&r, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "10.0.0.1:5000 [27/Nov/2025:21:05:48.123] shoal nodes/s1 0/0/1/2/3 200 512 - - ---- 1/1/0/0/0 0/0 \
+            "10.0.0.1:5000 [27/Nov/2025:21:05:48.123] shoal nodes/s1 0/0/1/2/3 200 512 - - ---- 3/1/0/0/+1 0/0 \
              \"GET /\\\"x\\\" HTTP/1.1\"\n"
         );
     }
@@ -174,15 +184,18 @@ mod tests {
             client: "[::1]:443".parse().unwrap(),
             tls: true,
             accepted: UNIX_EPOCH + Duration::from_millis(951_793_445_007),
+            routed: false,
             server: None,
             timers: [-1, -1, -1, -1, 7],
             status: 408,
             bytes: 0,
             termination: *b"cR",
             active: 2,
+            frontend_conns: 2,
             backend_conns: 0,
             server_conns: 0,
             retries: 0,
+            redispatched: false,
             line: None,
         };
         format(&r, &mut out);

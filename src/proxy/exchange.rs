@@ -95,6 +95,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         connected: None,
         responded: None,
         retries: 0,
+        redispatched: false,
     };
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
@@ -123,6 +124,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 slot.retry();
             } else {
                 slot.redispatch();
+                log.redispatched = true;
             }
         }
         // The only server left already lost a pooled connection for this request: a fresh one, then.
@@ -445,6 +447,8 @@ struct LogState {
     /// When the response head came.
     responded: Option<Instant>,
     retries: u32,
+    /// An attempt went to another server than the one before (`%rc`'s `+`).
+    redispatched: bool,
 }
 
 impl LogState {
@@ -500,10 +504,13 @@ fn log_line<T: Transport>(
     let t_req = ms(s.instant, Some(s.head_done));
     // HAProxy's Tc leaves out Tw, the wait in a server's queue.
     let queued_ms = log.queued.map_or(0, |q| q.as_millis() as i64);
+    // -1: no server was picked, so the request never reached a queue.
+    let t_wait = if log.server.is_some() || log.queued.is_some() { queued_ms } else { -1 };
     let t_connect = log.connected.map_or(-1, |c| (ms(s.head_done, Some(c)) - queued_ms).max(0));
     let t_response = log.connected.map_or(-1, |c| ms(c, log.responded));
     let t_total = ms(s.instant, Some(now));
-    let name = log.connected.and(log.server.as_ref()).map(|f| f.backend().name());
+    // The last attempt's server, connected or not: a connect failure or a queue timeout names it, as HAProxy's.
+    let name = log.server.as_ref().map(|f| f.backend().name());
     let server = name.as_deref().map(String::as_str);
     worker.log(|out| {
         access_log::format(
@@ -511,15 +518,18 @@ fn log_line<T: Transport>(
                 client: client.peer,
                 tls: T::TLS,
                 accepted: s.wall_clock(now),
+                routed: true,
                 server,
-                timers: [t_req, queued_ms, t_connect, t_response, t_total],
+                timers: [t_req, t_wait, t_connect, t_response, t_total],
                 status,
                 bytes,
                 termination: term,
                 active: worker.active_connections(),
+                frontend_conns: worker.frontend_connections(T::TLS),
                 backend_conns: worker.backend_in_flight(),
                 server_conns: log.server.as_ref().map_or(0, |f| f.backend().in_flight()),
                 retries: log.retries,
+                redispatched: log.redispatched,
                 line: Some(plan.line()),
             },
             out,

@@ -309,6 +309,11 @@ impl Worker {
     pub fn active_connections(&self) -> usize {
         self.shared.open.all()
     }
+
+    /// Connections open on the plain or the TLS frontend (`%fc`).
+    pub fn frontend_connections(&self, tls: bool) -> usize {
+        self.shared.open.frontend(tls).0
+    }
 }
 
 /// Pins the calling thread to the `id`-th CPU this process may run on.
