@@ -228,16 +228,20 @@ impl Publisher {
         self.publish();
     }
 
-    /// A weight a member announces anew (its agent check's report) replaces the one an operator set, as an
-    /// agent-check's report replaces HAProxy's `set weight`: the override was kept for ever, and the node's
-    /// own view of its capacity was ignored from then on.
+    /// A weight a member announces that differs from the one it announced before (its agent check's report
+    /// changed, or the check failed and fell back to the configured weight) replaces the one an operator set,
+    /// as an agent-check report replaces HAProxy's `set weight`: the override was kept for ever, and the
+    /// node's own view of its capacity was ignored from then on.
     fn follow_announced_weights(&mut self, members: &[Member]) {
         for m in members {
             let key = (m.id.gossip, m.id.generation);
             let Some(before) = self.members.iter().find(|old| (old.id.gossip, old.id.generation) == key) else {
                 continue;
             };
-            let Some(backend) = self.known.get(&key).filter(|_| before.weight() != m.weight()) else { continue };
+            // Announced twice, by state broadcasts: a member first heard of without one (a successor after an
+            // upgrade learns states anew) changes nothing the operator set.
+            let (Some(was), Some(now)) = (&before.state, &m.state) else { continue };
+            let Some(backend) = self.known.get(&key).filter(|_| was.weight != now.weight) else { continue };
             let name = backend.name().to_string();
             let Some(o) = self.overrides.get_mut(&name) else { continue };
             if o.weight.take().is_some() {
@@ -514,6 +518,29 @@ mod tests {
         let set = p.shared.load();
         let web1 = set.servers.iter().position(|b| *b.name() == "web-1").unwrap();
         assert_eq!(set.states[web1], ServerState::Down);
+    }
+
+    /// An operator's weight yields to a weight the node announces anew, and to nothing else: not a state
+    /// heard for the first time (a successor after an upgrade, a member whose first broadcast comes late), not
+    /// a state repeated unchanged.
+    #[test]
+    fn an_operators_weight_yields_only_to_a_changed_announcement() {
+        let shared = crate::balance::shared(BackendSet::default());
+        let publisher = Publisher::new(Vec::new(), shared, Pool::new(1), watch::channel(0).0);
+        let mut p = publisher.lock();
+        let with = |state: Option<u16>| {
+            let mut m = member("web-1", "10.0.0.1:7946", 5);
+            m.state = state.map(|weight| NodeState { weight, ..NodeState::default() });
+            m
+        };
+        p.update(&[with(None)]);
+        p.set("web-1", |o| o.weight = Some(10)).unwrap();
+        p.update(&[with(Some(50))]);
+        assert_eq!(p.overrides().len(), 1, "the first state heard is no new announcement");
+        p.update(&[with(Some(50))]);
+        assert_eq!(p.overrides().len(), 1, "nor is a repeat");
+        p.update(&[with(Some(75))]);
+        assert!(p.overrides().is_empty(), "a changed weight replaces the operator's");
     }
 
     /// A server that went away leaves the list after RETENTION on the housekeeping tick alone: it stayed as

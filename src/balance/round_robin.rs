@@ -17,13 +17,13 @@ impl RoundRobin {
     }
 
     /// The next server in the set's weighted cycle, skipping `avoid` (one that just failed) and ejected
-    /// servers while another exists. When every server is full, the one with the shortest queue: the cursor
-    /// comes back to where it started after a full turn, so the first full server took every queued request
-    /// while the others' queues stayed empty.
+    /// servers while another exists. When every server is full, the one whose queue should move first (its
+    /// length for its `maxconn`): the cursor comes back to where it started after a full turn, so the first
+    /// full server took every queued request while the others' queues stayed empty.
     pub fn pick(&self, set: &BackendSet, avoid: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let cycle = set.cycle();
         let n = cycle.len();
-        let mut fallback: Option<((u8, u32), &Arc<Backend>)> = None;
+        let mut fallback: Option<((u8, u64), &Arc<Backend>)> = None;
         for _ in 0..n {
             let i = self.next.get() % n;
             self.next.set(i + 1);
@@ -31,7 +31,9 @@ impl RoundRobin {
             match rank(candidate, avoid) {
                 Some(0) => return Some(candidate.clone()),
                 Some(r) => {
-                    let key = (r, candidate.queued());
+                    let wait = ((u64::from(candidate.queued()) + 1) << 32)
+                        / u64::from(candidate.maxconn().unwrap_or(1).max(1));
+                    let key = (r, wait);
                     if fallback.is_none_or(|(best, _)| key < best) {
                         fallback = Some((key, candidate));
                     }

@@ -139,26 +139,24 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
             Some(entered) => entered,
             None => {
                 let queued = Instant::now();
+                // One --timeout-queue for the request, however many queues it passes through.
+                let left = config.timeouts.queue.saturating_sub(log.queued.unwrap_or_default());
                 // A server taken out meanwhile (DOWN, MAINT, gone) will not serve its queue: the request goes
-                // to another, as HAProxy's redispatch moves it.
+                // to another, as HAProxy's redispatch moves it. Not a retry: nothing was sent, and `tried`
+                // bounds the moves by the servers there are.
                 let waited = tokio::select! {
-                    waited = picked.enter_queued(config.timeouts.queue) => Some(waited),
+                    waited = picked.enter_queued(left) => Some(waited),
                     _ = worker.taken_out(&picked) => None,
                 };
-                log.queued = Some(queued.elapsed());
+                log.queued = Some(log.queued.unwrap_or_default() + queued.elapsed());
                 match waited {
-                    None if log.retries < MAX_RETRIES => {
+                    None => {
                         tracing::info!(
                             "server {}: taken out while a request waited in its queue: trying another",
                             picked.name()
                         );
-                        log.retries += 1;
                         tried.push(picked.clone());
                         continue;
-                    }
-                    None => {
-                        log.server = Some(picked.enter());
-                        return answer(worker, client, &plan, log, 503, *b"sQ").await;
                     }
                     Some(Ok(entered)) => entered,
                     Some(Err(e)) => {
