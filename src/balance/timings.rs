@@ -135,12 +135,20 @@ impl Series {
         }
     }
 
-    /// Samples at or below `us` microseconds (a Prometheus bucket).
+    /// Samples at or below `us` microseconds (a Prometheus bucket). The histogram keeps 2 significant digits:
+    /// the slot holding `us` holds values above it too (5.005 s beside 5 s), so unless it ends at `us` it is
+    /// left to the next bucket up. A bucket may miss a sample at its bound, by under 1 %, but never holds one
+    /// above it, as Prometheus requires.
     pub fn count_at_most(&self, us: u64) -> u64 {
-        if us == 0 {
+        let us = us.min(LONGEST_US);
+        let top = match self.histogram.highest_equivalent(us) <= us {
+            true => us,
+            false => self.histogram.lowest_equivalent(us).saturating_sub(1),
+        };
+        if top == 0 {
             return 0;
         }
-        self.histogram.count_between(0, us.min(LONGEST_US))
+        self.histogram.count_between(0, top)
     }
 }
 
@@ -297,6 +305,19 @@ mod tests {
 
     fn sample(total_us: u64) -> Sample {
         Sample([Some(0), Some(10), Some(total_us / 2), Some(total_us)])
+    }
+
+    /// A response of 5.005 s counted in the `le="5"` bucket: it shares a histogram slot with 5 s.
+    #[test]
+    fn a_bucket_holds_no_sample_above_its_bound() {
+        let mut s = Series::new();
+        for us in [5_005_000, 4_900_000, 250_500, 1] {
+            s.record(us);
+        }
+        assert_eq!(s.count_at_most(5_000_000), 3, "5.005 s is above 5 s");
+        assert_eq!(s.count_at_most(250_000), 1, "250.5 ms is above 250 ms");
+        assert_eq!(s.count_at_most(6_000_000), 4);
+        assert_eq!(s.count_at_most(0), 0);
     }
 
     #[test]
