@@ -275,4 +275,10 @@ fn sighup_removing_a_server_keeps_the_backend_totals() {
     assert_eq!(proxy.backend_column("hrsp_2xx"), "20");
     assert_eq!(common::get(proxy.addr, "/").body_str(), "first");
     wait_until("21 requests", || proxy.backend_column("stot") == "21");
+    // And in /metrics: the servers' series lost the removed one's, the backend's did not.
+    let metrics = common::get(proxy.admin(), "/metrics").body_str();
+    let value =
+        |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("none").to_string();
+    assert_eq!(value("shoal_backend_requests_total "), "21", "{metrics}");
+    assert_eq!(value("shoal_backend_responses_total{code=\"2xx\"} "), "21", "{metrics}");
 }

@@ -55,23 +55,29 @@ pub fn render(s: &Snapshot) -> String {
     metric("server_up", "gauge", "1 when the server takes new requests.", per_server(&|v| u64::from(v.in_rotation())));
     metric("server_weight", "gauge", "The server's weight.", per_server(&|v| u64::from(v.weight)));
     metric("server_current_requests", "gauge", "Requests in flight.", per_server(&|v| v.in_flight));
-    // The servers' totals, one counter each.
+    // The servers' totals, one counter each; and the backend's, the same sums with the servers that are gone
+    // (a reload removed them, their retention ended) still in them, so that a sum never goes down.
     let counters: [Counter; 9] = [
-        ("server_requests_total", "Requests sent to the server.", |t| t.sessions),
-        ("server_bytes_in_total", "Request bytes sent on to it.", |t| t.bytes_in),
-        ("server_bytes_out_total", "Bytes relayed to clients.", |t| t.bytes_out),
-        ("server_connect_errors_total", "Failed connects.", |t| t.connect_errors),
-        ("server_response_errors_total", "Responses missing, late or malformed.", |t| t.response_errors),
-        ("server_retries_total", "Requests retried on this server.", |t| t.retries),
-        ("server_redispatches_total", "Requests retried on another server after failing here.", |t| t.redispatches),
-        ("server_connects_total", "Connections attempted.", |t| t.connects),
-        ("server_reuses_total", "Pooled connections used again.", |t| t.reuses),
+        ("requests_total", "Requests sent to the server.", |t| t.sessions),
+        ("bytes_in_total", "Request bytes sent on to it.", |t| t.bytes_in),
+        ("bytes_out_total", "Bytes relayed to clients.", |t| t.bytes_out),
+        ("connect_errors_total", "Failed connects.", |t| t.connect_errors),
+        ("response_errors_total", "Responses missing, late or malformed.", |t| t.response_errors),
+        ("retries_total", "Requests retried on this server.", |t| t.retries),
+        ("redispatches_total", "Requests retried on another server after failing here.", |t| t.redispatches),
+        ("connects_total", "Connections attempted.", |t| t.connects),
+        ("reuses_total", "Pooled connections used again.", |t| t.reuses),
     ];
     for (name, help, count) in counters {
-        metric(name, "counter", help, per_server(&|v| count(&v.totals)));
+        metric(&format!("server_{name}"), "counter", help, per_server(&|v| count(&v.totals)));
     }
     let codes = s.servers.iter().flat_map(|v| by_code(&format!("server=\"{}\",", label(&v.name)), &v.totals));
     metric("server_responses_total", "counter", "Responses by status class.", codes.collect());
+    for (name, help, count) in counters {
+        let help = format!("{help} Every server's, those gone included.");
+        metric(&format!("backend_{name}"), "counter", &help, one(count(&s.backend)));
+    }
+    metric("backend_responses_total", "counter", "Responses by status class, every server's.", by_code("", &s.backend));
 
     let g = &s.gossip;
     metric("gossip_members", "gauge", "Live cluster members besides this proxy.", one(g.members));
