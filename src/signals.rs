@@ -122,11 +122,20 @@ pub fn kill_group(leader: u32, signal: i32) {
 /// is gone and a new process took the number and leads a group of its own; then a process with that id
 /// exists, and nothing is sent.
 pub fn kill_remnants(leader: u32, signal: i32) {
-    // SAFETY: kill(2) with signal 0 only checks that a process with this id exists (EPERM: it does, and is
-    // another user's).
-    let reused = unsafe { libc::kill(leader as i32, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !reused {
+    if !pid_taken(leader) {
         kill_group(leader, signal);
     }
+}
+
+/// Whether anything is left of the process group a reaped leader led.
+pub fn remnants_alive(leader: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 sends nothing; it only checks that the group has a member.
+    !pid_taken(leader) && unsafe { libc::kill(-(leader as i32), 0) } == 0
+}
+
+/// Whether a process holds `pid` (EPERM: one does, and is another user's).
+fn pid_taken(pid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that a process with this id exists.
+    let found = unsafe { libc::kill(pid as i32, 0) } == 0;
+    found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

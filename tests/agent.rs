@@ -266,6 +266,21 @@ fn what_a_crashed_app_left_running_is_stopped_before_it_starts_again() {
     common::wait_until("nothing of the app left", || sleeping() == 0);
 }
 
+/// The app's leader ends on SIGTERM but a child of its ignores it: the child is killed once the stop timeout
+/// is up (it outlived the agent, reparented, for as long as it liked).
+#[test]
+fn what_outlives_the_apps_leader_at_the_stop_is_killed_after_the_stop_timeout() {
+    let (service, proxy) = (Backend::echo_path(), Proxy::start(&[]));
+    let marker = sleep_marker(31);
+    let app = format!("(trap '' TERM; exec sleep {marker}) & echo app-ready >&2; wait");
+    let mut agent = Agent::start(&service.arg(), &proxy.gossip(), &["--stop-timeout", "500ms", "--", "sh", "-c", &app]);
+    agent.stderr.wait_for("the app running", |l| l == "app-ready");
+    common::wait_until("the child running", || sleeps_of(&marker) == 1);
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit();
+    common::wait_until("nothing of the app left", || sleeps_of(&marker) == 0);
+}
+
 #[test]
 fn an_app_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
     let (service, proxy) = (Backend::echo_path(), Proxy::start(&[]));

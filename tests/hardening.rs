@@ -739,7 +739,8 @@ fn an_answer_with_both_lengths_is_relayed_and_its_connection_not_pooled() {
 /// The proxy's own answers to HEAD are heads alone (RFC 9110 section 9.3.2): a 503 with no server up, a 400.
 #[test]
 fn the_proxys_own_answers_to_head_carry_no_body() {
-    let proxy = Proxy::start(&["--backend", &common::free_port().to_string()]);
+    let dead = common::refused_port();
+    let proxy = Proxy::start(&["--backend", &dead.addr.to_string()]);
     for (request, status) in [("HEAD / HTTP/1.1\r\nHost: t\r\n\r\n", 503), ("HEAD / HTTP/1.1\r\n\r\n", 400)] {
         let mut client = Wire::connect(proxy.addr);
         client.send(request.as_bytes());

@@ -173,8 +173,20 @@ impl Supervisor {
         self.kill_remnants(libc::SIGKILL);
         self.signal_group(libc::SIGTERM);
         let Some(child) = self.child.as_mut() else { return self.last_status };
+        let (leader, asked) = (child.id(), Instant::now());
         match tokio::time::timeout(grace, child.wait()).await {
-            Ok(Ok(status)) => Some(status),
+            Ok(Ok(status)) => {
+                // The rest of the group got the SIGTERM too: what outlives the leader has what is left of the
+                // grace, then SIGKILL (a background child ignoring SIGTERM outlived the agent).
+                if let Some(leader) = leader {
+                    let deadline = asked + grace;
+                    while crate::signals::remnants_alive(leader) && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    crate::signals::kill_remnants(leader, libc::SIGKILL);
+                }
+                Some(status)
+            }
             _ => {
                 tracing::warn!("child did not stop within {grace:?}: killing it");
                 self.signal_group(libc::SIGKILL);

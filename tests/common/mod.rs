@@ -183,7 +183,8 @@ impl Proxy {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         cmd.args(args);
-        if !args.contains(&"--threads") {
+        // A configuration file may set the threads itself (a reload then keeps the running count).
+        if !args.contains(&"--threads") && !args.contains(&"--config") {
             cmd.args(["--threads", "2"]);
         }
         if !args.contains(&"--gossip") {
