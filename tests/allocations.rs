@@ -130,14 +130,14 @@ fn requests(conn: &mut TcpStream, request: &[u8], count: usize) {
     }
 }
 
-/// Allocations per request over `count` requests after a warm-up, on a connection already open.
-fn allocations_per_request(proxy: SocketAddr, request: &[u8], count: usize) -> f64 {
+/// Allocations counted over `count` requests after a warm-up, on a connection already open, and how long the
+/// requests took.
+fn allocations_over(proxy: SocketAddr, request: &[u8], count: usize) -> (u64, Duration) {
     let mut conn = TcpStream::connect(proxy).unwrap();
     requests(&mut conn, request, 200);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let (before, started) = (ALLOCATIONS.load(Ordering::Relaxed), Instant::now());
     requests(&mut conn, request, count);
-    let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
-    allocated as f64 / count as f64
+    (ALLOCATIONS.load(Ordering::Relaxed) - before, started.elapsed())
 }
 
 const GET: &[u8] = b"GET /small HTTP/1.1\r\nHost: example.test\r\nUser-Agent: test\r\nAccept: */*\r\n\r\n";
@@ -148,11 +148,13 @@ const POST: &[u8] =
 fn a_warm_proxy_allocates_nothing_per_keep_alive_request() {
     let proxy = proxy(backend(), "off");
     let count = 3000;
-    let get = allocations_per_request(proxy, GET, count);
-    let post = allocations_per_request(proxy, POST, count);
-    eprintln!("allocations per request: GET {get:.3}, POST {post:.3}");
-    // A few allocations may come from the once-a-second chores while the requests run; one per request
-    // would be 3,000.
-    assert!(get < 0.01, "{get:.3} allocations per GET");
-    assert!(post < 0.01, "{post:.3} allocations per POST");
+    for (what, request) in [("GET", GET), ("POST", POST)] {
+        let (allocated, took) = allocations_over(proxy, request, count);
+        eprintln!("{what}: {allocated} allocations over {count} requests in {took:?}");
+        // The once-a-second chores allocate while requests run (timings published, 10-18 a second measured
+        // here), so a machine slowed by other work counts more of them: allowed are 20 per second it took,
+        // and 1 per 100 requests. One per request would be 3,000.
+        let allowed = count as f64 / 100.0 + 20.0 * took.as_secs_f64();
+        assert!((allocated as f64) < allowed, "{what}: {allocated} allocations in {took:?} (allowed {allowed:.0})");
+    }
 }
