@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 use crate::proxy::Shared;
 
 const EVERY: Duration = Duration::from_secs(1);
-/// Servers not seen for this long are forgotten (the stats stop listing departed servers after 10 minutes).
+/// Servers no longer listed are forgotten this long after (a departed member's row is listed, DOWN, for its
+/// 10 minutes first; one back within this time finds its history, though its counts start anew).
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// How long after a failed probe of its node a server is shown as going down.
 const SUSPECTED_FOR: Duration = Duration::from_secs(5);
