@@ -178,13 +178,11 @@ impl Supervisor {
             Ok(Ok(status)) => {
                 // The rest of the group got the SIGTERM too: what outlives the leader has what is left of the
                 // grace, then SIGKILL (a background child ignoring SIGTERM outlived the agent).
-                if let Some(leader) = leader {
-                    let deadline = asked + grace;
-                    while crate::signals::remnants_alive(leader) && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    crate::signals::kill_remnants(leader, libc::SIGKILL);
+                self.remnants = leader;
+                while self.remnants.is_some_and(crate::signals::remnants_alive) && Instant::now() < asked + grace {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                self.kill_remnants(libc::SIGKILL);
                 Some(status)
             }
             _ => {

@@ -149,15 +149,18 @@ impl BackendSet {
     /// Whether `backend` is still here to finish requests: UP, or DRAIN (which keeps what it has, sticky
     /// sessions included). A server DOWN, in MAINT or gone is not.
     pub fn serves(&self, backend: &Arc<Backend>) -> bool {
-        let serving = |s: &ServerState| matches!(s, ServerState::Up | ServerState::Drain);
-        self.servers.iter().zip(&self.states).any(|(b, s)| Arc::ptr_eq(b, backend) && serving(s))
+        matches!(self.state_of(backend), Some(ServerState::Up | ServerState::Drain))
     }
 
     /// Whether `backend` is still here to finish the requests it already has: UP, DRAIN, or MAINT, whose
     /// requests in flight end as HAProxy's `disable server` lets them. A server DOWN or gone is not.
     pub fn finishes(&self, backend: &Arc<Backend>) -> bool {
-        let finishing = |s: &ServerState| matches!(s, ServerState::Up | ServerState::Drain | ServerState::Maint);
-        self.servers.iter().zip(&self.states).any(|(b, s)| Arc::ptr_eq(b, backend) && finishing(s))
+        matches!(self.state_of(backend), Some(ServerState::Up | ServerState::Drain | ServerState::Maint))
+    }
+
+    /// `backend`'s state here, if it is in this set.
+    fn state_of(&self, backend: &Arc<Backend>) -> Option<ServerState> {
+        self.servers.iter().position(|b| Arc::ptr_eq(b, backend)).map(|i| self.states[i])
     }
 
     /// The server whose sticky cookie carries `id`, with its state.
