@@ -291,6 +291,8 @@ fn a_client_that_stops_its_body_mid_answer_ends_the_exchange_as_its_own_doing() 
     assert!(line.contains(" cD-- "), "{line}");
     let name = proxy.servers().into_keys().next().unwrap();
     assert_eq!(proxy.servers_column(&name, "eresp"), "0", "not the server's error");
+    // A client timeout is a client abort to HAProxy (`cli_abrt`), on the server and the backend.
+    assert_eq!((proxy.servers_column(&name, "cli_abrt"), proxy.backend_column("cli_abrt")), ("1".into(), "1".into()));
 }
 
 #[test]

@@ -603,6 +603,48 @@ fn a_full_server_queues_requests_until_a_slot_frees_or_the_queue_timeout() {
     assert_eq!(r.status(), 503);
     let line = proxy.log_line("GET /too-late");
     assert!(line.contains(" sQ") && line.contains(" nodes/one "), "the server it waited for is named: {line}");
+    // A queue timeout is a failed connection to HAProxy, on the server and so on the backend.
+    assert_eq!((proxy.servers_column("one", "econ"), proxy.backend_column("econ")), ("1".into(), "1".into()));
+    release.send(()).unwrap();
+    assert_eq!(slow.join().unwrap(), "slow done");
+}
+
+/// A request a server closed its connection on without an answer, retried, then held in the other's full
+/// queue past `--timeout-queue`, reached no server in the end: HAProxy logs its `sQ` with no connect time and
+/// charges the server it waited for with a failed connection only, not with a session or a 503.
+#[test]
+fn a_retry_that_ends_in_a_queue_is_charged_only_the_queue_failure() {
+    // `mute` closes every connection without answering; `busy` has one slot, held by /slow.
+    let mute = Backend::replying(Vec::new());
+    let (busy, release) = Backend::gated("slow done", "fast");
+    let proxy = Proxy::start(&[
+        "--backend",
+        &format!("mute={}", mute.addr),
+        "--backend",
+        &format!("busy={},maxconn=1", busy.addr),
+        "--timeout-queue",
+        "300ms",
+    ]);
+    let addr = proxy.addr;
+    assert_eq!(proxy.runtime("disable server nodes/mute"), "\n");
+    let slow = std::thread::spawn(move || common::get(addr, "/slow").body_str());
+    busy.wait_requests(1);
+    assert_eq!(proxy.runtime("enable server nodes/mute"), "\n");
+    let before = proxy.server_rows()["busy"].clone();
+    // `busy` is full: round robin sends it to `mute`, whose silence sends it on to `busy`'s queue.
+    assert_eq!(common::get(addr, "/late").status(), 503);
+    let line = proxy.log_line("GET /late");
+    assert!(line.contains(" sQ") && line.contains(" nodes/busy "), "{line}");
+    let timers: Vec<i64> =
+        line.split(' ').find(|w| w.matches('/').count() == 4).unwrap().split('/').map(|t| t.parse().unwrap()).collect();
+    assert_eq!(timers[2], -1, "no connection was made to the server that ended it: {line}");
+    assert!(line.split(' ').nth(10).is_some_and(|c| c.ends_with("/+1")), "it was retried on another server: {line}");
+    let after = proxy.server_rows()["busy"].clone();
+    for column in ["stot", "hrsp_5xx", "bin"] {
+        assert_eq!(after[column], before[column], "{column} of a server the request never reached");
+    }
+    assert_eq!(after["econ"], "1", "the queue timeout");
+    assert_eq!((proxy.backend_column("hrsp_5xx"), proxy.backend_column("req_tot")), ("1".into(), "1".into()));
     release.send(()).unwrap();
     assert_eq!(slow.join().unwrap(), "slow done");
 }

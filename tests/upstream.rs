@@ -120,6 +120,8 @@ fn no_backend_is_503() {
     assert_eq!(r.status(), 503);
     let line = proxy.log_line("GET / ");
     assert!(line.contains(" nodes/<NOSRV> ") && line.contains("/-1/-1/-1/") && line.contains(" SC-- "), "{line}");
+    // A connection error of the backend's own: HAProxy counts it in the BACKEND row's econ, tied to no server.
+    assert_eq!(proxy.backend_column("econ"), "1");
     let refused = common::refused_port();
     let dead = refused.addr.to_string();
     let proxy = Proxy::start(&["--backend", &dead]);

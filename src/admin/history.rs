@@ -172,7 +172,7 @@ impl History {
             state.frontends[i].0.sample(totals.sessions, elapsed);
             state.frontends[i].1.sample(totals.requests, elapsed);
         }
-        let mut backend_requests = set.retired.requests;
+        let mut backend_requests = set.retired.requests + shared.backend.sum().requests;
         let mut usable = false;
         for ((b, &state_now), &weight) in set.servers.iter().zip(&set.states).zip(&set.weights) {
             let status = super::stats::status_of(b, state_now);

@@ -74,7 +74,8 @@ pub fn render(s: &Snapshot) -> String {
     let codes = s.servers.iter().flat_map(|v| by_code(&format!("server=\"{}\",", label(&v.name)), &v.totals));
     metric("server_responses_total", "counter", "Responses by status class.", codes.collect());
     for (name, help, count) in counters {
-        let help = format!("{help} Every server's, those gone included.");
+        let own = if name == "connect_errors_total" { " and requests with no server to try" } else { "" };
+        let help = format!("{help} Every server's, those gone included{own}.");
         metric(&format!("backend_{name}"), "counter", &help, one(count(&s.backend)));
     }
     metric("backend_responses_total", "counter", "Responses by status class, every server's.", by_code("", &s.backend));

@@ -149,6 +149,7 @@ impl Snapshot {
             })
             .collect();
         let mut backend = set.retired;
+        backend += shared.backend.sum();
         for s in &servers {
             backend += s.totals;
         }

@@ -109,13 +109,24 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
     let mut connect_left = config.timeouts.connect;
     // Why the last attempt that reached a server failed: the answer if no server is left to retry on.
     let mut last_failure: Option<Failure> = None;
+    // The server whose connect failed in the attempt just before, if that was how it ended.
+    let mut refused_by: Option<Arc<Backend>> = None;
     loop {
         let Some(Pick { backend: picked, by_cookie }) = worker.pick_backend(&plan.affinity, &tried) else {
             return match last_failure {
                 Some(failure) => fail(worker, client, &plan, log, failure).await,
-                None => answer(worker, client, &plan, log, 503, *b"SC").await,
+                None => {
+                    // The request gives up: a connection error of the server that refused it last, or of the
+                    // backend's own when there was no server to try, as HAProxy counts them.
+                    match &refused_by {
+                        Some(server) => server.counters.slot(worker.id).connect_error(),
+                        None => worker.shared.backend.slot(worker.id).connect_error(),
+                    }
+                    answer(worker, client, &plan, log, 503, *b"SC").await
+                }
             };
         };
+        refused_by = None;
         // Counted once the next server is known, as HAProxy does: a retry on the same server, or a redispatch
         // to another, counted on the one it leaves (never both).
         if let Some(last) = tried.last() {
@@ -133,6 +144,9 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         // A retry gives back the slot of the attempt before it first: with maxconn it would otherwise wait in
         // the queue for its own slot (the only server), or hold one server full while queued for another.
         log.server = None;
+        // A retry starts afresh: the stats and the log describe the attempt that ends the exchange, even if it
+        // ends in a queue.
+        (log.reached_server, log.connected, log.responded) = (false, None, None);
         // Counted from the pick on, so a draining server is acknowledged only once nothing here uses it. A
         // server at its maxconn makes the request wait in its queue.
         let entered = match picked.try_enter() {
@@ -161,6 +175,8 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                     Some(Ok(entered)) => entered,
                     Some(Err(e)) => {
                         tracing::warn!("server {}: {e}: request answered 503", picked.name());
+                        // A queue that is full or timed out is a failed connection, to HAProxy as well.
+                        picked.counters.slot(worker.id).connect_error();
                         log.server = Some(picked.enter());
                         return answer(worker, client, &plan, log, 503, *b"sQ").await;
                     }
@@ -168,8 +184,6 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
             }
         };
         let backend = log.server.insert(entered).backend();
-        // A retry starts afresh: the stats and the log describe the attempt that ends the exchange.
-        (log.reached_server, log.connected, log.responded) = (false, None, None);
         // A first attempt that did not queue began when the head was read: no clock read needed.
         let first = log.retries == 0 && log.queued.is_none();
         log.entered = Some(if first { log.started.head_done } else { worker.clock.now() });
@@ -181,8 +195,6 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
             Ok(up) => up,
             Err(e) => {
                 connect_left = connect_left.saturating_sub(worker.clock.now().saturating_duration_since(began));
-                let slot = backend.counters.slot(worker.id);
-                slot.connect_error();
                 // A connect cut short by the little budget left proves nothing against the server.
                 let fair = !e.timed_out() || attempt.limit >= config.timeouts.attempt.min(config.timeouts.connect);
                 let ejected = (fair && !matches!(e, ConnectError::TakenOut))
@@ -200,9 +212,13 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 if retry {
                     log.retries += 1;
                     tried.push(backend.clone());
+                    refused_by = Some(backend.clone());
                     last_failure = None;
                     continue;
                 }
+                // Counted once the request gives up, as HAProxy does: an attempt retried elsewhere shows as
+                // the server's `wretr` or `wredis`, not its `econ`.
+                backend.counters.slot(worker.id).connect_error();
                 let term = if e.timed_out() { *b"sC" } else { *b"SC" };
                 return answer(worker, client, &plan, log, 503, term).await;
             }
@@ -474,17 +490,23 @@ fn log_line<T: Transport>(
     frontend.response(status, bytes);
     frontend.received(bytes_in);
     let reached = log.server.as_ref().filter(|_| log.reached_server).map(|f| f.backend());
-    if let Some(server) = reached {
-        let slot = server.counters.slot(worker.id);
-        slot.session();
-        slot.response(status, bytes);
-        slot.received(bytes_in);
-        // HAProxy's cli_abrt and srv_abrt: data transfers cut by either side.
-        match term {
-            [b'C', b'D'] => slot.client_abort(),
-            [b'S' | b's', b'D'] => slot.server_abort(),
-            _ => {}
+    // A request no server took is still the backend's (its `stot`, `req_tot` and `hrsp_*`, as HAProxy counts
+    // every stream routed to a backend), though not a server's session (`lbtot`).
+    let slot = match reached {
+        Some(server) => {
+            let slot = server.counters.slot(worker.id);
+            slot.session();
+            slot
         }
+        None => worker.shared.backend.slot(worker.id),
+    };
+    slot.response(status, bytes);
+    slot.received(bytes_in);
+    // HAProxy's cli_abrt and srv_abrt: data transfers cut by either side, or by its timeout.
+    match term {
+        [b'C' | b'c', b'D'] => slot.client_abort(),
+        [b'S' | b's', b'D'] => slot.server_abort(),
+        _ => {}
     }
     let us = |from: Instant, to: Instant| to.saturating_duration_since(from).as_micros() as u64;
     let sample = Sample([

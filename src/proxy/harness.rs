@@ -168,6 +168,7 @@ fn parts(addr: SocketAddr) -> io::Result<Parts> {
         open: Default::default(),
         frontend: PerThread::new(1),
         frontend_tls: PerThread::new(1),
+        backend: PerThread::new(1),
         timings: Default::default(),
         history: Default::default(),
         started: std::time::SystemTime::now(),

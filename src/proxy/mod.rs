@@ -76,6 +76,9 @@ pub struct Shared {
     pub frontend: PerThread,
     /// The TLS frontend's, counted apart (HAProxy users give HTTPS a frontend of its own).
     pub frontend_tls: PerThread,
+    /// What the backend counts of its own: connection errors tied to no server (none left to pick), which
+    /// HAProxy adds to the backend's `econ` on top of its servers'.
+    pub backend: PerThread,
     /// Latencies of the plain and TLS frontends and of the backend; servers keep their own.
     pub timings: ProxyTimings,
     /// Rates and state changes, sampled once a second for the stats.
@@ -232,6 +235,7 @@ pub fn run(
         open: Default::default(),
         frontend: PerThread::new(threads),
         frontend_tls: PerThread::new(threads),
+        backend: PerThread::new(threads),
         timings: Default::default(),
         history: Default::default(),
         started: std::time::SystemTime::now(),
