@@ -305,3 +305,42 @@ fn a_handshake_under_way_at_a_stop_completes_and_is_served() {
     assert!(answer.contains("\r\nconnection: close\r\n") && answer.ends_with("/late"), "{answer:?}");
     assert!(proxy.wait_exit().success());
 }
+
+/// Two large keep-alive responses reach, whole, a TLS client that reads slower than the proxy writes.
+/// tokio-rustls counts a write done once the TLS layer takes the plaintext, even when the socket cannot take
+/// the records yet, so the proxy flushes at the end of each response: without it the last records would wait
+/// for the client's next request, and the client for them, until `--timeout-idle`. (Here the kernel's send
+/// buffer took the last records every time, flush or not: this guards the whole path, it did not catch it.)
+#[test]
+fn the_end_of_a_keep_alive_response_reaches_a_slow_tls_client() {
+    // More than the proxy's socket buffer takes (up to 4 MiB here, tcp_wmem), so its last writes wait.
+    const BODY: usize = 32 << 20;
+    let pki = Pki::new();
+    pki.leaf("a.pem", &["a.test"]);
+    let backend = Backend::http(|_| {
+        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + BODY, b'x');
+        answer
+    });
+    let proxy = tls_proxy(&backend, &pki.dir, &[]);
+    // A small receive window keeps the proxy's socket full: the client reads slower than the proxy writes.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&proxy.tls().into()).unwrap();
+    let mut tls = tls_client(&pki, &[], socket.into());
+    tls.sock.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    for round in 0..2 {
+        tls.write_all(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut piece = [0u8; 16 * 1024];
+        let complete = |got: &[u8]| common::find(got, b"\r\n\r\n").is_some_and(|end| got.len() == end + 4 + BODY);
+        while !complete(&got) {
+            match tls.read(&mut piece) {
+                Ok(0) => panic!("round {round}: closed after {} bytes", got.len()),
+                Ok(n) => got.extend_from_slice(&piece[..n]),
+                Err(e) => panic!("round {round}: stalled after {} bytes: {e}", got.len()),
+            }
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "round {round}");
+    }
+}

@@ -342,6 +342,7 @@ async fn relay_response(
                 continue_relayed |= status == 100;
                 worker.fields.borrow_mut().keep(parsed.headers);
                 write_client(cw, &out, &[], worker.clock.now(), t.client).await?;
+                flush_client(cw, t.client).await.map_err(|_| Failure::ClientGone(0, 0))?;
             }
             up_buf.advance(head_len);
             continue;
@@ -400,7 +401,12 @@ async fn relay_response(
             return Ok(Relayed { status, bytes, close_client: true, reuse_upstream: false, upgraded });
         }
         let cut = |term| Failure::AbortedMidResponse(term, status, delivered.bytes.get());
-        match forward(worker, ur, up_buf, cw, &mut framer, (t.server, t.client), Some(delivered)).await {
+        let forwarded = match forward(worker, ur, up_buf, cw, &mut framer, (t.server, t.client), Some(delivered)).await
+        {
+            Ok(n) => flush_client(cw, t.client).await.map(|()| n),
+            Err(e) => Err(e),
+        };
+        match forwarded {
             Ok(n) => bytes += n,
             Err(BodyError::DstWrite(_) | BodyError::DstTimeout) => {
                 return Err(Failure::ClientGone(status, delivered.bytes.get()))
@@ -469,6 +475,21 @@ struct Sent<'a> {
     done: &'a Cell<bool>,
     /// When the server last took some.
     progress: &'a Cell<Instant>,
+}
+
+/// Pushes out what a TLS layer still holds of a complete message: tokio-rustls counts a write done once the
+/// plaintext is taken, even if the socket could not take the records yet, and a keep-alive connection next
+/// only reads, so the end of a response would wait for the client's next request or the idle timeout. Raw
+/// TCP holds nothing back.
+async fn flush_client<W: tokio::io::AsyncWrite + Unpin + RawTcp>(cw: &mut W, idle: Duration) -> Result<(), BodyError> {
+    use tokio::io::AsyncWriteExt;
+    if cw.raw_tcp().is_some() {
+        return Ok(());
+    }
+    match tokio::time::timeout(idle, cw.flush()).await {
+        Err(_) => Err(BodyError::DstTimeout),
+        Ok(r) => r.map_err(BodyError::DstWrite),
+    }
 }
 
 async fn write_client<W: tokio::io::AsyncWrite + Unpin + RawTcp>(

@@ -84,6 +84,10 @@ async fn pump<R: AsyncRead + Unpin + RawTcp, W: AsyncWrite + Unpin + RawTcp>(
             if dst.write_all(buf).await.is_err() {
                 return;
             }
+            // Through TLS, what the layer still holds goes out now, not with the next message the other way.
+            if dst.raw_tcp().is_none() && dst.flush().await.is_err() {
+                return;
+            }
             activity.moved(moved, buf.len());
             buf.clear();
         }
