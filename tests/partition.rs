@@ -231,9 +231,11 @@ fn a_health_change_missed_in_a_blip_reaches_the_proxy_later() {
 }
 
 /// n2 is declared down everywhere; while the proxy is cut off, n2 rejoins under a new identity (n3 sees it)
-/// and dies. Healed, the proxy hears from n3 that the new identity is down too: foca reports only the rename
-/// of one down identity to another, and the proxy took that for a member coming up (a dead server routed,
-/// kept for good since no member-down follows).
+/// and dies. Healed, the proxy must not route n2: it once heard from n3 that the new identity was down too,
+/// foca reported only the rename of one down identity to another, and the proxy took that for a member
+/// coming up (a dead server routed, kept for good since no member-down follows). Now the proxy, having held
+/// every member down, starts its gossip afresh when the cluster speaks to it again, and learns the members
+/// as they are.
 #[test]
 fn a_node_that_rejoined_and_died_out_of_sight_stays_out() {
     let t = Three::start();
@@ -249,11 +251,8 @@ fn a_node_that_rejoined_and_died_out_of_sight_stays_out() {
     n2.process.signal(libc::SIGKILL);
     n3.log.wait_count("n2's new identity down at n3", 2, |l| l.contains("member down: n2 "));
     proxy_host.heal();
-    wait_until("the proxy hearing of n2's later identity", || {
-        let lines = t.proxy.log.all();
-        lines.iter().any(|l| l.contains("stays down: its later identity is down too"))
-            || lines.iter().filter(|l| l.contains("member up: n2 ")).count() > 1
-    });
+    t.proxy.log.wait_for("the proxy starting afresh", |l| l.contains("rejoined as generation"));
+    t.proxy.log.wait_count("n3 a member again", 2, |l| l.contains("member up: n3 "));
     assert_routes(proxy_host, &["n3"]);
     let ups = t.proxy.log.all().iter().filter(|l| l.contains("member up: n2 ")).count();
     assert_eq!(ups, 1, "n2 came up once, at the start: {:?}", t.proxy.log.all());
@@ -424,4 +423,32 @@ fn a_node_that_goes_dark_costs_no_request() {
     let abandoned =
         |l: &String| l.contains("server n2") && l.contains("no answer to connect within") && l.contains("abandoned");
     assert!(log.all().iter().any(abandoned), "no abandoned connect logged");
+}
+
+/// The node cut off declared the others down on its side. Once the link heals its view must not push them
+/// out: n3 and the proxy stay who they were (no new generation) and n3 never leaves the proxy's rotation.
+#[test]
+fn a_healed_partition_leaves_the_healthy_nodes_alone() {
+    let t = Three::start();
+    let (proxy_host, far) = (t.lab.host(0), t.lab.host(1));
+    far.cut();
+    t.proxy.log.wait_for("the cut-off node declared down", |l| l.contains("member down: n2 "));
+    t.nodes[0].log.wait_for("n2 declaring n3 down on its side", |l| l.contains("member down: n3 "));
+    far.heal();
+    let healed = Instant::now();
+    let mut back = None;
+    // Until n2 is back, and 10 s (ten probe rounds and more) after.
+    while back.is_none_or(|at: Instant| at.elapsed() < Duration::from_secs(10)) {
+        let up = up_in_csv(proxy_host);
+        assert!(up.contains("n3"), "n3 left the rotation {:?} after the heal: {up:?}", healed.elapsed());
+        if back.is_none() && up.contains("n2") {
+            back = Some(Instant::now());
+        }
+        assert!(healed.elapsed() < WAIT + Duration::from_secs(10), "n2 never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (who, log) in [("the proxy", &t.proxy.log), ("n3", &t.nodes[1].log)] {
+        let renewed: Vec<String> = log.all().into_iter().filter(|l| l.contains("rejoined as generation")).collect();
+        assert!(renewed.is_empty(), "{who} changed identity though it was never cut off: {renewed:?}");
+    }
 }

@@ -198,6 +198,7 @@ impl Publisher {
         let members: Vec<Member> =
             members.iter().filter(|m| m.id.role == Role::Backend && m.id.service.is_some()).cloned().collect();
         self.follow_announced_weights(&members);
+        self.carry_over_rejoins(&members);
         self.members = members;
         let live = &self.members;
         let now = Instant::now();
@@ -226,6 +227,22 @@ impl Publisher {
             }
         }
         self.publish();
+    }
+
+    /// A member that rejoined under a later generation (the same process: see `identity::renews`) keeps its
+    /// server: requests in flight, counters, a ramp under way, an ejection. A new server would have counted
+    /// nothing in flight to it, so a drain would have been acknowledged at once.
+    fn carry_over_rejoins(&mut self, members: &[Member]) {
+        for m in members {
+            let key = (m.id.gossip, m.id.generation);
+            if self.known.contains_key(&key) {
+                continue;
+            }
+            let before = self.members.iter().find(|old| crate::cluster::renews(&old.id, &m.id));
+            if let Some(backend) = before.and_then(|old| self.known.remove(&(old.id.gossip, old.id.generation))) {
+                self.known.insert(key, backend);
+            }
+        }
     }
 
     /// A weight a member announces that differs from the one it announced before (its agent check's report

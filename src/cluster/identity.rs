@@ -74,6 +74,19 @@ impl NodeId {
     }
 }
 
+/// A rejoin (`renew`) adds one to the generation; a new process takes the clock's milliseconds at its start,
+/// later than its predecessor's start by that process's whole life (13 ms at the least, seen in tests that
+/// restart an agent at once).
+const RENEWALS_APART: u64 = 2;
+
+/// Whether `new` is `old`'s process under a later identity (a rejoin, seen whole or after one missed), rather
+/// than a new process on the same address: everything but the generation is the same, and that is one or two
+/// above.
+pub fn renews(old: &NodeId, new: &NodeId) -> bool {
+    let later = new.generation.checked_sub(old.generation).is_some_and(|d| (1..=RENEWALS_APART).contains(&d));
+    later && NodeId { generation: old.generation, ..new.clone() } == *old
+}
+
 impl foca::Identity for NodeId {
     type Addr = SocketAddr;
 
@@ -104,5 +117,17 @@ mod tests {
         let b = a.renew().unwrap();
         assert!(b.win_addr_conflict(&a) && !a.win_addr_conflict(&b));
         assert_eq!(b.addr(), a.addr());
+    }
+
+    #[test]
+    fn a_rejoin_renews_and_a_new_process_does_not() {
+        let addr: SocketAddr = "10.0.0.1:7946".parse().unwrap();
+        let a = NodeId::new(addr, Role::Backend, Some("10.0.0.1:80".parse().unwrap()), 100, true, "web-1");
+        let b = a.renew().unwrap();
+        assert!(renews(&a, &b) && renews(&a, &b.renew().unwrap()) && !renews(&b, &a));
+        let restarted = NodeId { generation: a.generation + 13, ..a.clone() };
+        assert!(!renews(&a, &restarted), "a new process, 13 ms later");
+        let moved = NodeId { service: Some("10.0.0.1:81".parse().unwrap()), ..b.clone() };
+        assert!(!renews(&a, &moved), "another service: another process");
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use identity::{NodeId, Role, MAX_NAME};
+pub use identity::{renews, NodeId, Role, MAX_NAME};
 pub use keys::{KeySource, Secret};
 pub use roster::Roster;
 pub use seal::Refused;

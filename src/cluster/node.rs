@@ -51,6 +51,8 @@ const FAR: Duration = Duration::from_secs(3600);
 /// Every packet is sent again this much later (see `seal`): a lossy link must lose both to lose a message,
 /// and a short burst of loss does not take both.
 const COPY_AFTER: Duration = Duration::from_millis(10);
+/// How long a member held down may say this node is down before it is believed (see `doubted_turn_undead`).
+const DOUBT_FOR: Duration = Duration::from_secs(3);
 
 pub enum Command {
     SetState(NodeState),
@@ -67,6 +69,8 @@ struct PendingDrain {
 
 pub struct Node {
     foca: Swim,
+    /// foca's configuration, to start it afresh (see `start_afresh`).
+    swim: foca::Config,
     runtime: AccumulatingRuntime<NodeId>,
     timers: TimerHeap<foca::Timer<NodeId>>,
     socket: UdpSocket,
@@ -99,6 +103,8 @@ pub struct Node {
     rejoining: bool,
     /// When this node next repeats what it said (see [`REPEAT_EVERY`]).
     next_repeat: Instant,
+    /// Members held down that said this node is down, since when (see `doubted_turn_undead`).
+    doubts: HashMap<SocketAddr, Instant>,
     stats: Arc<GossipStats>,
     wire: Vec<u8>,
     /// Packets to send again, with when.
@@ -145,7 +151,8 @@ impl Node {
         let Parts { me, advertise, state, socket, sealer, membership, hook, stats, peers } = parts;
         let (seeds, resolutions) = Seeds::new(&config.join, me.gossip);
         let mut node = Node {
-            foca: Foca::with_custom_broadcast(me.clone(), swim, rng, PostcardCodec, Handler(table.clone())),
+            foca: Foca::with_custom_broadcast(me.clone(), swim.clone(), rng, PostcardCodec, Handler(table.clone())),
+            swim,
             runtime: AccumulatingRuntime::new(),
             timers: TimerHeap::new(),
             socket,
@@ -170,6 +177,7 @@ impl Node {
             leaving: false,
             rejoining: false,
             next_repeat: Instant::now() + REPEAT_EVERY,
+            doubts: HashMap::new(),
             stats,
             wire: Vec::with_capacity(1500),
             copies: VecDeque::new(),
@@ -332,9 +340,33 @@ impl Node {
                 Err(why) => return self.refused(why, from),
             },
         };
+        if self.doubted_turn_undead(payload) {
+            return;
+        }
         if let Err(e) = self.foca.handle_data(payload, &mut self.runtime) {
             tracing::debug!("gossip from {from}: {e}");
         }
+    }
+
+    /// A member this node holds down says this node is down, while others still talk to it: after a
+    /// partition heals, the side that was cut off holds the rest down and tells each so as they speak to it.
+    /// Believed at once, a healthy member rejoined for nothing (a new identity, hook events, a ramp); the
+    /// node cut off rejoins within a second or so, its announces then carry its new identity. Believed once
+    /// the sender has said so for [`DOUBT_FOR`]: a node in the minority of a partial partition must rejoin.
+    fn doubted_turn_undead(&mut self, payload: &[u8]) -> bool {
+        let Ok(header) = PostcardCodec.decode_header(payload) else { return false };
+        if header.message != foca::Message::TurnUndead || self.foca.iter_members().next().is_none() {
+            return false;
+        }
+        let sender_down =
+            self.foca.iter_membership_state().any(|m| *m.id() == header.src && m.state() == foca::State::Down);
+        if !sender_down {
+            return false;
+        }
+        let now = Instant::now();
+        self.doubts.retain(|_, since| now.saturating_duration_since(*since) < DOUBT_FOR * 4);
+        let since = *self.doubts.entry(header.src.gossip).or_insert(now);
+        now.saturating_duration_since(since) < DOUBT_FOR
     }
 
     /// Counts a refused packet; logs the first of each kind and then at powers of two, so a flood of junk
@@ -397,6 +429,51 @@ impl Node {
     fn spurious_turn_undead(&self, data: &[u8]) -> bool {
         let Ok(header) = PostcardCodec.decode_header(data) else { return false };
         header.message == foca::Message::TurnUndead && self.foca.iter_members().any(|m| *m.id() == header.dst)
+    }
+
+    /// Starts foca again as `identity` (a rejoin), keeping only the members it holds alive. The cluster had
+    /// declared this node down, so the verdicts it reached meanwhile are suspect (most likely it was the one
+    /// cut off), and foca would pass them on under the new identity: live members declared down, and healthy
+    /// backends out of every proxy's rotation while they rejoined in turn. foca's own `change_identity` also
+    /// declares the old identity down, which takes this node out of rotation when it need not be: a proxy
+    /// hears the new identity replace the old one instead (see `renamed`). The members' states are kept; the
+    /// cluster hears of the new identity by announces to the members and the seeds.
+    fn start_afresh(&mut self, identity: NodeId) {
+        let living: Vec<NodeId> = self.foca.iter_members().map(|m| m.id().clone()).collect();
+        self.foca = Foca::with_custom_broadcast(
+            identity.clone(),
+            self.swim.clone(),
+            rand::make_rng(),
+            PostcardCodec,
+            Handler(self.table.clone()),
+        );
+        // What the old instance had scheduled or meant to send or say is about the members it forgot.
+        self.timers = TimerHeap::new();
+        self.runtime = AccumulatingRuntime::new();
+        // Known already: not passed on, and the members they name stay as they are here.
+        let living = living.into_iter().map(foca::Member::alive);
+        if let Err(e) = self.foca.apply_many(living, false, &mut self.runtime) {
+            tracing::debug!("members kept over the rejoin: {e}");
+        }
+        self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "the cluster declared this node down (a partition, a paused process or lost packets): rejoined as \
+             generation {}",
+            identity.generation
+        );
+        self.became(identity);
+    }
+
+    /// This node is `identity` from now on, after a rejoin: everything it says must carry the new generation
+    /// (peers ignore state broadcast under the old one), and the cluster must hear of it.
+    fn became(&mut self, identity: NodeId) {
+        self.me = identity;
+        self.broadcast_state();
+        if let Some(pending) = &mut self.drain {
+            pending.version = self.version;
+        }
+        self.rejoining = true;
+        self.announce_rejoin();
     }
 
     /// Sends `data` to `to` and returns its copy, to be sent a little later. The copy is sealed now, right
@@ -611,21 +688,7 @@ impl Node {
             }
             OwnedNotification::Rename(old, new) => self.renamed(old, new),
             OwnedNotification::Rejoin(new) => {
-                self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "the cluster declared this node down (a partition, a paused process or lost packets): \
-                     rejoined as generation {}",
-                    new.generation
-                );
-                // Everything this node says from now on must carry the new generation: peers ignore state
-                // broadcast under the old one.
-                self.me = new;
-                self.broadcast_state();
-                if let Some(pending) = &mut self.drain {
-                    pending.version = self.version;
-                }
-                self.rejoining = true;
-                self.announce_rejoin();
+                self.start_afresh(new);
                 (false, false)
             }
             OwnedNotification::ProbeFailed(_, id) => {
@@ -658,6 +721,11 @@ impl Node {
     fn renamed(&mut self, old: NodeId, new: NodeId) -> (bool, bool) {
         let active = self.foca.iter_members().any(|m| *m.id() == new);
         if active {
+            // A rejoin of a member held alive here: it is the same process, whose state goes on until it
+            // says it again under the new identity (a new process must say it first).
+            if super::identity::renews(&old, &new) && self.members.get(&old.gossip) == Some(&old) {
+                self.table.borrow_mut().inherit(&old, &new);
+            }
             return self.upsert(new);
         }
         if self.members.get(&old.gossip) == Some(&old) {

@@ -133,6 +133,17 @@ impl Table {
         self.states.get(&id.gossip).filter(|e| e.generation == id.generation)
     }
 
+    /// `new`, a rejoin of `old`'s process (see `identity::renews`), is taken to be in `old`'s state until it
+    /// says otherwise: held as version 0 of its generation, below anything it broadcasts.
+    pub fn inherit(&mut self, old: &NodeId, new: &NodeId) {
+        let Some(entry) = self.states.get_mut(&old.gossip) else { return };
+        if entry.generation == old.generation {
+            entry.generation = new.generation;
+            entry.version = 0;
+            self.changed = true;
+        }
+    }
+
     /// The known state of `id`'s current generation.
     pub fn state_of(&self, id: &NodeId) -> Option<&NodeState> {
         self.current(id).map(|e| &e.state)
