@@ -70,17 +70,12 @@ pub fn parse_request_with<'a>(
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(buf, &mut storage[..slots]) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head_bytes {
-                Err(if memchr_lf(buf) { HttpError::HeadTooLarge } else { HttpError::UriTooLong })
-            } else {
-                Ok(None)
-            };
-        }
+        Ok(httparse::Status::Partial) if buf.len() < limits.max_head_bytes => return Ok(None),
+        Ok(httparse::Status::Partial) => return Err(too_large(buf, limits)),
         Err(e) => return Err(classify_parse_error(e, buf)),
     };
     if head_len > limits.max_head_bytes {
-        return Err(HttpError::HeadTooLarge);
+        return Err(too_large(&buf[..head_len], limits));
     }
     let method = req.method.unwrap_or_default();
     let target = req.path.unwrap_or_default();
@@ -159,8 +154,15 @@ pub fn parse_request_with<'a>(
     }))
 }
 
-fn memchr_lf(buf: &[u8]) -> bool {
-    buf.contains(&b'\n')
+/// A head over the limit: 414 when the request line alone is (RFC 9110 section 15.5.15), 431 otherwise,
+/// however the bytes arrived (one read with the whole head, or pieces).
+fn too_large(head: &[u8], limits: &HeadLimits) -> HttpError {
+    let line_fits = head.iter().take(limits.max_head_bytes).any(|&b| b == b'\n');
+    if line_fits {
+        HttpError::HeadTooLarge
+    } else {
+        HttpError::UriTooLong
+    }
 }
 
 /// Rewrites a request line's `HTTP/1.2`..`HTTP/1.9` to `HTTP/1.1` in place, once the line is complete.
@@ -338,6 +340,15 @@ mod tests {
         let small = HeadLimits { max_head_bytes: 16, max_headers: 100 };
         assert_eq!(parse_request(b"GET /aaaaaaaaaaaaaaaaaaaaaaa", &small).unwrap_err(), HttpError::UriTooLong);
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: xxxxxxxx", &small).unwrap_err(), HttpError::HeadTooLarge);
+        // Whole in one read, the same answers: the line alone over the limit is 414, not 431.
+        assert_eq!(
+            parse_request(b"GET /aaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n", &small).unwrap_err(),
+            HttpError::UriTooLong
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: xxxxxxxxxx\r\n\r\n", &small).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
         let few = HeadLimits { max_head_bytes: 8192, max_headers: 2 };
         let many = b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n";
         assert_eq!(parse_request(many, &few).unwrap_err(), HttpError::TooManyHeaders);
