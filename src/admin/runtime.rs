@@ -86,7 +86,11 @@ async fn session(stream: TcpStream, heard: Heard, shared: Arc<Shared>, publisher
                     quit = true;
                     break;
                 }
-                "prompt" => interactive = !interactive,
+                // An answer of its own, empty, as HAProxy gives it: `prompt` alone is answered "\n> ".
+                "prompt" => {
+                    interactive = !interactive;
+                    out.push('\n');
+                }
                 _ if sent + out.len() > OUTPUT_LIMIT => {
                     out.push_str("Output limit reached: the rest of the line is ignored.\n\n");
                     break;
