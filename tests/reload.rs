@@ -275,4 +275,11 @@ fn sighup_removing_a_server_keeps_the_backend_totals() {
         |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("none").to_string();
     assert_eq!(value("shoal_backend_requests_total "), "21", "{metrics}");
     assert_eq!(value("shoal_backend_responses_total{code=\"2xx\"} "), "21", "{metrics}");
+    // With no server left, the backend's peak stays (it read 0 once the last server was gone).
+    let smax = proxy.backend_column("smax");
+    assert_ne!(smax, "0");
+    file.write(&config(std::slice::from_ref(&listen), &[]));
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the reload to no server", |l| l.contains("configuration reloaded: 0 static servers"));
+    assert_eq!(proxy.backend_column("smax"), smax);
 }

@@ -609,6 +609,36 @@ fn a_full_server_queues_requests_until_a_slot_frees_or_the_queue_timeout() {
     assert_eq!(slow.join().unwrap(), "slow done");
 }
 
+/// The access log's `%sq` counts the requests ahead in the server's queue, and `%bc` the backend's requests
+/// in flight and queued, as HAProxy's `beconn` (it said `0/0` and left the queued ones out).
+#[test]
+fn the_log_counts_queued_requests() {
+    let (app, release) = Backend::gated("slow done", "fast");
+    let proxy = Proxy::start(&["--backend", &format!("one={},maxconn=1", app.addr)]);
+    let addr = proxy.addr;
+    let slow = std::thread::spawn(move || common::get(addr, "/slow").body_str());
+    app.wait_requests(1);
+    let mut queued = Vec::new();
+    for (i, path) in ["/q1", "/q2"].into_iter().enumerate() {
+        queued.push(std::thread::spawn(move || common::get(addr, path).body_str()));
+        let start = Instant::now();
+        while proxy.servers_column("one", "qcur") != (i + 1).to_string() {
+            assert!(start.elapsed() < WAIT, "{path} never queued");
+            std::thread::yield_now();
+        }
+    }
+    release.send(()).unwrap();
+    assert_eq!(slow.join().unwrap(), "slow done");
+    for q in queued {
+        assert_eq!(q.join().unwrap(), "fast");
+    }
+    let field = |line: &str, at: usize| line.split(' ').nth(at).unwrap_or_default().to_string();
+    let (slow, q1, q2) = (proxy.log_line("GET /slow"), proxy.log_line("GET /q1"), proxy.log_line("GET /q2"));
+    assert_eq!((field(&q1, 11), field(&q2, 11)), ("0/0".to_string(), "1/0".to_string()), "%sq/%bq:\n{q1}\n{q2}");
+    // /slow ended with itself in flight and both others queued.
+    assert_eq!(field(&slow, 10).split('/').nth(2), Some("3"), "%bc: {slow}");
+}
+
 /// A request a server closed its connection on without an answer, retried, then held in the other's full
 /// queue past `--timeout-queue`, reached no server in the end: HAProxy logs its `sQ` with no connect time and
 /// charges the server it waited for with a failed connection only, not with a session or a 503.

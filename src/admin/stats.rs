@@ -167,8 +167,10 @@ impl Snapshot {
                 (open as u64, peak as u64)
             }),
             max_connections: config.limits.max_connections as u64,
-            backend_peak: set.servers.first().map_or(0, |b| b.pool_peak_in_flight() as u64),
-            backend_peak_queued: set.servers.first().map_or(0, |b| b.pool_peak_queued() as u64),
+            // From the backend's pool, not a server's: with no server left (a reload, the retention of
+            // departed members ending) they read 0 and jumped back when one came.
+            backend_peak: set.pool.as_ref().map_or(0, |p| p.peak_in_flight() as u64),
+            backend_peak_queued: set.pool.as_ref().map_or(0, |p| p.peak_queued() as u64),
             servers,
             backend,
             uptime_s: SystemTime::now().duration_since(shared.started).map_or(0, |d| d.as_secs()),

@@ -39,6 +39,26 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Requests in flight on all the servers (HAProxy's backend `served`).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting in any server's queue (the backend's `qcur`).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// The most requests there have been in flight at once (the backend's `smax`).
+    pub fn peak_in_flight(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// The most requests waiting in all servers' queues at once (the backend's `qmax`).
+    pub fn peak_queued(&self) -> usize {
+        self.peak_queued.load(Ordering::Relaxed)
+    }
+
     pub fn new(threads: usize) -> Pool {
         Pool {
             threads,
@@ -263,11 +283,6 @@ impl Backend {
         self.slots.as_ref().map_or(0, |s| s.peak_waiting.load(Ordering::Relaxed))
     }
 
-    /// The most requests waiting in all servers' queues at once (the backend's `qmax`).
-    pub fn pool_peak_queued(&self) -> usize {
-        self.pool.peak_queued.load(Ordering::Relaxed)
-    }
-
     pub fn name(&self) -> Arc<String> {
         self.name.load_full()
     }
@@ -402,11 +417,6 @@ impl Backend {
     /// Requests in flight on every server of this one's pool.
     pub fn pool_in_flight(&self) -> usize {
         self.pool.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// The most requests there have been in flight on the pool at once.
-    pub fn pool_peak_in_flight(&self) -> usize {
-        self.pool.peak.load(Ordering::Relaxed)
     }
 }
 

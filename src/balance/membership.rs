@@ -394,6 +394,7 @@ impl Publisher {
         set.user_weights = user_weights;
         set.initial_weights = initial_weights;
         set.retired = self.retired;
+        set.pool = Some(self.pool.clone());
         let up = set.rotation().len();
         let known = set.servers.len();
         self.shared.store(Arc::new(set));

@@ -75,6 +75,8 @@ pub struct BackendSet {
     rotating: Vec<Rotating>,
     /// What servers no longer listed counted: the backend's totals keep it.
     pub retired: super::counters::Totals,
+    /// The backend's own counts (its peaks), which outlive every server.
+    pub pool: Option<super::Pool>,
 }
 
 /// A server in rotation, as leastconn compares it.

@@ -36,6 +36,9 @@ pub struct Record<'a> {
     pub retries: u32,
     /// The request ended on another server than its first: `%rc` is `+N`, as HAProxy marks a redispatch.
     pub redispatched: bool,
+    /// `%sq`: requests ahead of this one in its server's queue. `%bq` is always 0: a request that finds every
+    /// server full waits in one server's queue, never in a queue of the backend's.
+    pub server_queue: u32,
     /// The request line, or `None` for `<BADREQ>`.
     pub line: Option<&'a [u8]>,
 }
@@ -71,7 +74,9 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
     numbers(out, &[r.active, r.frontend_conns, r.backend_conns, r.server_conns]);
     out.extend_from_slice(if r.redispatched { b"/+" } else { b"/" });
     decimal(out, r.retries);
-    out.extend_from_slice(b" 0/0 \"");
+    out.push(b' ');
+    decimal(out, r.server_queue);
+    out.extend_from_slice(b"/0 \"");
     match r.line {
         Some(line) => {
             for &b in line.iter().take(1024) {
@@ -166,12 +171,13 @@ mod tests {
             server_conns: 0,
             retries: 1,
             redispatched: true,
+            server_queue: 4,
             line: Some(b"GET /\"x\" HTTP/1.1"),
         };
         format(&r, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "10.0.0.1:5000 [27/Nov/2025:21:05:48.123] shoal nodes/s1 0/0/1/2/3 200 512 - - ---- 3/1/0/0/+1 0/0 \
+            "10.0.0.1:5000 [27/Nov/2025:21:05:48.123] shoal nodes/s1 0/0/1/2/3 200 512 - - ---- 3/1/0/0/+1 4/0 \
              \"GET /\\\"x\\\" HTTP/1.1\"\n"
         );
     }
@@ -196,6 +202,7 @@ mod tests {
             server_conns: 0,
             retries: 0,
             redispatched: false,
+            server_queue: 0,
             line: None,
         };
         format(&r, &mut out);

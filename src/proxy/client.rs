@@ -298,6 +298,7 @@ fn local_log_line<T: Transport>(
                 server_conns: 0,
                 retries: 0,
                 redispatched: false,
+                server_queue: 0,
                 line: line.map(str::as_bytes),
             },
             out,

@@ -96,6 +96,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         responded: None,
         retries: 0,
         redispatched: false,
+        queue_position: 0,
     };
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
@@ -153,6 +154,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
             Some(entered) => entered,
             None => {
                 let queued = Instant::now();
+                log.queue_position = picked.queued();
                 // One --timeout-queue for the request, however many queues it passes through.
                 let left = config.timeouts.queue.saturating_sub(log.queued.unwrap_or_default());
                 // A server taken out meanwhile (DOWN, MAINT, gone) will not serve its queue: the request goes
@@ -463,6 +465,8 @@ struct LogState {
     retries: u32,
     /// An attempt went to another server than the one before (`%rc`'s `+`).
     redispatched: bool,
+    /// Requests ahead of this one in the last server queue it joined (`%sq`), 0 if it never queued.
+    queue_position: u32,
 }
 
 impl LogState {
@@ -546,10 +550,11 @@ fn log_line<T: Transport>(
                 termination: term,
                 active: worker.active_connections(),
                 frontend_conns: worker.frontend_connections(T::TLS),
-                backend_conns: worker.backend_in_flight(),
+                backend_conns: worker.backend_sessions(),
                 server_conns: log.server.as_ref().map_or(0, |f| f.backend().in_flight()),
                 retries: log.retries,
                 redispatched: log.redispatched,
+                server_queue: log.queue_position,
                 line: Some(plan.line()),
             },
             out,
