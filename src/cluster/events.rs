@@ -1,8 +1,9 @@
 //! `--on-event CMD`: runs a handler on membership events the way Serf does, with `SHOAL_EVENT` set to
 //! member-join, member-leave, member-failed or member-update and one line per member on stdin:
 //! `name<TAB>address<TAB>role<TAB>tags`. Handlers run one at a time on their own thread; events that arrive
-//! while one runs are coalesced by kind into the next run, so a burst of joins costs one run and the gossip
-//! thread never waits. The queue is bounded: when a handler is so slow that it fills, further events are
+//! while one runs are coalesced by kind into the next run (a member's latest event only, as Serf keeps it),
+//! so a burst of joins costs one run and the gossip thread never waits; a run waits a second at most for a
+//! quiet moment. The queue is bounded: when a handler is so slow that it fills, further events are
 //! dropped and counted rather than held. A handler has `--on-event-timeout` to finish (as Serf does, it is
 //! said to be slow after a second); then it and its process group are killed, so a hung handler costs the
 //! events of its own run, not every later one. Its stdin is written from a thread of its own: a handler that
@@ -23,6 +24,8 @@ use super::state::Member;
 const QUEUE: usize = 4096;
 /// Events closer together than this are handed to one handler run.
 const COALESCE: Duration = Duration::from_millis(50);
+/// A run starts at most this long after the first event it carries, however closely others follow.
+const COALESCE_AT_MOST: Duration = Duration::from_secs(1);
 /// A handler running longer than this is said to be slow (Serf's figure).
 const SLOW: Duration = Duration::from_secs(1);
 
@@ -85,19 +88,58 @@ fn one_field(text: &str) -> String {
 }
 
 fn run(command: &str, timeout: Duration, rx: Receiver<(EventKind, Member)>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.recv_timeout(COALESCE) {
-            batch.push(more);
-        }
-        let mut kinds: Vec<EventKind> = batch.iter().map(|(k, _)| *k).collect();
-        kinds.sort();
-        kinds.dedup();
-        for kind in kinds {
-            let input: String = batch.iter().filter(|(k, _)| *k == kind).map(|(_, m)| line(m)).collect();
+    while let Some(batch) = next_batch(&rx, COALESCE, COALESCE_AT_MOST) {
+        for (kind, members) in by_kind(batch) {
+            let input: String = members.iter().map(line).collect();
             invoke(command, kind, input, timeout);
         }
     }
+}
+
+/// The events of the next handler runs: the first to come, and those that follow it within `quiet` of each
+/// other, for `at_most` from the first at the longest (a steady trickle would otherwise never let a run
+/// start, and grow the batch without end). `None` once the hook is gone.
+fn next_batch(
+    rx: &Receiver<(EventKind, Member)>,
+    quiet: Duration,
+    at_most: Duration,
+) -> Option<Vec<(EventKind, Member)>> {
+    let first = rx.recv().ok()?;
+    let until = std::time::Instant::now() + at_most;
+    let mut batch = vec![first];
+    while batch.len() < QUEUE {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(quiet.min(left)) {
+            Ok(more) if !left.is_zero() => batch.push(more),
+            Ok(more) => {
+                batch.push(more);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// One run per kind of event, each member in the one its latest event names (as Serf's coalescer keeps a
+/// member's last event): a member that failed and rejoined within a batch is a join, not a join followed by
+/// a failure that would leave a handler believing it gone.
+fn by_kind(batch: Vec<(EventKind, Member)>) -> Vec<(EventKind, Vec<Member>)> {
+    let mut latest: Vec<(EventKind, Member)> = Vec::with_capacity(batch.len());
+    for (kind, member) in batch {
+        let same = |m: &Member| m.id.gossip == member.id.gossip && m.id.name == member.id.name;
+        match latest.iter_mut().find(|(_, m)| same(m)) {
+            Some(slot) => *slot = (kind, member),
+            None => latest.push((kind, member)),
+        }
+    }
+    let mut kinds: Vec<EventKind> = latest.iter().map(|(k, _)| *k).collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+        .into_iter()
+        .map(|kind| (kind, latest.iter().filter(|(k, _)| *k == kind).map(|(_, m)| m.clone()).collect()))
+        .collect()
 }
 
 fn invoke(command: &str, kind: EventKind, input: String, timeout: Duration) {
@@ -177,5 +219,38 @@ mod tests {
         assert!(text.ends_with('\n'));
         assert_eq!(text.trim_end_matches('\n').split('\t').count(), 4, "{text:?}");
         assert_eq!(text, "evil name member-join x\t10.0.0.9\tbackend\tk =v w \n");
+    }
+
+    fn member(name: &str, addr: &str, generation: u64) -> Member {
+        let id = NodeId::new(addr.parse().unwrap(), Role::Backend, None, 100, false, name);
+        Member { id: NodeId { generation, ..id }, state: None }
+    }
+
+    #[test]
+    fn a_member_s_latest_event_in_a_batch_is_the_one_handled() {
+        let (a, a_again, b) =
+            (member("a", "10.0.0.1:7946", 1), member("a", "10.0.0.1:7946", 2), member("b", "10.0.0.2:7946", 1));
+        let runs = by_kind(vec![
+            (EventKind::Failed, a),
+            (EventKind::Join, b.clone()),
+            (EventKind::Join, a_again.clone()),
+            (EventKind::Update, b.clone()),
+        ]);
+        assert_eq!(runs, vec![(EventKind::Join, vec![a_again]), (EventKind::Update, vec![b])]);
+    }
+
+    #[test]
+    fn a_steady_trickle_of_events_still_lets_a_run_start() {
+        let (tx, rx) = sync_channel(QUEUE);
+        let trickle = std::thread::spawn(move || {
+            // Closer together than the quiet period, for as long as the receiver is there.
+            while tx.send((EventKind::Update, member("a", "10.0.0.1:7946", 1))).is_ok() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let batch = next_batch(&rx, Duration::from_millis(50), Duration::from_millis(100)).unwrap();
+        assert!(!batch.is_empty() && batch.len() < QUEUE);
+        drop(rx);
+        trickle.join().unwrap();
     }
 }
