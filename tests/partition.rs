@@ -233,9 +233,9 @@ fn a_health_change_missed_in_a_blip_reaches_the_proxy_later() {
 /// n2 is declared down everywhere; while the proxy is cut off, n2 rejoins under a new identity (n3 sees it)
 /// and dies. Healed, the proxy must not route n2: it once heard from n3 that the new identity was down too,
 /// foca reported only the rename of one down identity to another, and the proxy took that for a member
-/// coming up (a dead server routed, kept for good since no member-down follows). Now the proxy, having held
-/// every member down, starts its gossip afresh when the cluster speaks to it again, and learns the members
-/// as they are.
+/// coming up (a dead server routed, kept for good since no member-down follows). Now whichever side rejoins
+/// starts its gossip afresh: the proxy learns the members as they are, or hears of n2's later identity as
+/// before.
 #[test]
 fn a_node_that_rejoined_and_died_out_of_sight_stays_out() {
     let t = Three::start();
@@ -251,7 +251,6 @@ fn a_node_that_rejoined_and_died_out_of_sight_stays_out() {
     n2.process.signal(libc::SIGKILL);
     n3.log.wait_count("n2's new identity down at n3", 2, |l| l.contains("member down: n2 "));
     proxy_host.heal();
-    t.proxy.log.wait_for("the proxy starting afresh", |l| l.contains("rejoined as generation"));
     t.proxy.log.wait_count("n3 a member again", 2, |l| l.contains("member up: n3 "));
     assert_routes(proxy_host, &["n3"]);
     let ups = t.proxy.log.all().iter().filter(|l| l.contains("member up: n2 ")).count();

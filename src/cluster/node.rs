@@ -345,6 +345,18 @@ impl Node {
         }
         if let Err(e) = self.foca.handle_data(payload, &mut self.runtime) {
             tracing::debug!("gossip from {from}: {e}");
+            return;
+        }
+        // A rejoin that kept live members leaves foca connected, so foca's `Active` does not come: a member
+        // speaking to the new identity ends it.
+        if self.rejoining {
+            let spoken_to = Codec::<NodeId>::decode_header(&mut PostcardCodec, payload).is_ok_and(|h| {
+                h.dst == self.me && h.message != foca::Message::TurnUndead && h.message != foca::Message::Announce
+            });
+            if spoken_to {
+                self.rejoining = false;
+                tracing::info!("joined the cluster as {} ({})", self.me.name, self.me.gossip);
+            }
         }
     }
 
@@ -355,7 +367,8 @@ impl Node {
     /// the sender has said so for [`DOUBT_FOR`]: a node in the minority of a partial partition must rejoin.
     fn doubted_turn_undead(&mut self, payload: &[u8]) -> bool {
         let Ok(header) = PostcardCodec.decode_header(payload) else { return false };
-        if header.message != foca::Message::TurnUndead || self.foca.iter_members().next().is_none() {
+        let to_me = header.dst == self.me;
+        if header.message != foca::Message::TurnUndead || !to_me || self.foca.iter_members().next().is_none() {
             return false;
         }
         let sender_down =
@@ -438,8 +451,11 @@ impl Node {
     /// declares the old identity down, which takes this node out of rotation when it need not be: a proxy
     /// hears the new identity replace the old one instead (see `renamed`). The members' states are kept; the
     /// cluster hears of the new identity by announces to the members and the seeds.
-    fn start_afresh(&mut self, identity: NodeId) {
-        let living: Vec<NodeId> = self.foca.iter_members().map(|m| m.id().clone()).collect();
+    fn start_afresh(&mut self, identity: NodeId) -> bool {
+        // With their incarnations and states: re-added at incarnation 0, a member's later suspicion would be
+        // dropped by every other member as older than what they hold, and it could not refute it.
+        let living: Vec<foca::Member<NodeId>> =
+            self.foca.iter_membership_state().filter(|m| m.state() != foca::State::Down).cloned().collect();
         self.foca = Foca::with_custom_broadcast(
             identity.clone(),
             self.swim.clone(),
@@ -451,29 +467,33 @@ impl Node {
         self.timers = TimerHeap::new();
         self.runtime = AccumulatingRuntime::new();
         // Known already: not passed on, and the members they name stay as they are here.
-        let living = living.into_iter().map(foca::Member::alive);
-        if let Err(e) = self.foca.apply_many(living, false, &mut self.runtime) {
+        let kept: Vec<NodeId> = living.iter().map(|m| m.id().clone()).collect();
+        if let Err(e) = self.foca.apply_many(living.into_iter(), false, &mut self.runtime) {
             tracing::debug!("members kept over the rejoin: {e}");
         }
+        // What that said (members up that are known, this node active) is not news; the rejoin is over once a
+        // member speaks to the new identity.
+        while self.runtime.to_notify().is_some() {}
+        // A member the old instance had just declared down, its notification not yet handled, is gone too.
+        let before = self.members.len();
+        self.members.retain(|_, id| kept.contains(id));
         self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "the cluster declared this node down (a partition, a paused process or lost packets): rejoined as \
              generation {}",
             identity.generation
         );
-        self.became(identity);
-    }
-
-    /// This node is `identity` from now on, after a rejoin: everything it says must carry the new generation
-    /// (peers ignore state broadcast under the old one), and the cluster must hear of it.
-    fn became(&mut self, identity: NodeId) {
         self.me = identity;
         self.broadcast_state();
         if let Some(pending) = &mut self.drain {
             pending.version = self.version;
         }
+        // Drain acknowledgements still to be sent went with the old instance: said again at the next
+        // housekeeping, not in 5 s.
+        self.next_repeat = Instant::now();
         self.rejoining = true;
         self.announce_rejoin();
+        self.members.len() != before
     }
 
     /// Sends `data` to `to` and returns its copy, to be sent a little later. The copy is sealed now, right
@@ -687,10 +707,7 @@ impl Node {
                 (true, found)
             }
             OwnedNotification::Rename(old, new) => self.renamed(old, new),
-            OwnedNotification::Rejoin(new) => {
-                self.start_afresh(new);
-                (false, false)
-            }
+            OwnedNotification::Rejoin(new) => (self.start_afresh(new), false),
             OwnedNotification::ProbeFailed(_, id) => {
                 if self.members.get(&id.gossip) == Some(&id) {
                     tracing::debug!("probe of {} {} failed", id.name, id.gossip);
