@@ -451,11 +451,16 @@ impl Node {
     /// declares the old identity down, which takes this node out of rotation when it need not be: a proxy
     /// hears the new identity replace the old one instead (see `renamed`). The members' states are kept; the
     /// cluster hears of the new identity by announces to the members and the seeds.
-    fn start_afresh(&mut self, identity: NodeId) -> bool {
-        // With their incarnations and states: re-added at incarnation 0, a member's later suspicion would be
-        // dropped by every other member as older than what they hold, and it could not refute it.
-        let living: Vec<foca::Member<NodeId>> =
-            self.foca.iter_membership_state().filter(|m| m.state() != foca::State::Down).cloned().collect();
+    fn start_afresh(&mut self, identity: NodeId) -> (bool, bool) {
+        // Alive at their incarnations: at incarnation 0 a member's later suspicion would be dropped by every
+        // other member as older than what they hold, and it could not refute it; kept as suspects, with no
+        // timer and the suspicion never spread, the next failed probe would declare them down unrefuted.
+        let living: Vec<foca::Member<NodeId>> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() != foca::State::Down)
+            .map(|m| foca::Member::new(m.id().clone(), m.incarnation(), foca::State::Alive))
+            .collect();
         self.foca = Foca::with_custom_broadcast(
             identity.clone(),
             self.swim.clone(),
@@ -474,9 +479,19 @@ impl Node {
         // What that said (members up that are known, this node active) is not news; the rejoin is over once a
         // member speaks to the new identity.
         while self.runtime.to_notify().is_some() {}
-        // A member the old instance had just declared down, its notification not yet handled, is gone too.
-        let before = self.members.len();
+        // What the old instance said in the packet that brought the rejoin, after it, went with its runtime:
+        // this node's list is made to match what foca keeps, both ways (a member just declared down leaves, one
+        // just come or renamed joins).
+        let before = self.members.clone();
         self.members.retain(|_, id| kept.contains(id));
+        let mut found = self.over_cap && self.members.len() < before.len() && self.admit_waiting();
+        for id in kept {
+            // Not one still waiting over --max-members: it was counted when refused.
+            if self.members.contains_key(&id.gossip) || self.members.len() < self.max_members {
+                found |= self.upsert(id).1;
+            }
+        }
+        let changed = self.members != before;
         self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "the cluster declared this node down (a partition, a paused process or lost packets): rejoined as \
@@ -493,7 +508,7 @@ impl Node {
         self.next_repeat = Instant::now();
         self.rejoining = true;
         self.announce_rejoin();
-        self.members.len() != before
+        (changed, found)
     }
 
     /// Sends `data` to `to` and returns its copy, to be sent a little later. The copy is sealed now, right
@@ -707,7 +722,7 @@ impl Node {
                 (true, found)
             }
             OwnedNotification::Rename(old, new) => self.renamed(old, new),
-            OwnedNotification::Rejoin(new) => (self.start_afresh(new), false),
+            OwnedNotification::Rejoin(new) => self.start_afresh(new),
             OwnedNotification::ProbeFailed(_, id) => {
                 if self.members.get(&id.gossip) == Some(&id) {
                     tracing::debug!("probe of {} {} failed", id.name, id.gossip);
