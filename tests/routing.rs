@@ -603,8 +603,10 @@ fn a_full_server_queues_requests_until_a_slot_frees_or_the_queue_timeout() {
     assert_eq!(r.status(), 503);
     let line = proxy.log_line("GET /too-late");
     assert!(line.contains(" sQ") && line.contains(" nodes/one "), "the server it waited for is named: {line}");
-    // A queue timeout is a failed connection to HAProxy, on the server and so on the backend.
+    // A queue timeout is a failed connection to HAProxy, on the server and so on the backend; the request
+    // was never in flight to the server, whose peak stays within its maxconn (it counted it: 2 of 1).
     assert_eq!((proxy.servers_column("one", "econ"), proxy.backend_column("econ")), ("1".into(), "1".into()));
+    assert_eq!(proxy.servers_column("one", "smax"), "1");
     release.send(()).unwrap();
     assert_eq!(slow.join().unwrap(), "slow done");
 }
@@ -627,6 +629,8 @@ fn the_log_counts_queued_requests() {
             std::thread::yield_now();
         }
     }
+    // The BACKEND row counts them as the log does (HAProxy's beconn): one in flight and two queued.
+    assert_eq!(proxy.backend_column("scur"), "3");
     release.send(()).unwrap();
     assert_eq!(slow.join().unwrap(), "slow done");
     for q in queued {

@@ -121,7 +121,10 @@ fn no_backend_is_503() {
     let line = proxy.log_line("GET / ");
     assert!(line.contains(" nodes/<NOSRV> ") && line.contains("/-1/-1/-1/") && line.contains(" SC-- "), "{line}");
     // A connection error of the backend's own: HAProxy counts it in the BACKEND row's econ, tied to no server.
+    // /metrics counts the request with its response, so that responses never outnumber requests.
     assert_eq!(proxy.backend_column("econ"), "1");
+    common::wait_until("the 503 counted", || proxy.metric("shoal_backend_responses_total{code=\"5xx\"}") == 1);
+    assert_eq!(proxy.metric("shoal_backend_requests_total"), 1);
     let refused = common::refused_port();
     let dead = refused.addr.to_string();
     let proxy = Proxy::start(&["--backend", &dead]);

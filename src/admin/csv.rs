@@ -244,7 +244,7 @@ pub fn render_filtered(s: &Snapshot, filter: &Filter) -> String {
         qcur: Some(s.servers.iter().map(|v| v.queued).sum()),
         qmax: Some(s.backend_peak_queued),
         throttle: None,
-        scur: s.servers.iter().map(|v| v.in_flight).sum(),
+        scur: s.backend_current,
         smax: Some(s.backend_peak),
         slim: None,
         qlimit: None,

@@ -144,7 +144,7 @@ pub fn render(s: &Snapshot, members: &[Row], filter: &super::csv::Filter, refres
             // As HAProxy: the weight of the servers taking requests.
             weight: s.servers.iter().filter(|v| v.in_rotation()).map(|v| u64::from(v.weight)).sum::<u64>().to_string(),
             queued: Some(s.servers.iter().map(|v| v.queued).sum()),
-            current: s.servers.iter().map(|v| v.in_flight).sum(),
+            current: s.backend_current,
             peak: Some(s.backend_peak),
             limit: None,
             rate: s.backend_seen.map(|v| (v.rate.now, v.rate.max)),

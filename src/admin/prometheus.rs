@@ -73,12 +73,23 @@ pub fn render(s: &Snapshot) -> String {
     }
     let codes = s.servers.iter().flat_map(|v| by_code(&format!("server=\"{}\",", label(&v.name)), &v.totals));
     metric("server_responses_total", "counter", "Responses by status class.", codes.collect());
+    // The backend's are its servers', those gone included, and its own: requests no server took (none to
+    // try, a queue that timed out), answered by the proxy, as HAProxy counts every request routed to a
+    // backend. Its requests are all those routed to it, so that responses never outnumber them.
     for (name, help, count) in counters {
-        let own = if name == "connect_errors_total" { " and requests with no server to try" } else { "" };
-        let help = format!("{help} Every server's, those gone included{own}.");
-        metric(&format!("backend_{name}"), "counter", &help, one(count(&s.backend)));
+        let (value, help) = match name {
+            "requests_total" => (s.backend.requests, "Requests routed to the backend, those no server took included."),
+            _ => (count(&s.backend), help),
+        };
+        let help = format!("{help} Every server's, those gone included, and the backend's own.");
+        metric(&format!("backend_{name}"), "counter", &help, one(value));
     }
-    metric("backend_responses_total", "counter", "Responses by status class, every server's.", by_code("", &s.backend));
+    metric(
+        "backend_responses_total",
+        "counter",
+        "Responses by status class: every server's, and the proxy's own to requests no server took.",
+        by_code("", &s.backend),
+    );
 
     let g = &s.gossip;
     metric("gossip_members", "gauge", "Live cluster members besides this proxy.", one(g.members));

@@ -90,7 +90,9 @@ pub struct Snapshot {
     pub max_connections: u64,
     pub servers: Vec<Server>,
     pub backend: Totals,
-    /// The most requests in flight on the backend at once (its `smax`).
+    /// Requests the backend holds now, in flight or queued (its `scur`, HAProxy's `beconn`).
+    pub backend_current: u64,
+    /// The most it held at once (its `smax`).
     pub backend_peak: u64,
     /// The most requests waiting in its servers' queues at once.
     pub backend_peak_queued: u64,
@@ -169,6 +171,7 @@ impl Snapshot {
             max_connections: config.limits.max_connections as u64,
             // From the backend's pool, not a server's: with no server left (a reload, the retention of
             // departed members ending) they read 0 and jumped back when one came.
+            backend_current: set.pool.as_ref().map_or(0, |p| p.sessions() as u64),
             backend_peak: set.pool.as_ref().map_or(0, |p| p.peak_in_flight() as u64),
             backend_peak_queued: set.pool.as_ref().map_or(0, |p| p.peak_queued() as u64),
             servers,

@@ -49,7 +49,13 @@ impl Pool {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// The most requests there have been in flight at once (the backend's `smax`).
+    /// Requests the backend holds, in flight or queued (HAProxy's `beconn`: the BACKEND row's `scur`, `%bc`).
+    pub fn sessions(&self) -> usize {
+        self.in_flight() + self.queued()
+    }
+
+    /// The most requests the backend has held at once, in flight or queued (its `smax`, HAProxy's maximum of
+    /// `beconn`).
     pub fn peak_in_flight(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
     }
@@ -254,9 +260,13 @@ impl Backend {
         }
         s.peak_waiting.fetch_max(before + 1, Ordering::Relaxed);
         let pool = &self.pool;
-        raise_peak(&pool.peak_queued, pool.queued.fetch_add(1, Ordering::Relaxed) + 1);
-        let _waiting = Waiting { server: &s.waiting, pool: &pool.queued };
+        let queued = pool.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        raise_peak(&pool.peak_queued, queued);
+        raise_peak(&pool.peak, pool.in_flight.load(Ordering::Relaxed) + queued);
+        let waiting = Waiting { server: &s.waiting, pool: &pool.queued };
         let got = tokio::time::timeout(limit, s.free.clone().acquire_owned()).await;
+        // Out of the queue before it counts in flight: the backend's peak would count it twice.
+        drop(waiting);
         match got {
             Ok(Ok(permit)) => Ok(self.clone().counted(Some(permit))),
             _ => Err(QueueError::Timeout),
@@ -360,7 +370,7 @@ impl Backend {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         raise_peak(&self.peak_in_flight, now);
         let pool_now = self.pool.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        raise_peak(&self.pool.peak, pool_now);
+        raise_peak(&self.pool.peak, pool_now + self.pool.queued.load(Ordering::Relaxed));
         InFlight { backend: self, _slot: permit }
     }
 

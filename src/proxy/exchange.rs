@@ -97,6 +97,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         retries: 0,
         redispatched: false,
         queue_position: 0,
+        waited_for: None,
     };
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut framer = Framer::for_request(plan.body, config.limits.max_header_bytes);
@@ -110,21 +111,26 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
     let mut connect_left = config.timeouts.connect;
     // Why the last attempt that reached a server failed: the answer if no server is left to retry on.
     let mut last_failure: Option<Failure> = None;
-    // The server whose connect failed in the attempt just before, if that was how it ended.
-    let mut refused_by: Option<Arc<Backend>> = None;
+    // The server whose connect failed in the attempt just before, if that was how it ended, and how.
+    let mut refused_by: Option<(Arc<Backend>, [u8; 2])> = None;
     loop {
         let Some(Pick { backend: picked, by_cookie }) = worker.pick_backend(&plan.affinity, &tried) else {
             return match last_failure {
                 Some(failure) => fail(worker, client, &plan, log, failure).await,
-                None => {
-                    // The request gives up: a connection error of the server that refused it last, or of the
-                    // backend's own when there was no server to try, as HAProxy counts them.
-                    match &refused_by {
-                        Some(server) => server.counters.slot(worker.id).connect_error(),
-                        None => worker.shared.backend.slot(worker.id).connect_error(),
+                // The request gives up: a connection error of the server that refused it last, or of the
+                // backend's own when there was no server to try (none, or the last taken out), as HAProxy counts
+                // them and names the server (`<NOSRV>` for the backend's).
+                None => match refused_by {
+                    Some((server, term)) => {
+                        server.counters.slot(worker.id).connect_error();
+                        answer(worker, client, &plan, log, 503, term).await
                     }
-                    answer(worker, client, &plan, log, 503, *b"SC").await
-                }
+                    None => {
+                        worker.shared.backend.slot(worker.id).connect_error();
+                        log.server = None;
+                        answer(worker, client, &plan, log, 503, *b"SC").await
+                    }
+                },
             };
         };
         refused_by = None;
@@ -177,9 +183,13 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                     Some(Ok(entered)) => entered,
                     Some(Err(e)) => {
                         tracing::warn!("server {}: {e}: request answered 503", picked.name());
-                        // A queue that is full or timed out is a failed connection, to HAProxy as well.
+                        // A queue that is full or timed out is a failed connection, to HAProxy as well. Named
+                        // in the log, not counted in flight: it never was.
                         picked.counters.slot(worker.id).connect_error();
-                        log.server = Some(picked.enter());
+                        if matches!(e, crate::balance::QueueError::Full) {
+                            log.queue_position = 0;
+                        }
+                        log.waited_for = Some(picked);
                         return answer(worker, client, &plan, log, 503, *b"sQ").await;
                     }
                 }
@@ -211,17 +221,25 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                     Ejected(ejected),
                     if retry { "; trying another server" } else { "" },
                 );
+                let term = if e.timed_out() { *b"sC" } else { *b"SC" };
+                // A server taken out (MAINT, DOWN, gone) while the request connected to it proves nothing
+                // against it: if nothing else is left, the backend had no server for the request.
+                let taken_out = matches!(e, ConnectError::TakenOut);
                 if retry {
                     log.retries += 1;
                     tried.push(backend.clone());
-                    refused_by = Some(backend.clone());
+                    refused_by = (!taken_out).then(|| (backend.clone(), term));
                     last_failure = None;
                     continue;
                 }
                 // Counted once the request gives up, as HAProxy does: an attempt retried elsewhere shows as
                 // the server's `wretr` or `wredis`, not its `econ`.
-                backend.counters.slot(worker.id).connect_error();
-                let term = if e.timed_out() { *b"sC" } else { *b"SC" };
+                if taken_out {
+                    worker.shared.backend.slot(worker.id).connect_error();
+                    log.server = None;
+                } else {
+                    backend.counters.slot(worker.id).connect_error();
+                }
                 return answer(worker, client, &plan, log, 503, term).await;
             }
         };
@@ -467,11 +485,18 @@ struct LogState {
     redispatched: bool,
     /// Requests ahead of this one in the last server queue it joined (`%sq`), 0 if it never queued.
     queue_position: u32,
+    /// The server whose queue the request left unserved (full, or timed out): named in the log.
+    waited_for: Option<Arc<Backend>>,
 }
 
 impl LogState {
+    /// The server the exchange ended on: in flight to it, or left unserved in its queue.
+    fn last_server(&self) -> Option<&Arc<Backend>> {
+        self.server.as_ref().map(|f| f.backend()).or(self.waited_for.as_ref())
+    }
+
     fn server_name(&self) -> String {
-        self.server.as_ref().map_or_else(|| "<NOSRV>".to_string(), |f| f.backend().name().to_string())
+        self.last_server().map_or_else(|| "<NOSRV>".to_string(), |b| b.name().to_string())
     }
 }
 
@@ -534,7 +559,7 @@ fn log_line<T: Transport>(
     let t_response = log.connected.map_or(-1, |c| ms(c, log.responded));
     let t_total = ms(s.instant, Some(now));
     // The last attempt's server, connected or not: a connect failure or a queue timeout names it, as HAProxy's.
-    let name = log.server.as_ref().map(|f| f.backend().name());
+    let name = log.last_server().map(|b| b.name());
     let server = name.as_deref().map(String::as_str);
     worker.log(|out| {
         access_log::format(
@@ -551,7 +576,7 @@ fn log_line<T: Transport>(
                 active: worker.active_connections(),
                 frontend_conns: worker.frontend_connections(T::TLS),
                 backend_conns: worker.backend_sessions(),
-                server_conns: log.server.as_ref().map_or(0, |f| f.backend().in_flight()),
+                server_conns: log.last_server().map_or(0, |b| b.in_flight()),
                 retries: log.retries,
                 redispatched: log.redispatched,
                 server_queue: log.queue_position,

@@ -187,10 +187,9 @@ impl Worker {
         }
     }
 
-    /// Requests in flight to the servers of the current set, from every thread (`%bc`).
     /// Requests the backend holds, in flight or queued (HAProxy's `beconn`, `%bc` in the log).
     pub fn backend_sessions(&self) -> usize {
-        self.backends.borrow_mut().load().pool.as_ref().map_or(0, |p| p.in_flight() + p.queued())
+        self.backends.borrow_mut().load().pool.as_ref().map_or(0, |p| p.sessions())
     }
 
     /// This thread's slot of the plain or the TLS frontend's counters.
