@@ -623,11 +623,7 @@ fn the_log_counts_queued_requests() {
     let mut queued = Vec::new();
     for (i, path) in ["/q1", "/q2"].into_iter().enumerate() {
         queued.push(std::thread::spawn(move || common::get(addr, path).body_str()));
-        let start = Instant::now();
-        while proxy.servers_column("one", "qcur") != (i + 1).to_string() {
-            assert!(start.elapsed() < WAIT, "{path} never queued");
-            std::thread::yield_now();
-        }
+        common::wait_until(path, || proxy.servers_column("one", "qcur") == (i + 1).to_string());
     }
     // The BACKEND row counts them as the log does (HAProxy's beconn): one in flight and two queued.
     assert_eq!(proxy.backend_column("scur"), "3");

@@ -426,7 +426,7 @@ impl Backend {
 
     /// Requests in flight on every server of this one's pool.
     pub fn pool_in_flight(&self) -> usize {
-        self.pool.in_flight.load(Ordering::Relaxed)
+        self.pool.in_flight()
     }
 }
 

@@ -340,7 +340,9 @@ impl Node {
                 Err(why) => return self.refused(why, from),
             },
         };
-        if self.doubted_turn_undead(payload) {
+        // Read once here for both checks; foca reads it again, as it must.
+        let header: Option<foca::Header<NodeId>> = PostcardCodec.decode_header(payload).ok();
+        if header.as_ref().is_some_and(|h| self.doubted_turn_undead(h)) {
             return;
         }
         if let Err(e) = self.foca.handle_data(payload, &mut self.runtime) {
@@ -350,7 +352,7 @@ impl Node {
         // A rejoin that kept live members leaves foca connected, so foca's `Active` does not come: a member
         // speaking to the new identity ends it.
         if self.rejoining {
-            let spoken_to = Codec::<NodeId>::decode_header(&mut PostcardCodec, payload).is_ok_and(|h| {
+            let spoken_to = header.is_some_and(|h| {
                 h.dst == self.me && h.message != foca::Message::TurnUndead && h.message != foca::Message::Announce
             });
             if spoken_to {
@@ -365,8 +367,7 @@ impl Node {
     /// Believed at once, a healthy member rejoined for nothing (a new identity, hook events, a ramp); the
     /// node cut off rejoins within a second or so, its announces then carry its new identity. Believed once
     /// the sender has said so for [`DOUBT_FOR`]: a node in the minority of a partial partition must rejoin.
-    fn doubted_turn_undead(&mut self, payload: &[u8]) -> bool {
-        let Ok(header) = PostcardCodec.decode_header(payload) else { return false };
+    fn doubted_turn_undead(&mut self, header: &foca::Header<NodeId>) -> bool {
         let to_me = header.dst == self.me;
         if header.message != foca::Message::TurnUndead || !to_me || self.foca.iter_members().next().is_none() {
             return false;
