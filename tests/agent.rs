@@ -260,6 +260,7 @@ fn what_a_crashed_app_left_running_is_stopped_before_it_starts_again() {
     let app = format!("(trap '' TERM; exec sleep {marker}) & echo app-ran >&2; exit 3");
     let mut agent = Agent::start(&service.arg(), &proxy.gossip(), &["--", "sh", "-c", &app]);
     agent.stderr.wait_count("three runs", 3, |l| l == "app-ran");
+    common::wait_until("a run's remnant seen (the count below counts something)", || sleeping() >= 1);
     common::wait_until("the earlier runs' remnants gone", || sleeping() <= 1);
     agent.signal(libc::SIGTERM);
     agent.wait_exit();

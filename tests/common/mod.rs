@@ -7,7 +7,7 @@ pub mod certs;
 pub mod containers;
 pub mod lab;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +19,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Lines collected from a child's output, with a condition variable to wait for one.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Lines {
     /// Collects the lines of `out` (a child's stdout or stderr) in the background.
@@ -29,13 +29,35 @@ impl Lines {
 
     fn collect(self, out: impl Read + Send + 'static) {
         std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
+            let mut out = BufReader::new(out);
+            let mut raw = Vec::new();
+            // Lossy: a line that is not UTF-8 is kept (with replacement characters), not the end of the output.
+            while out.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+                let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+                let line = String::from_utf8_lossy(text.strip_suffix(b"\r").unwrap_or(text)).into_owned();
+                raw.clear();
                 let (lock, cv) = &*self.0;
                 lock.lock().unwrap().push(line);
                 cv.notify_all();
             }
+            let (lock, cv) = &*self.0;
+            let _held = lock.lock().unwrap();
+            self.1.store(true, Ordering::SeqCst);
+            cv.notify_all();
         });
+    }
+
+    /// Waits until the output has ended (the child closed it, by exiting) and every line is collected.
+    pub fn wait_closed(&self, what: &str) {
+        let (lock, cv) = &*self.0;
+        let deadline = Instant::now() + WAIT;
+        let mut lines = lock.lock().unwrap();
+        while !self.1.load(Ordering::SeqCst) {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("timed out waiting for the end of {what}"));
+            lines = cv.wait_timeout(lines, left).unwrap().0;
+        }
     }
 
     /// Waits until a line satisfies `pred` and returns it.
@@ -224,12 +246,13 @@ impl Proxy {
         line.rsplit("runtime API on ").next().unwrap().trim().parse().unwrap()
     }
 
-    /// The value of Prometheus sample `name` (with its labels) on the admin endpoint; 0 if absent.
+    /// The value of Prometheus sample `name` (with its labels) on the admin endpoint; a sample that is not
+    /// there fails the test (a renamed series must not read as 0).
     pub fn metric(&self, name: &str) -> u64 {
         let text = get(self.admin(), "/metrics").body_str();
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+        let line = line.unwrap_or_else(|| panic!("no sample {name} on /metrics"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
     /// Where TLS clients are accepted (the first TLS listener).
@@ -419,16 +442,43 @@ impl Wire {
         self.stream.write_all(bytes).expect("send");
     }
 
-    /// Reads more bytes; false at EOF or on error.
+    /// Reads more bytes; false once the peer has closed (EOF, or a reset). A read that times out fails the
+    /// test: the peer neither sent nor closed within the read timeout, and a close must not be assumed.
     fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 65536];
-        match self.stream.read(&mut chunk) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return true;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!(
+                        "the peer neither sent nor closed within the read timeout ({} bytes buffered)",
+                        self.buf.len()
+                    )
+                }
+                Err(_) => return false,
             }
         }
+    }
+
+    /// True when nothing arrives, and the peer does not close, for `quiet`.
+    pub fn silent_for(&mut self, quiet: Duration) -> bool {
+        let before = self.stream.read_timeout().unwrap();
+        self.stream.set_read_timeout(Some(quiet)).unwrap();
+        let mut chunk = [0u8; 65536];
+        let silent = match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        };
+        self.stream.set_read_timeout(before).unwrap();
+        silent && self.buf.is_empty()
     }
 
     fn take(&mut self, n: usize) -> Vec<u8> {
@@ -540,18 +590,27 @@ impl Wire {
         Some(())
     }
 
-    /// Everything until the peer closes (bounded by the read timeout).
+    /// Everything until the peer closes (a read timeout fails the test).
     pub fn read_all(&mut self) -> Vec<u8> {
         self.read_to_end_raw()
     }
 
-    /// True when the peer has closed: reading yields EOF (a reset counts too).
+    /// True when the peer has closed: reading yields EOF (a reset counts too); false when bytes come first. A
+    /// peer that neither sends nor closes within the read timeout fails the test.
     pub fn is_closed(&mut self) -> bool {
         self.buf.is_empty() && !self.fill()
     }
 
     pub fn shutdown_write(&self) {
         self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+/// Whether a read's result says the peer closed: EOF or a reset, not a read timeout.
+pub fn closed(read: &std::io::Result<usize>) -> bool {
+    match read {
+        Ok(n) => *n == 0,
+        Err(e) => matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted),
     }
 }
 
