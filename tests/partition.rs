@@ -451,3 +451,45 @@ fn a_healed_partition_leaves_the_healthy_nodes_alone() {
         assert!(renewed.is_empty(), "{who} changed identity though it was never cut off: {renewed:?}");
     }
 }
+
+/// n2's generation (its start's wall-clock milliseconds, or later), as the proxy on `proxy_host` lists it.
+fn generation_of(proxy_host: &Host, name: &str) -> Option<u64> {
+    let text = proxy_host.get(proxy_host.addr(ADMIN), "/members").ok()?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+    let row = rows.iter().find(|r| r["name"] == name && r["status"] == "alive")?;
+    row["generation"].as_u64()
+}
+
+/// A web node restored in the place of one that lived after it started (a VM snapshot restored, a clock set
+/// back by NTP): its generation, from its clock, is older than the one the cluster holds at its address, and
+/// every member prefers that one and refuses it, a generation at a time. It joins past its predecessor at the
+/// first refusal, as a new process (not a renewal of the one it replaces, whose state it does not inherit),
+/// without climbing one rejoin per refusal.
+#[test]
+fn a_node_whose_clock_is_behind_its_predecessors_joins_past_it() {
+    let mut lab = Lab::new(3);
+    let first_ip = lab.host(1).ip.clone();
+    lab.hosts[2].readdress(&first_ip);
+    lab.host(2).cut();
+    let (proxy_host, first, restored) = (lab.host(0), lab.host(1), lab.host(2));
+    let key = common::keygen();
+    let _proxy = proxy(proxy_host, &key, &["--threads", "1"]);
+    let seed = proxy_host.addr(GOSSIP);
+    // The restored machine's process starts first, so its generation is the older; it cannot reach anyone.
+    let later = node(restored, "n2", &key, seed);
+    later.log.wait_for("the restored node's gossip", |l| l.contains("gossip on "));
+    let earlier = node(first, "n2", &key, seed);
+    assert_routes(proxy_host, &["n2"]);
+    let held = generation_of(proxy_host, "n2").expect("n2 listed");
+
+    first.cut();
+    restored.heal();
+    wait_until("n2 listed under a generation past its predecessor's reach", || {
+        generation_of(proxy_host, "n2").is_some_and(|g| g >= held + 3)
+    });
+    assert_routes(proxy_host, &["n2"]);
+    let climbed: Vec<String> = later.log.all().into_iter().filter(|l| l.contains("rejoined as generation")).collect();
+    assert!(climbed.len() <= 1, "a rejoin per refusal: {} rejoins, the last {:?}", climbed.len(), climbed.last());
+    later.log.wait_for("the restored node saying why", |l| l.contains("joining as generation"));
+    drop(earlier);
+}

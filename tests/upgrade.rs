@@ -100,6 +100,10 @@ fn sigusr2_swaps_the_process_without_losing_a_request() {
     assert!(failed.contains("exited") && failed.contains("keeps serving"), "{failed}");
     assert_eq!(common::get(proxy.addr, "/").body_str(), "served");
     assert_eq!(read_pid(&pid_file), Some(old));
+    // Its gossip, paused for the successor, goes on: a member that joins now is heard of.
+    proxy.stderr.wait_for("gossip resumed", |l| l.contains("gossip resumed as generation"));
+    let _second = Agent::start(&backend.arg(), &proxy.gossip(), &["--name", "web2", "--check-path", "/"]);
+    proxy.stderr.wait_for("a member that joined after the failed upgrade", |l| l.contains("member up: web2 "));
 
     // Then a good one, under load.
     binary.install(Path::new(env!("CARGO_BIN_EXE_shoal")));
@@ -214,4 +218,45 @@ fn an_upgrade_keeps_the_operators_overrides_and_passes_on_a_stop_asked_for_meanw
     let starting = lines.iter().rposition(|l| l.contains("upgrade: starting"));
     assert!(passed.is_some() && starting < passed, "the stop came during the upgrade and went on: {lines:?}");
     agent.signal(libc::SIGCONT);
+}
+
+/// Both processes hold the gossip socket during an upgrade. While the successor starts, the predecessor must
+/// not read it: each datagram reaches one reader, so the successor lost answers meant for it (a member it
+/// probes unanswered is suspected), and the predecessor, still probing under the identity the successor
+/// replaces, was told it is down and rejoined. Three members, two upgrades: no rejoin anywhere, every member
+/// routed by the successor.
+#[test]
+fn an_upgrade_leaves_the_gossip_to_the_successor() {
+    let binary = BinaryCopy::new("gossip");
+    let pid_file = std::env::temp_dir().join(format!("shoal-upgrade-gossip-{}.pid", std::process::id()));
+    let _cleanup = KillFromPidFile(pid_file.clone());
+    let args = ["--pid-file", pid_file.to_str().unwrap(), "--threads", "1", "--access-log", "off"];
+    let mut proxy = Proxy::start_from(&binary.path, &args, &[]);
+    let names: [&'static str; 3] = ["a", "b", "c"];
+    let backends: Vec<Backend> = names.iter().map(|&n| Backend::http(move |_| common::ok(n))).collect();
+    let agents: Vec<Agent> = names
+        .iter()
+        .zip(&backends)
+        .map(|(n, b)| Agent::start(&b.arg(), &proxy.gossip(), &["--name", n, "--check-path", "/"]))
+        .collect();
+    let all: std::collections::BTreeSet<String> = names.map(String::from).into();
+    wait_until("a, b and c answering", || answering(&proxy) == all);
+    let mut pid = proxy.pid();
+    wait_until("the pid file", || read_pid(&pid_file) == Some(pid));
+    for round in 1..=2 {
+        pid = upgrade(pid, &pid_file);
+        proxy.stderr.wait_count("the predecessor gone", round, |l| l.contains("left the cluster"));
+        assert_eq!(answering(&proxy), all, "after upgrade {round}");
+    }
+    proxy.wait_exit();
+    let rejoined = |lines: Vec<String>| lines.into_iter().filter(|l| l.contains("rejoined as generation")).count();
+    assert_eq!(rejoined(proxy.stderr.all()), 0, "a proxy process rejoined: {:?}", proxy.stderr.all());
+    for (name, agent) in names.iter().zip(&agents) {
+        assert_eq!(rejoined(agent.stderr.all()), 0, "{name} rejoined: {:?}", agent.stderr.all());
+    }
+    let lines = proxy.stderr.all();
+    assert!(!lines.iter().any(|l| l.contains("serving before every member")), "{lines:?}");
+    // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrades.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_until("the last proxy gone", || gone(pid));
 }

@@ -79,6 +79,10 @@ impl NodeId {
 /// restart an agent at once).
 const RENEWALS_APART: u64 = 2;
 
+/// How far past an identity the cluster holds at its address a new process starts when its own generation
+/// is not later (its clock stepped back): beyond a renewal's reach, so it is not taken for its predecessor.
+pub const RESTART_LEAP: u64 = RENEWALS_APART + 1;
+
 /// Whether `new` is `old`'s process under a later identity (a rejoin, seen whole or after one missed), rather
 /// than a new process on the same address: everything but the generation is the same, and that is one or two
 /// above.

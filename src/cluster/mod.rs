@@ -205,6 +205,11 @@ impl Cluster {
         answer
     }
 
+    /// A handle that pauses and resumes this node's gossip, for a binary upgrade.
+    pub fn pauser(&self) -> Pauser {
+        Pauser(self.commands.clone())
+    }
+
     /// Tells the cluster this node leaves, and waits (bounded) until the message is sent.
     pub fn leave(mut self, within: Duration) {
         let (done, wait) = oneshot::channel();
@@ -219,6 +224,24 @@ impl Cluster {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Pauses a node's gossip while a successor, started with its socket, takes over: two processes reading one
+/// socket would each take datagrams meant for the other.
+#[derive(Clone)]
+pub struct Pauser(mpsc::UnboundedSender<node::Command>);
+
+impl Pauser {
+    /// Stops reading and sending; true once the node has (within `within`).
+    pub fn pause(&self, within: Duration) -> bool {
+        let (done, paused) = std::sync::mpsc::channel();
+        self.0.send(node::Command::Pause(done)).is_ok() && paused.recv_timeout(within).is_ok()
+    }
+
+    /// Gossips again, under a new identity (the successor failed).
+    pub fn resume(&self) {
+        let _ = self.0.send(node::Command::Resume);
     }
 }
 

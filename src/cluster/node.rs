@@ -53,12 +53,18 @@ const FAR: Duration = Duration::from_secs(3600);
 const COPY_AFTER: Duration = Duration::from_millis(10);
 /// How long a member held down may say this node is down before it is believed (see `doubted_turn_undead`).
 const DOUBT_FOR: Duration = Duration::from_secs(3);
+/// How often the sender of stale packets at one address is shown the identity held there.
+const SHOW_EVERY: Duration = Duration::from_secs(1);
 
 pub enum Command {
     SetState(NodeState),
     /// Announce draining, and answer once every live proxy has acknowledged it (true) or at the deadline (false).
     Drain(Duration, oneshot::Sender<bool>),
     Leave(oneshot::Sender<()>),
+    /// Stop reading and sending (a successor takes the socket over); answered once nothing more goes out.
+    Pause(std::sync::mpsc::Sender<()>),
+    /// Gossip again after a pause, under a new identity (the successor may have announced a later one).
+    Resume,
 }
 
 struct PendingDrain {
@@ -99,12 +105,20 @@ pub struct Node {
     reevaluate: bool,
     /// Leaving on purpose: foca's "defunct" that follows is expected.
     leaving: bool,
-    /// Rejoined under a new generation and not spoken to since (foca's `Active`): see `announce_rejoin`.
+    /// Rejoined under a new generation and not spoken to since: see `announce_rejoin`.
     rejoining: bool,
+    /// Neither reading nor sending: a successor has the socket (see `Command::Pause`).
+    paused: bool,
+    /// A member has spoken to this process, under any of its identities: it is a member, and a later
+    /// identity at its address is another process's (see `outranked`).
+    joined: bool,
     /// When this node next repeats what it said (see [`REPEAT_EVERY`]).
     next_repeat: Instant,
     /// Members held down that said this node is down, since when (see `doubted_turn_undead`).
     doubts: HashMap<SocketAddr, Instant>,
+    /// Addresses whose stale sender was last shown the identity held there, when (see
+    /// `show_the_later_identity`).
+    shown: HashMap<SocketAddr, Instant>,
     stats: Arc<GossipStats>,
     wire: Vec<u8>,
     /// Packets to send again, with when.
@@ -176,8 +190,11 @@ impl Node {
             reevaluate: false,
             leaving: false,
             rejoining: false,
+            joined: false,
+            paused: false,
             next_repeat: Instant::now() + REPEAT_EVERY,
             doubts: HashMap::new(),
+            shown: HashMap::new(),
             stats,
             wire: Vec::with_capacity(1500),
             copies: VecDeque::new(),
@@ -195,18 +212,21 @@ impl Node {
         let mut packet = vec![0u8; 65_536];
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         loop {
-            self.flush().await;
+            if !self.paused {
+                self.flush().await;
+            }
             let far = Instant::now() + FAR;
+            let live = !self.paused;
             let next_timer = self.timers.next_deadline().unwrap_or(far);
             let next_seed = self.seeds.next_deadline().unwrap_or(far);
             let next_check = self.recheck.unwrap_or(far);
             let next_copy = self.copies.front().map_or(far, |(at, _, _)| *at);
             tokio::select! {
-                received = self.socket.recv_from(&mut packet) => match received {
+                received = self.socket.recv_from(&mut packet), if live => match received {
                     Ok((n, from)) => self.receive(&mut packet[..n], from),
                     Err(e) => tracing::debug!("gossip recv: {e}"),
                 },
-                _ = sleep_until(next_timer) => {
+                _ = sleep_until(next_timer), if live => {
                     let now = Instant::now();
                     while let Some(timer) = self.timers.pop_due(now) {
                         if let Err(e) = self.foca.handle_timer(timer, &mut self.runtime) {
@@ -214,22 +234,22 @@ impl Node {
                         }
                     }
                 }
-                _ = sleep_until(next_seed) => {
+                _ = sleep_until(next_seed), if live => {
                     let members = &self.members;
                     let now_due = self.seeds.tick(|a| members.contains_key(a));
                     self.announce_to(now_due);
                 }
-                _ = sleep_until(next_copy) => self.send_copies().await,
-                Some(resolved) = self.resolutions.recv() => {
+                _ = sleep_until(next_copy), if live => self.send_copies().await,
+                Some(resolved) = self.resolutions.recv(), if live => {
                     let members = &self.members;
                     let missing = self.seeds.resolved(resolved, |a| members.contains_key(a));
                     self.announce_to(missing);
                 }
-                _ = sleep_until(next_check) => {
+                _ = sleep_until(next_check), if live => {
                     self.recheck = None;
                     self.reevaluate = true;
                 }
-                _ = housekeeping.tick() => self.housekeeping(),
+                _ = housekeeping.tick(), if live => self.housekeeping(),
                 command = commands.recv() => match command {
                     Some(Command::SetState(state)) => {
                         // A drain for leaving stays, whatever else the agent reports (its agent check may drain too).
@@ -245,6 +265,13 @@ impl Node {
                         self.reevaluate = true;
                     }
                     Some(Command::Leave(done)) => return self.leave(Some(done)).await,
+                    Some(Command::Pause(done)) => {
+                        self.paused = true;
+                        tracing::info!("gossip paused: a successor takes the socket over");
+                        let _ = done.send(());
+                    }
+                    Some(Command::Resume) if self.paused => self.resume(),
+                    Some(Command::Resume) => {}
                     None => return self.leave(None).await,
                 },
             }
@@ -252,6 +279,14 @@ impl Node {
     }
 
     async fn leave(mut self, done: Option<oneshot::Sender<()>>) {
+        if self.paused {
+            // The successor speaks for this address now: anything said here would be stale, or taken for it.
+            tracing::info!("left the cluster to the successor");
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            return;
+        }
         self.leaving = true;
         // Say so first, so members report a leave rather than a failure.
         if !self.state.draining {
@@ -272,6 +307,20 @@ impl Node {
         if let Some(done) = done {
             let _ = done.send(());
         }
+    }
+
+    /// Gossips again after a pause whose successor did not take over (it may have announced itself, under a
+    /// later identity at this address, before it failed): as a new identity, past any it can have had.
+    fn resume(&mut self) {
+        self.paused = false;
+        let generation = unix_ms().max(self.me.generation + super::identity::RESTART_LEAP);
+        let next = NodeId { generation, ..self.me.clone() };
+        tracing::info!("gossip resumed as generation {generation}: the successor did not take over");
+        let (changed, _) = self.start_afresh(next);
+        self.table.borrow_mut().changed |= changed;
+        // What arrived while paused was meant for the successor or is stale.
+        let mut drained = [0u8; 1];
+        while self.socket.try_recv_from(&mut drained).is_ok() {}
     }
 
     /// Announces this node to seed addresses that are not live members, the first one also telling it which
@@ -340,25 +389,80 @@ impl Node {
                 Err(why) => return self.refused(why, from),
             },
         };
-        // Read once here for both checks; foca reads it again, as it must.
+        // Read once here for these checks; foca reads it again, as it must.
         let header: Option<foca::Header<NodeId>> = PostcardCodec.decode_header(payload).ok();
-        if header.as_ref().is_some_and(|h| self.doubted_turn_undead(h)) {
-            return;
+        if let Some(h) = &header {
+            if self.outranked(h) || self.doubted_turn_undead(h) {
+                return;
+            }
+            self.show_the_later_identity(h);
         }
         if let Err(e) = self.foca.handle_data(payload, &mut self.runtime) {
             tracing::debug!("gossip from {from}: {e}");
             return;
         }
-        // A rejoin that kept live members leaves foca connected, so foca's `Active` does not come: a member
-        // speaking to the new identity ends it.
-        if self.rejoining {
-            let spoken_to = header.is_some_and(|h| {
-                h.dst == self.me && h.message != foca::Message::TurnUndead && h.message != foca::Message::Announce
-            });
-            if spoken_to {
-                self.rejoining = false;
-                tracing::info!("joined the cluster as {} ({})", self.me.name, self.me.gossip);
-            }
+        // Joined once a member speaks to this identity: foca's `Active` also comes when the one member that
+        // answered refused it (a `TurnUndead`), and does not come after a rejoin that kept live members.
+        let spoken_to = header.is_some_and(|h| {
+            h.dst == self.me && h.message != foca::Message::TurnUndead && h.message != foca::Message::Announce
+        });
+        if spoken_to && (self.rejoining || !self.joined) {
+            self.rejoining = false;
+            self.joined = true;
+            tracing::info!(
+                "joined the cluster as {} ({}), generation {}",
+                self.me.name,
+                self.me.gossip,
+                self.me.generation
+            );
+        }
+    }
+
+    /// The cluster holds a later identity at this node's gossip address than this process's: a restart after
+    /// the wall clock stepped back (NTP, a restored snapshot), so that its generation, from the clock, is
+    /// older than its predecessor's, which every member prefers (and answers with `TurnUndead`, one
+    /// generation at a time). Told so by a packet addressed to that identity, a process that has not joined
+    /// starts afresh past it, by more than a rejoin's step: no member takes it for its predecessor rejoining
+    /// (see `identity::renews`). One that has joined keeps its identity: a later one at its address is another
+    /// process's (the successor, during a binary upgrade).
+    fn outranked(&mut self, header: &foca::Header<NodeId>) -> bool {
+        let held = &header.dst;
+        if self.joined || held.gossip != self.me.gossip || held.generation <= self.me.generation {
+            return false;
+        }
+        let next = NodeId { generation: held.generation + super::identity::RESTART_LEAP, ..self.me.clone() };
+        tracing::warn!(
+            "the cluster holds generation {} at {}, later than this process's {} (did the clock step back?): \
+             joining as generation {}",
+            held.generation,
+            held.gossip,
+            self.me.generation,
+            next.generation
+        );
+        let (changed, _) = self.start_afresh(next);
+        self.table.borrow_mut().changed |= changed;
+        true
+    }
+
+    /// A packet from an identity older than the one held at its address (see `outranked`): foca drops it
+    /// and answers `TurnUndead`, which takes its sender one generation further; an announce addressed to the
+    /// held identity shows the sender how far it must go. At most once a second per address.
+    fn show_the_later_identity(&mut self, header: &foca::Header<NodeId>) {
+        let src = &header.src;
+        let held = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id())
+            .find(|id| id.gossip == src.gossip && id.generation > src.generation);
+        let Some(held) = held.cloned() else { return };
+        let now = Instant::now();
+        if self.shown.get(&held.gossip).is_some_and(|at| now.saturating_duration_since(*at) < SHOW_EVERY) {
+            return;
+        }
+        self.shown.retain(|_, at| now.saturating_duration_since(*at) < SHOW_EVERY);
+        self.shown.insert(held.gossip, now);
+        if let Err(e) = self.foca.announce(held, &mut self.runtime) {
+            tracing::debug!("announce to a later identity: {e}");
         }
     }
 
@@ -493,12 +597,6 @@ impl Node {
             }
         }
         let changed = self.members != before;
-        self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            "the cluster declared this node down (a partition, a paused process or lost packets): rejoined as \
-             generation {}",
-            identity.generation
-        );
         self.me = identity;
         self.broadcast_state();
         if let Some(pending) = &mut self.drain {
@@ -723,7 +821,15 @@ impl Node {
                 (true, found)
             }
             OwnedNotification::Rename(old, new) => self.renamed(old, new),
-            OwnedNotification::Rejoin(new) => self.start_afresh(new),
+            OwnedNotification::Rejoin(new) => {
+                self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "the cluster declared this node down (a partition, a paused process or lost packets): \
+                     rejoined as generation {}",
+                    new.generation
+                );
+                self.start_afresh(new)
+            }
             OwnedNotification::ProbeFailed(_, id) => {
                 if self.members.get(&id.gossip) == Some(&id) {
                     tracing::debug!("probe of {} {} failed", id.name, id.gossip);
@@ -731,11 +837,8 @@ impl Node {
                 }
                 (false, false)
             }
-            OwnedNotification::Active => {
-                self.rejoining = false;
-                tracing::info!("joined the cluster as {} ({})", self.me.name, self.me.gossip);
-                (false, false)
-            }
+            // Logged once a member speaks to this identity (see `receive`).
+            OwnedNotification::Active => (false, false),
             OwnedNotification::Idle if !self.leaving => {
                 tracing::info!("no other live members");
                 (false, false)

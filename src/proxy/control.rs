@@ -47,6 +47,8 @@ pub struct Control {
     pub reload: Reload,
     pub config_changed: watch::Sender<u64>,
     pub signals: ControlSignals,
+    /// This process's gossip, paused while a successor starts with its socket.
+    pub gossip: crate::cluster::Pauser,
 }
 
 impl Control {
@@ -168,6 +170,11 @@ impl Control {
             let publisher = self.publisher.lock();
             (publisher.routable_members(), publisher.overrides())
         };
+        // One reader per socket: datagrams meant for the successor must not be taken here.
+        if !self.gossip.pause(Duration::from_secs(1)) {
+            tracing::error!("upgrade failed, this process keeps serving: its gossip did not pause");
+            return false;
+        }
         match handover::start_successor(&self.exe, &sockets, &peers, &overrides, UPGRADE_WITHIN) {
             Ok(child) => {
                 tracing::info!(
@@ -186,6 +193,7 @@ impl Control {
             }
             Err(why) => {
                 tracing::error!("upgrade failed, this process keeps serving: {why}");
+                self.gossip.resume();
                 false
             }
         }

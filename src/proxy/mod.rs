@@ -286,8 +286,9 @@ pub fn run(
     handover::report_ready();
     let pid_file = control::PidFile::write(pid_file);
 
+    let gossip = cluster.pauser();
     let mut control =
-        control::Control { shared, publisher, groups, commands, handed, exe, reload, config_changed, signals };
+        control::Control { shared, publisher, groups, commands, handed, exe, reload, config_changed, signals, gossip };
     control.serve();
     drop(control);
     let _ = stop_tx.send(true);

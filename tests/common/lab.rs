@@ -261,6 +261,14 @@ impl Host {
         })
     }
 
+    /// Gives this host address `to` (in the lab's /24) instead of its own: another host's, for a machine restored
+    /// in its place. Cut one of the two while the other is plugged in.
+    pub fn readdress(&mut self, to: &str) {
+        ip(&["-n", &self.ns, "addr", "del", &format!("{}/24", self.ip), "dev", "eth0"]);
+        ip(&["-n", &self.ns, "addr", "add", &format!("{to}/24"), "dev", "eth0"]);
+        self.ip = to.to_string();
+    }
+
     pub fn addr(&self, port: u16) -> SocketAddr {
         format!("{}:{port}", self.ip).parse().unwrap()
     }
