@@ -6,6 +6,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{open_descriptors, wait_until, Backend, Process, Proxy, Wire, WAIT};
@@ -227,6 +229,41 @@ fn an_early_answer_reaches_the_client_although_the_body_was_never_read() {
     }
 }
 
+/// A server that answers an upload early (keeping its connection alive) waits for the rest of the body, a
+/// worker of its held: the proxy, which will not send the rest, closes that connection at once. It held it
+/// until the client's lingering close was over (up to 2 s more, while the client still sent).
+#[test]
+fn an_early_answer_frees_the_servers_connection_before_the_clients_lingering_close() {
+    let server_saw_the_close = Arc::new(AtomicBool::new(false));
+    let saw = server_saw_the_close.clone();
+    let backend = Backend::raw(move |stream, _| {
+        let mut w = Wire::new(stream);
+        if w.read_head().is_some() {
+            w.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!");
+            // Whatever of the body comes, until the proxy closes.
+            let mut sink = [0u8; 65536];
+            while (&w.stream).read(&mut sink).is_ok_and(|n| n > 0) {}
+            saw.store(true, Ordering::SeqCst);
+        }
+    });
+    let proxy = Proxy::start(&["--backend", &backend.arg(), "--timeout-client", "30s"]);
+    let mut client = Wire::connect(proxy.addr);
+    client.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n");
+    client.send(&[b'x'; 4096]);
+    assert_eq!(client.read_response(false).unwrap().status(), 413);
+    // The client goes on sending, as one that reads its answer late does; the proxy drains it meanwhile.
+    let started = Instant::now();
+    while !server_saw_the_close.load(Ordering::SeqCst) {
+        assert!(started.elapsed() < WAIT, "the server's connection was never closed");
+        client.stream.write_all(&[b'x'; 1024]).expect("the proxy still drains the client");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..10 {
+        client.stream.write_all(&[b'x'; 1024]).expect("the server's connection closed before the client's");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A python3 child holding `n` connections to `addr` (non-blocking connects: those beyond what the listener
 /// accepts wait in its queue or in SYN_SENT), each sent `payload` when it could take it, none ever read.
 /// They all close when the guard drops.
@@ -356,7 +393,8 @@ fn silent_sessions(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 fn quietest_closed(silent: Vec<TcpStream>) {
     let mut byte = [0u8; 1];
     silent[0].set_read_timeout(Some(WAIT)).unwrap();
-    assert!(matches!((&silent[0]).read(&mut byte), Ok(0) | Err(_)), "the quietest session was closed");
+    let read = (&silent[0]).read(&mut byte);
+    assert!(common::closed(&read), "the quietest session was closed: {read:?}");
     for s in &silent[1..] {
         s.set_nonblocking(true).unwrap();
         let e = (&*s).read(&mut byte).expect_err("the other sessions are still open");
@@ -954,11 +992,11 @@ fn clients_that_vanish_mid_request_or_mid_response_poison_nothing() {
         let r = common::request(proxy.addr, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
         assert_eq!(r.body_str(), "3 bytes", "round {round}");
     }
-    // Both cut exchanges are logged: a request cut by its client (CD) and a response cut by its client (CD,
-    // with the bytes delivered).
+    // Both cut exchanges are logged: a request cut by its client (CD, no status: HAProxy's -1) and a response
+    // cut by its client (CD, with the bytes delivered).
     let cut_download = proxy.log_line("GET /big");
     let lines = proxy.stdout.all();
-    assert!(lines.iter().any(|l| l.contains("/upload") && l.contains(" CD--")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("/upload") && l.contains(" -1 0 - - CD--")), "{lines:?}");
     assert!(cut_download.contains(" CD--"), "{cut_download}");
     descriptors_come_back(proxy.pid(), fds, "clients that vanished");
 }
@@ -1003,4 +1041,22 @@ fn a_flood_past_max_connections_waits_in_the_queue_and_is_served_as_slots_free()
         assert_eq!(body, "fine");
     }
     drop(flood);
+}
+
+/// A client that resets its connection while the server works on its answer: the answer's status is logged
+/// and counted (HAProxy: `200 ... CD--`, hrsp_2xx and cli_abrt), though the head never reached the client.
+#[test]
+fn a_client_gone_before_its_answer_is_logged_with_the_answers_status() {
+    let (backend, release) = Backend::gated("late", "ok");
+    let proxy = Proxy::start(&["--backend", &format!("s1={}", backend.addr), "--threads", "1"]);
+    let client = TcpStream::connect(proxy.addr).unwrap();
+    (&client).write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    wait_until("the request at the server", || backend.requests().len() == 1);
+    socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(client);
+    release.send(()).unwrap();
+    let line = proxy.log_line("GET /slow");
+    assert!(line.contains(" 200 ") && line.contains(" CD--"), "{line}");
+    assert_eq!(proxy.servers_column("s1", "hrsp_2xx"), "1");
+    assert_eq!(proxy.servers_column("s1", "cli_abrt"), "1");
 }

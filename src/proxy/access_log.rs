@@ -65,7 +65,11 @@ pub fn format(r: &Record<'_>, out: &mut Vec<u8>) {
     out.push(b' ');
     numbers(out, &r.timers);
     out.push(b' ');
-    decimal(out, r.status);
+    // No status (the client went away before any answer): HAProxy's -1.
+    match r.status {
+        0 => out.extend_from_slice(b"-1"),
+        status => decimal(out, status),
+    }
     out.push(b' ');
     decimal(out, r.bytes);
     out.extend_from_slice(b" - - ");

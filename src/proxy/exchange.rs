@@ -316,6 +316,10 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 worker.buffers.put(up_buf);
                 if relayed.reuse_upstream && !worker.is_shutting_down() {
                     worker.pool.borrow_mut().checkin(up, worker.clock.now());
+                } else {
+                    // Closed now, not after the client's lingering close: a server waiting for the rest of an
+                    // upload it answered early is told at once, as its slot is given back below.
+                    drop(up);
                 }
                 log_line(worker, client, &plan, &log, relayed.status, relayed.bytes, *b"--");
                 // The server is done with this request: leastconn and maxconn must not count the client's

@@ -390,7 +390,10 @@ async fn relay_response(
         response_status.set(status);
         let now = worker.clock.now();
         head_at.set(Some(now));
-        write_client(cw, &out, &up_buf[..initial], now, t.client).await?;
+        // A client gone before the head reached it is logged with the status it was to get, as HAProxy does.
+        write_client(cw, &out, &up_buf[..initial], now, t.client)
+            .await
+            .map_err(|_| Failure::ClientGone(status, delivered.bytes.get()))?;
         delivered.add(out.len() + initial);
         up_buf.advance(initial);
         if matches!(framer, Framer::Length(0)) {
