@@ -462,7 +462,7 @@ fn generation_of(proxy_host: &Host, name: &str) -> Option<u64> {
 
 /// A web node restored in the place of one that lived after it started (a VM snapshot restored, a clock set
 /// back by NTP): its generation, from its clock, is older than the one the cluster holds at its address, and
-/// every member prefers that one and refuses it, a generation at a time. It joins past its predecessor at the
+/// every member that holds that one refuses it, a generation at a time. It joins past its predecessor at the
 /// first refusal, as a new process (not a renewal of the one it replaces, whose state it does not inherit),
 /// without climbing one rejoin per refusal.
 #[test]
@@ -492,4 +492,27 @@ fn a_node_whose_clock_is_behind_its_predecessors_joins_past_it() {
     assert!(climbed.len() <= 1, "a rejoin per refusal: {} rejoins, the last {:?}", climbed.len(), climbed.last());
     later.log.wait_for("the restored node saying why", |l| l.contains("joining as generation"));
     drop(earlier);
+}
+
+/// The same for a proxy that joins a member: the address it corrects to is its own row's in `/members`, with
+/// its generation, and, having no name of its own, its name as the members list it (both kept the guess).
+#[test]
+fn a_proxy_on_several_networks_lists_and_is_listed_at_the_address_that_reaches_its_seed() {
+    // Host 1's first interface is a decoy no peer can reach; the proxy there binds 0.0.0.0 and joins n2.
+    let lab = Lab::with_decoys(2, &[0]);
+    let key = common::keygen();
+    let (proxy_host, node_host) = (lab.host(0), lab.host(1));
+    let n2 = node(node_host, "n2", &key, node_host.addr(GOSSIP));
+    let (listen, admin, seed) =
+        (proxy_host.addr(HTTP).to_string(), proxy_host.addr(ADMIN).to_string(), node_host.addr(GOSSIP).to_string());
+    let args = ["proxy", "--listen", &listen, "--admin", &admin, "--gossip", "0.0.0.0:7946", "--join", &seed];
+    let (_proxy, log) = proxy_host.shoal(&args, &[("SHOAL_CLUSTER_KEY", &key)]);
+    log.wait_for("the correction", |l| l.contains("advertised as 10.77.0.1:7946 now"));
+    assert_routes(proxy_host, &["n2"]);
+    let up = n2.log.wait_for("the proxy as a member", |l| l.contains("member up: ") && l.contains("(Proxy)"));
+    assert!(up.contains("member up: 10.77.0.1:7946 10.77.0.1:7946 "), "named after the address it corrected to: {up}");
+    let text = proxy_host.get(proxy_host.addr(ADMIN), "/members").unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(rows[0]["address"], "10.77.0.1:7946", "{text}");
+    assert!(rows[0]["generation"].as_u64().is_some_and(|g| g > 0), "{text}");
 }

@@ -487,6 +487,10 @@ impl Membership for ClusterBackends {
         self.0.lock().update(members);
     }
 
+    fn identity(&mut self, me: &NodeId) {
+        self.1.identity(me.gossip, me.generation);
+    }
+
     fn suspected(&mut self, node: &NodeId) {
         if let Some(b) = self.0.lock().known.get(&(node.gossip, node.generation)) {
             b.suspect();

@@ -96,7 +96,7 @@ impl foca::Identity for NodeId {
 
     /// After being declared down, rejoin as a newer generation of the same node.
     fn renew(&self) -> Option<Self> {
-        Some(NodeId { generation: self.generation + 1, ..self.clone() })
+        Some(NodeId { generation: self.generation.saturating_add(1), ..self.clone() })
     }
 
     fn addr(&self) -> SocketAddr {

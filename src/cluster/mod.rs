@@ -37,6 +37,9 @@ pub trait Membership: Send + 'static {
     /// redone elsewhere may as well be.
     fn suspected(&mut self, _node: &NodeId) {}
 
+    /// This node's identity, at the start and whenever it changes (an address corrected, a rejoin).
+    fn identity(&mut self, _me: &NodeId) {}
+
     /// Whether requests to `node` are still in flight here (a proxy acknowledges a drain only once none are).
     fn busy_with(&self, _node: &NodeId) -> bool {
         false

@@ -109,8 +109,7 @@ pub struct Node {
     rejoining: bool,
     /// Neither reading nor sending: a successor has the socket (see `Command::Pause`).
     paused: bool,
-    /// A member has spoken to this process, under any of its identities: it is a member, and a later
-    /// identity at its address is another process's (see `outranked`).
+    /// A member has spoken to this process, under any of its identities (for the log).
     joined: bool,
     /// When this node next repeats what it said (see [`REPEAT_EVERY`]).
     next_repeat: Instant,
@@ -199,6 +198,7 @@ impl Node {
             wire: Vec::with_capacity(1500),
             copies: VecDeque::new(),
         };
+        node.membership.identity(&node.me);
         node.broadcast_state();
         for peer in peers {
             if let Err(e) = node.foca.announce(NodeId::seed(peer), &mut node.runtime) {
@@ -267,10 +267,16 @@ impl Node {
                     Some(Command::Leave(done)) => return self.leave(Some(done)).await,
                     Some(Command::Pause(done)) => {
                         self.paused = true;
+                        // Copies of what went out under this identity: stale by the time the pause ends.
+                        self.copies.clear();
                         tracing::info!("gossip paused: a successor takes the socket over");
                         let _ = done.send(());
                     }
-                    Some(Command::Resume) if self.paused => self.resume(),
+                    Some(Command::Resume) if self.paused => {
+                        self.resume();
+                        // Not the ticks missed while paused, in a burst.
+                        housekeeping.reset();
+                    }
                     Some(Command::Resume) => {}
                     None => return self.leave(None).await,
                 },
@@ -313,7 +319,8 @@ impl Node {
     /// later identity at this address, before it failed): as a new identity, past any it can have had.
     fn resume(&mut self) {
         self.paused = false;
-        let generation = unix_ms().max(self.me.generation + super::identity::RESTART_LEAP);
+        // Past the successor too if it leaped past this process (see `outranked`).
+        let generation = unix_ms().max(self.me.generation.saturating_add(2 * super::identity::RESTART_LEAP));
         let next = NodeId { generation, ..self.me.clone() };
         tracing::info!("gossip resumed as generation {generation}: the successor did not take over");
         let (changed, _) = self.start_afresh(next);
@@ -349,6 +356,11 @@ impl Node {
         }
         let mut id = self.me.clone();
         id.gossip.set_ip(ip);
+        // A name that was the guessed address (no --name) follows it.
+        if id.name == self.me.gossip.to_string() {
+            id.name = id.gossip.to_string();
+            id.name.truncate(super::identity::MAX_NAME);
+        }
         if let (true, Some(service)) = (self.advertise.service_follows, id.service.as_mut()) {
             service.set_ip(ip);
         }
@@ -358,6 +370,7 @@ impl Node {
                 tracing::info!("advertised as {} now: the address this host reaches seed {seed} from", id.gossip);
                 self.seeds.set_me(id.gossip);
                 self.me = id;
+                self.membership.identity(&self.me);
                 self.broadcast_state();
             }
             Err(e) => tracing::warn!("cannot advertise {ip}: {e}"),
@@ -420,17 +433,19 @@ impl Node {
 
     /// The cluster holds a later identity at this node's gossip address than this process's: a restart after
     /// the wall clock stepped back (NTP, a restored snapshot), so that its generation, from the clock, is
-    /// older than its predecessor's, which every member prefers (and answers with `TurnUndead`, one
-    /// generation at a time). Told so by a packet addressed to that identity, a process that has not joined
-    /// starts afresh past it, by more than a rejoin's step: no member takes it for its predecessor rejoining
-    /// (see `identity::renews`). One that has joined keeps its identity: a later one at its address is another
-    /// process's (the successor, during a binary upgrade).
+    /// older than its predecessor's, which every member that holds it prefers (and answers with `TurnUndead`,
+    /// one generation at a time). Told so by a packet addressed to that identity, the node starts afresh past
+    /// it, by more than a rejoin's step: no member takes it for its predecessor rejoining (see
+    /// `identity::renews`). Whether it has joined does not matter: a member that never held the predecessor
+    /// (a proxy started since) accepts it, the others refuse it. No other live process has this address: a
+    /// binary upgrade's predecessor pauses its gossip while its successor starts, and resumes past it.
     fn outranked(&mut self, header: &foca::Header<NodeId>) -> bool {
         let held = &header.dst;
-        if self.joined || held.gossip != self.me.gossip || held.generation <= self.me.generation {
+        if held.gossip != self.me.gossip || held.generation <= self.me.generation {
             return false;
         }
-        let next = NodeId { generation: held.generation + super::identity::RESTART_LEAP, ..self.me.clone() };
+        let leap = held.generation.saturating_add(super::identity::RESTART_LEAP);
+        let next = NodeId { generation: leap, ..self.me.clone() };
         tracing::warn!(
             "the cluster holds generation {} at {}, later than this process's {} (did the clock step back?): \
              joining as generation {}",
@@ -598,6 +613,7 @@ impl Node {
         }
         let changed = self.members != before;
         self.me = identity;
+        self.membership.identity(&self.me);
         self.broadcast_state();
         if let Some(pending) = &mut self.drain {
             pending.version = self.version;

@@ -55,18 +55,42 @@ impl Default for Roster {
 }
 
 impl Roster {
-    /// This node's own row.
+    /// This node's own row: its name and role. Its address and generation come from the gossip thread (see
+    /// [`Roster::identity`]), which may have told them first.
     pub fn set_this(&self, name: &str, address: std::net::SocketAddr, role: Role) {
-        *self.this.lock() = Some(Row {
+        let mut this = self.this.lock();
+        let (address, generation) = match this.as_ref() {
+            Some(row) => (row.address.clone(), row.generation),
+            None => (address.to_string(), 0),
+        };
+        *this = Some(Row {
             name: name.to_string(),
-            address: address.to_string(),
+            address,
             role: role.as_str().to_string(),
+            service: None,
+            status: "alive".into(),
+            tags: Vec::new(),
+            generation,
+            since_change_s: 0,
+        });
+    }
+
+    /// This node's identity as it gossips now: the address it advertises (corrected from a guess once it
+    /// reaches a seed) and its generation (a new one at each rejoin).
+    pub fn identity(&self, address: std::net::SocketAddr, generation: u64) {
+        let mut this = self.this.lock();
+        let row = this.get_or_insert_with(|| Row {
+            name: String::new(),
+            address: String::new(),
+            role: String::new(),
             service: None,
             status: "alive".into(),
             tags: Vec::new(),
             generation: 0,
             since_change_s: 0,
         });
+        row.address = address.to_string();
+        row.generation = generation;
     }
 
     /// Takes the live members (this node excluded) after a change.
@@ -118,7 +142,8 @@ impl Roster {
         let mut tracked = self.tracked.lock();
         // Members that went away leave after RETENTION even when no membership change comes to prune them.
         tracked.retain(|_, t| t.gone.is_none_or(|g| g.elapsed() < self.retention));
-        let mut rows: Vec<Row> = self.this.lock().iter().cloned().collect();
+        // Not before `set_this` named it.
+        let mut rows: Vec<Row> = self.this.lock().iter().filter(|r| !r.name.is_empty()).cloned().collect();
         let mut others: Vec<Row> =
             tracked.values().map(|t| Row { since_change_s: t.changed.elapsed().as_secs(), ..t.row.clone() }).collect();
         others.sort_by(|a, b| (&a.name, &a.address, a.generation).cmp(&(&b.name, &b.address, b.generation)));

@@ -173,6 +173,8 @@ impl Control {
         // One reader per socket: datagrams meant for the successor must not be taken here.
         if !self.gossip.pause(Duration::from_secs(1)) {
             tracing::error!("upgrade failed, this process keeps serving: its gossip did not pause");
+            // Should the pause come later, it is undone right after.
+            self.gossip.resume();
             return false;
         }
         match handover::start_successor(&self.exe, &sockets, &peers, &overrides, UPGRADE_WITHIN) {
