@@ -84,6 +84,9 @@ fn echo_through_tunnel(flags: &[&str]) {
     common::wait_until("the tunnel counted", || proxy.metric("shoal_frontend_bytes_in_total") > 0);
     assert_eq!(proxy.metric("shoal_frontend_bytes_in_total"), UPGRADE.len() as u64 + tunneled, "{flags:?}");
     assert!(proxy.metric("shoal_frontend_bytes_out_total") >= tunneled + 3, "{flags:?}");
+    // Closed by its peers: no termination flag, no abort (HAProxy's `----`).
+    assert!(proxy.log_line("GET /ws").contains(" 101 ") && proxy.log_line("GET /ws").contains(" ---- "));
+    assert_eq!(proxy.backend_column("cli_abrt"), "0");
 }
 
 #[test]
@@ -105,6 +108,10 @@ fn tunnel_idle_timeout_closes_both_sides() {
     w.send(UPGRADE);
     assert_eq!(w.read_response(true).unwrap().status(), 101);
     assert!(w.is_closed(), "an idle tunnel is closed by the proxy");
+    // As HAProxy 2.6 logs and counts a tunnel its `timeout tunnel` ends: a client timeout in the data phase.
+    let line = proxy.log_line("GET /ws");
+    assert!(line.contains(" 101 ") && line.contains(" cD-- "), "{line}");
+    assert_eq!(proxy.backend_column("cli_abrt"), "1");
 }
 
 #[test]

@@ -298,7 +298,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 continue;
             }
             Ok(relayed) if relayed.upgraded => {
-                let (moved, moved_in) = tunnel::run(
+                let tunneled = tunnel::run(
                     &mut client.stream,
                     &mut client.buf,
                     &mut up.stream,
@@ -307,8 +307,10 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                     tunnel::Splicing { pipes: &worker.pipes, min: config.limits.splice_min },
                 )
                 .await;
-                plan.body_in.set(plan.body_in.get() + moved_in);
-                log_line(worker, client, &plan, &log, 101, relayed.bytes + moved, *b"--");
+                plan.body_in.set(plan.body_in.get() + tunneled.to_server);
+                // Closed by either peer: `--`; idle past --timeout-tunnel: `cD`, a client abort, as HAProxy.
+                let term = if tunneled.idled_out { *b"cD" } else { *b"--" };
+                log_line(worker, client, &plan, &log, 101, relayed.bytes + tunneled.to_client, term);
                 return false;
             }
             Ok(relayed) => {

@@ -1,6 +1,6 @@
 //! Byte tunnel after a 101 Switching Protocols: both directions copied, each half-closed on its own EOF, the
-//! whole tunnel ended after `idle` without traffic either way. Returns the bytes sent to the client and to the
-//! server.
+//! whole tunnel ended after `idle` without traffic either way. Returns the bytes sent each way and whether
+//! the idle timeout ended it.
 //!
 //! A direction that has carried `splice_min` bytes (when that is not 0) switches from copying through its
 //! buffer to splice(2): a tunnel that turns out to be bulk traffic stops paying for two copies per byte.
@@ -22,6 +22,14 @@ pub struct Splicing<'a> {
     pub min: u64,
 }
 
+/// What a tunnel moved, and how it ended.
+pub struct Tunneled {
+    pub to_client: u64,
+    pub to_server: u64,
+    /// Ended by `--timeout-tunnel`, not by the peers: HAProxy's `cD` (a client timeout in the data phase).
+    pub idled_out: bool,
+}
+
 pub async fn run<T: Transport>(
     client: &mut T,
     client_buf: &mut BytesMut,
@@ -29,7 +37,7 @@ pub async fn run<T: Transport>(
     server_buf: &mut BytesMut,
     idle: Duration,
     splicing: Splicing<'_>,
-) -> (u64, u64) {
+) -> Tunneled {
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let activity = Activity { last: Cell::new(Instant::now()) };
@@ -50,11 +58,11 @@ pub async fn run<T: Transport>(
             }
         }
     };
-    tokio::select! {
-        _ = pumps => {}
-        _ = watchdog => {}
-    }
-    (to_client.get(), to_server.get())
+    let idled_out = tokio::select! {
+        _ = pumps => false,
+        _ = watchdog => true,
+    };
+    Tunneled { to_client: to_client.get(), to_server: to_server.get(), idled_out }
 }
 
 /// When either direction last moved bytes.
