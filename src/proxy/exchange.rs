@@ -567,6 +567,10 @@ fn log_line<T: Transport>(
     // The last attempt's server, connected or not: a connect failure or a queue timeout names it, as HAProxy's.
     let name = log.last_server().map(|b| b.name());
     let server = name.as_deref().map(String::as_str);
+    // `%bc` and `%sc` leave this exchange out, as HAProxy's do (2.6, measured: a lone request logs `0/0`): it
+    // logs once the stream has let its server go, and this exchange still holds its slot here.
+    let itself = usize::from(log.server.is_some());
+    let server_conns = log.last_server().map_or(0, |b| b.in_flight()).saturating_sub(itself);
     worker.log(|out| {
         access_log::format(
             &Record {
@@ -581,8 +585,8 @@ fn log_line<T: Transport>(
                 termination: term,
                 active: worker.active_connections(),
                 frontend_conns: worker.frontend_connections(T::TLS),
-                backend_conns: worker.backend_sessions(),
-                server_conns: log.last_server().map_or(0, |b| b.in_flight()),
+                backend_conns: worker.backend_sessions().saturating_sub(itself),
+                server_conns,
                 retries: log.retries,
                 redispatched: log.redispatched,
                 server_queue: log.queue_position,
