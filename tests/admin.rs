@@ -341,6 +341,40 @@ fn a_response_cut_mid_body_counts_its_status_and_a_server_error() {
     assert_eq!(num(&rows["shoal/FRONTEND"], "hrsp_2xx"), 1);
 }
 
+/// A server's `req_tot` and `hrsp_*` count the answers it gave. The proxy's own 502, to a server that closed
+/// without one, and an exchange with no answer at all (a client gone mid-upload: HAProxy's -1, `hrsp_other`)
+/// are the backend's and the frontend's, as HAProxy 2.6 counts them (measured beside it: s1 `hrsp_5xx` 0,
+/// BACKEND 1). The server counted the 502 before, and nobody counted the -1.
+#[test]
+fn a_servers_rows_count_its_own_answers_and_the_proxys_are_the_backends() {
+    let silent = Backend::raw(|stream, _| {
+        let mut w = common::Wire::new(stream);
+        // Reads the head, then closes without an answer (or, for an upload, waits for the client to go).
+        if let Some(head) = w.read_head() {
+            if String::from_utf8_lossy(&head).starts_with("POST") {
+                let _ = w.stream.read(&mut [0u8; 16]);
+                std::thread::park_timeout(WAIT);
+            }
+        }
+    });
+    let proxy = proxy_with(1, &[("s1", silent.addr)]);
+    let mut w = common::Wire::connect(proxy.addr);
+    w.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc");
+    drop(w);
+    let mut w = common::Wire::connect(proxy.addr);
+    w.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(w.read_response(false).unwrap().status(), 502);
+    let rows = csv_after(&proxy, 2);
+    let (s1, be, fe) = (&rows["nodes/s1"], &rows["nodes/BACKEND"], &rows["shoal/FRONTEND"]);
+    assert_eq!(
+        (num(s1, "hrsp_5xx"), num(s1, "hrsp_other"), num(s1, "req_tot"), num(s1, "stot")),
+        (0, 0, 0, 2),
+        "{s1:?}"
+    );
+    assert_eq!((num(be, "hrsp_5xx"), num(be, "hrsp_other"), num(be, "req_tot")), (1, 1, 2), "{be:?}");
+    assert_eq!((num(fe, "hrsp_5xx"), num(fe, "hrsp_other")), (1, 1), "{fe:?}");
+}
+
 /// The columns a row of `csv` fills, by the kind of row (FRONTEND, BACKEND or server) of proxy `pxname`
 /// (frontend rows) and `backend` (the others).
 fn filled_by_kind(csv: &str, frontend: &str, backend: &str) -> HashMap<&'static str, BTreeSet<String>> {

@@ -49,12 +49,11 @@ impl Slot {
         bump(&self.sessions, 1);
     }
 
-    /// A request answered with `status` (0: no response was sent) and `bytes` sent to the client.
+    /// A request answered with `status` (0: no response was sent, HAProxy's -1, counted as `hrsp_other`) and
+    /// `bytes` sent to the client.
     pub fn response(&self, status: u16, bytes: u64) {
         bump(&self.requests, 1);
-        if status != 0 {
-            bump(&self.responses[class(status)], 1);
-        }
+        bump(&self.responses[class(status)], 1);
         bump(&self.bytes_out, bytes);
     }
 
@@ -225,6 +224,6 @@ mod tests {
         c.slot(0).response(0, 0);
         c.slot(3).retry();
         let t = c.sum();
-        assert_eq!((t.requests, t.responses, t.bytes_out, t.retries), (4, [0, 2, 0, 0, 1, 0], 22, 1));
+        assert_eq!((t.requests, t.responses, t.bytes_out, t.retries), (4, [0, 2, 0, 0, 1, 1], 22, 1));
     }
 }

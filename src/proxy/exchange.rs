@@ -527,15 +527,19 @@ fn log_line<T: Transport>(
     let reached = log.server.as_ref().filter(|_| log.reached_server).map(|f| f.backend());
     // A request no server took is still the backend's (its `stot`, `req_tot` and `hrsp_*`, as HAProxy counts
     // every stream routed to a backend), though not a server's session (`lbtot`).
+    let backend_own = worker.shared.backend.slot(worker.id);
     let slot = match reached {
         Some(server) => {
             let slot = server.counters.slot(worker.id);
             slot.session();
             slot
         }
-        None => worker.shared.backend.slot(worker.id),
+        None => backend_own,
     };
-    slot.response(status, bytes);
+    // A server's `req_tot` and `hrsp_*` count the answers it gave; the proxy's own (a 502 or 504 after it
+    // failed, no answer at all) are the backend's, as HAProxy 2.6 counts them.
+    let answered_by = if log.responded.is_some() { slot } else { backend_own };
+    answered_by.response(status, bytes);
     slot.received(bytes_in);
     // HAProxy's cli_abrt and srv_abrt: data transfers cut by either side, or by its timeout.
     match term {
