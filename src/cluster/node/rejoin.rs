@@ -9,7 +9,7 @@ use foca::{AccumulatingRuntime, Codec, Foca, PostcardCodec};
 use tokio::time::Instant;
 
 use super::Node;
-use crate::cluster::identity::{NodeId, RESTART_LEAP};
+use crate::cluster::identity::{NodeId, MAX_NAME, RESTART_LEAP};
 use crate::cluster::state::Handler;
 use crate::cluster::timers::TimerHeap;
 use crate::cluster::unix_ms;
@@ -51,7 +51,7 @@ impl Node {
         // A name that was the guessed address (no --name) follows it.
         if id.name == self.me.gossip.to_string() {
             id.name = id.gossip.to_string();
-            id.name.truncate(crate::cluster::identity::MAX_NAME);
+            id.name.truncate(MAX_NAME);
         }
         if let (true, Some(service)) = (self.advertise.service_follows, id.service.as_mut()) {
             service.set_ip(ip);
