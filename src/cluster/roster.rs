@@ -16,7 +16,7 @@ use super::state::Member;
 pub const RETENTION: Duration = Duration::from_secs(600);
 
 /// One member, as `/members` serves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row {
     pub name: String,
     /// Where it gossips.
@@ -54,41 +54,29 @@ impl Default for Roster {
     }
 }
 
+/// This node's row, blank until `set_this` and `identity` fill it, in either order.
+fn own_row(this: &mut Option<Row>) -> &mut Row {
+    this.get_or_insert_with(|| Row { status: "alive".into(), ..Row::default() })
+}
+
 impl Roster {
     /// This node's own row: its name and role. Its address and generation come from the gossip thread (see
     /// [`Roster::identity`]), which may have told them first.
     pub fn set_this(&self, name: &str, address: std::net::SocketAddr, role: Role) {
         let mut this = self.this.lock();
-        let (address, generation) = match this.as_ref() {
-            Some(row) => (row.address.clone(), row.generation),
-            None => (address.to_string(), 0),
-        };
-        *this = Some(Row {
-            name: name.to_string(),
-            address,
-            role: role.as_str().to_string(),
-            service: None,
-            status: "alive".into(),
-            tags: Vec::new(),
-            generation,
-            since_change_s: 0,
-        });
+        let row = own_row(&mut this);
+        row.name = name.to_string();
+        row.role = role.as_str().to_string();
+        if row.address.is_empty() {
+            row.address = address.to_string();
+        }
     }
 
     /// This node's identity as it gossips now: the address it advertises (corrected from a guess once it
     /// reaches a seed) and its generation (a new one at each rejoin).
     pub fn identity(&self, address: std::net::SocketAddr, generation: u64) {
         let mut this = self.this.lock();
-        let row = this.get_or_insert_with(|| Row {
-            name: String::new(),
-            address: String::new(),
-            role: String::new(),
-            service: None,
-            status: "alive".into(),
-            tags: Vec::new(),
-            generation: 0,
-            since_change_s: 0,
-        });
+        let row = own_row(&mut this);
         row.address = address.to_string();
         row.generation = generation;
     }
