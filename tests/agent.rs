@@ -93,31 +93,71 @@ fn children_of(pid: u32) -> Vec<(u32, char)> {
     out
 }
 
-#[test]
-fn as_pid_1_the_agent_reaps_what_its_app_leaves_behind() {
-    // In a PID namespace of its own (as in a container, where the image runs it as PID 1), the app leaves a
-    // process behind that outlives it briefly: adopted by the agent, it must not stay a zombie.
-    let app = Backend::echo_path();
-    let proxy = Proxy::start(&[]);
-    let (service, seed) = (app.arg(), proxy.gossip());
+/// An agent in a PID namespace of its own, as in a container whose image runs it as PID 1; the process is
+/// `unshare`, which exits with the agent's status; the agent's host pid comes third.
+fn agent_as_pid_1(proxy: &Proxy, service: &Backend, args: &[&str], app: &str) -> (common::Process, common::Lines, u32) {
     let mut unshare = std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_shoal"), "agent", "--service", &service])
-        .args(["--join", &seed, "--gossip", "127.0.0.1:0", "--", "sh", "-c"])
-        .arg("(sleep 1 &); echo ready >&2; exec sleep 1000")
+        .args(["--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_shoal"), "agent", "--service", &service.arg()])
+        .args(["--join", &proxy.gossip(), "--gossip", "127.0.0.1:0"])
+        .args(args)
+        .args(["--", "sh", "-c", app])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("unshare (util-linux), as root");
     let stderr = common::Lines::default();
     stderr.clone().collect_from(unshare.stderr.take().unwrap());
-    let _unshare = common::Process(unshare);
+    let unshare = common::Process(unshare);
+    let mut agent = None;
+    common::wait_until("the agent, unshare's child", || {
+        agent = children_of(unshare.0.id()).first().map(|c| c.0);
+        agent.is_some()
+    });
+    (unshare, stderr, agent.expect("waited"))
+}
+
+#[test]
+fn as_pid_1_the_agent_reaps_what_its_app_leaves_behind() {
+    // The app leaves a process behind that outlives it briefly: adopted by the agent, it must not stay a
+    // zombie.
+    let (app, proxy) = (Backend::echo_path(), Proxy::start(&[]));
+    let (_unshare, stderr, agent) = agent_as_pid_1(&proxy, &app, &[], "(sleep 1 &); echo ready >&2; exec sleep 1000");
     stderr.wait_for("the app running", |l| l == "ready");
-    let agent = children_of(_unshare.0.id()).first().expect("the agent, unshare's child").0;
     common::wait_until("the left-behind process adopted by the agent", || children_of(agent).len() == 2);
     common::wait_until("it exited and was reaped: only the app left", || {
         let children = children_of(agent);
         children.len() == 1 && children.iter().all(|(_, state)| *state != 'Z')
     });
+}
+
+#[test]
+fn as_pid_1_the_agent_stops_once_its_app_and_what_it_started_have_ended() {
+    // `sh -c 'sleep ...; true'`: the stop's SIGTERM ends the shell and its sleep; the sleep, re-parented to
+    // the agent, stayed an unreaped zombie, still a member of the app's process group, so the group looked
+    // alive and the stop waited out its whole 30 s grace, then "killed" it.
+    let (app, proxy) = (Backend::echo_path(), Proxy::start(&[]));
+    let (mut unshare, stderr, agent) =
+        agent_as_pid_1(&proxy, &app, &["--stop-timeout", "30s"], "echo ready >&2; sleep 1000; true");
+    stderr.wait_for("the app running", |l| l == "ready");
+    // SAFETY: kill(2) on the agent, a process of this test's.
+    unsafe { libc::kill(agent as i32, libc::SIGTERM) };
+    let status = unshare.wait_exit();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "the app's status, as a shell reports it");
+    stderr.wait_closed("the agent's output");
+    assert!(!stderr.all().iter().any(|l| l.contains("did not stop within")), "{:?}", stderr.all());
+}
+
+#[test]
+fn as_pid_1_sigquit_stops_the_agent_gracefully() {
+    // An image whose STOPSIGNAL is SIGQUIT (nginx's): a PID 1 without a handler ignores it, so Docker waited
+    // out its grace and SIGKILLed the container, the node never drained.
+    let (app, proxy) = (Backend::echo_path(), Proxy::start(&[]));
+    let (mut unshare, stderr, agent) = agent_as_pid_1(&proxy, &app, &[], "echo ready >&2; exec sleep 1000");
+    stderr.wait_for("the app running", |l| l == "ready");
+    // SAFETY: kill(2) on the agent, a process of this test's.
+    unsafe { libc::kill(agent as i32, libc::SIGQUIT) };
+    unshare.wait_exit();
+    assert!(stderr.all().iter().any(|l| l.contains("left the cluster")), "{:?}", stderr.all());
 }
 
 #[test]
@@ -304,5 +344,26 @@ fn without_a_health_check_a_node_is_routed_once_its_app_accepts_connections() {
     assert_eq!(status, "DOWN", "not routed while its app does not listen yet");
     proxy.wait_server("late", "UP once the app listens", |status, _| status == "UP");
     assert!(agent.stderr.all().iter().any(|l| l.contains("accepts connections: ready")));
+    assert_eq!(common::get(proxy.addr, "/").status(), 200);
+}
+
+#[test]
+fn with_a_health_check_a_crashed_app_is_out_at_once_and_back_after_its_first_pass() {
+    // With `--check-path`, the node stayed UP after its app died until `--fall` checks had failed (30 s
+    // here, 6 s at the defaults), though the agent saw the exit at once.
+    let proxy = Proxy::start(&[]);
+    let service = common::free_port();
+    let app =
+        format!("echo app-pid=$$ >&2; exec {} webapp --listen {service} --name crashy", env!("CARGO_BIN_EXE_shoal"));
+    let args = ["--name", "crashy", "--check-path", "/", "--check-interval", "1s", "--fall", "30", "--", "sh", "-c"];
+    let agent = Agent::start(&service.to_string(), &proxy.gossip(), &[&args[..], &[app.as_str()]].concat());
+    proxy.wait_server("crashy", "UP once its check passes", |status, _| status == "UP");
+    let pid: i32 =
+        agent.stderr.wait_for("the app's pid", |l| l.starts_with("app-pid="))["app-pid=".len()..].parse().unwrap();
+    // SAFETY: kill(2) on the app, a process of this test's agent.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    proxy.wait_server("crashy", "DOWN when its app died", |status, _| status == "DOWN");
+    agent.stderr.wait_for("said", |l| l.contains("is down with its app"));
+    proxy.wait_server("crashy", "UP again after the restart's first pass", |status, _| status == "UP");
     assert_eq!(common::get(proxy.addr, "/").status(), 200);
 }

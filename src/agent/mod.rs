@@ -33,6 +33,9 @@ impl Membership for Quiet {
 /// the default action and kill the agent (and, through PR_SET_PDEATHSIG, its app).
 struct Signals {
     stop: StopSignals,
+    /// SIGQUIT stops the agent as SIGTERM does: an image whose `STOPSIGNAL` is SIGQUIT (nginx's) is stopped
+    /// gracefully, rather than ignored by a PID 1 without a handler until Docker's SIGKILL.
+    quit: Signal,
     hup: Signal,
     usr1: Signal,
     usr2: Signal,
@@ -42,6 +45,7 @@ impl Signals {
     fn install() -> std::io::Result<Signals> {
         Ok(Signals {
             stop: StopSignals::install()?,
+            quit: signal(SignalKind::quit())?,
             hup: signal(SignalKind::hangup())?,
             usr1: signal(SignalKind::user_defined1())?,
             usr2: signal(SignalKind::user_defined2())?,
@@ -94,6 +98,7 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
         loop {
             tokio::select! {
                 _ = signals.stop.recv() => break,
+                _ = signals.quit.recv() => break,
                 _ = signals.hup.recv() => forward(&child, libc::SIGHUP),
                 _ = signals.usr1.recv() => forward(&child, libc::SIGUSR1),
                 _ = signals.usr2.recv() => forward(&child, libc::SIGUSR2),
@@ -103,8 +108,18 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
                             Event::Exited(status) => c.exited_with(status),
                             Event::Due => c.restart(),
                         }
-                        if follow_app && c.pid().is_none() && said.ready {
-                            said.ready = false;
+                        let before = said.state(&config);
+                        if c.pid().is_none() {
+                            // The app is down: out of rotation now, not when the checks notice (`fall` intervals
+                            // later); with a health check, back after its first pass once the app runs again.
+                            said.ready &= !follow_app;
+                            if let (Some(check), Some(v)) = (&config.check, verdicts.as_mut()) {
+                                *v = Verdicts::new(check.rise, check.fall);
+                                said.healthy = false;
+                            }
+                        }
+                        if said.state(&config) != before {
+                            tracing::info!("service {} is down with its app: out of rotation", config.service);
                             node.set_state(said.state(&config));
                         }
                     }
@@ -150,6 +165,9 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
                     let changed = match checked {
                         Checked::Health(result) => {
                             checking = false;
+                            // Begun while the app ran, or answered by something else on its port: not this run's.
+                            let stopped = child.as_ref().is_some_and(|c| c.pid().is_none());
+                            let result = if stopped { Err("the app is not running".into()) } else { result };
                             let verdicts = verdicts.as_mut().expect("with check");
                             verdict(&config, result, verdicts).map(|healthy| said.healthy = healthy).is_some()
                         }

@@ -64,12 +64,35 @@ fn children() -> Vec<u32> {
     pids
 }
 
-/// The state letter of `/proc/PID/stat` (after the command name, which may hold spaces and parentheses).
+/// Reaps this process's zombie children of process group `group`; returns how many. As PID 1, what an app's
+/// group leaves behind when it stops is re-parented here, and a zombie is still a member of its group: until
+/// it is reaped, the group looks alive to `kill(-group, 0)` and the stop waited out its whole grace.
+pub fn reap_group(group: u32) -> usize {
+    let mut reaped = 0;
+    for pid in children() {
+        if state_and_group(pid) == Some(('Z', group)) {
+            let mut status = 0;
+            // SAFETY: waitpid on one of our own children, without blocking.
+            if unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) } == pid as i32 {
+                reaped += 1;
+            }
+        }
+    }
+    reaped
+}
+
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
+    state_and_group(pid).is_some_and(|(state, _)| state == 'Z')
+}
+
+/// The state letter and the process group of `/proc/PID/stat` (after the command name, which may hold spaces
+/// and parentheses: `state ppid pgrp ...`).
+fn state_and_group(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
 }
 
 #[cfg(test)]

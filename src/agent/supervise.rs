@@ -179,8 +179,15 @@ impl Supervisor {
                 // The rest of the group got the SIGTERM too: what outlives the leader has what is left of the
                 // grace, then SIGKILL (a background child ignoring SIGTERM outlived the agent).
                 self.remnants = leader;
-                while self.remnants.is_some_and(crate::signals::remnants_alive) && Instant::now() < asked + grace {
+                let alive = |leader: u32| {
+                    super::orphans::reap_group(leader);
+                    crate::signals::remnants_alive(leader)
+                };
+                while self.remnants.is_some_and(alive) && Instant::now() < asked + grace {
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if self.remnants.is_some_and(alive) {
+                    tracing::warn!("what the app started did not stop within {grace:?}: killing it");
                 }
                 self.kill_remnants(libc::SIGKILL);
                 Some(status)

@@ -807,7 +807,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Polls `done` until it holds (failing after `WAIT`); returns how long that took.
-pub fn wait_until(what: &str, done: impl Fn() -> bool) -> Duration {
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
