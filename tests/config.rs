@@ -109,14 +109,12 @@ fn a_cluster_key_file_flag_beats_the_key_in_the_environment() {
 /// exited, failing if it exits 0 or is still running after `WAIT`.
 fn agent_refused(args: &[&str]) -> String {
     let base = ["agent", "--service", "127.0.0.1:9", "--gossip", "127.0.0.1:0", "--check-path", "/"];
-    let mut child = shoal()
-        .args(base)
-        .args(args)
-        .args(["--", "true"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    refused(shoal().args(base).args(args).args(["--", "true"]), args)
+}
+
+/// Runs `cmd` and returns its stderr once it has exited, failing if it exits 0 or still runs after `WAIT`.
+fn refused(cmd: &mut std::process::Command, args: &[&str]) -> String {
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let started = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > common::WAIT {
@@ -159,6 +157,14 @@ fn values_that_would_fail_quietly_later_are_refused_by_name() {
     assert!(!ok && err.contains(":1: field `backend-check-interval`"), "{err}");
     let (ok, _, err) = check(&["--backend-rise", "0"], &[]);
     assert!(!ok && err.contains("`backend-rise`"), "{err}");
+    let (ok, _, err) = check(&["--backend-check-interval", "0"], &[]);
+    assert!(!ok && err.contains("`backend-check-interval`: must be more than 0"), "accepted while no path: {err}");
+    // An empty variable is a value to clap: `sh -c ""` ran on every event.
+    let (ok, _, err) = check(&[], &[("SHOAL_ON_EVENT", "")]);
+    assert!(!ok && err.contains("`on-event`: empty command"), "{err}");
+    // `SHOAL_JOIN="a:1, b:2"`: " b:2" passed the check and never resolved.
+    let (ok, out, err) = check(&[], &[("SHOAL_JOIN", "127.0.0.1:7001, 127.0.0.1:7002")]);
+    assert!(ok && out.contains("--join 127.0.0.1:7001\n--join 127.0.0.1:7002\n"), "{err}{out}");
     // Each thread accepts on its own listener: three connections cannot be shared by four.
     let (ok, _, err) = check(&["--threads", "4", "--max-connections", "3"], &[]);
     assert!(!ok && err.contains("`max-connections`: 3 is fewer than the 4 threads"), "{err}");
@@ -175,6 +181,16 @@ fn values_that_would_fail_quietly_later_are_refused_by_name() {
 
     let err = agent_refused(&["--name", &"n".repeat(40)]);
     assert!(err.contains("`name`: ") && err.contains("at most 32"), "{err}");
+    // `set server nodes/web 1 ...` cannot name it: the runtime API splits on spaces.
+    for name in ["web 1", "web/1"] {
+        let err = agent_refused(&["--name", name]);
+        assert!(err.contains("`name`: invalid server name"), "{name}: {err}");
+    }
+    let err = agent_refused(&["--agent-check", " "]);
+    assert!(err.contains("`agent-check`: empty"), "{err}");
+    let out = shoal().args(["members", "--status", "alvie"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(2) && err.contains("alvie") && err.contains("alive"), "{err}");
     let err = agent_refused(&["--check-path", "/health check"]);
     assert!(err.contains("--check-path"), "{err}");
     let err = agent_refused(&["--check-method", "get"]);
@@ -203,6 +219,27 @@ fn env_configures_a_running_proxy() {
     let backend = Backend::echo_path();
     let proxy = Proxy::start_with(&[], &[("SHOAL_BACKEND", &backend.arg()), ("SHOAL_ACCESS_LOG", "off")]);
     assert_eq!(common::get(proxy.addr, "/env").body_str(), "/env");
+}
+
+/// As HAProxy: a pid file that cannot be written refuses the start (it logged, served on, and a service
+/// manager waiting on the file never saw it).
+#[test]
+fn a_pid_file_that_cannot_be_written_fails_the_start() {
+    let args = ["proxy", "--listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let pid_file = ["--runtime-api", "off", "--pid-file", "/nonexistent/shoal.pid"];
+    let err = refused(shoal().args(args).args(pid_file), &pid_file);
+    assert!(err.contains("`pid-file`: cannot write /nonexistent/shoal.pid"), "{err}");
+}
+
+/// The runtime API asks no password and changes routing: beyond loopback, said at start.
+#[test]
+fn a_runtime_api_beyond_loopback_is_warned_about() {
+    let open = Proxy::start(&["--runtime-api", "0.0.0.0:0"]);
+    open.stderr
+        .wait_for("the warning", |l| l.contains("the runtime API on 0.0.0.0:") && l.contains("asks no password"));
+    let quiet = Proxy::start(&[]);
+    quiet.runtime_api();
+    assert!(!quiet.stderr.all().iter().any(|l| l.contains("asks no password")), "{:?}", quiet.stderr.all());
 }
 
 #[test]

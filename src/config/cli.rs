@@ -52,8 +52,8 @@ pub struct MembersArgs {
     /// The admin side's USER:PASS, when it asks for one.
     #[arg(long, env = "SHOAL_ADMIN_AUTH", value_name = "USER:PASS", hide_env_values = true)]
     pub admin_auth: Option<String>,
-    /// Only members with this status (alive, joining, unhealthy, draining, maint, left, failed).
-    #[arg(long)]
+    /// Only members with this status.
+    #[arg(long, value_parser = ["alive", "joining", "unhealthy", "draining", "maint", "left", "failed"])]
     pub status: Option<String>,
     /// Only members with this tag, `K=V` (repeatable: all must match).
     #[arg(long = "tag", value_name = "K=V")]

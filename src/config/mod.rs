@@ -190,11 +190,15 @@ fn cluster_config(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<Clus
                 s.get("advertise", &f.advertise, |v| v.parse().map_err(|_| format!("{v:?} is not an IP address")))?
             }
         },
+        // `SHOAL_JOIN="ha:7946, web:7946"`: the space is no part of the host, which would never resolve.
         join: if args.join.is_empty() {
             s.get("join", &f.join, |v| Ok(v.clone()))?.unwrap_or_default()
         } else {
             args.join.clone()
-        },
+        }
+        .iter()
+        .map(|j| j.trim().to_string())
+        .collect(),
         keys: key_source(args, s, f)?,
         insecure: args.gossip_insecure.or(f.gossip_insecure.as_ref().map(|v| *v.get_ref())).unwrap_or(false),
         max_members: in_range(
@@ -286,6 +290,9 @@ fn check_cluster(c: &ClusterConfig) -> Result<(), ConfigError> {
     if c.on_event_timeout.is_zero() {
         return Err(ConfigError::Field { field: "on-event-timeout", message: "must be more than 0".into() });
     }
+    if c.on_event.as_ref().is_some_and(|cmd| cmd.trim().is_empty()) {
+        return Err(ConfigError::Field { field: "on-event", message: "empty command".into() });
+    }
     if let Some(bad) =
         c.join.iter().find(|j| j.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
     {
@@ -334,6 +341,9 @@ impl AgentConfig {
                 return Err(ConfigError::Field { field, message: "must be more than 0".into() });
             }
         }
+        if args.agent_check.as_ref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(ConfigError::Field { field: "agent-check", message: "empty URL or command".into() });
+        }
         Ok(AgentConfig {
             service,
             name: node_name(&args.name)?,
@@ -379,6 +389,7 @@ fn node_name(given: &str) -> Result<String, ConfigError> {
         });
     }
     if !given.is_empty() {
+        value::server_name(given).map_err(|message| ConfigError::Field { field: "name", message })?;
         return Ok(given.to_string());
     }
     let host = crate::host::name().unwrap_or_default();
@@ -510,6 +521,7 @@ impl ProxyConfig {
                     .unwrap_or((200, 399)),
             },
         };
+        let backend_check_interval = check.interval;
         let backend_check = args
             .backend_check_path
             .clone()
@@ -652,7 +664,7 @@ impl ProxyConfig {
             ("timeout-server", config.timeouts.server),
             ("timeout-tunnel", config.timeouts.tunnel),
             ("timeout-handshake", config.timeouts.handshake),
-            ("backend-check-interval", config.backend_check.as_ref().map_or(Duration::MAX, |c| c.interval)),
+            ("backend-check-interval", backend_check_interval),
         ] {
             if t.is_zero() {
                 return Err(ConfigError::Field { field: name, message: "must be more than 0".into() });

@@ -133,11 +133,17 @@ pub fn backend(s: &str) -> Result<BackendSpec, String> {
         return Err(format!("invalid host in {s:?}"));
     }
     if let Some(n) = name {
-        if !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
-            return Err(format!("invalid server name {n:?}: use letters, digits, '-', '_', '.'"));
-        }
+        server_name(n)?;
     }
     Ok(BackendSpec { name: name.unwrap_or(addr).to_string(), host: host.to_string(), port, weight, maxconn, maxqueue })
+}
+
+/// A server's name as `set server nodes/NAME` and the stats name it: no space, `/` or separator of the CSV.
+pub fn server_name(n: &str) -> Result<(), String> {
+    if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+        return Err(format!("invalid server name {n:?}: use letters, digits, '-', '_', '.', ':'"));
+    }
+    Ok(())
 }
 
 /// One or more backends separated by commas (`s1=web1:3000,weight=50,s2=web2:3000`): a word that is one of

@@ -245,13 +245,24 @@ fn keep_what_needs_a_restart(old: &ProxyConfig, mut new: ProxyConfig) -> ProxyCo
 pub struct PidFile(Option<PathBuf>);
 
 impl PidFile {
-    pub fn write(path: Option<PathBuf>) -> PidFile {
+    /// Writes this process's pid, or says why it cannot (the path named).
+    pub fn create(path: Option<PathBuf>) -> std::io::Result<PidFile> {
         if let Some(p) = &path {
-            if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-                tracing::error!("cannot write the pid file {}: {e}", p.display());
+            std::fs::write(p, format!("{}\n", std::process::id()))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", p.display())))?;
+        }
+        Ok(PidFile(path))
+    }
+
+    /// As `create`, a failure logged: a successor that serves already goes on serving.
+    pub fn write(path: Option<PathBuf>) -> PidFile {
+        match PidFile::create(path) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::error!("pid file: {e}");
+                PidFile(None)
             }
         }
-        PidFile(path)
     }
 }
 

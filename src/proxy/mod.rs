@@ -116,6 +116,8 @@ pub enum ProxyError {
     Start(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("`pid-file`: {0}")]
+    PidFile(std::io::Error),
 }
 
 /// Loads the certificates and logs what each serves.
@@ -154,6 +156,13 @@ pub fn run(
     // Read before anything else: a binary upgrade hands the sockets over in the environment.
     let mut inherited = Inherited::from_env();
     let signals = ControlSignals::install().map_err(ProxyError::Start)?;
+    // A first start refuses a pid file it cannot write, as HAProxy does; a successor writes its own once it
+    // serves, its predecessor's naming the process that serves meanwhile.
+    let upgrade = !inherited.is_empty();
+    let first_pid_file = match upgrade {
+        true => None,
+        false => Some(control::PidFile::create(pid_file.clone()).map_err(ProxyError::PidFile)?),
+    };
     // The path as started, not /proc/self/exe: an upgrade runs whatever binary is now at that path.
     let exe = std::env::current_exe().map_err(ProxyError::Start)?;
     let tls = match config.tls_listen.is_empty() {
@@ -186,6 +195,12 @@ pub fn run(
     };
     let admin = bind_control(Kind::Admin, config.admin)?;
     let runtime_api = bind_control(Kind::RuntimeApi, config.runtime_api)?;
+    if let Some(addr) = config.runtime_api.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            "the runtime API on {addr} asks no password and changes routing (set server ... state maint): \
+             whoever reaches this address can take servers out; keep it on loopback or a network only operators reach"
+        );
+    }
     let gossip = inherited.take(Kind::Gossip, &config.cluster.bind.to_string()).pop().map(std::net::UdpSocket::from);
     let peers = std::mem::take(&mut inherited.peers);
     let overrides = std::mem::take(&mut inherited.overrides);
@@ -284,7 +299,7 @@ pub fn run(
         }
     }
     handover::report_ready();
-    let pid_file = control::PidFile::write(pid_file);
+    let pid_file = first_pid_file.unwrap_or_else(|| control::PidFile::write(pid_file));
 
     let gossip = cluster.pauser();
     let mut control =
