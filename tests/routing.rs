@@ -250,6 +250,9 @@ fn source_and_header_hashing_keep_clients_on_their_servers() {
     // A request without the header still gets an answer (round robin).
     let bodies: Vec<String> = (0..8).map(|_| common::get(by_header.addr, "/").body_str()).collect();
     assert!(bodies.iter().collect::<std::collections::HashSet<_>>().len() >= 2, "{bodies:?}");
+    // Nor one whose header has no value (all of them went to the one server an empty key hashes to).
+    let bodies: Vec<String> = (0..8).map(|_| ask("")).collect();
+    assert!(bodies.iter().collect::<std::collections::HashSet<_>>().len() >= 2, "an empty X-User: {bodies:?}");
 }
 
 /// Backends that hold every request until `open` is called, counting arrivals.

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use super::{rank, Backend, BackendSet};
 
-/// Points a server of weight 100 owns; others in proportion (at least one).
-const POINTS_PER_100: u64 = 100;
-/// A server never owns more points than this, whatever its weight.
-const MAX_POINTS: u64 = 4000;
+/// Points per unit of weight, as HAProxy's ring has: servers all of weight 1 (a HAProxy habit) or an agent's
+/// `5%` still own enough points to share the keys evenly, and a leaving server's keys spread over the others.
+const POINTS_PER_WEIGHT: u64 = 16;
+/// A server never owns more points than this: weights above 1024 own as many as 1024.
+const MAX_POINTS: u64 = 16 * 1024;
 
 /// A stable 64-bit hash (FNV-1a, then MurmurHash3's finalizer): the same on every proxy and every version,
 /// unlike the standard library's hasher.
@@ -48,7 +49,7 @@ impl Ring {
     pub fn new(servers: impl Iterator<Item = (usize, u64, u16)>) -> Ring {
         let mut points = Vec::new();
         for (index, identity, weight) in servers {
-            let n = (u64::from(weight) * POINTS_PER_100 / 100).clamp(1, MAX_POINTS);
+            let n = (u64::from(weight) * POINTS_PER_WEIGHT).clamp(1, MAX_POINTS);
             for k in 0..n {
                 points.push((mix(identity ^ mix(k.wrapping_add(1))), index));
             }
@@ -98,13 +99,14 @@ impl Hash {
         if n == 0 {
             return None;
         }
-        // The cap is worked out only for a server that already has a request: every server may carry one.
-        let servers = set.rotation().len().max(1) as u64;
-        let within_cap = |server: &Backend| {
+        // The cap is worked out only for a server that already has a request: every server may carry one. Each
+        // server's share of the slots follows its weight, as in HAProxy's `chash_server_is_eligible`.
+        let total_weight = set.rotation_weight().max(1);
+        let within_cap = |server: &Backend, weight: u16| {
             let load = server.in_flight() as u64;
             // The request about to be sent counts too.
-            let cap = || ((server.pool_in_flight() as u64 + 1) * u64::from(self.factor)).div_ceil(100 * servers);
-            self.factor == 0 || load == 0 || load < cap()
+            let slots = || (server.pool_in_flight() as u64 + 1) * u64::from(self.factor) * u64::from(weight);
+            self.factor == 0 || load == 0 || load < slots().div_ceil(100 * total_weight)
         };
         let start = ring.start(hash);
         let mut fallback: Option<(u8, usize)> = None;
@@ -114,7 +116,7 @@ impl Hash {
             let index = ring.points[if at < n { at } else { at - n }].1;
             let server = &set.servers[index];
             match rank(server, avoid) {
-                Some(0) if within_cap(server) => return Some(server.clone()),
+                Some(0) if within_cap(server, set.weights[index]) => return Some(server.clone()),
                 Some(r) if fallback.is_none_or(|(best, _)| r < best) => fallback = Some((r.max(1), index)),
                 _ => {}
             }
@@ -182,5 +184,37 @@ mod tests {
         assert_eq!(owner(&Hash::new(150), &even, key), "s1", "bounded: the hot key spills to the next server");
         drop(busy);
         assert_eq!(owner(&Hash::new(150), &even, key), "s0", "back once the load is gone");
+
+        // Weighted 3:1, the heavy server may carry 3/4 of 1.25 x the requests (the one to send included): its
+        // keys stay on it with 6 held there (an even split capped it at 4), and spill at 15 (not under
+        // ceil(0.9375 x 16)).
+        let key = (0..100u64).map(|k| key_hash(&k.to_be_bytes())).find(|&k| owner(&h, &weighted, k) == "s0").unwrap();
+        let mut held: Vec<_> = (0..6).map(|_| all[0].clone().enter()).collect();
+        assert_eq!(owner(&Hash::new(125), &weighted, key), "s0", "within its weighted share");
+        held.extend((6..15).map(|_| all[0].clone().enter()));
+        assert_eq!(owner(&Hash::new(125), &weighted, key), "s1", "beyond it");
+        drop(held);
+    }
+
+    #[test]
+    fn small_weights_still_share_the_keys() {
+        // Three servers of weight 1 owned one point each: shares like 55/30/15, and a leaving server's whole
+        // arc went to one neighbour.
+        let all = servers(3);
+        let ones = |up: [bool; 3]| {
+            let states = up.map(|u| if u { ServerState::Up } else { ServerState::Down });
+            BackendSet::new(all.iter().cloned().zip(states).map(|(b, s)| (b, 1, s)).collect())
+        };
+        let (full, two) = (ones([true; 3]), ones([true, false, true]));
+        let h = Hash::new(0);
+        let keys: Vec<u64> = (0..3000u64).map(|k| key_hash(&k.to_be_bytes())).collect();
+        for name in ["s0", "s1", "s2"] {
+            let share = keys.iter().filter(|&&k| owner(&h, &full, k) == name).count() as f64 / 3000.0;
+            assert!((0.2..0.47).contains(&share), "{name} owns {share} of the keys");
+        }
+        let moved: Vec<String> =
+            keys.iter().filter(|&&k| owner(&h, &full, k) == "s1").map(|&k| owner(&h, &two, k)).collect();
+        let to_s0 = moved.iter().filter(|o| *o == "s0").count() as f64 / moved.len() as f64;
+        assert!((0.2..0.8).contains(&to_s0), "s1's keys spread over both others: {to_s0} to s0");
     }
 }

@@ -70,6 +70,8 @@ pub struct BackendSet {
     cycle: Vec<usize>,
     /// The servers in rotation, once each, as indexes into `servers`.
     rotation: Vec<usize>,
+    /// The sum of the weights of the servers in rotation.
+    rotation_weight: u64,
     /// The same servers with what comparing their loads needs, side by side, so leastconn's scan of a large
     /// set reads one array.
     rotating: Vec<Rotating>,
@@ -96,7 +98,8 @@ impl BackendSet {
         let in_rotation: Vec<usize> = (0..servers.len()).filter(|&i| rotation[i] > 0).collect();
         let weights_in_rotation: Vec<u64> = in_rotation.iter().map(|&i| rotation[i]).collect();
         let cycle = smooth_cycle(&weights_in_rotation).into_iter().map(|k| in_rotation[k]).collect();
-        let mut set = BackendSet { cycle, rotation: in_rotation, ..BackendSet::default() };
+        let rotation_weight = weights_in_rotation.iter().sum();
+        let mut set = BackendSet { cycle, rotation: in_rotation, rotation_weight, ..BackendSet::default() };
         for (i, (backend, weight, state)) in servers.into_iter().enumerate() {
             set.cookies.insert(backend.cookie_id(), i);
             set.servers.push(backend);
@@ -168,6 +171,11 @@ impl BackendSet {
     /// The server whose sticky cookie carries `id`, with its state.
     pub fn by_cookie(&self, id: u64) -> Option<(&Arc<Backend>, ServerState)> {
         self.cookies.get(&id).map(|&i| (&self.servers[i], self.states[i]))
+    }
+
+    /// The sum of the weights of the servers in rotation.
+    pub fn rotation_weight(&self) -> u64 {
+        self.rotation_weight
     }
 
     /// The consistent-hash ring of the servers in rotation (built once per snapshot).

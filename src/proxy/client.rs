@@ -228,7 +228,8 @@ fn affinity(req: &Request<'_>, config: &ProxyConfig, client_ip: std::net::IpAddr
             std::net::IpAddr::V6(ip) => key_hash(&ip.octets()),
         }),
         Balance::Uri => Some(key_hash(req.target.split('?').next().unwrap_or("").as_bytes())),
-        Balance::Header(name) => header(name).map(key_hash),
+        // As HAProxy's `hdr(NAME)`: a header absent or without a value goes round robin.
+        Balance::Header(name) => header(name).filter(|v| !v.trim_ascii().is_empty()).map(key_hash),
         _ => None,
     };
     Affinity { cookie, hash }
