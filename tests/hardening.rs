@@ -436,6 +436,25 @@ fn a_malformed_admin_request_is_answered_400_at_once() {
     assert_eq!(r.status(), 400);
 }
 
+/// A HEAD gets the head a GET gets and no body (the body came too: a client reusing the connection would read
+/// it as its next answer).
+#[test]
+fn the_admin_side_answers_head_with_a_head_alone() {
+    let proxy = Proxy::start(&[]);
+    for path in ["/;csv", "/metrics", "/members", "/"] {
+        let mut client = TcpStream::connect(proxy.admin()).unwrap();
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        client.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("the admin side closes after its answer");
+        let text = String::from_utf8_lossy(&got);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
+        let length = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).expect("a Content-Length");
+        assert!(head.starts_with("HTTP/1.1 200") && length.parse::<usize>().unwrap() > 0, "{path}: {head}");
+        assert_eq!(body, "", "{path}: a body after the head of a HEAD");
+    }
+}
+
 #[test]
 fn an_admin_answer_reaches_a_client_still_sending() {
     // A request the admin side does not read to its end (a body it ignores, a head over its 8 KiB), sent

@@ -48,10 +48,10 @@ pub(crate) fn basic_credentials(user_pass: &str) -> String {
 }
 
 async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
-    let (target, credentials) = match tokio::time::timeout(CLIENT_TIMEOUT, read_target(&mut stream)).await {
-        Ok(Head::Request(target, credentials)) => (target, credentials),
+    let (target, credentials, head_only) = match tokio::time::timeout(CLIENT_TIMEOUT, read_target(&mut stream)).await {
+        Ok(Head::Request(target, credentials, head_only)) => (target, credentials, head_only),
         Ok(Head::Malformed) => {
-            return answer(&mut stream, "400 Bad Request", "text/plain", "bad request\n".into(), "").await
+            return answer(&mut stream, "400 Bad Request", "text/plain", String::from("bad request\n").into(), "").await
         }
         Ok(Head::Gone) | Err(_) => return,
     };
@@ -68,15 +68,33 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         let body = "authentication required\n".to_string();
         ("401 Unauthorized", "text/plain; charset=utf-8", body, "WWW-Authenticate: Basic realm=\"shoal\"\r\n")
     };
+    // A HEAD is answered with the head a GET gets, its Content-Length included, and no body.
+    let body = if head_only { Body::HeadOf(body.len()) } else { Body::Whole(body) };
     answer(&mut stream, status, kind, body, extra).await;
+}
+
+/// What follows an answer's head.
+enum Body {
+    Whole(String),
+    /// Nothing: the answer to a HEAD, whose GET would have had a body of this length.
+    HeadOf(usize),
+}
+
+impl From<String> for Body {
+    fn from(body: String) -> Body {
+        Body::Whole(body)
+    }
 }
 
 /// Writes one answer (`extra`: more header lines) and closes, reading what the client still sends (a body
 /// ignored, the rest of a head too large) so that the close is not a reset that can destroy the answer.
-async fn answer(stream: &mut TcpStream, status: &str, kind: &str, body: String, extra: &str) {
+async fn answer(stream: &mut TcpStream, status: &str, kind: &str, body: Body, extra: &str) {
+    let (length, body) = match body {
+        Body::Whole(body) => (body.len(), body),
+        Body::HeadOf(length) => (length, String::new()),
+    };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{extra}Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n{extra}Cache-Control: no-cache\r\nConnection: close\r\n\r\n"
     );
     let _ = tokio::time::timeout(CLIENT_TIMEOUT, async {
         stream.write_all(head.as_bytes()).await?;
@@ -94,7 +112,8 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// What came on an admin connection.
 enum Head {
     /// The request target and the `Authorization` value.
-    Request(String, Option<String>),
+    /// And whether it is a HEAD.
+    Request(String, Option<String>, bool),
     /// A head that is not HTTP/1 (or too large): answered 400.
     Malformed,
     /// The client left, or the read failed, before a whole head.
@@ -109,7 +128,7 @@ async fn read_target(stream: &mut TcpStream) -> Head {
             Ok(Some(req)) => {
                 let auth = req.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("authorization"));
                 let auth = auth.map(|(_, value)| String::from_utf8_lossy(value).trim().to_string());
-                return Head::Request(req.target.to_string(), auth);
+                return Head::Request(req.target.to_string(), auth, req.method == "HEAD");
             }
             Ok(None) => {}
             Err(_) => return Head::Malformed,
@@ -127,19 +146,22 @@ async fn read_target(stream: &mut TcpStream) -> Head {
 fn respond(target: &str, shared: &Shared) -> (&'static str, &'static str, String) {
     let path = target.split(['?', ';']).next().unwrap_or_default();
     let option = |name: &str| target.split(';').skip(1).any(|o| o.starts_with(name));
-    let snapshot = stats::Snapshot::read(shared);
     match path {
         _ if !path.starts_with('/') => (
             "404 Not Found",
             "text/plain; charset=utf-8",
             "not found: the stats are at / (;csv for CSV), /metrics and /members\n".into(),
         ),
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", prometheus::render(&snapshot)),
+        "/metrics" => {
+            let body = prometheus::render(&stats::Snapshot::read(shared));
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+        }
         "/members" => {
             let rows = shared.roster.rows();
             ("200 OK", "application/json", serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()) + "\n")
         }
         _ => {
+            let snapshot = stats::Snapshot::read(shared);
             let filter = csv::Filter::states(option("up"), option("no-maint"));
             if option("csv") {
                 ("200 OK", "text/plain; charset=utf-8", csv::render_filtered(&snapshot, &filter))

@@ -107,10 +107,10 @@ pub fn render(s: &Snapshot) -> String {
     );
     let frontends = std::iter::once(("http", &s.frontend_timings))
         .chain(s.frontend_tls_timings.as_ref().map(|t| ("https", t)))
-        .map(|(name, t)| (format!("frontend=\"{name}\""), t));
+        .map(|(name, t)| (format!("frontend=\"{name}\""), &**t));
     histograms(&mut out, "frontend", &[Phase::Total], frontends.collect());
-    histograms(&mut out, "backend", &PHASES, vec![(String::new(), &s.backend_timings)]);
-    let servers = s.servers.iter().map(|v| (format!("server=\"{}\"", label(&v.name)), &v.timings));
+    histograms(&mut out, "backend", &PHASES, vec![(String::new(), &*s.backend_timings)]);
+    let servers = s.servers.iter().map(|v| (format!("server=\"{}\"", label(&v.name)), &*v.timings));
     histograms(&mut out, "server", &PHASES, servers.collect());
     out
 }
@@ -127,8 +127,8 @@ fn histograms(out: &mut String, scope: &str, phases: &[Phase], sources: Vec<(Str
         for (labels, timings) in &sources {
             let series = timings.get(phase);
             let sep = if labels.is_empty() { "" } else { "," };
-            for le in BUCKETS {
-                let at_most = series.count_at_most((le * 1e6) as u64);
+            let counts = series.counts_at_most(&BUCKETS.map(|le| (le * 1e6) as u64));
+            for (le, at_most) in BUCKETS.iter().zip(counts) {
                 let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {at_most}");
             }
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", series.count());

@@ -1,6 +1,7 @@
 //! One consistent reading of every counter, shared by the CSV, the page and the metrics.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::history::{FrontendRates, Seen};
@@ -44,7 +45,7 @@ pub struct Server {
     /// The id its sticky cookie carries, when sticky sessions are on.
     pub cookie: Option<String>,
     pub totals: Totals,
-    pub timings: Phases,
+    pub timings: Arc<Phases>,
     /// Its rate and state changes, once sampled.
     pub seen: Option<Seen>,
     /// The proxy's last health check of it, its health and how many failed (static servers with checks).
@@ -77,9 +78,9 @@ pub struct Snapshot {
     /// The TLS frontend's, when there are TLS listeners.
     pub frontend_tls: Option<Totals>,
     /// Latencies of the plain frontend, the TLS frontend (when there are TLS listeners) and the backend.
-    pub frontend_timings: Phases,
-    pub frontend_tls_timings: Option<Phases>,
-    pub backend_timings: Phases,
+    pub frontend_timings: Arc<Phases>,
+    pub frontend_tls_timings: Option<Arc<Phases>>,
+    pub backend_timings: Arc<Phases>,
     /// Rates of the plain and TLS frontends; the backend's rate and state changes.
     pub frontend_rates: [FrontendRates; 2],
     pub backend_seen: Option<Seen>,

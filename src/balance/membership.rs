@@ -308,7 +308,7 @@ impl Publisher {
                 let wanted = if i == 0 && !static_holds {
                     name.clone()
                 } else {
-                    server_name(&format!("{name}@{}", m.id.gossip))
+                    format!("{name}@{}", server_name(&m.id.gossip.to_string()))
                 };
                 if let Some(old) = backend.rename(wanted.clone()) {
                     if *old != wanted {
@@ -475,7 +475,9 @@ fn readmit_recovered(old: &BackendSet, new: &[(Arc<Backend>, u16, ServerState)])
 /// A member's name as the stats, the runtime API and the log show it. Names arrive by gossip, so they are
 /// not trusted to keep out of the characters that separate CSV fields, `show servers state` columns or lines.
 fn server_name(announced: &str) -> String {
-    announced.chars().map(|c| if c.is_alphanumeric() || "-_.:@[]".contains(c) { c } else { '_' }).collect()
+    // No `@` either: `NAME@ADDRESS` is the name of a member whose name another one holds, and a member
+    // announcing one must not share it (two rows, two series, one `set server` for both).
+    announced.chars().map(|c| if c.is_alphanumeric() || "-_.:[]".contains(c) { c } else { '_' }).collect()
 }
 
 /// The cluster thread's handle on the publisher, and on the roster the admin side shows.
@@ -624,5 +626,6 @@ mod tests {
     fn announced_names_cannot_break_the_stats_formats() {
         assert_eq!(super::server_name("web-1.local:7946"), "web-1.local:7946");
         assert_eq!(super::server_name("a,b c\nd\"e"), "a_b_c_d_e");
+        assert_eq!(super::server_name("web-1@10.0.0.1:7946"), "web-1_10.0.0.1:7946");
     }
 }
