@@ -113,6 +113,47 @@ fn a_sticky_cookie_keeps_a_session_on_its_node_through_two_proxies_and_moves_onc
     }
 }
 
+/// One refused connect ejects a server for a while. The request that failed on it moves (a new cookie, as
+/// HAProxy's redispatch); the server's other sticky clients are served elsewhere meanwhile but keep their
+/// cookie, and are back on it once it is (each was given a new cookie, moved for good by a failure it never
+/// saw).
+#[test]
+fn a_briefly_ejected_servers_sticky_clients_keep_their_cookie() {
+    // `Connection: close`: no pooled connection outlives s1's listener.
+    let reply = |name: &'static str| {
+        move |_: &Message| {
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{name}").into_bytes()
+        }
+    };
+    let s1 = Backend::http(reply("s1"));
+    let s2 = Backend::http(reply("s2"));
+    let s1_addr = s1.addr;
+    let servers = [format!("s1={s1_addr}"), format!("s2={}", s2.addr)];
+    let proxy = Proxy::start(&["--sticky-cookie", "SRV", "--backend", &servers[0], "--backend", &servers[1]]);
+    let mut cookie = String::new();
+    common::wait_until("an answer from s1 with its cookie", || {
+        let r = common::get(proxy.addr, "/");
+        if let (Some(set), "s1") = (sticky_set(&r, "SRV").first(), r.body_str().as_str()) {
+            cookie = set.split(';').next().unwrap().to_string();
+        }
+        !cookie.is_empty()
+    });
+    let with = |cookie: &str| {
+        let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+        common::request(proxy.addr, raw.as_bytes())
+    };
+    drop(s1);
+    common::wait_until("s1's port refusing", || TcpStream::connect(s1_addr).is_err());
+    let failed = with(&cookie);
+    assert_eq!(failed.body_str(), "s2");
+    assert_eq!(sticky_set(&failed, "SRV").len(), 1, "the request that failed on s1 moves: {failed:?}");
+    // Later requests within the ejection (500 ms, then longer at each failure) are not tried on s1.
+    let kept = (0..20).map(|_| with(&cookie)).find(|r| sticky_set(r, "SRV").is_empty());
+    assert!(kept.is_some_and(|r| r.body_str() == "s2"), "every request re-cookied to s2");
+    let _s1 = Backend::http_on(s1_addr, reply("s1"));
+    common::wait_until("the cookie's holder back on s1 once s1 is", || with(&cookie).body_str() == "s1");
+}
+
 #[test]
 fn the_sticky_cookie_never_reaches_the_app_and_a_stale_one_is_replaced() {
     let s1 = Backend::http(|_| common::ok("s1"));

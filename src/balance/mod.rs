@@ -48,8 +48,10 @@ pub struct Affinity {
 /// A server for a request.
 pub struct Pick {
     pub backend: Arc<Backend>,
-    /// Chosen by the request's sticky cookie: the response needs no new one.
-    pub by_cookie: bool,
+    /// The response needs no new sticky cookie: the request's chose this server, or names one that is only
+    /// ejected for a while after a failed connect elsewhere (its clients go back to it once it is back, rather
+    /// than being moved for good by one failure they did not see; HAProxy moves only the requests that fail).
+    pub keeps_cookie: bool,
 }
 
 /// Settings the algorithms share.
@@ -88,10 +90,13 @@ impl Balancer {
     /// A sticky cookie naming a server that is UP or DRAIN (a draining server keeps its sessions, as with
     /// HAProxy) wins over the algorithm, unless that server failed this request or is ejected.
     pub fn pick(&self, set: &BackendSet, affinity: &Affinity, avoid: &[Arc<Backend>]) -> Option<Pick> {
+        let mut keeps_cookie = false;
         if let Some((server, state)) = affinity.cookie.and_then(|id| set.by_cookie(id)) {
             let usable = matches!(state, ServerState::Up | ServerState::Drain);
-            if usable && rank(server, avoid).is_some_and(|r| r <= 1) {
-                return Some(Pick { backend: server.clone(), by_cookie: true });
+            match rank(server, avoid) {
+                Some(r) if usable && r <= 1 => return Some(Pick { backend: server.clone(), keeps_cookie: true }),
+                Some(3) => keeps_cookie = usable,
+                _ => {}
             }
         }
         let backend = match (self, affinity.hash) {
@@ -100,7 +105,7 @@ impl Balancer {
             (Balancer::Random(r), _) => r.pick(set, avoid),
             (Balancer::Hash(h, _), Some(hash)) => h.pick(set, hash, avoid),
         }?;
-        Some(Pick { backend, by_cookie: false })
+        Some(Pick { backend, keeps_cookie })
     }
 }
 

@@ -114,7 +114,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
     // The server whose connect failed in the attempt just before, if that was how it ended, and how.
     let mut refused_by: Option<(Arc<Backend>, [u8; 2])> = None;
     loop {
-        let Some(Pick { backend: picked, by_cookie }) = worker.pick_backend(&plan.affinity, &tried) else {
+        let Some(Pick { backend: picked, keeps_cookie }) = worker.pick_backend(&plan.affinity, &tried) else {
             return match last_failure {
                 Some(failure) => fail(worker, client, &plan, log, failure).await,
                 // The request gives up: a connection error of the server that refused it last, or of the
@@ -252,8 +252,9 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
             backend,
             suspicions: backend.suspicions(),
         });
-        // A response from a server other than the one the request's cookie named sets the cookie anew.
-        let set_cookie = match (&config.sticky_cookie, by_cookie) {
+        // A response from a server other than the one the request's cookie named sets the cookie anew, unless
+        // that server is only ejected for a while.
+        let set_cookie = match (&config.sticky_cookie, keeps_cookie) {
             (Some(name), false) => Some(format!("{name}={}", backend.cookie())),
             _ => None,
         };
