@@ -221,7 +221,18 @@ impl Proxy {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start shoal");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A binary copied for the test (tests/upgrade.rs) may still be open for writing in a process another
+        // test thread forked meanwhile, until that process execs: ETXTBSY, for a moment.
+        let started = Instant::now();
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && started.elapsed() < WAIT => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                spawned => break spawned.expect("start shoal"),
+            }
+        };
         let stdout = Lines::default();
         let stderr = Lines::default();
         stdout.clone().collect(child.stdout.take().unwrap());
