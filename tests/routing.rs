@@ -777,36 +777,99 @@ fn maint_lets_requests_in_flight_finish_and_sends_queued_ones_elsewhere() {
     assert_eq!(proxy.servers_column("a", "qcur"), "0");
 }
 
-/// Every server full: queued requests spread over the servers' queues (round robin put them all on the first
-/// full server it met, whose queue filled while the others stayed empty).
-#[test]
-fn with_every_server_full_queued_requests_spread_over_the_queues() {
+/// Servers a and b of one slot each, one thread; each holding a slow request until released; then four
+/// requests to `/q` queued, 2 on each.
+struct FourQueued {
+    proxy: Proxy,
+    release: [std::sync::mpsc::Sender<()>; 2],
+    slow: Vec<std::thread::JoinHandle<String>>,
+    queued: Vec<std::thread::JoinHandle<Message>>,
+}
+
+fn four_queued_on_two_full_servers() -> (FourQueued, [Backend; 2]) {
     let ((a, release_a), (b, release_b)) = (Backend::gated("a slow", "a"), Backend::gated("b slow", "b"));
-    let proxy = Proxy::start(&[
-        "--backend",
-        &format!("a={},maxconn=1", a.addr),
-        "--backend",
-        &format!("b={},maxconn=1", b.addr),
-        "--threads",
-        "1",
-    ]);
+    let servers = [format!("a={},maxconn=1", a.addr), format!("b={},maxconn=1", b.addr)];
+    let proxy = Proxy::start(&["--backend", &servers[0], "--backend", &servers[1], "--threads", "1"]);
     let addr = proxy.addr;
     let slow: Vec<_> = (0..2).map(|_| std::thread::spawn(move || common::get(addr, "/slow").body_str())).collect();
     common::wait_until("a slow request on each", || a.requests().len() == 1 && b.requests().len() == 1);
-    let queued: Vec<_> = (0..4).map(|_| std::thread::spawn(move || common::get(addr, "/q").status())).collect();
+    let queued: Vec<_> = (0..4).map(|_| std::thread::spawn(move || common::get(addr, "/q"))).collect();
     common::wait_until("four queued", || {
         let rows = proxy.server_rows();
         rows["a"]["qcur"].parse::<u32>().unwrap_or(0) + rows["b"]["qcur"].parse::<u32>().unwrap_or(0) == 4
     });
-    assert_eq!((proxy.servers_column("a", "qcur"), proxy.servers_column("b", "qcur")), ("2".into(), "2".into()));
-    release_a.send(()).unwrap();
-    release_b.send(()).unwrap();
-    for t in slow {
+    (FourQueued { proxy, release: [release_a, release_b], slow, queued }, [a, b])
+}
+
+/// Every server full: queued requests spread over the servers' queues (round robin put them all on the first
+/// full server it met, whose queue filled while the others stayed empty).
+#[test]
+fn with_every_server_full_queued_requests_spread_over_the_queues() {
+    let (f, _servers) = four_queued_on_two_full_servers();
+    let queues = (f.proxy.servers_column("a", "qcur"), f.proxy.servers_column("b", "qcur"));
+    assert_eq!(queues, ("2".into(), "2".into()));
+    f.release.iter().for_each(|r| r.send(()).unwrap());
+    for t in f.slow {
         assert!(t.join().unwrap().ends_with("slow"));
     }
-    for t in queued {
-        assert_eq!(t.join().unwrap(), 200);
+    for t in f.queued {
+        assert_eq!(t.join().unwrap().status(), 200);
     }
+}
+
+/// Every server full, two requests queued on each; b frees its slot and its queue empties while a's request
+/// still holds a: b serves a's queued requests too, as HAProxy's backend queue is served by whichever server
+/// frees a slot (they waited for a, b idle, until the queue timeout's 503).
+#[test]
+fn a_server_that_frees_a_slot_serves_requests_queued_for_another() {
+    let (f, _servers) = four_queued_on_two_full_servers();
+    f.release[1].send(()).unwrap();
+    for t in f.queued {
+        assert_eq!(t.join().unwrap().body_str(), "b", "served by b while a still holds its slow request");
+    }
+    assert_eq!(f.proxy.servers_column("a", "qcur"), "0");
+    f.release[0].send(()).unwrap();
+    for t in f.slow {
+        assert!(t.join().unwrap().ends_with("slow"));
+    }
+}
+
+/// A request pinned by its cookie to a server whose queue is full goes to another server's queue, as HAProxy
+/// redispatches it (it was answered 503 at once while b would serve it).
+#[test]
+fn a_request_finding_its_servers_queue_full_queues_on_another() {
+    let ((a, release_a), (b, release_b)) = (Backend::gated("a slow", "a"), Backend::gated("b slow", "b"));
+    let proxy = Proxy::start(&[
+        "--backend",
+        &format!("a={},maxconn=1,maxqueue=1", a.addr),
+        "--backend",
+        &format!("b={},maxconn=1", b.addr),
+        "--sticky-cookie",
+        "SRV",
+    ]);
+    let addr = proxy.addr;
+    let cookie = (0..10)
+        .map(|_| common::get(addr, "/"))
+        .find(|r| r.body_str() == "a")
+        .map(|r| sticky_set(&r, "SRV")[0].split(';').next().unwrap().to_string())
+        .expect("a answered one of ten");
+    let c = cookie.clone();
+    let held_a = std::thread::spawn(move || get_with_cookie(addr, "/slow", &c));
+    common::wait_until("a full", || proxy.servers_column("a", "scur") == "1");
+    let held_b = std::thread::spawn(move || common::get(addr, "/slow").body_str());
+    common::wait_until("b full", || proxy.servers_column("b", "scur") == "1");
+    let c = cookie.clone();
+    let queued_a = std::thread::spawn(move || get_with_cookie(addr, "/q1", &c));
+    common::wait_until("a's queue full", || proxy.servers_column("a", "qcur") == "1");
+    let c = cookie.clone();
+    let overflow = std::thread::spawn(move || get_with_cookie(addr, "/q2", &c));
+    common::wait_until("the next queued on b", || proxy.servers_column("b", "qcur") == "1");
+    release_b.send(()).unwrap();
+    assert_eq!(held_b.join().unwrap(), "b slow");
+    assert_eq!(overflow.join().unwrap(), "b", "served by b");
+    release_a.send(()).unwrap();
+    assert_eq!(held_a.join().unwrap(), "a slow");
+    assert_eq!(queued_a.join().unwrap(), "a", "the one in a's queue stays there: its cookie names a");
 }
 
 /// `maxqueue=0` is no limit, as in HAProxy: it turned the queue off, and every request finding the server

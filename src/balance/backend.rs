@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::address::Address;
 use super::counters::PerThread;
@@ -36,6 +36,9 @@ pub struct Pool {
     /// Requests waiting in any server's queue, and the most at once (the backend's `qcur` and `qmax`).
     queued: Arc<AtomicUsize>,
     peak_queued: Arc<AtomicUsize>,
+    /// Told when a server gives back a `maxconn` slot while requests wait: one waiting in the queue of a server
+    /// still full may take it (HAProxy's backend queue, which whichever server frees a slot serves).
+    freed: Arc<Notify>,
 }
 
 impl Pool {
@@ -72,6 +75,7 @@ impl Pool {
             peak: Arc::default(),
             queued: Arc::default(),
             peak_queued: Arc::default(),
+            freed: Arc::default(),
         }
     }
 }
@@ -273,6 +277,11 @@ impl Backend {
         }
     }
 
+    /// Resolves when some server of the pool frees a slot while requests wait (maybe taken already).
+    pub fn slot_freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.pool.freed.notified()
+    }
+
     /// `maxqueue`, if the server has a queue with a limit (HAProxy's `qlimit`).
     pub fn maxqueue(&self) -> Option<u32> {
         self.slots.as_ref().map(|s| s.maxqueue).filter(|&q| q != 0)
@@ -371,7 +380,7 @@ impl Backend {
         raise_peak(&self.peak_in_flight, now);
         let pool_now = self.pool.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         raise_peak(&self.pool.peak, pool_now + self.pool.queued.load(Ordering::Relaxed));
-        InFlight { backend: self, _slot: permit }
+        InFlight { backend: self, slot: permit }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -434,7 +443,7 @@ impl Backend {
 pub struct InFlight {
     backend: Arc<Backend>,
     /// Released when the request ends, for the next one waiting.
-    _slot: Option<OwnedSemaphorePermit>,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl InFlight {
@@ -446,7 +455,14 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.backend.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let pool = &self.backend.pool;
+        pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // The slot goes first to this server's own queue (the semaphore hands it on); if nobody there took it,
+        // a request queued for another server may.
+        let released = self.slot.take().is_some();
+        if released && pool.queued.load(Ordering::Relaxed) > 0 {
+            pool.freed.notify_waiters();
+        }
     }
 }
 

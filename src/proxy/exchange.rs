@@ -19,7 +19,7 @@ use super::upstream::{self, ConnectError, Upstream};
 use super::worker::Worker;
 use super::{refusal, tunnel};
 use crate::balance::timings::Sample;
-use crate::balance::{Affinity, Backend, InFlight, Pick};
+use crate::balance::{Affinity, Backend, InFlight, Pick, QueueError};
 use crate::http::request::{Request, RequestBody};
 use crate::http::Version;
 
@@ -114,7 +114,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
     // The server whose connect failed in the attempt just before, if that was how it ended, and how.
     let mut refused_by: Option<(Arc<Backend>, [u8; 2])> = None;
     loop {
-        let Some(Pick { backend: picked, keeps_cookie }) = worker.pick_backend(&plan.affinity, &tried) else {
+        let Some(Pick { backend: picked, mut keeps_cookie }) = worker.pick_backend(&plan.affinity, &tried) else {
             return match last_failure {
                 Some(failure) => fail(worker, client, &plan, log, failure).await,
                 // The request gives up: a connection error of the server that refused it last, or of the
@@ -147,7 +147,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
         }
         // The only server left already lost a pooled connection for this request: a fresh one, then.
         let fresh_only = tried.iter().any(|t| Arc::ptr_eq(t, &picked));
-        let hurry = worker.has_alternative(&picked, &tried);
+        let mut hurry = worker.has_alternative(&picked, &tried);
         // A retry gives back the slot of the attempt before it first: with maxconn it would otherwise wait in
         // the queue for its own slot (the only server), or hold one server full while queued for another.
         log.server = None;
@@ -166,9 +166,16 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 // A server taken out meanwhile (DOWN, MAINT, gone) will not serve its queue: the request goes
                 // to another, as HAProxy's redispatch moves it. Not a retry: nothing was sent, and `tried`
                 // bounds the moves by the servers there are.
-                let waited = tokio::select! {
-                    waited = picked.enter_queued(left) => Some(waited),
-                    _ = worker.taken_out(&picked) => None,
+                // Boxed: a rare path, kept out of every request's future (and its memory per connection).
+                let waited = Box::pin(wait_in_queue(worker, &picked, left, &plan.affinity, &tried)).await;
+                let waited = match waited {
+                    Queued::Own(waited) => Some(waited),
+                    Queued::Moved(entered, keeps) => {
+                        keeps_cookie = keeps;
+                        hurry = worker.has_alternative(entered.backend(), &tried);
+                        Some(Ok(entered))
+                    }
+                    Queued::TakenOut => None,
                 };
                 log.queued = Some(log.queued.unwrap_or_default() + queued.elapsed());
                 match waited {
@@ -181,12 +188,18 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                         continue;
                     }
                     Some(Ok(entered)) => entered,
+                    // A full queue: another server's may have room (HAProxy redispatches it).
+                    Some(Err(QueueError::Full)) if worker.has_alternative(&picked, &tried) => {
+                        tracing::debug!("server {}: queue full: trying another", picked.name());
+                        tried.push(picked.clone());
+                        continue;
+                    }
                     Some(Err(e)) => {
                         tracing::warn!("server {}: {e}: request answered 503", picked.name());
                         // A queue that is full or timed out is a failed connection, to HAProxy as well. Named
                         // in the log, not counted in flight: it never was.
                         picked.counters.slot(worker.id).connect_error();
-                        if matches!(e, crate::balance::QueueError::Full) {
+                        if matches!(e, QueueError::Full) {
                             log.queue_position = 0;
                         }
                         log.waited_for = Some(picked);
@@ -380,6 +393,48 @@ impl Attempt {
 ///
 /// `verify`: the request cannot be retried if a reused connection turns out dead, so a pooled one is checked
 /// with the kernel, not only with the reactor's possibly older readiness.
+/// How a wait in a full server's queue ended.
+enum Queued {
+    /// With a slot of the server's, or with its queue full or timed out.
+    Own(Result<InFlight, QueueError>),
+    /// With a slot of another server's, freed and not taken by that server's own queue (HAProxy's backend queue
+    /// is served by whichever server frees a slot first); and whether the response keeps the sticky cookie.
+    Moved(InFlight, bool),
+    /// The server was taken out (DOWN, MAINT, gone): it will not serve its queue.
+    TakenOut,
+}
+
+/// Waits at most `left` in `picked`'s queue, or for a slot another server frees meanwhile.
+async fn wait_in_queue(
+    worker: &Rc<Worker>,
+    picked: &Arc<Backend>,
+    left: Duration,
+    affinity: &Affinity,
+    tried: &[Arc<Backend>],
+) -> Queued {
+    let in_queue = picked.enter_queued(left);
+    tokio::pin!(in_queue);
+    loop {
+        // Listening before looking, so a slot freed between the look and the wait is not missed.
+        let freed = picked.slot_freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if let Some(other) = worker.pick_backend(affinity, tried) {
+            let known = |b: &Arc<Backend>| Arc::ptr_eq(b, &other.backend);
+            if !known(picked) && !tried.iter().any(known) {
+                if let Some(entered) = other.backend.try_enter() {
+                    return Queued::Moved(entered, other.keeps_cookie);
+                }
+            }
+        }
+        tokio::select! {
+            waited = &mut in_queue => return Queued::Own(waited),
+            _ = worker.taken_out(picked) => return Queued::TakenOut,
+            _ = freed => {}
+        }
+    }
+}
+
 async fn acquire(
     worker: &Worker,
     backend: &Arc<Backend>,
