@@ -231,6 +231,17 @@ fn runtime_api_sets_server_state_and_weight() {
     assert!(proxy.runtime("show stat typed").contains("CSV only"), "a format shoal lacks is refused, not ignored");
     assert!(proxy.runtime("show stat nodes").contains("usage: show stat"));
 
+    // A value left out: the command's usage line, as HAProxy answers (the whole help before); words after
+    // the server of `enable server` are ignored, as HAProxy ignores them (an unknown command before).
+    assert_eq!(
+        proxy.runtime("set server nodes/s1 state"),
+        "'set server <srv> state' expects 'ready', 'drain' and 'maint'.\n\n"
+    );
+    assert!(proxy.runtime("set server nodes/s1 weight").starts_with("Require <weight> or <weight%>"));
+    assert!(proxy.runtime("set weight nodes/s1").starts_with("Require <weight> or <weight%>"));
+    assert_eq!(proxy.runtime("set server nodes/nope state"), "No such server.\n\n");
+    assert_eq!(proxy.runtime("enable server nodes/s1 now"), "\n");
+    assert_eq!(status_of("s1"), "UP");
     assert_eq!(proxy.runtime("set server nodes/s1 state drain"), "\n");
     assert_eq!(count(&bodies(&proxy, 4), "two"), 4, "a draining s1 takes nothing new");
     assert_eq!(status_of("s1"), "DRAIN");
@@ -645,6 +656,40 @@ fn check_columns_tell_what_the_last_health_check_found() {
     let row = state.lines().find(|l| l.split(' ').nth(3) == Some("checked")).unwrap_or_else(|| panic!("{state}"));
     assert_eq!(row.split(' ').nth(5), Some("0"), "{row}");
     assert_eq!(columns("checked"), "17 2 0 6 0", "L7STS, failed, health 0");
+}
+
+/// Between two verdicts the status says how far a checked server is, as HAProxy's: `UP 2/3` after one failed
+/// check of `fall` 3, `UP 1/3` after two, `DOWN 1/2` after one passing check of `rise` 2 (it read UP or DOWN).
+#[test]
+fn the_status_of_a_checked_server_shows_its_way_up_and_down() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let answer = std::sync::Arc::new(AtomicU16::new(200));
+    let code = answer.clone();
+    let checked = Backend::http(move |_| {
+        format!("HTTP/1.1 {} X\r\nContent-Length: 0\r\n\r\n", code.load(Ordering::SeqCst)).into_bytes()
+    });
+    let proxy = Proxy::start(&[
+        "--backend",
+        &format!("checked={}", checked.addr),
+        "--backend-check-path",
+        "/health",
+        "--backend-check-interval",
+        "1s",
+        "--backend-fall",
+        "3",
+    ]);
+    let status = |rows: &Rows| rows["nodes/checked"]["status"].clone();
+    csv_once(&proxy, "UP at the top, after a passing check", |rows| {
+        status(rows) == "UP" && rows["nodes/checked"]["check_status"] == "L7OK"
+    });
+    answer.store(503, Ordering::SeqCst);
+    for step in ["UP 2/3", "UP 1/3", "DOWN"] {
+        csv_once(&proxy, step, |rows| status(rows) == step);
+    }
+    answer.store(200, Ordering::SeqCst);
+    for step in ["DOWN 1/2", "UP"] {
+        csv_once(&proxy, step, |rows| status(rows) == step);
+    }
 }
 
 /// `smax`: the most requests a server had in flight at once, and the most client connections at once.

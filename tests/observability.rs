@@ -120,16 +120,15 @@ fn a_headless_browser_shows_up_down_drain_and_maint_servers_in_haproxy_s_colours
     ]);
     assert_eq!(proxy.runtime("set server nodes/drained state drain"), "\n");
     assert_eq!(proxy.runtime("set server nodes/maint state maint"), "\n");
-    let states: Vec<String> =
-        ["fast", "dead", "drained", "maint"].iter().map(|n| proxy.servers()[*n].0.clone()).collect();
-    assert_eq!(states, ["UP", "DOWN", "DRAIN", "MAINT"]);
-
     // The page's last-check column has something to show once the proxy has checked every server.
     let start = Instant::now();
     while proxy.server_rows().values().any(|row| row["check_status"].is_empty()) {
         assert!(start.elapsed() < WAIT, "servers never checked");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let states: Vec<String> =
+        ["fast", "dead", "drained", "maint"].iter().map(|n| proxy.servers()[*n].0.clone()).collect();
+    assert_eq!(states, ["UP", "DOWN", "DRAIN", "MAINT"]);
     let shot = std::env::temp_dir().join(format!("shoal-stats-{}.png", std::process::id()));
     let out = Command::new("timeout")
         .args(["120", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])

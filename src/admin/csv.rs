@@ -322,7 +322,7 @@ fn value(r: &Row, column: &str) -> Option<String> {
         "eresp" => when(proxied, t.response_errors),
         "wretr" => when(proxied, t.retries),
         "wredis" => when(proxied, t.redispatches),
-        "status" => Some(r.status.to_string()),
+        "status" => Some(super::stats::status_text(r.status, r.check)),
         "weight" => r.weight.map(|v| v.to_string()),
         "uweight" => r.uweight.map(|v| v.to_string()),
         "act" => r.act.map(|v| v.to_string()),

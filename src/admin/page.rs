@@ -101,11 +101,12 @@ pub fn render(s: &Snapshot, members: &[Row], filter: &super::csv::Filter, refres
         let name = format!("{} ({})", escape(&server.name), escape(&server.address));
         let joining = members.iter().any(|m| m.name == server.name && m.status == "joining");
         let suspected = server.seen.as_ref().is_some_and(Seen::suspected_lately);
+        let status = super::stats::status_text(server.status, server.check.as_ref());
         let class = match server.status {
-            "UP" if suspected => "active_going_down",
+            "UP" if suspected || status.len() > 2 => "active_going_down",
             "UP" if server.weight == 0 => "active_nolb",
             "UP" => "active_up",
-            "DOWN" if joining => "active_going_up",
+            "DOWN" if joining || status.len() > 4 => "active_going_up",
             "DRAIN" => "active_draining",
             "MAINT" => "maintain",
             _ => "active_down",
@@ -115,7 +116,7 @@ pub fn render(s: &Snapshot, members: &[Row], filter: &super::csv::Filter, refres
             &Line {
                 class,
                 name: &name,
-                status: server.status,
+                status: &status,
                 seen: server.seen.as_ref(),
                 check: server.check.as_ref().map_or(String::new(), |checked| {
                     let c = &checked.report;

@@ -170,13 +170,15 @@ fn answer(command: &str, shared: &Shared, publisher: &Mutex<Publisher>) -> Strin
         ["show", "servers", "state"] => servers_state(shared),
         ["show", "servers", "state", backend] if *backend == BACKEND => servers_state(shared),
         ["show", "servers", "state", _] => "Can't find backend.\n".into(),
-        ["set", "server", target, "state", state] => set_state(publisher, target, state),
-        ["set", "server", target, "weight", weight] | ["set", "weight", target, weight] => {
-            set_weight(shared, publisher, target, weight)
+        // A value left out gets the command's own usage line, as HAProxy answers it.
+        ["set", "server", target, "state", state @ ..] => set_state(publisher, target, state.first().unwrap_or(&"")),
+        ["set", "server", target, "weight", weight @ ..] | ["set", "weight", target, weight @ ..] => {
+            set_weight(shared, publisher, target, weight.first().unwrap_or(&""))
         }
         ["get", "weight", target] => get_weight(shared, target),
-        ["disable", "server", target] => set_state(publisher, target, "maint"),
-        ["enable", "server", target] => set_state(publisher, target, "ready"),
+        // HAProxy reads no further than the server.
+        ["disable", "server", target, ..] => set_state(publisher, target, "maint"),
+        ["enable", "server", target, ..] => set_state(publisher, target, "ready"),
         _ => format!("Unknown command: '{command}'\n{HELP}"),
     }
 }

@@ -62,6 +62,16 @@ pub fn status_of(b: &crate::balance::Backend, state: ServerState) -> &'static st
     }
 }
 
+/// The status HAProxy prints for a server it checks, between two verdicts: `UP 2/3` after a failed check (2
+/// more of `fall` 3 put it DOWN), `DOWN 1/2` after a passing one (1 of `rise` 2 done).
+pub fn status_text(status: &str, check: Option<&Checked>) -> String {
+    match (status, check.map(|c| &c.health)) {
+        ("UP", Some(h)) if h.health < h.rise + h.fall - 1 => format!("UP {}/{}", h.health + 1 - h.rise, h.fall),
+        ("DOWN", Some(h)) if h.health > 0 && h.health < h.rise => format!("DOWN {}/{}", h.health, h.rise),
+        _ => status.to_string(),
+    }
+}
+
 /// Taking new requests: UP with a weight above 0 (HAProxy's usable servers).
 pub fn takes_requests(status: &str, weight: u16) -> bool {
     status == "UP" && weight > 0
