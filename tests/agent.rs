@@ -150,14 +150,19 @@ fn as_pid_1_the_agent_stops_once_its_app_and_what_it_started_have_ended() {
 #[test]
 fn as_pid_1_sigquit_stops_the_agent_gracefully() {
     // An image whose STOPSIGNAL is SIGQUIT (nginx's): a PID 1 without a handler ignores it, so Docker waited
-    // out its grace and SIGKILLed the container, the node never drained.
+    // out its grace and SIGKILLed the container, the node never drained. The app gets the same SIGQUIT
+    // (nginx's graceful stop; SIGTERM is its fast one).
     let (app, proxy) = (Backend::echo_path(), Proxy::start(&[]));
-    let (mut unshare, stderr, agent) = agent_as_pid_1(&proxy, &app, &[], "echo ready >&2; exec sleep 1000");
+    let script = "trap 'echo app-got-QUIT >&2; exit 0' QUIT; echo ready >&2; while :; do sleep 0.1; done";
+    let (mut unshare, stderr, agent) = agent_as_pid_1(&proxy, &app, &[], script);
     stderr.wait_for("the app running", |l| l == "ready");
     // SAFETY: kill(2) on the agent, a process of this test's.
     unsafe { libc::kill(agent as i32, libc::SIGQUIT) };
-    unshare.wait_exit();
-    assert!(stderr.all().iter().any(|l| l.contains("left the cluster")), "{:?}", stderr.all());
+    assert!(unshare.wait_exit().success(), "the app's status: {:?}", stderr.all());
+    let lines = stderr.all();
+    let (left, quit) =
+        (lines.iter().position(|l| l.contains("left the cluster")), lines.iter().position(|l| l == "app-got-QUIT"));
+    assert!(left.is_some() && quit > left, "the node left, then the app got SIGQUIT: {lines:?}");
 }
 
 #[test]

@@ -229,6 +229,18 @@ fn a_pid_file_that_cannot_be_written_fails_the_start() {
     let pid_file = ["--runtime-api", "off", "--pid-file", "/nonexistent/shoal.pid"];
     let err = refused(shoal().args(args).args(pid_file), &pid_file);
     assert!(err.contains("`pid-file`: cannot write /nonexistent/shoal.pid"), "{err}");
+
+    // A second instance started by mistake fails to bind (the same admin address): the running one's pid
+    // file stays as it was (the second wrote its own pid first, then removed the file as its own).
+    let file = TempFile::new("pid", "");
+    let running = Proxy::start(&["--pid-file", file.arg()]);
+    let mine = format!("{}\n", running.pid());
+    common::wait_until("the pid file written", || std::fs::read_to_string(&file.0).is_ok_and(|p| p == mine));
+    let admin = running.admin().to_string();
+    let again = ["--admin", &admin, "--runtime-api", "off", "--pid-file", file.arg()];
+    let err = refused(shoal().args(&args[..5]).args(again), &again);
+    assert!(err.contains(&admin), "{err}");
+    assert_eq!(std::fs::read_to_string(&file.0).unwrap(), mine, "the running proxy's pid file");
 }
 
 /// The runtime API asks no password and changes routing: beyond loopback, said at start.

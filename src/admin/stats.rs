@@ -66,7 +66,11 @@ pub fn status_of(b: &crate::balance::Backend, state: ServerState) -> &'static st
 /// more of `fall` 3 put it DOWN), `DOWN 1/2` after a passing one (1 of `rise` 2 done).
 pub fn status_text(status: &str, check: Option<&Checked>) -> String {
     match (status, check.map(|c| &c.health)) {
-        ("UP", Some(h)) if h.health < h.rise + h.fall - 1 => format!("UP {}/{}", h.health + 1 - h.rise, h.fall),
+        // Health and state are published apart: a check that just took a server down may be read before the
+        // set that says DOWN, and is printed plain.
+        ("UP", Some(h)) if h.health >= h.rise && h.health < h.rise + h.fall - 1 => {
+            format!("UP {}/{}", h.health + 1 - h.rise, h.fall)
+        }
         ("DOWN", Some(h)) if h.health > 0 && h.health < h.rise => format!("DOWN {}/{}", h.health, h.rise),
         _ => status.to_string(),
     }
@@ -210,5 +214,28 @@ impl Snapshot {
         } else {
             "DOWN"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::health::CheckReport;
+    use crate::balance::health::CheckHealth;
+
+    fn checked(health: u32) -> Checked {
+        let report = CheckReport { status: "L7OK", code: Some(200), duration: Default::default(), error: None };
+        Checked { report, health: CheckHealth { health, rise: 2, fall: 3 }, failed: 0 }
+    }
+
+    #[test]
+    fn status_between_verdicts_as_haproxy_prints_it() {
+        let text = |status, health| status_text(status, Some(&checked(health)));
+        assert_eq!([text("UP", 4), text("UP", 3), text("UP", 2)], ["UP", "UP 2/3", "UP 1/3"]);
+        assert_eq!([text("DOWN", 0), text("DOWN", 1)], ["DOWN", "DOWN 1/2"]);
+        // A check that took the server down, read before the set saying DOWN: no underflow (it panicked).
+        assert_eq!(text("UP", 0), "UP");
+        assert_eq!(status_text("MAINT", Some(&checked(3))), "MAINT");
+        assert_eq!(status_text("UP", None), "UP");
     }
 }

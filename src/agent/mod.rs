@@ -76,7 +76,8 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
     let mut child =
         (!config.command.is_empty()).then(|| runtime.block_on(async { Supervisor::start(config.command.clone()) }));
     // A local set: the check tasks are not Send, and go when the loop ends (their commands killed with them).
-    tokio::task::LocalSet::new().block_on(&runtime, async {
+    // The signal that stopped the agent stops the app: SIGQUIT is nginx's graceful stop, SIGTERM its fast one.
+    let stop_signal = tokio::task::LocalSet::new().block_on(&runtime, async {
         let mut verdicts = config.check.as_ref().map(|c| Verdicts::new(c.rise, c.fall));
         let mut next_check = tokio::time::Instant::now();
         let mut next_agent_check = tokio::time::Instant::now();
@@ -97,8 +98,8 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
         orphan_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = signals.stop.recv() => break,
-                _ = signals.quit.recv() => break,
+                _ = signals.stop.recv() => break libc::SIGTERM,
+                _ = signals.quit.recv() => break libc::SIGQUIT,
                 _ = signals.hup.recv() => forward(&child, libc::SIGHUP),
                 _ = signals.usr1.recv() => forward(&child, libc::SIGUSR1),
                 _ = signals.usr2.recv() => forward(&child, libc::SIGUSR2),
@@ -193,8 +194,7 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
                 }
             }
         }
-        Ok::<(), std::io::Error>(())
-    })?;
+    });
     tracing::info!("stopping: draining before leaving the cluster");
     let drained = node.drain(config.drain_timeout);
     let _ = runtime.block_on(drained);
@@ -203,7 +203,7 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
         log.flush(Duration::from_secs(1));
     }
     let status = match child.as_mut() {
-        Some(c) => runtime.block_on(c.stop(config.stop_timeout)),
+        Some(c) => runtime.block_on(c.stop(config.stop_timeout, stop_signal)),
         None => None,
     };
     Ok(status.map_or(0, supervise::exit_code))

@@ -167,11 +167,12 @@ impl Supervisor {
         }
     }
 
-    /// Sends SIGTERM, waits up to `grace`, then kills; returns how the child ended (between runs, how the
-    /// last one did: a crash-looping app stopped during its backoff must not look like a clean exit).
-    pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+    /// Sends `signal` (SIGTERM, or the SIGQUIT that stopped the agent), waits up to `grace`, then kills;
+    /// returns how the child ended (between runs, how the last one did: a crash-looping app stopped during its
+    /// backoff must not look like a clean exit).
+    pub async fn stop(&mut self, grace: Duration, signal: i32) -> Option<ExitStatus> {
         self.kill_remnants(libc::SIGKILL);
-        self.signal_group(libc::SIGTERM);
+        self.signal_group(signal);
         let Some(child) = self.child.as_mut() else { return self.last_status };
         let (leader, asked) = (child.id(), Instant::now());
         match tokio::time::timeout(grace, child.wait()).await {

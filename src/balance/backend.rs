@@ -264,7 +264,7 @@ impl Backend {
         }
         s.peak_waiting.fetch_max(before + 1, Ordering::Relaxed);
         let pool = &self.pool;
-        let queued = pool.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        let queued = pool.queued.fetch_add(1, Ordering::SeqCst) + 1;
         raise_peak(&pool.peak_queued, queued);
         raise_peak(&pool.peak, pool.in_flight.load(Ordering::Relaxed) + queued);
         let waiting = Waiting { server: &s.waiting, pool: &pool.queued };
@@ -460,7 +460,11 @@ impl Drop for InFlight {
         // The slot goes first to this server's own queue (the semaphore hands it on); if nobody there took it,
         // a request queued for another server may.
         let released = self.slot.take().is_some();
-        if released && pool.queued.load(Ordering::Relaxed) > 0 {
+        // Paired with the fence of a waiter's look (after its count in `enter_queued`): either this sees the
+        // waiter counted, or the waiter's look sees the slot free.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let stayed_free = self.backend.slots.as_ref().is_some_and(|s| s.free.available_permits() > 0);
+        if released && stayed_free && pool.queued.load(Ordering::SeqCst) > 0 {
             pool.freed.notify_waiters();
         }
     }

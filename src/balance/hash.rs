@@ -110,15 +110,28 @@ impl Hash {
         };
         let start = ring.start(hash);
         let mut fallback: Option<(u8, usize)> = None;
-        // Every point at most once: a key whose servers are all overloaded still gets one.
+        // Every server judged once (the first 128 by index are told apart: the walk ends once each server in
+        // rotation is judged, not after every one of its points when all are full or overloaded), every
+        // point at most once: a key whose servers are all overloaded still gets one.
+        let (mut judged, mut distinct, in_rotation) = (0u128, 0, set.rotation().len());
         for step in 0..n {
             let at = start + step;
             let index = ring.points[if at < n { at } else { at - n }].1;
+            if index < 128 {
+                if judged & 1 << index != 0 {
+                    continue;
+                }
+                judged |= 1 << index;
+                distinct += 1;
+            }
             let server = &set.servers[index];
             match rank(server, avoid) {
                 Some(0) if within_cap(server, set.weights[index]) => return Some(server.clone()),
                 Some(r) if fallback.is_none_or(|(best, _)| r < best) => fallback = Some((r.max(1), index)),
                 _ => {}
+            }
+            if distinct == in_rotation {
+                break;
             }
         }
         fallback.map(|(_, i)| set.servers[i].clone())

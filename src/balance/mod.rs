@@ -90,12 +90,16 @@ impl Balancer {
     /// A sticky cookie naming a server that is UP or DRAIN (a draining server keeps its sessions, as with
     /// HAProxy) wins over the algorithm, unless that server failed this request or is ejected.
     pub fn pick(&self, set: &BackendSet, affinity: &Affinity, avoid: &[Arc<Backend>]) -> Option<Pick> {
-        let mut keeps_cookie = false;
-        if let Some((server, state)) = affinity.cookie.and_then(|id| set.by_cookie(id)) {
+        if let Some((id, (server, state))) = affinity.cookie.and_then(|id| Some((id, set.by_cookie(id)?))) {
             let usable = matches!(state, ServerState::Up | ServerState::Drain);
             match rank(server, avoid) {
                 Some(r) if usable && r <= 1 => return Some(Pick { backend: server.clone(), keeps_cookie: true }),
-                Some(3) => keeps_cookie = usable,
+                // Ejected for a while: a stand-in chosen by the cookie, the same one request after request
+                // (with three servers or more, the algorithm moved the session back and forth).
+                Some(3) if usable => {
+                    let backend = Hash::new(0).pick(set, key_hash(&id.to_be_bytes()), avoid)?;
+                    return Some(Pick { backend, keeps_cookie: true });
+                }
                 _ => {}
             }
         }
@@ -105,7 +109,7 @@ impl Balancer {
             (Balancer::Random(r), _) => r.pick(set, avoid),
             (Balancer::Hash(h, _), Some(hash)) => h.pick(set, hash, avoid),
         }?;
-        Some(Pick { backend, keeps_cookie })
+        Some(Pick { backend, keeps_cookie: false })
     }
 }
 

@@ -140,7 +140,7 @@ pub fn backend(s: &str) -> Result<BackendSpec, String> {
 
 /// A server's name as `set server nodes/NAME` and the stats name it: no space, `/` or separator of the CSV.
 pub fn server_name(n: &str) -> Result<(), String> {
-    if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+    if n.is_empty() || !n.chars().all(|c| c.is_alphanumeric() || "-_.:".contains(c)) {
         return Err(format!("invalid server name {n:?}: use letters, digits, '-', '_', '.', ':'"));
     }
     Ok(())

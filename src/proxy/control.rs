@@ -245,24 +245,28 @@ fn keep_what_needs_a_restart(old: &ProxyConfig, mut new: ProxyConfig) -> ProxyCo
 pub struct PidFile(Option<PathBuf>);
 
 impl PidFile {
-    /// Writes this process's pid, or says why it cannot (the path named).
-    pub fn create(path: Option<PathBuf>) -> std::io::Result<PidFile> {
-        if let Some(p) = &path {
-            std::fs::write(p, format!("{}\n", std::process::id()))
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", p.display())))?;
+    /// Whether `path` can be written, without changing what it holds: an existing file opened for writing,
+    /// or a new one made and removed.
+    pub fn check(path: &std::path::Path) -> std::io::Result<()> {
+        let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()));
+        match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(named)?;
+                std::fs::remove_file(path).map_err(named)
+            }
+            Err(e) => Err(named(e)),
         }
-        Ok(PidFile(path))
     }
 
-    /// As `create`, a failure logged: a successor that serves already goes on serving.
+    /// Writes this process's pid; a failure is logged (a process that serves goes on serving).
     pub fn write(path: Option<PathBuf>) -> PidFile {
-        match PidFile::create(path) {
-            Ok(file) => file,
-            Err(e) => {
-                tracing::error!("pid file: {e}");
-                PidFile(None)
+        if let Some(p) = &path {
+            if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+                tracing::error!("cannot write the pid file {}: {e}", p.display());
             }
         }
+        PidFile(path)
     }
 }
 

@@ -146,7 +146,7 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
             }
         }
         // The only server left already lost a pooled connection for this request: a fresh one, then.
-        let fresh_only = tried.iter().any(|t| Arc::ptr_eq(t, &picked));
+        let mut fresh_only = tried.iter().any(|t| Arc::ptr_eq(t, &picked));
         let mut hurry = worker.has_alternative(&picked, &tried);
         // A retry gives back the slot of the attempt before it first: with maxconn it would otherwise wait in
         // the queue for its own slot (the only server), or hold one server full while queued for another.
@@ -171,7 +171,8 @@ pub async fn run<T: Transport>(worker: &Rc<Worker>, client: &mut Client<T>, plan
                 let waited = match waited {
                     Queued::Own(waited) => Some(waited),
                     Queued::Moved(entered, keeps) => {
-                        keeps_cookie = keeps;
+                        // A server this request has not tried: any connection to it will do.
+                        (keeps_cookie, fresh_only) = (keeps, false);
                         hurry = worker.has_alternative(entered.backend(), &tried);
                         Some(Ok(entered))
                     }
@@ -388,11 +389,6 @@ impl Attempt {
     }
 }
 
-/// A pooled connection to `backend` when one is alive, else a new one, abandoned if the server leaves
-/// rotation meanwhile.
-///
-/// `verify`: the request cannot be retried if a reused connection turns out dead, so a pooled one is checked
-/// with the kernel, not only with the reactor's possibly older readiness.
 /// How a wait in a full server's queue ended.
 enum Queued {
     /// With a slot of the server's, or with its queue full or timed out.
@@ -413,12 +409,24 @@ async fn wait_in_queue(
     tried: &[Arc<Backend>],
 ) -> Queued {
     let in_queue = picked.enter_queued(left);
-    tokio::pin!(in_queue);
+    let taken_out = worker.taken_out(picked);
+    tokio::pin!(in_queue, taken_out);
+    // In the queue (counted, and in line for the semaphore) before the first look, so a slot freed after
+    // the look is either seen by it or announced to this request.
+    tokio::select! {
+        biased;
+        waited = &mut in_queue => return Queued::Own(waited),
+        () = std::future::ready(()) => {}
+    }
     loop {
-        // Listening before looking, so a slot freed between the look and the wait is not missed.
+        // Listening before looking: a slot freed between the look and the wait is not missed.
         let freed = picked.slot_freed();
         tokio::pin!(freed);
         freed.as_mut().enable();
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if !worker.serves(picked) {
+            return Queued::TakenOut;
+        }
         if let Some(other) = worker.pick_backend(affinity, tried) {
             let known = |b: &Arc<Backend>| Arc::ptr_eq(b, &other.backend);
             if !known(picked) && !tried.iter().any(known) {
@@ -427,14 +435,21 @@ async fn wait_in_queue(
                 }
             }
         }
+        // Biased: a slot of its own server's, once the semaphore gave it, is taken rather than dropped.
         tokio::select! {
+            biased;
             waited = &mut in_queue => return Queued::Own(waited),
-            _ = worker.taken_out(picked) => return Queued::TakenOut,
-            _ = freed => {}
+            () = &mut taken_out => return Queued::TakenOut,
+            () = freed => {}
         }
     }
 }
 
+/// A pooled connection to `backend` when one is alive, else a new one, abandoned if the server leaves
+/// rotation meanwhile.
+///
+/// `verify`: the request cannot be retried if a reused connection turns out dead, so a pooled one is checked
+/// with the kernel, not only with the reactor's possibly older readiness.
 async fn acquire(
     worker: &Worker,
     backend: &Arc<Backend>,

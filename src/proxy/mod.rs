@@ -156,13 +156,12 @@ pub fn run(
     // Read before anything else: a binary upgrade hands the sockets over in the environment.
     let mut inherited = Inherited::from_env();
     let signals = ControlSignals::install().map_err(ProxyError::Start)?;
-    // A first start refuses a pid file it cannot write, as HAProxy does; a successor writes its own once it
-    // serves, its predecessor's naming the process that serves meanwhile.
-    let upgrade = !inherited.is_empty();
-    let first_pid_file = match upgrade {
-        true => None,
-        false => Some(control::PidFile::create(pid_file.clone()).map_err(ProxyError::PidFile)?),
-    };
+    // A first start refuses a pid file it cannot write, as HAProxy does. Checked, not written: the file is
+    // written once this process serves (a second instance started by mistake, failing to bind, must not
+    // take the running one's file, nor remove it as its own).
+    if let (Some(path), true) = (&pid_file, inherited.is_empty()) {
+        control::PidFile::check(path).map_err(ProxyError::PidFile)?;
+    }
     // The path as started, not /proc/self/exe: an upgrade runs whatever binary is now at that path.
     let exe = std::env::current_exe().map_err(ProxyError::Start)?;
     let tls = match config.tls_listen.is_empty() {
@@ -299,7 +298,7 @@ pub fn run(
         }
     }
     handover::report_ready();
-    let pid_file = first_pid_file.unwrap_or_else(|| control::PidFile::write(pid_file));
+    let pid_file = control::PidFile::write(pid_file);
 
     let gossip = cluster.pauser();
     let mut control =
