@@ -459,13 +459,16 @@ impl Drop for InFlight {
         pool.in_flight.fetch_sub(1, Ordering::Relaxed);
         // The slot goes first to this server's own queue (the semaphore hands it on); if nobody there took it,
         // a request queued for another server may.
+        // Only a server with `maxconn` has slots: the fence stays off the path of every other request.
         let released = self.slot.take().is_some();
-        // Paired with the fence of a waiter's look (after its count in `enter_queued`): either this sees the
-        // waiter counted, or the waiter's look sees the slot free.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let stayed_free = self.backend.slots.as_ref().is_some_and(|s| s.free.available_permits() > 0);
-        if released && stayed_free && pool.queued.load(Ordering::SeqCst) > 0 {
-            pool.freed.notify_waiters();
+        if released {
+            // Paired with the fence of a waiter's look (after its count in `enter_queued`): either this sees
+            // the waiter counted, or the waiter's look sees the slot free.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let stayed_free = self.backend.slots.as_ref().is_some_and(|s| s.free.available_permits() > 0);
+            if stayed_free && pool.queued.load(Ordering::SeqCst) > 0 {
+                pool.freed.notify_waiters();
+            }
         }
     }
 }
