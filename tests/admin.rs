@@ -588,10 +588,9 @@ fn rates_show_requests_per_second() {
     assert_eq!(s1["cli_abrt"], "0");
 }
 
-/// The proxy's own health checks of static servers fill HAProxy's check columns: `check_status`,
-/// `check_code`, `check_duration`, `check_desc`, `last_chk` and `chkfail`.
-#[test]
-fn check_columns_tell_what_the_last_health_check_found() {
+/// A backend answering `/health` with the status the returned cell holds (200 to begin with), anything else
+/// 200 `checked`.
+fn health_answering() -> (Backend, std::sync::Arc<std::sync::atomic::AtomicU16>) {
     use std::sync::atomic::{AtomicU16, Ordering};
     let answer = std::sync::Arc::new(AtomicU16::new(200));
     let code = answer.clone();
@@ -602,6 +601,15 @@ fn check_columns_tell_what_the_last_health_check_found() {
         }
         common::ok("checked")
     });
+    (checked, answer)
+}
+
+/// The proxy's own health checks of static servers fill HAProxy's check columns: `check_status`,
+/// `check_code`, `check_duration`, `check_desc`, `last_chk` and `chkfail`.
+#[test]
+fn check_columns_tell_what_the_last_health_check_found() {
+    use std::sync::atomic::Ordering;
+    let (checked, answer) = health_answering();
     let dead = common::refused_port();
     let proxy = Proxy::start(&[
         "--backend",
@@ -662,12 +670,8 @@ fn check_columns_tell_what_the_last_health_check_found() {
 /// check of `fall` 3, `UP 1/3` after two, `DOWN 1/2` after one passing check of `rise` 2 (it read UP or DOWN).
 #[test]
 fn the_status_of_a_checked_server_shows_its_way_up_and_down() {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    let answer = std::sync::Arc::new(AtomicU16::new(200));
-    let code = answer.clone();
-    let checked = Backend::http(move |_| {
-        format!("HTTP/1.1 {} X\r\nContent-Length: 0\r\n\r\n", code.load(Ordering::SeqCst)).into_bytes()
-    });
+    use std::sync::atomic::Ordering;
+    let (checked, answer) = health_answering();
     let proxy = Proxy::start(&[
         "--backend",
         &format!("checked={}", checked.addr),

@@ -51,7 +51,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     let (target, credentials, head_only) = match tokio::time::timeout(CLIENT_TIMEOUT, read_target(&mut stream)).await {
         Ok(Head::Request(target, credentials, head_only)) => (target, credentials, head_only),
         Ok(Head::Malformed) => {
-            return answer(&mut stream, "400 Bad Request", "text/plain", String::from("bad request\n").into(), "").await
+            return answer(&mut stream, "400 Bad Request", "text/plain", Body::Whole("bad request\n".into()), "").await
         }
         Ok(Head::Gone) | Err(_) => return,
     };
@@ -80,12 +80,6 @@ enum Body {
     HeadOf(usize),
 }
 
-impl From<String> for Body {
-    fn from(body: String) -> Body {
-        Body::Whole(body)
-    }
-}
-
 /// Writes one answer (`extra`: more header lines) and closes, reading what the client still sends (a body
 /// ignored, the rest of a head too large) so that the close is not a reset that can destroy the answer.
 async fn answer(stream: &mut TcpStream, status: &str, kind: &str, body: Body, extra: &str) {
@@ -111,8 +105,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// What came on an admin connection.
 enum Head {
-    /// The request target and the `Authorization` value.
-    /// And whether it is a HEAD.
+    /// The request target, the `Authorization` value, and whether it is a HEAD.
     Request(String, Option<String>, bool),
     /// A head that is not HTTP/1 (or too large): answered 400.
     Malformed,

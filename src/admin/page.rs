@@ -102,11 +102,13 @@ pub fn render(s: &Snapshot, members: &[Row], filter: &super::csv::Filter, refres
         let joining = members.iter().any(|m| m.name == server.name && m.status == "joining");
         let suspected = server.seen.as_ref().is_some_and(Seen::suspected_lately);
         let status = super::stats::status_text(server.status, server.check.as_ref());
+        // Between two check verdicts (`UP 2/3`, `DOWN 1/2`).
+        let between = status != server.status;
         let class = match server.status {
-            "UP" if suspected || status.len() > 2 => "active_going_down",
+            "UP" if suspected || between => "active_going_down",
             "UP" if server.weight == 0 => "active_nolb",
             "UP" => "active_up",
-            "DOWN" if joining || status.len() > 4 => "active_going_up",
+            "DOWN" if joining || between => "active_going_up",
             "DRAIN" => "active_draining",
             "MAINT" => "maintain",
             _ => "active_down",

@@ -113,7 +113,9 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
                         if c.pid().is_none() {
                             // The app is down: out of rotation now, not when the checks notice (`fall` intervals
                             // later); with a health check, back after its first pass once the app runs again.
-                            said.ready &= !follow_app;
+                            if follow_app {
+                                said.ready = false;
+                            }
                             if let (Some(check), Some(v)) = (&config.check, verdicts.as_mut()) {
                                 *v = Verdicts::new(check.rise, check.fall);
                                 said.healthy = false;

@@ -40,11 +40,7 @@ impl Orphans {
         let zombies: HashSet<u32> = children.into_iter().filter(|&pid| Some(pid) != app && is_zombie(pid)).collect();
         let mut reaped = 0;
         for &pid in zombies.intersection(&self.seen) {
-            let mut status = 0;
-            // SAFETY: waitpid on one of our own children, without blocking.
-            if unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) } == pid as i32 {
-                reaped += 1;
-            }
+            reaped += usize::from(reap(pid));
         }
         self.seen = zombies;
         reaped
@@ -64,21 +60,20 @@ fn children() -> Vec<u32> {
     pids
 }
 
-/// Reaps this process's zombie children of process group `group`; returns how many. As PID 1, what an app's
+/// Reaps this process's zombie children of process group `group`. As PID 1, what an app's
 /// group leaves behind when it stops is re-parented here, and a zombie is still a member of its group: until
 /// it is reaped, the group looks alive to `kill(-group, 0)` and the stop waited out its whole grace.
-pub fn reap_group(group: u32) -> usize {
-    let mut reaped = 0;
-    for pid in children() {
-        if state_and_group(pid) == Some(('Z', group)) {
-            let mut status = 0;
-            // SAFETY: waitpid on one of our own children, without blocking.
-            if unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) } == pid as i32 {
-                reaped += 1;
-            }
-        }
+pub fn reap_group(group: u32) {
+    for pid in children().into_iter().filter(|&pid| state_and_group(pid) == Some(('Z', group))) {
+        reap(pid);
     }
-    reaped
+}
+
+/// Waits for child `pid`, a zombie, without blocking; whether it was reaped.
+fn reap(pid: u32) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid on one of our own children, without blocking.
+    unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) == pid as i32 }
 }
 
 fn is_zombie(pid: u32) -> bool {

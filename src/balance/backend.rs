@@ -458,8 +458,8 @@ impl Drop for InFlight {
         let pool = &self.backend.pool;
         pool.in_flight.fetch_sub(1, Ordering::Relaxed);
         // The slot goes first to this server's own queue (the semaphore hands it on); if nobody there took it,
-        // a request queued for another server may.
-        // Only a server with `maxconn` has slots: the fence stays off the path of every other request.
+        // a request queued for another server may. Only a server with `maxconn` has slots: the fence stays off
+        // the path of every other request.
         let released = self.slot.take().is_some();
         if released {
             // Paired with the fence of a waiter's look (after its count in `enter_queued`): either this sees

@@ -196,7 +196,7 @@ fn cluster_config(args: &ClusterArgs, s: &Source, f: &FileConfig) -> Result<Clus
         } else {
             args.join.clone()
         }
-        .iter()
+        .into_iter()
         .map(|j| j.trim().to_string())
         .collect(),
         keys: key_source(args, s, f)?,
