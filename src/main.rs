@@ -1,7 +1,7 @@
 //! The `shoal` command: parses the command line and hands over to the library.
 
 use std::fmt::Display;
-use std::io;
+use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -103,6 +103,14 @@ fn run(cli: Cli, diagnostics: Option<logging::Sink>) -> Ended {
         Command::Members(args) => match shoal::admin::members::run(&args) {
             Ok(text) => {
                 logging::say(&mut io::stdout(), format_args!("{}", text.trim_end()));
+                (ExitCode::SUCCESS, None)
+            }
+            Err(e) => (ExitCode::from(1), Some(format!("shoal: {e}"))),
+        },
+        Command::Runtime(args) => match shoal::admin::runtime_client::run(&args) {
+            Ok(answer) => {
+                let mut out = io::stdout();
+                let _ = out.write_all(&answer).and_then(|()| out.flush());
                 (ExitCode::SUCCESS, None)
             }
             Err(e) => (ExitCode::from(1), Some(format!("shoal: {e}"))),

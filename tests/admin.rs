@@ -162,6 +162,44 @@ fn runtime_api_runs_pipelined_lines_and_stops_at_quit() {
     assert_eq!(status_of("s1"), "MAINT", "nothing after quit runs");
 }
 
+/// `shoal runtime` is the runtime API's client for an image without socat: the same answers as the socket
+/// gives, the proxy's own `--runtime-api` setting accepted as its address, and exit 1 with the reason when
+/// there is nothing to send or nothing answers.
+#[test]
+fn the_runtime_client_sends_a_line_and_prints_the_answer() {
+    let one = Backend::http(|_| common::ok("one"));
+    let proxy = proxy_with(1, &[("s1", one.addr)]);
+    let api = proxy.runtime_api();
+    let client = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal")).arg("runtime").args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let api_flag = api.to_string();
+    let (code, out, _) = client(&["--api", &api_flag, "set", "server", "nodes/s1", "state", "drain;", "show", "stat"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("\n# pxname,svname,") && out.ends_with("\n\n"), "{out}");
+    assert_eq!(csv(&proxy)["nodes/s1"]["status"], "DRAIN");
+    assert_eq!(client(&["--api", &api_flag, "get weight nodes/s1"]).1, proxy.runtime("get weight nodes/s1"));
+    // The proxy's setting, as SHOAL_RUNTIME_API holds it in its container: 0.0.0.0 is this host.
+    let unspecified = format!("0.0.0.0:{}", api.port());
+    let (code, out, _) = client(&["--api", &unspecified, "show", "info"]);
+    assert!(code == Some(0) && out.starts_with("Name: shoal\n"), "{out}");
+
+    let (code, _, err) = client(&["--api", &api_flag]);
+    assert!(code == Some(1) && err.contains("give a command"), "{err}");
+    let (code, _, err) = client(&["--api", &api_flag, "prompt"]);
+    assert!(code == Some(1) && err.contains("interactive"), "{err}");
+    let (code, _, err) = client(&["--api", "off", "show", "info"]);
+    assert!(code == Some(1) && err.contains("the runtime API is \"off\""), "{err}");
+    let nothing = common::free_port().to_string();
+    let (code, _, err) = client(&["--api", &nothing, "show", "info"]);
+    assert!(code == Some(1) && err.contains(&format!("runtime API at {nothing}")) && err.contains("refused"), "{err}");
+}
+
 /// A line whose answers pass 4 MiB is cut there with a message, the answers before it whole: they are written
 /// as they are computed, so the limit counts what was sent as well as what waits.
 #[test]

@@ -34,7 +34,7 @@ impl Project {
         let file = root().join("docker/docker-compose.yml");
         let mut cmd = Command::new("docker-compose");
         cmd.args(["--project-name", &self.name, "--file"]).arg(file).args(args);
-        for published in ["SHOAL_PUBLISH", "SHOAL_ADMIN_PUBLISH", "SHOAL_RUNTIME_PUBLISH"] {
+        for published in ["SHOAL_PUBLISH", "SHOAL_ADMIN_PUBLISH"] {
             cmd.env(published, "127.0.0.1:");
         }
         cmd.env("SHOAL_IMAGE", IMAGE);
@@ -113,6 +113,17 @@ fn compose_swap_nodes_join_in_any_order_and_leave_on_failure() {
     let addr: SocketAddr = published.parse().unwrap_or_else(|_| panic!("unexpected port line {published:?}"));
 
     until(addr, "both web nodes in rotation", 8, false, |h| distinct(h) == 2);
+
+    // The runtime API changes routing and asks no password: the operator reaches it through the proxy's
+    // container with the image's own client, a web node on the same network does not reach it at all.
+    let info = stdout(run(&mut project.compose(&["exec", "-T", "ha", "/shoal", "runtime", "show", "info"])));
+    assert!(info.starts_with("Name: shoal"), "{info}");
+    let from_node = project
+        .compose(&["exec", "-T", "s1", "/shoal", "runtime", "--api", "ha:9999", "show", "info"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&from_node.stderr);
+    assert!(!from_node.status.success() && err.contains("refused"), "a web node reached the runtime API: {err}");
 
     // A third node started by hand on the project's network, as the lab does with `docker run`.
     let s3 = format!("{}_s3_manual", project.name);

@@ -57,30 +57,27 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Where to reach the admin side given `SHOAL_ADMIN` or `--admin`: the proxy's own setting may be a listen
-/// address (`:1936`, `0.0.0.0:1936`: this host's loopback then) or `off`; anything else is a `HOST:PORT`.
-fn connect_address(admin: &str) -> Result<String, String> {
+/// Where to reach a proxy's listener given the proxy's own setting for it (`SHOAL_ADMIN`, `--admin`), which
+/// may be a listen address (`:1936`, `0.0.0.0:1936`: this host's loopback then) or `off`; anything else is a
+/// `HOST:PORT`. `what` and `flag` name the listener and its setting in the error.
+pub(crate) fn connect_address(addr: &str, what: &str, flag: &str) -> Result<String, String> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    match crate::config::value::optional_listen_addr(admin) {
+    match crate::config::value::optional_listen_addr(addr) {
         Ok(crate::config::value::Endpoint(None)) => {
-            Err(format!("the admin listener is {admin:?}: /members needs it (--admin ADDR)"))
+            Err(format!("the {what} is {addr:?}: give the address to reach (--{flag} ADDR)"))
         }
-        Ok(crate::config::value::Endpoint(Some(mut addr))) => {
-            if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() {
-                    IpAddr::V4(Ipv4Addr::LOCALHOST)
-                } else {
-                    IpAddr::V6(Ipv6Addr::LOCALHOST)
-                });
+        Ok(crate::config::value::Endpoint(Some(mut at))) => {
+            if at.ip().is_unspecified() {
+                at.set_ip(if at.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) });
             }
-            Ok(addr.to_string())
+            Ok(at.to_string())
         }
-        Err(_) => Ok(admin.to_string()),
+        Err(_) => Ok(addr.to_string()),
     }
 }
 
 fn fetch(admin: &str, auth: Option<&str>) -> Result<Vec<Row>, String> {
-    let admin = &connect_address(admin)?;
+    let admin = &connect_address(admin, "admin listener", "admin")?;
     let fail = |e: std::io::Error| format!("cannot read {admin}/members: {e}");
     let mut stream = TcpStream::connect(admin).map_err(fail)?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;

@@ -12,6 +12,7 @@ pub mod members;
 mod page;
 mod prometheus;
 pub mod runtime;
+pub mod runtime_client;
 mod sessions;
 mod stats;
 

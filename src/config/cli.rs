@@ -29,6 +29,9 @@ pub enum Command {
     Keygen,
     /// List the cluster's members as a proxy sees them, as `serf members` does.
     Members(MembersArgs),
+    /// Send one line of runtime API commands to a proxy and print its answer, as `socat - tcp:ADDR` did (the
+    /// image has no socat): `docker exec ha /shoal runtime show stat`.
+    Runtime(RuntimeArgs),
     /// One HTTP check of an app, for a container's HEALTHCHECK (the image has no curl): exits 0 on a 2xx or
     /// 3xx answer within the timeout, 1 otherwise, saying why on stderr.
     Check(CheckArgs),
@@ -61,6 +64,16 @@ pub struct MembersArgs {
     /// `table` or `json`.
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    /// A proxy's runtime API address (its own `--runtime-api` setting will do: `0.0.0.0` means loopback).
+    #[arg(long, env = "SHOAL_RUNTIME_API", value_name = "ADDR", default_value = "127.0.0.1:9999")]
+    pub api: String,
+    /// The commands, `;` between several: `show stat`, `set server nodes/s1 state drain`, `help`.
+    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

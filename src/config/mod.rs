@@ -20,7 +20,7 @@ use toml::Spanned;
 /// business of the app, an event handler or an agent-check command it starts.
 pub const SECRET_VARS: [&str; 2] = ["SHOAL_CLUSTER_KEY", "SHOAL_ADMIN_AUTH"];
 
-pub use cli::{AgentArgs, Cli, ClusterArgs, Command, DemoArgs, MembersArgs, ProxyArgs, WebappArgs};
+pub use cli::{AgentArgs, Cli, ClusterArgs, Command, DemoArgs, MembersArgs, ProxyArgs, RuntimeArgs, WebappArgs};
 use file::{DurationText, FileConfig, KeyList};
 pub use value::BackendSpec;
 
