@@ -17,10 +17,22 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::try_parse().unwrap_or_else(|e| refuse(e));
-    if matches!(cli.command, Command::Proxy(_)) {
-        shoal::memory::tune();
+    let unguarded =
+        matches!(cli.command, Command::Proxy(_) | Command::Agent(_)).then(shoal::config::guard_secrets).flatten();
+    match cli.command {
+        Command::Proxy(_) => {
+            shoal::signals::ignore_until_handled(&[libc::SIGHUP, libc::SIGUSR2]);
+            shoal::memory::tune();
+        }
+        Command::Agent(_) => {
+            shoal::signals::ignore_until_handled(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGQUIT])
+        }
+        _ => {}
     }
     let diagnostics = logging::init_diagnostics();
+    if let Some(why) = unguarded {
+        tracing::warn!("{why}");
+    }
     let (code, why) = run(cli, diagnostics.clone());
     // The last log lines are written before it exits (unless stderr is stuck), then why it stops.
     if let Some(sink) = diagnostics {

@@ -3,6 +3,17 @@
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+/// Until a command installs its handlers, the signals it will act on are ignored rather than fatal: a reload or
+/// an upgrade sent while the configuration loads (`systemctl start` then `reload` at once) must not kill it.
+/// The handlers installed later replace this, so the children started after them get the default again at
+/// `execve` (an ignored signal would stay ignored in them).
+pub fn ignore_until_handled(signals: &[libc::c_int]) {
+    for &sig in signals {
+        // SAFETY: SIG_IGN for a catchable signal changes only this process's disposition.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
 pub struct StopSignals {
     term: Signal,
     int: Signal,

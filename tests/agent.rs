@@ -372,3 +372,30 @@ fn with_a_health_check_a_crashed_app_is_out_at_once_and_back_after_its_first_pas
     proxy.wait_server("crashy", "UP again after the restart's first pass", |status, _| status == "UP");
     assert_eq!(common::get(proxy.addr, "/").status(), 200);
 }
+
+/// The cluster key is the agent's secret: the app does not inherit it, and cannot read it from the agent's
+/// `/proc/PID/environ` (the environment it started with) or its memory either, running as the same user with
+/// the same capabilities, none of them `CAP_SYS_PTRACE`, as a container's root app runs beside its agent (PID 1)
+/// under Docker's defaults. It could read both before.
+#[test]
+fn the_app_cannot_read_the_key_from_the_agents_environment_or_memory() {
+    let app = Backend::echo_path();
+    let key = common::keygen();
+    let proxy = Proxy::start(&["--cluster-key", &key]);
+    // The agent's environment is read (the variable is there, its value gone); its memory is not.
+    let script = format!(
+        "env=$(tr '\\0' '\\n' </proc/$PPID/environ); \
+         echo \"$env\" | grep -q '^SHOAL_CLUSTER_KEY=' && echo agent-environ-read >&2; \
+         echo \"$env\" | grep -qF '{key}' && echo key-in-agent-environ >&2; \
+         cat /proc/$PPID/mem 2>&1 | grep -q 'Permission denied' && echo agent-memory-denied >&2; \
+         env | grep -q SHOAL_CLUSTER_KEY && echo key-inherited >&2; echo checked >&2; sleep 30"
+    );
+    let docker_like = ["setpriv", "--bounding-set=-sys_ptrace", "--"];
+    let app_command = ["--", "sh", "-c", &script];
+    let env = [("SHOAL_CLUSTER_KEY", key.as_str())];
+    let agent = Agent::start_wrapped(&docker_like, &app.arg(), &proxy.gossip(), &app_command, &env);
+    agent.stderr.wait_for("the app's checks", |l| l == "checked");
+    let lines: Vec<String> = agent.stderr.all().into_iter().filter(|l| !l.contains(" INFO ")).collect();
+    assert_eq!(lines, ["agent-environ-read", "agent-memory-denied", "checked"]);
+    proxy.stderr.wait_for("the agent joined with the key", |l| l.contains("member up: ") && !l.contains("(Proxy)"));
+}

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -259,4 +260,115 @@ fn an_upgrade_leaves_the_gossip_to_the_successor() {
     // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrades.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     wait_until("the last proxy gone", || gone(pid));
+}
+
+/// Started through a symlink (`/usr/local/bin/shoal -> /opt/shoal/1.4/shoal`), the proxy upgrades to what the
+/// symlink names at the signal: a release repointed to runs. It restarted the old release before (the path
+/// was read from /proc/self/exe, which had followed the symlink at the start), saying it had upgraded. The
+/// successor's event hooks do not get the handover's variables (descriptors meant for it alone).
+#[test]
+fn an_upgrade_runs_what_the_started_symlink_names_now_and_its_hooks_get_no_handover_variables() {
+    let binary = BinaryCopy::new("symlink");
+    let link = binary.dir.join("current");
+    std::os::unix::fs::symlink(&binary.path, &link).unwrap();
+    let marker = binary.dir.join("new-release-ran");
+    let release = binary.dir.join("release-2");
+    let script =
+        format!("#!/bin/sh\necho \"$$\" > '{}'\nexec '{}' \"$@\"\n", marker.display(), env!("CARGO_BIN_EXE_shoal"));
+    std::fs::write(&release, script).unwrap();
+    std::fs::set_permissions(&release, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let backend = Backend::http(|_| common::ok("served"));
+    let pid_file = binary.dir.join("pid");
+    let _cleanup = KillFromPidFile(pid_file.clone());
+    let hook = "env | grep -o '^SHOAL_[A-Z_]*' | sed 's/^/hook-env /' >&2; echo hook-ran >&2";
+    let args = ["--pid-file", pid_file.to_str().unwrap(), "--threads", "1", "--on-event", hook];
+    let mut proxy = Proxy::start_from(&link, &args, &[]);
+    let first = proxy.pid();
+    wait_until("the pid file", || read_pid(&pid_file) == Some(first));
+
+    let staged = binary.dir.join("current.new");
+    std::os::unix::fs::symlink(&release, &staged).unwrap();
+    std::fs::rename(&staged, &link).unwrap();
+    let second = upgrade(first, &pid_file);
+    assert!(proxy.wait_exit().success());
+    let ran = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert_eq!(ran.trim(), second.to_string(), "the release the symlink names now did not run");
+
+    // A member joining now runs the successor's hook.
+    let _agent = Agent::start(&backend.arg(), &proxy.gossip(), &["--name", "web", "--check-path", "/"]);
+    wait_until("the member routed", || common::get(proxy.addr, "/").body_str() == "served");
+    proxy.stderr.wait_for("the successor's hook", |l| l == "hook-ran");
+    let handover: Vec<String> = proxy
+        .stderr
+        .all()
+        .into_iter()
+        .filter(|l| ["INHERIT", "READY_FD", "PEERS", "OVERRIDES"].iter().any(|v| l == &format!("hook-env SHOAL_{v}")))
+        .collect();
+    assert!(handover.is_empty(), "the hook got the handover's variables: {handover:?}");
+    // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrade.
+    unsafe { libc::kill(second as i32, libc::SIGTERM) };
+    wait_until("the successor gone", || gone(second));
+}
+
+/// A reload or an upgrade asked for while the proxy still loads its configuration (here: its key file is a
+/// FIFO no one has written yet) is ignored, not fatal: both signals killed it before their handlers were in.
+#[test]
+fn a_reload_or_upgrade_signal_during_the_start_does_not_kill_the_proxy() {
+    let dir = std::env::temp_dir().join(format!("shoal-early-signal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("key");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a path in a directory of the test's own.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let mut child = common::shoal()
+        .args(["proxy", "--listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--admin", "off", "--runtime-api", "off"])
+        .arg("--cluster-key-file")
+        .arg(&fifo)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = common::Lines::default();
+    lines.clone().collect_from(child.stderr.take().unwrap());
+    // A writer's non-blocking open succeeds once the proxy has the FIFO open for reading: it is loading.
+    let writer = loop {
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
+            Ok(w) => break w,
+            Err(_) => {
+                assert!(child.try_wait().unwrap().is_none(), "the proxy exited: {:?}", lines.all());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    };
+    for sig in [libc::SIGHUP, libc::SIGUSR2] {
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
+    let key = format!("{}\n", common::keygen());
+    let _ = std::io::Write::write_all(&mut { writer }, key.as_bytes());
+    // The file is read again (checked, loaded, then watched for a new key): every reader gets the key, until
+    // the proxy is gone (a FIFO with no writer would hold a read, and the proxy, for good).
+    let exited = AtomicBool::new(false);
+    let status = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !exited.load(Ordering::SeqCst) {
+                let open = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+                if let Ok(mut w) = open {
+                    let _ = std::io::Write::write_all(&mut w, key.as_bytes());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let listening =
+            std::panic::catch_unwind(|| lines.wait_for("the proxy listening", |l| l.contains("listening on ")));
+        let alive = child.try_wait().unwrap().is_none();
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        exited.store(true, Ordering::SeqCst);
+        assert!(listening.is_ok() && alive, "the proxy died of a signal sent while it loaded: {status}");
+        status
+    });
+    assert!(status.success(), "{:?}", lines.all());
+    let _ = std::fs::remove_dir_all(&dir);
 }

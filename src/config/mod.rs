@@ -20,6 +20,36 @@ use toml::Spanned;
 /// business of the app, an event handler or an agent-check command it starts.
 pub const SECRET_VARS: [&str; 2] = ["SHOAL_CLUSTER_KEY", "SHOAL_ADMIN_AUTH"];
 
+/// Keeps the secrets this process was given out of its children's reach. Not inheriting the variables is not
+/// enough when they run as the same user, as a container's app runs as root beside its agent (PID 1):
+/// `/proc/1/environ` shows the environment the process started with, whatever `unsetenv` did since, so the
+/// values there are overwritten with zeros (the process keeps a copy in its own environment, for an upgrade's
+/// successor and its own reads); and a process that is not dumpable lets only holders of `CAP_SYS_PTRACE`
+/// (which Docker does not grant) read its memory through `/proc/PID/mem`, as HAProxy is once it has changed
+/// user. Children are dumpable again: the flag does not pass through `execve`. Call it first, while no other
+/// thread reads the environment. Returns what could not be done.
+pub fn guard_secrets() -> Option<String> {
+    for name in SECRET_VARS {
+        let Ok(value) = std::env::var(name) else { continue };
+        let c_name = std::ffi::CString::new(name).expect("no NUL in a constant");
+        // SAFETY: getenv's pointer is the value's bytes in the block the kernel shows as /proc/PID/environ (or a
+        // copy setenv made); it is read and then overwritten within its own length, before set_var below makes
+        // the environment point at a fresh copy, and no other thread touches the environment meanwhile.
+        unsafe {
+            let at = libc::getenv(c_name.as_ptr());
+            std::env::set_var(name, &value);
+            if !at.is_null() {
+                std::ptr::write_bytes(at, 0, libc::strlen(at));
+            }
+        }
+    }
+    // SAFETY: PR_SET_DUMPABLE takes an integer and changes only this process's flag.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) } != 0 {
+        return Some(format!("cannot make the process undumpable: {}", std::io::Error::last_os_error()));
+    }
+    None
+}
+
 pub use cli::{AgentArgs, Cli, ClusterArgs, Command, DemoArgs, MembersArgs, ProxyArgs, RuntimeArgs, WebappArgs};
 use file::{DurationText, FileConfig, KeyList};
 pub use value::BackendSpec;

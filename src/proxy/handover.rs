@@ -62,6 +62,8 @@ impl Kind {
 #[derive(Default)]
 pub struct Inherited {
     fds: HashMap<(Kind, String), Vec<OwnedFd>>,
+    /// The write end of the predecessor's readiness pipe.
+    ready: Option<OwnedFd>,
     /// The members the predecessor knew: announced to at once, and waited for before reporting ready.
     pub peers: Vec<std::net::SocketAddr>,
     /// What the predecessor's operator set on its servers, kept across the upgrade.
@@ -69,31 +71,39 @@ pub struct Inherited {
 }
 
 impl Inherited {
-    /// What the environment says was handed over (nothing, for a process not started by an upgrade).
+    /// What the environment says was handed over (nothing, for a process not started by an upgrade). The
+    /// variables are removed: an event hook this process runs, or a proxy that hook starts, must not take
+    /// descriptors that were meant for this process alone.
     pub fn from_env() -> Inherited {
         let mut inherited = Inherited::default();
-        let Ok(list) = std::env::var(INHERIT) else { return inherited };
+        let list = std::env::var(INHERIT).ok();
         let peers = std::env::var(PEERS).unwrap_or_default();
+        let overrides = std::env::var(OVERRIDES).unwrap_or_default();
+        let ready = std::env::var(READY_FD).ok();
+        for name in [INHERIT, PEERS, OVERRIDES, READY_FD] {
+            std::env::remove_var(name);
+        }
+        let Some(list) = list else { return inherited };
         inherited.peers = peers.split(',').filter_map(|p| p.parse().ok()).collect();
-        inherited.overrides = decode_overrides(&std::env::var(OVERRIDES).unwrap_or_default());
+        inherited.overrides = decode_overrides(&overrides);
+        inherited.ready = ready.and_then(|fd| adopt(&fd, READY_FD));
         for entry in list.split(';').filter(|e| !e.is_empty()) {
             let parsed = entry.split_once('=').and_then(|(key, fd)| {
                 let (tag, addr) = key.split_once('/')?;
-                Some((Kind::from_tag(tag)?, addr.to_string(), fd.parse::<RawFd>().ok()?))
+                Some((Kind::from_tag(tag)?, addr.to_string(), adopt(fd, INHERIT)?))
             });
-            let Some((kind, addr, fd)) = parsed else {
+            let Some((kind, addr, owned)) = parsed else {
                 tracing::warn!("ignoring {INHERIT} entry {entry:?}");
                 continue;
-            };
-            // SAFETY: the previous process placed this descriptor here for us alone; we own it from now on,
-            // and mark it close-on-exec so it goes no further than this process unless handed over again.
-            let owned = unsafe {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                OwnedFd::from_raw_fd(fd)
             };
             inherited.fds.entry((kind, addr)).or_default().push(owned);
         }
         inherited
+    }
+
+    /// Closes what nothing took; keeps the readiness pipe.
+    pub fn into_ready(self) -> Ready {
+        Ready(self.ready)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -177,12 +187,29 @@ fn decode_overrides(text: &str) -> Vec<(String, Override)> {
         .collect()
 }
 
-/// Tells the previous process, if any, that this one now serves.
-pub fn report_ready() {
-    let Some(fd) = std::env::var(READY_FD).ok().and_then(|v| v.parse::<RawFd>().ok()) else { return };
-    // SAFETY: the previous process put the write end of its readiness pipe at this descriptor for us.
-    let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
-    let _ = io::Write::write_all(&mut pipe, b"1");
+/// The predecessor's readiness pipe, if this process was started by an upgrade.
+pub struct Ready(Option<OwnedFd>);
+
+impl Ready {
+    /// Tells the previous process, if any, that this one now serves.
+    pub fn report(self) {
+        if let Some(fd) = self.0 {
+            let _ = io::Write::write_all(&mut std::fs::File::from(fd), b"1");
+        }
+    }
+}
+
+/// Takes the descriptor `text` names, as a predecessor placed it (3 and above) and only if it is open, marked
+/// close-on-exec so it goes no further than this process unless handed over again.
+fn adopt(text: &str, variable: &str) -> Option<OwnedFd> {
+    let fd = text.parse::<RawFd>().ok().filter(|&fd| fd >= 3);
+    // SAFETY: F_SETFD on any number is harmless; it fails on a descriptor that is not open.
+    let Some(fd) = fd.filter(|&fd| unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0) else {
+        tracing::warn!("{variable}: {text:?} is not a descriptor handed over to this process");
+        return None;
+    };
+    // SAFETY: the previous process placed this open descriptor here for us alone; we own it from now on.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A socket to hand over, with what it is.
@@ -192,6 +219,27 @@ pub struct Handed {
     /// it under the same arguments.
     pub configured: String,
     pub fd: RawFd,
+}
+
+/// The path this process was started by, symlinks kept (`argv[0]`, looked up in `PATH` when it has no `/`,
+/// as a shell found it): an upgrade runs what that path names now, a symlink repointed to a new release
+/// included, as nginx re-executes `argv[0]`. `/proc/self/exe` (`current_exe`) names the file the symlink led
+/// to at the start: the old release. Read at the start, before anything could change the directory.
+pub fn started_path() -> io::Result<std::path::PathBuf> {
+    let here = std::env::current_dir()?;
+    let Some(argv0) = std::env::args_os().next().map(std::path::PathBuf::from) else {
+        return std::env::current_exe();
+    };
+    if argv0.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return Ok(here.join(argv0));
+    }
+    let executable = |p: &Path| {
+        std::fs::metadata(p)
+            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).map(|dir| here.join(dir).join(&argv0)).find(|p| executable(p));
+    found.map_or_else(std::env::current_exe, Ok)
 }
 
 /// Starts `exe` with this process's arguments and environment, the `sockets` and the gossip `peers`; returns
@@ -265,12 +313,14 @@ fn wait_ready(child: &mut Child, pipe: OwnedFd, limit: Duration) -> Result<(), S
         let ready = unsafe { libc::poll(&mut poll, 1, 100) };
         if ready > 0 {
             let mut byte = [0u8; 1];
-            return match pipe.read(&mut byte) {
-                Ok(1) => Ok(()),
-                _ => match child.wait() {
-                    Ok(status) => Err(format!("the new process exited ({status}) before it was ready")),
-                    Err(e) => Err(format!("the new process closed its readiness pipe: {e}")),
-                },
+            if let Ok(1) = pipe.read(&mut byte) {
+                return Ok(());
+            }
+            // Closed without the byte: it exited, or closed descriptors it did not know (a wrapper script).
+            // Its exit is waited for within the limit, never for good.
+            return match wait_exit(child, deadline) {
+                Some(status) => Err(format!("the new process exited ({status}) before it was ready")),
+                None => Err("the new process closed its readiness pipe without reporting ready".into()),
             };
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -282,9 +332,38 @@ fn wait_ready(child: &mut Child, pipe: OwnedFd, limit: Duration) -> Result<(), S
     }
 }
 
+/// The child's exit status if it exits by `deadline`.
+fn wait_exit(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A variable naming no descriptor handed over is refused, not taken: -1 panicked in `from_raw_fd`, and a
+    /// standard stream or a closed number would have been closed or reused as a socket later.
+    #[test]
+    fn only_open_descriptors_above_the_standard_ones_are_adopted() {
+        for text in ["-1", "0", "2", "x", "", "999999"] {
+            assert!(adopt(text, "TEST").is_none(), "{text:?} adopted");
+        }
+        let mut ends = [0 as RawFd; 2];
+        // SAFETY: pipe fills the two descriptors we pass.
+        assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+        let read = adopt(&ends[0].to_string(), "TEST").expect("an open descriptor");
+        // SAFETY: F_GETFD on the descriptor just adopted.
+        assert_eq!(unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        drop(read);
+        // SAFETY: the write end is ours.
+        drop(unsafe { OwnedFd::from_raw_fd(ends[1]) });
+    }
 
     #[test]
     fn overrides_cross_the_environment_unchanged() {

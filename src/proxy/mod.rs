@@ -162,8 +162,7 @@ pub fn run(
     if let (Some(path), true) = (&pid_file, inherited.is_empty()) {
         control::PidFile::check(path).map_err(ProxyError::PidFile)?;
     }
-    // The path as started, not /proc/self/exe: an upgrade runs whatever binary is now at that path.
-    let exe = std::env::current_exe().map_err(ProxyError::Start)?;
+    let exe = handover::started_path().map_err(ProxyError::Start)?;
     let tls = match config.tls_listen.is_empty() {
         true => None,
         false => Some(start_tls(&config.tls_certs)?),
@@ -206,7 +205,7 @@ pub fn run(
     if !inherited.is_empty() {
         tracing::warn!("closing handed-over sockets this configuration no longer uses: {:?}", inherited.leftovers());
     }
-    drop(inherited);
+    let ready = inherited.into_ready();
     let pool = Pool::new(threads);
     let statics: Vec<(Arc<Backend>, u16)> =
         config.backends.iter().map(|b| (Arc::new(Backend::new(b, &pool)), b.weight)).collect();
@@ -297,8 +296,10 @@ pub fn run(
             }
         }
     }
-    handover::report_ready();
+    // The pid file names this process before the predecessor hears it is ready: the predecessor, exiting
+    // then, removes the file only while it still names the predecessor.
     let pid_file = control::PidFile::write(pid_file);
+    ready.report();
 
     let gossip = cluster.pauser();
     let mut control =

@@ -366,7 +366,21 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(service: &str, join: &str, extra: &[&str]) -> Agent {
-        let mut cmd = shoal();
+        Agent::start_wrapped(&[], service, join, extra, &[])
+    }
+
+    /// The same with variables set in the agent's environment, started through `wrapper` (a program and its
+    /// arguments, which runs the rest of its command line; empty for none).
+    pub fn start_wrapped(wrapper: &[&str], service: &str, join: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_shoal"));
+                c
+            }
+            None => shoal(),
+        };
+        cmd.envs(env.iter().copied());
         cmd.args(["agent", "--service", service, "--join", join]);
         if !extra.contains(&"--gossip") {
             cmd.args(["--gossip", "127.0.0.1:0"]);
