@@ -99,6 +99,22 @@ impl ControlSignals {
         })
     }
 
+    /// The next of those signals if one comes within `limit`.
+    pub fn next_within(&mut self, limit: std::time::Duration) -> Option<Control> {
+        let ControlSignals { runtime, stop, hup, usr2 } = self;
+        runtime.block_on(async {
+            tokio::time::timeout(limit, async {
+                tokio::select! {
+                    _ = stop.recv() => Control::Stop,
+                    _ = hup.recv() => Control::Reload,
+                    _ = usr2.recv() => Control::Upgrade,
+                }
+            })
+            .await
+            .ok()
+        })
+    }
+
     /// The signals that came while nobody waited (each kind once), without blocking: the signal driver gets
     /// a few milliseconds to read what the handlers noted.
     pub fn pending(&mut self) -> Vec<Control> {

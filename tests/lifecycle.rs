@@ -212,6 +212,36 @@ fn graceful_shutdown_finishes_requests_in_flight() {
     assert!(std::net::TcpStream::connect(proxy.addr).is_err(), "nothing listens after exit");
 }
 
+/// A second SIGTERM (or Ctrl-C) during the drain closes what is still open at once, as an operator hurrying a
+/// stop expects: it was ignored, and the drain ran to its `--grace` (a minute here).
+#[test]
+fn a_second_stop_ends_the_drain_at_once() {
+    let (backend, _release) = Backend::gated("done", "done");
+    let mut proxy = Proxy::start(&["--backend", &backend.arg(), "--grace", "60s", "--threads", "1"]);
+    let mut busy = Wire::connect(proxy.addr);
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    backend.wait_requests(1);
+    proxy.signal(libc::SIGTERM);
+    proxy.stderr.wait_for("stop notice", |l| l.contains("stopping"));
+    assert!(busy.silent_for(Duration::from_millis(300)), "the request in flight is left to finish");
+    let hurried = std::time::Instant::now();
+    proxy.signal(libc::SIGTERM);
+    proxy.stderr.wait_for("the second stop", |l| l.contains("stop asked for again"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = proxy.pid();
+    std::thread::spawn(move || {
+        let _ = tx.send(proxy.wait_exit());
+    });
+    let status = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| {
+        // SAFETY: kill(2) on the proxy this test started, still running past the test's patience.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("the proxy still drained 5 s after the second stop")
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(busy.is_closed(), "the connection in flight is closed");
+    eprintln!("second stop to exit: {:?}", hurried.elapsed());
+}
+
 /// The stop comes while an answer streams, its head already sent without `Connection: close`: a request the
 /// client pipelined behind it is answered too, with the close, instead of being dropped unread with the
 /// connection (which resets it, and can take the end of the first answer along).

@@ -372,3 +372,79 @@ fn a_reload_or_upgrade_signal_during_the_start_does_not_kill_the_proxy() {
     assert!(status.success(), "{:?}", lines.all());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// While the old process finishes a request after the handover, the new one dies (a release that crashes on
+/// its first real traffic): nothing accepts connections any more. The old process says so, removes the pid
+/// file that names the dead process and exits with an error once drained, so that a supervisor restarts the
+/// proxy; it exited 0 and left the dead pid in the file, which systemd takes for a clean stop.
+#[test]
+fn a_successor_dying_while_the_old_process_drains_is_an_error() {
+    let binary = BinaryCopy::new("dying");
+    let (backend, release) = Backend::gated("slow done", "done");
+    let pid_file = binary.dir.join("pid");
+    let _cleanup = KillFromPidFile(pid_file.clone());
+    let backend_arg = backend.arg();
+    let args =
+        ["--pid-file", pid_file.to_str().unwrap(), "--backend", &backend_arg, "--grace", "30s", "--threads", "1"];
+    let mut proxy = Proxy::start_from(&binary.path, &args, &[]);
+    let old = proxy.pid();
+    wait_until("the pid file", || read_pid(&pid_file) == Some(old));
+    let mut busy = common::Wire::connect(proxy.addr);
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    backend.wait_requests(1);
+
+    // The new release serves, then dies a second later.
+    let crashing = binary.dir.join("crashing");
+    let script =
+        format!("#!/bin/sh\n(sleep 1; kill -9 $$) >/dev/null 2>&1 &\nexec '{}' \"$@\"\n", env!("CARGO_BIN_EXE_shoal"));
+    std::fs::write(&crashing, script).unwrap();
+    std::fs::set_permissions(&crashing, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    binary.install(&crashing);
+    let new = upgrade(old, &pid_file);
+    let said = proxy.stderr.wait_for("the dead successor noticed", |l| l.contains("nothing accepts connections now"));
+    assert!(said.contains(&format!("pid {new}")), "{said}");
+    wait_until("the dead pid out of the pid file", || read_pid(&pid_file).is_none());
+
+    release.send(()).unwrap();
+    let answer = busy.read_response(false).expect("the request in flight answered");
+    assert_eq!(answer.body_str(), "slow done");
+    let status = proxy.wait_exit();
+    assert!(!status.success(), "the old process exited {status:?} with nothing serving after it");
+}
+
+/// `systemctl reload` signals the unit's main process, still the old one while it finishes its requests after
+/// an upgrade: the SIGHUP goes on to the new process, which serves and reloads the file. It was ignored.
+#[test]
+fn a_reload_sent_to_the_old_process_while_it_drains_reaches_the_new_one() {
+    let binary = BinaryCopy::new("reload-drain");
+    let (first, release) = Backend::gated("slow", "first");
+    let second = Backend::http(|_| common::ok("second"));
+    let listen = common::free_port();
+    let file = common::TempFile::new(
+        "upgrade-reload.toml",
+        &format!("listen = [\"{listen}\"]\nbackend = [\"a={}\"]\nthreads = 1\ngrace = \"30s\"\n", first.addr),
+    );
+    let pid_file = binary.dir.join("pid");
+    let _cleanup = KillFromPidFile(pid_file.clone());
+    let mut proxy =
+        Proxy::start_from(&binary.path, &["--config", file.arg(), "--pid-file", pid_file.to_str().unwrap()], &[]);
+    let old = proxy.pid();
+    wait_until("the pid file", || read_pid(&pid_file) == Some(old));
+    let mut busy = common::Wire::connect(proxy.addr);
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    first.wait_requests(1);
+    let new = upgrade(old, &pid_file);
+    // Past the handover itself (signals pending at its end were passed on before): the old process left.
+    proxy.stderr.wait_for("the old process draining", |l| l.contains("left the cluster"));
+
+    file.write(&format!("listen = [\"{listen}\"]\nbackend = [\"b={}\"]\nthreads = 1\ngrace = \"30s\"\n", second.addr));
+    proxy.signal(libc::SIGHUP);
+    proxy.stderr.wait_for("the reload passed on", |l| l.contains(&format!("goes on to pid {new}")));
+    wait_until("the new process serving the reloaded file", || common::get(proxy.addr, "/").body_str() == "second");
+    release.send(()).unwrap();
+    assert_eq!(busy.read_response(false).expect("the request in flight").body_str(), "slow");
+    assert!(proxy.wait_exit().success());
+    // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrade.
+    unsafe { libc::kill(new as i32, libc::SIGTERM) };
+    wait_until("the new process gone", || gone(new));
+}

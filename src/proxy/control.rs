@@ -49,6 +49,8 @@ pub struct Control {
     pub signals: ControlSignals,
     /// This process's gossip, paused while a successor starts with its socket.
     pub gossip: crate::cluster::Pauser,
+    /// The process an upgrade handed the sockets to, watched while this one drains.
+    pub successor: Option<std::process::Child>,
 }
 
 impl Control {
@@ -191,6 +193,7 @@ impl Control {
                 }
                 self.groups.clear();
                 self.pass_on_signals(child.id());
+                self.successor = Some(child);
                 true
             }
             Err(why) => {
@@ -199,6 +202,58 @@ impl Control {
                 false
             }
         }
+    }
+
+    /// Waits for the data-plane threads to finish their connections (at most `--grace`), still acting on
+    /// signals: a second stop ends the drain at once (`hurry`); after an upgrade a reload goes on to the
+    /// successor, which serves (`systemctl reload` signals this process until it exits). A successor that
+    /// exits meanwhile leaves nothing accepting: said loudly, the pid file naming it removed, and this process
+    /// exits with an error, so that a supervisor (systemd's `Restart=on-failure`) starts the proxy again.
+    pub fn drain(
+        &mut self,
+        workers: Vec<std::thread::JoinHandle<()>>,
+        hurry: &watch::Sender<bool>,
+        pid_file: &PidFile,
+    ) -> Result<(), super::ProxyError> {
+        let mut died = None;
+        while !workers.iter().all(|w| w.is_finished()) {
+            match self.signals.next_within(Duration::from_millis(100)) {
+                Some(Signal::Stop) if !*hurry.borrow() => {
+                    tracing::warn!("stop asked for again: closing the connections still open now");
+                    let _ = hurry.send(true);
+                }
+                Some(Signal::Reload) if self.successor.is_some() => self.pass_on(libc::SIGHUP, "reload"),
+                Some(signal @ (Signal::Reload | Signal::Upgrade)) => {
+                    tracing::warn!("{signal:?} ignored: this process is finishing its requests and stopping");
+                }
+                _ => {}
+            }
+            if let Some(child) = self.successor.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let pid = child.id();
+                    tracing::error!(
+                        "upgrade: the new process (pid {pid}) exited ({status}): nothing accepts connections now"
+                    );
+                    pid_file.remove_if_naming(pid);
+                    died = Some((pid, status));
+                    self.successor = None;
+                }
+            }
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+        match died {
+            Some((pid, status)) => Err(super::ProxyError::SuccessorDied { pid, status }),
+            None => Ok(()),
+        }
+    }
+
+    fn pass_on(&self, number: i32, what: &str) {
+        let Some(successor) = &self.successor else { return };
+        tracing::info!("upgrade: a {what} sent to this process goes on to pid {}, which serves", successor.id());
+        // SAFETY: kill(2) on the child this process started and has not reaped.
+        unsafe { libc::kill(successor.id() as i32, number) };
     }
 
     /// Signals sent to this process while its successor started were meant for whichever serves: a stop or a
@@ -267,6 +322,17 @@ impl PidFile {
             }
         }
         PidFile(path)
+    }
+}
+
+impl PidFile {
+    /// Removes the file if it names `pid` (a successor that died: a stale pid must not be taken for the
+    /// proxy's).
+    pub fn remove_if_naming(&self, pid: u32) {
+        let Some(p) = &self.0 else { return };
+        if std::fs::read_to_string(p).is_ok_and(|s| s.trim() == pid.to_string()) {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

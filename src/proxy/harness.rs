@@ -163,6 +163,7 @@ fn parts(addr: SocketAddr) -> io::Result<Parts> {
         config_changes,
         backends,
         shutdown,
+        hurry: watch::channel(false).1,
         log: None,
         diagnostics: None,
         open: Default::default(),

@@ -67,6 +67,8 @@ pub struct Shared {
     pub config_changes: watch::Receiver<u64>,
     pub backends: SharedBackends,
     pub shutdown: watch::Receiver<bool>,
+    /// Set by a second stop during the drain: connections still open are closed now, not at `--grace`.
+    pub hurry: watch::Receiver<bool>,
     pub log: Option<crate::logging::Sink>,
     /// Diagnostics' sink, for its loss counters.
     pub diagnostics: Option<crate::logging::Sink>,
@@ -118,6 +120,8 @@ pub enum ProxyError {
     Tls(#[from] tls::TlsError),
     #[error("`pid-file`: {0}")]
     PidFile(std::io::Error),
+    #[error("the new process (pid {pid}) of the upgrade exited ({status}) while this one finished its requests")]
+    SuccessorDied { pid: u32, status: std::process::ExitStatus },
 }
 
 /// Loads the certificates and logs what each serves.
@@ -227,6 +231,7 @@ pub fn run(
     .map_err(ProxyError::Listen)?;
     roster.set_this(&crate::host::name().unwrap_or_else(|| "proxy".into()), cluster.advertised, Role::Proxy);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (hurry_tx, hurry_rx) = watch::channel(false);
     let (config_changed, config_changes) = watch::channel(0);
     let log = match config.access_log {
         true => Some(crate::logging::Sink::start("shoal-log", std::io::stdout()).map_err(ProxyError::Start)?.0),
@@ -243,6 +248,7 @@ pub fn run(
         config_changes,
         backends,
         shutdown: stop_rx,
+        hurry: hurry_rx,
         log,
         diagnostics,
         open: Default::default(),
@@ -302,20 +308,29 @@ pub fn run(
     ready.report();
 
     let gossip = cluster.pauser();
-    let mut control =
-        control::Control { shared, publisher, groups, commands, handed, exe, reload, config_changed, signals, gossip };
+    let mut control = control::Control {
+        shared,
+        publisher,
+        groups,
+        commands,
+        handed,
+        exe,
+        reload,
+        config_changed,
+        signals,
+        gossip,
+        successor: None,
+    };
     control.serve();
-    drop(control);
     let _ = stop_tx.send(true);
     cluster.leave(std::time::Duration::from_secs(1));
-    for w in workers {
-        let _ = w.join();
-    }
+    let outcome = control.drain(workers, &hurry_tx, &pid_file);
     // Bounded: a stuck stdout must not hold the exit.
     if let Some(sink) = log_flush {
         sink.flush(std::time::Duration::from_secs(1));
     }
     drop(pid_file);
+    outcome?;
     tracing::info!("stopped");
     Ok(())
 }

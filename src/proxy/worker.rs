@@ -377,8 +377,20 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<Listening>, commands: 
                 closed.await;
             }
         };
-        if tokio::time::timeout(grace, drained).await.is_err() {
-            tracing::warn!("thread {id}: grace period over with {} connections open", worker.connections.get());
+        let mut hurry = worker.shared.hurry.clone();
+        let hurried = async {
+            // No one left to hurry it (the sender gone): the drain runs its course.
+            if hurry.wait_for(|now| *now).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            ended = tokio::time::timeout(grace, drained) => if ended.is_err() {
+                tracing::warn!("thread {id}: grace period over with {} connections open", worker.connections.get());
+            },
+            () = hurried => if busy() {
+                tracing::warn!("thread {id}: drain cut short with {} connections open", worker.connections.get());
+            },
         }
         worker.flush_log();
         worker.timings.borrow_mut().publish();
