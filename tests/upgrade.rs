@@ -448,3 +448,47 @@ fn a_reload_sent_to_the_old_process_while_it_drains_reaches_the_new_one() {
     unsafe { libc::kill(new as i32, libc::SIGTERM) };
     wait_until("the new process gone", || gone(new));
 }
+
+/// A static server its health check holds DOWN stays DOWN in the new process, as HAProxy's server-state file
+/// keeps it: it started UP there, one failed check from DOWN, and took requests until that check failed,
+/// which for a server that leaves checks unanswered is a whole interval (here 30 s in the file the new
+/// process reads, during which every other request got the server's 503).
+#[test]
+fn a_static_server_down_by_its_check_stays_down_across_an_upgrade() {
+    let binary = BinaryCopy::new("statics-down");
+    let sick = Backend::http(|req| {
+        if req.start_line().contains("/health") {
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick".to_vec()
+    });
+    let well = Backend::http(|_| common::ok("well"));
+    let listen = common::free_port();
+    let file_with = |interval: &str, fall: u32| {
+        format!(
+            "listen = [\"{listen}\"]\nbackend = [\"sick={}\", \"well={}\"]\nthreads = 1\nbackend-check-path = \"/health\"\n\
+             backend-check-interval = \"{interval}\"\nbackend-fall = {fall}\n",
+            sick.addr, well.addr
+        )
+    };
+    let file = common::TempFile::new("statics-down.toml", &file_with("100ms", 1));
+    let pid_file = binary.dir.join("pid");
+    let _cleanup = KillFromPidFile(pid_file.clone());
+    let mut proxy =
+        Proxy::start_from(&binary.path, &["--config", file.arg(), "--pid-file", pid_file.to_str().unwrap()], &[]);
+    let old = proxy.pid();
+    wait_until("the pid file", || read_pid(&pid_file) == Some(old));
+    proxy.wait_server("sick", "DOWN", |status, _| status == "DOWN");
+    let well_only: std::collections::BTreeSet<String> = ["well".to_string()].into();
+    assert_eq!(answering(&proxy), well_only);
+
+    // The new process's checks are slow and forgiving: what it starts with decides the first 30 s.
+    file.write(&file_with("30s", 3));
+    let new = upgrade(old, &pid_file);
+    assert!(proxy.wait_exit().success());
+    assert_eq!(answering(&proxy), well_only, "the sick server took requests after the upgrade");
+    assert_eq!(proxy.server_rows()["sick"]["status"], "DOWN");
+    // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrade.
+    unsafe { libc::kill(new as i32, libc::SIGTERM) };
+    wait_until("the new process gone", || gone(new));
+}

@@ -146,6 +146,13 @@ impl Publisher {
         }
     }
 
+    /// The static servers held DOWN by their health checks, by name.
+    pub fn statics_down(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.statics_down.iter().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Whether the static server `name` is held DOWN by its health check.
     pub fn static_is_down(&self, name: &str) -> bool {
         self.statics_down.contains(name)

@@ -168,9 +168,13 @@ impl Control {
             fd: h.gossip.1.as_raw_fd(),
         });
         tracing::info!("upgrade: starting {} with {} sockets", self.exe.display(), sockets.len());
-        let (peers, overrides) = {
+        let carried = {
             let publisher = self.publisher.lock();
-            (publisher.routable_members(), publisher.overrides())
+            handover::Carried {
+                peers: publisher.routable_members(),
+                overrides: publisher.overrides(),
+                statics_down: publisher.statics_down(),
+            }
         };
         // One reader per socket: datagrams meant for the successor must not be taken here.
         if !self.gossip.pause(Duration::from_secs(1)) {
@@ -179,7 +183,7 @@ impl Control {
             self.gossip.resume();
             return false;
         }
-        match handover::start_successor(&self.exe, &sockets, &peers, &overrides, UPGRADE_WITHIN) {
+        match handover::start_successor(&self.exe, &sockets, &carried, UPGRADE_WITHIN) {
             Ok(child) => {
                 tracing::info!(
                     "upgrade: pid {} serves now; this one stops accepting and finishes its requests",

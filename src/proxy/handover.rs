@@ -24,6 +24,21 @@ const PEERS: &str = "SHOAL_PEERS";
 /// The operator's overrides (runtime API `set server`), `NAME=STATE/WEIGHT` separated by commas, the name
 /// percent-encoded, `-` for what is not set.
 const OVERRIDES: &str = "SHOAL_OVERRIDES";
+/// The static servers whose health check holds them DOWN, names percent-encoded, separated by commas.
+const STATICS_DOWN: &str = "SHOAL_STATICS_DOWN";
+
+/// What a process hands its successor besides sockets: where it routes, so that the successor routes the
+/// same from its first request (HAProxy keeps the last two with a server-state file).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Carried {
+    /// The gossip members the predecessor routed to: announced to at once, waited for before reporting ready.
+    pub peers: Vec<std::net::SocketAddr>,
+    /// What the predecessor's operator set on its servers.
+    pub overrides: Vec<(String, Override)>,
+    /// Static servers the predecessor's checks held DOWN: they start DOWN, `rise` passes from UP, instead of
+    /// UP and `fall` failures from DOWN, taking requests meanwhile.
+    pub statics_down: Vec<String>,
+}
 
 /// What kind of socket a handed-over descriptor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,10 +79,8 @@ pub struct Inherited {
     fds: HashMap<(Kind, String), Vec<OwnedFd>>,
     /// The write end of the predecessor's readiness pipe.
     ready: Option<OwnedFd>,
-    /// The members the predecessor knew: announced to at once, and waited for before reporting ready.
-    pub peers: Vec<std::net::SocketAddr>,
-    /// What the predecessor's operator set on its servers, kept across the upgrade.
-    pub overrides: Vec<(String, Override)>,
+    /// What the predecessor routed by.
+    pub carried: Carried,
 }
 
 impl Inherited {
@@ -79,13 +92,17 @@ impl Inherited {
         let list = std::env::var(INHERIT).ok();
         let peers = std::env::var(PEERS).unwrap_or_default();
         let overrides = std::env::var(OVERRIDES).unwrap_or_default();
+        let statics_down = std::env::var(STATICS_DOWN).unwrap_or_default();
         let ready = std::env::var(READY_FD).ok();
-        for name in [INHERIT, PEERS, OVERRIDES, READY_FD] {
+        for name in [INHERIT, PEERS, OVERRIDES, STATICS_DOWN, READY_FD] {
             std::env::remove_var(name);
         }
         let Some(list) = list else { return inherited };
-        inherited.peers = peers.split(',').filter_map(|p| p.parse().ok()).collect();
-        inherited.overrides = decode_overrides(&overrides);
+        inherited.carried = Carried {
+            peers: peers.split(',').filter_map(|p| p.parse().ok()).collect(),
+            overrides: decode_overrides(&overrides),
+            statics_down: statics_down.split(',').filter(|n| !n.is_empty()).filter_map(decode_name).collect(),
+        };
         inherited.ready = ready.and_then(|fd| adopt(&fd, READY_FD));
         for entry in list.split(';').filter(|e| !e.is_empty()) {
             let parsed = entry.split_once('=').and_then(|(key, fd)| {
@@ -121,6 +138,32 @@ impl Inherited {
     }
 }
 
+/// A server name in a list separated by commas: what is not a letter, a digit, `.`, `_` or `-` as `%XX`.
+fn encode_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn decode_name(encoded: &str) -> Option<String> {
+    let mut bytes = Vec::new();
+    let mut rest = encoded.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 fn encode_overrides(overrides: &[(String, Override)]) -> String {
     let state = |o: &Override| match o.state {
         Some(ServerState::Maint) => "maint",
@@ -130,14 +173,7 @@ fn encode_overrides(overrides: &[(String, Override)]) -> String {
     let entries: Vec<String> = overrides
         .iter()
         .map(|(name, o)| {
-            let name: String = name
-                .bytes()
-                .map(|b| match b {
-                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => char::from(b).to_string(),
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            format!("{name}={}/{}", state(o), o.weight.map_or("-".to_string(), |w| w.to_string()))
+            format!("{}={}/{}", encode_name(name), state(o), o.weight.map_or("-".to_string(), |w| w.to_string()))
         })
         .collect();
     entries.join(",")
@@ -145,21 +181,6 @@ fn encode_overrides(overrides: &[(String, Override)]) -> String {
 
 /// The overrides in `SHOAL_OVERRIDES`; an entry that does not read is logged and left out.
 fn decode_overrides(text: &str) -> Vec<(String, Override)> {
-    let decode_name = |encoded: &str| -> Option<String> {
-        let mut bytes = Vec::new();
-        let mut rest = encoded.as_bytes();
-        while let Some((&b, tail)) = rest.split_first() {
-            if b == b'%' {
-                let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
-                bytes.push(u8::from_str_radix(hex, 16).ok()?);
-                rest = &tail[2..];
-            } else {
-                bytes.push(b);
-                rest = tail;
-            }
-        }
-        String::from_utf8(bytes).ok()
-    };
     let entry = |e: &str| -> Option<(String, Override)> {
         let (name, setting) = e.split_once('=')?;
         let (state, weight) = setting.split_once('/')?;
@@ -242,15 +263,9 @@ pub fn started_path() -> io::Result<std::path::PathBuf> {
     found.map_or_else(std::env::current_exe, Ok)
 }
 
-/// Starts `exe` with this process's arguments and environment, the `sockets` and the gossip `peers`; returns
+/// Starts `exe` with this process's arguments and environment, the `sockets` and what is `carried`; returns
 /// once it reports ready, or why it did not within `limit` (then it is killed, if still running).
-pub fn start_successor(
-    exe: &Path,
-    sockets: &[Handed],
-    peers: &[std::net::SocketAddr],
-    overrides: &[(String, Override)],
-    limit: Duration,
-) -> Result<Child, String> {
+pub fn start_successor(exe: &Path, sockets: &[Handed], carried: &Carried, limit: Duration) -> Result<Child, String> {
     let mut ends = [0 as RawFd; 2];
     // SAFETY: pipe2 fills the two descriptors we pass.
     if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -268,8 +283,9 @@ pub fn start_successor(
     command
         .args(std::env::args_os().skip(1))
         .env(INHERIT, list.join(";"))
-        .env(PEERS, peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
-        .env(OVERRIDES, encode_overrides(overrides))
+        .env(PEERS, carried.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
+        .env(OVERRIDES, encode_overrides(&carried.overrides))
+        .env(STATICS_DOWN, carried.statics_down.iter().map(|n| encode_name(n)).collect::<Vec<_>>().join(","))
         .env(READY_FD, (3 + sockets.len()).to_string());
     // SAFETY: only async-signal-safe calls (fcntl, dup2) on descriptors this process owns, and no allocation:
     // `scratch` is sized beforehand. Each source is first copied above every target, so placing one at its

@@ -204,8 +204,7 @@ pub fn run(
         );
     }
     let gossip = inherited.take(Kind::Gossip, &config.cluster.bind.to_string()).pop().map(std::net::UdpSocket::from);
-    let peers = std::mem::take(&mut inherited.peers);
-    let overrides = std::mem::take(&mut inherited.overrides);
+    let handover::Carried { peers, overrides, statics_down } = std::mem::take(&mut inherited.carried);
     if !inherited.is_empty() {
         tracing::warn!("closing handed-over sockets this configuration no longer uses: {:?}", inherited.leftovers());
     }
@@ -218,6 +217,13 @@ pub fn run(
     let publisher = Publisher::new(statics, backends.clone(), pool, set_changed);
     publisher.lock().set_slowstart(config.slowstart);
     publisher.lock().adopt_overrides(overrides);
+    // Still checked here, they start DOWN as the predecessor's checks left them (unchecked, they would stay).
+    if config.backend_check.is_some() {
+        let mut publisher = publisher.lock();
+        for name in statics_down.iter().filter(|n| config.backends.iter().any(|b| &b.name == *n)) {
+            publisher.set_static_health(name, false);
+        }
+    }
     let checks = config.backend_check.clone();
     balance::health::start(backends.clone(), publisher.clone(), checks, config.timeouts.connect)
         .map_err(ProxyError::Start)?;
