@@ -80,6 +80,17 @@ impl Drop for KillFromPidFile {
     }
 }
 
+/// A proxy started from `binary` with `args` and a pid file in the binary's directory, once the file names it;
+/// returns it with the pid file (whose process is killed when it is dropped).
+fn started(binary: &BinaryCopy, args: &[&str]) -> (Proxy, KillFromPidFile) {
+    let pid_file = binary.dir.join("pid");
+    let args = [args, &["--pid-file", pid_file.to_str().unwrap()]].concat();
+    let proxy = Proxy::start_from(&binary.path, &args, &[]);
+    let pid = proxy.pid();
+    wait_until("the pid file", || read_pid(&pid_file) == Some(pid));
+    (proxy, KillFromPidFile(pid_file))
+}
+
 #[test]
 fn sigusr2_swaps_the_process_without_losing_a_request() {
     let binary = BinaryCopy::new("swap");
@@ -381,14 +392,9 @@ fn a_reload_or_upgrade_signal_during_the_start_does_not_kill_the_proxy() {
 fn a_successor_dying_while_the_old_process_drains_is_an_error() {
     let binary = BinaryCopy::new("dying");
     let (backend, release) = Backend::gated("slow done", "done");
-    let pid_file = binary.dir.join("pid");
-    let _cleanup = KillFromPidFile(pid_file.clone());
     let backend_arg = backend.arg();
-    let args =
-        ["--pid-file", pid_file.to_str().unwrap(), "--backend", &backend_arg, "--grace", "30s", "--threads", "1"];
-    let mut proxy = Proxy::start_from(&binary.path, &args, &[]);
-    let old = proxy.pid();
-    wait_until("the pid file", || read_pid(&pid_file) == Some(old));
+    let (mut proxy, pid_file) = started(&binary, &["--backend", &backend_arg, "--grace", "30s", "--threads", "1"]);
+    let (old, pid_file) = (proxy.pid(), &pid_file.0);
     let mut busy = common::Wire::connect(proxy.addr);
     busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
     backend.wait_requests(1);
@@ -400,10 +406,10 @@ fn a_successor_dying_while_the_old_process_drains_is_an_error() {
     std::fs::write(&crashing, script).unwrap();
     std::fs::set_permissions(&crashing, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     binary.install(&crashing);
-    let new = upgrade(old, &pid_file);
+    let new = upgrade(old, pid_file);
     let said = proxy.stderr.wait_for("the dead successor noticed", |l| l.contains("nothing accepts connections now"));
     assert!(said.contains(&format!("pid {new}")), "{said}");
-    wait_until("the dead pid out of the pid file", || read_pid(&pid_file).is_none());
+    wait_until("the dead pid out of the pid file", || read_pid(pid_file).is_none());
 
     release.send(()).unwrap();
     let answer = busy.read_response(false).expect("the request in flight answered");
@@ -424,16 +430,12 @@ fn a_reload_sent_to_the_old_process_while_it_drains_reaches_the_new_one() {
         "upgrade-reload.toml",
         &format!("listen = [\"{listen}\"]\nbackend = [\"a={}\"]\nthreads = 1\ngrace = \"30s\"\n", first.addr),
     );
-    let pid_file = binary.dir.join("pid");
-    let _cleanup = KillFromPidFile(pid_file.clone());
-    let mut proxy =
-        Proxy::start_from(&binary.path, &["--config", file.arg(), "--pid-file", pid_file.to_str().unwrap()], &[]);
-    let old = proxy.pid();
-    wait_until("the pid file", || read_pid(&pid_file) == Some(old));
+    let (mut proxy, pid_file) = started(&binary, &["--config", file.arg()]);
+    let (old, pid_file) = (proxy.pid(), &pid_file.0);
     let mut busy = common::Wire::connect(proxy.addr);
     busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
     first.wait_requests(1);
-    let new = upgrade(old, &pid_file);
+    let new = upgrade(old, pid_file);
     // Past the handover itself (signals pending at its end were passed on before): the old process left.
     proxy.stderr.wait_for("the old process draining", |l| l.contains("left the cluster"));
 
@@ -472,19 +474,15 @@ fn a_static_server_down_by_its_check_stays_down_across_an_upgrade() {
         )
     };
     let file = common::TempFile::new("statics-down.toml", &file_with("100ms", 1));
-    let pid_file = binary.dir.join("pid");
-    let _cleanup = KillFromPidFile(pid_file.clone());
-    let mut proxy =
-        Proxy::start_from(&binary.path, &["--config", file.arg(), "--pid-file", pid_file.to_str().unwrap()], &[]);
-    let old = proxy.pid();
-    wait_until("the pid file", || read_pid(&pid_file) == Some(old));
+    let (mut proxy, pid_file) = started(&binary, &["--config", file.arg()]);
+    let (old, pid_file) = (proxy.pid(), &pid_file.0);
     proxy.wait_server("sick", "DOWN", |status, _| status == "DOWN");
     let well_only: std::collections::BTreeSet<String> = ["well".to_string()].into();
     assert_eq!(answering(&proxy), well_only);
 
     // The new process's checks are slow and forgiving: what it starts with decides the first 30 s.
     file.write(&file_with("30s", 3));
-    let new = upgrade(old, &pid_file);
+    let new = upgrade(old, pid_file);
     assert!(proxy.wait_exit().success());
     assert_eq!(answering(&proxy), well_only, "the sick server took requests after the upgrade");
     assert_eq!(proxy.server_rows()["sick"]["status"], "DOWN");
