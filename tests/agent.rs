@@ -396,6 +396,9 @@ fn the_app_cannot_read_the_key_from_the_agents_environment_or_memory() {
     let agent = Agent::start_wrapped(&docker_like, &app.arg(), &proxy.gossip(), &app_command, &env);
     agent.stderr.wait_for("the app's checks", |l| l == "checked");
     let lines: Vec<String> = agent.stderr.all().into_iter().filter(|l| !l.contains(" INFO ")).collect();
-    assert_eq!(lines, ["agent-environ-read", "agent-memory-denied", "checked"]);
+    // Mainline kernels close a non-dumpable process's environ too; this one shows it, wiped.
+    let expected: &[&[&str]] =
+        &[&["agent-environ-read", "agent-memory-denied", "checked"], &["agent-memory-denied", "checked"]];
+    assert!(expected.contains(&lines.iter().map(String::as_str).collect::<Vec<_>>().as_slice()), "{lines:?}");
     proxy.stderr.wait_for("the agent joined with the key", |l| l.contains("member up: ") && !l.contains("(Proxy)"));
 }

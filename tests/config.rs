@@ -264,6 +264,22 @@ fn an_address_in_use_fails_the_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bind"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A second proxy started by mistake on a running one's port is refused, naming the way to replace one: with
+/// SO_REUSEPORT it joined the port's group and took its share of the connections under its own configuration.
+/// The running one keeps every connection.
+#[test]
+fn a_second_proxy_on_a_running_ones_port_is_refused() {
+    let backend = Backend::echo_path();
+    let running = Proxy::start(&["--backend", &backend.arg(), "--threads", "1"]);
+    let listen = running.addr.to_string();
+    let args = ["proxy", "--listen", &listen, "--gossip", "127.0.0.1:0", "--admin", "off", "--runtime-api", "off"];
+    let err = refused(shoal().args(args), &args);
+    assert!(err.contains(&format!("bind {listen}: another process listens there")) && err.contains("USR2"), "{err}");
+    for _ in 0..20 {
+        assert_eq!(common::get(running.addr, "/still").body_str(), "/still");
+    }
+}
+
 #[test]
 fn pinned_threads_run_on_one_cpu_each() {
     let backend = Backend::echo_path();

@@ -213,7 +213,8 @@ fn graceful_shutdown_finishes_requests_in_flight() {
 }
 
 /// A second SIGTERM (or Ctrl-C) during the drain closes what is still open at once, as an operator hurrying a
-/// stop expects: it was ignored, and the drain ran to its `--grace` (a minute here).
+/// stop expects: it was ignored, and the drain ran to its `--grace` (a minute here). New clients are refused
+/// during the drain, not left waiting.
 #[test]
 fn a_second_stop_ends_the_drain_at_once() {
     let (backend, _release) = Backend::gated("done", "done");
@@ -223,6 +224,11 @@ fn a_second_stop_ends_the_drain_at_once() {
     backend.wait_requests(1);
     proxy.signal(libc::SIGTERM);
     proxy.stderr.wait_for("stop notice", |l| l.contains("stopping"));
+    // Meanwhile a new client is refused at once (its SYNs went unanswered while the drain lasted).
+    let refused = |e: std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
+    common::wait_until("a new client refused", || {
+        std::net::TcpStream::connect_timeout(&proxy.addr, Duration::from_millis(500)).is_err_and(refused)
+    });
     assert!(busy.silent_for(Duration::from_millis(300)), "the request in flight is left to finish");
     let hurried = std::time::Instant::now();
     proxy.signal(libc::SIGTERM);

@@ -314,7 +314,10 @@ fn an_upgrade_runs_what_the_started_symlink_names_now_and_its_hooks_get_no_hando
         .stderr
         .all()
         .into_iter()
-        .filter(|l| ["INHERIT", "READY_FD", "PEERS", "OVERRIDES"].iter().any(|v| l == &format!("hook-env SHOAL_{v}")))
+        .filter(|l| {
+            let handover = ["INHERIT", "READY_FD", "PEERS", "OVERRIDES", "STATICS_DOWN"];
+            handover.iter().any(|v| l == &format!("hook-env SHOAL_{v}"))
+        })
         .collect();
     assert!(handover.is_empty(), "the hook got the handover's variables: {handover:?}");
     // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrade.
@@ -416,6 +419,33 @@ fn a_successor_dying_while_the_old_process_drains_is_an_error() {
     assert_eq!(answer.body_str(), "slow done");
     let status = proxy.wait_exit();
     assert!(!status.success(), "the old process exited {status:?} with nothing serving after it");
+}
+
+/// `systemctl stop` signals the unit's main process, still the old one while it finishes a request after an
+/// upgrade: the stop goes on to the new process, which stops gracefully (no failure: the old one logs it),
+/// and the old one exits 0 once it has, so that systemd does not kill the new one mid-drain. It cut its own
+/// requests and left the new process running (for systemd's SIGKILL).
+#[test]
+fn a_stop_sent_to_the_old_process_while_it_drains_stops_the_new_one_too() {
+    let binary = BinaryCopy::new("stopped");
+    let (backend, release) = Backend::gated("slow done", "done");
+    let backend_arg = backend.arg();
+    let (mut proxy, pid_file) = started(&binary, &["--backend", &backend_arg, "--grace", "30s", "--threads", "1"]);
+    let (old, pid_file) = (proxy.pid(), &pid_file.0);
+    let mut busy = common::Wire::connect(proxy.addr);
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    backend.wait_requests(1);
+    let new = upgrade(old, pid_file);
+    proxy.stderr.wait_for("the old process draining", |l| l.contains("left the cluster"));
+    proxy.signal(libc::SIGTERM);
+    proxy
+        .stderr
+        .wait_for("the stop passed on", |l| l.contains(&format!("a stop sent to this process goes on to pid {new}")));
+    proxy.stderr.wait_for("the new one stopped", |l| l.contains(&format!("the new process (pid {new}) stopped")));
+    assert!(gone(new));
+    release.send(()).unwrap();
+    assert_eq!(busy.read_response(false).expect("the request in flight").body_str(), "slow done");
+    assert!(proxy.wait_exit().success());
 }
 
 /// `systemctl reload` signals the unit's main process, still the old one while it finishes its requests after

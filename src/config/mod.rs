@@ -29,19 +29,27 @@ pub const SECRET_VARS: [&str; 2] = ["SHOAL_CLUSTER_KEY", "SHOAL_ADMIN_AUTH"];
 /// user. Children are dumpable again: the flag does not pass through `execve`. Call it first, while no other
 /// thread reads the environment. Returns what could not be done.
 pub fn guard_secrets() -> Option<String> {
+    extern "C" {
+        static environ: *const *mut libc::c_char;
+    }
     for name in SECRET_VARS {
         let Ok(value) = std::env::var(name) else { continue };
-        let c_name = std::ffi::CString::new(name).expect("no NUL in a constant");
-        // SAFETY: getenv's pointer is the value's bytes in the block the kernel shows as /proc/PID/environ (or a
-        // copy setenv made); it is read and then overwritten within its own length, before set_var below makes
-        // the environment point at a fresh copy, and no other thread touches the environment meanwhile.
+        let prefix = format!("{name}=");
+        // SAFETY: `environ` is the NULL-terminated array of NUL-terminated strings the process started with
+        // (none set since: this runs first, on the only thread); every entry of the secret, duplicates
+        // included, has its value zeroed within its own length. Only then does set_var give the environment a
+        // fresh copy, which the array entries no longer are.
         unsafe {
-            let at = libc::getenv(c_name.as_ptr());
-            std::env::set_var(name, &value);
-            if !at.is_null() {
-                std::ptr::write_bytes(at, 0, libc::strlen(at));
+            let mut entry = environ;
+            while !entry.is_null() && !(*entry).is_null() {
+                let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
+                if text.starts_with(prefix.as_bytes()) {
+                    std::ptr::write_bytes((*entry).add(prefix.len()), 0, text.len() - prefix.len());
+                }
+                entry = entry.add(1);
             }
         }
+        std::env::set_var(name, &value);
     }
     // SAFETY: PR_SET_DUMPABLE takes an integer and changes only this process's flag.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) } != 0 {

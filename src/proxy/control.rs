@@ -51,6 +51,8 @@ pub struct Control {
     pub gossip: crate::cluster::Pauser,
     /// The process an upgrade handed the sockets to, watched while this one drains.
     pub successor: Option<std::process::Child>,
+    /// `--pid-file`, removed once this process is done (unless a successor's pid is in it).
+    pub pid_file: PidFile,
 }
 
 impl Control {
@@ -103,7 +105,8 @@ impl Control {
             if self.groups.iter().any(|g| (g.configured, g.tls) == (addr, tls)) {
                 continue;
             }
-            match listener::bind_group(addr, tls, new.threads, &mut Inherited::default()) {
+            let own = self.groups.iter().any(|g| g.configured == addr || g.bound == addr);
+            match listener::bind_group(addr, tls, new.threads, &mut Inherited::default(), own) {
                 Ok(group) => added.push(group),
                 Err(e) => return tracing::error!("configuration not reloaded, the running one stays: {e}"),
             }
@@ -202,6 +205,8 @@ impl Control {
             }
             Err(why) => {
                 tracing::error!("upgrade failed, this process keeps serving: {why}");
+                // A successor writes its pid before it reports ready: one killed for being late left it there.
+                self.pid_file.reclaim();
                 self.gossip.resume();
                 false
             }
@@ -209,55 +214,70 @@ impl Control {
     }
 
     /// Waits for the data-plane threads to finish their connections (at most `--grace`), still acting on
-    /// signals: a second stop ends the drain at once (`hurry`); after an upgrade a reload goes on to the
-    /// successor, which serves (`systemctl reload` signals this process until it exits). A successor that
-    /// exits meanwhile leaves nothing accepting: said loudly, the pid file naming it removed, and this process
-    /// exits with an error, so that a supervisor (systemd's `Restart=on-failure`) starts the proxy again.
+    /// signals. What is not needed for that is closed first: the listening sockets' last copies, so that new
+    /// clients are refused at once rather than left unanswered. Without a successor a second stop ends the
+    /// drain at once (`hurry`). After an upgrade the signals are meant for the successor, which serves
+    /// (`systemctl` signals this process, the unit's main one, until it exits): a stop, a reload and an upgrade
+    /// go on to it; a stop asked for twice hurries both; and this process exits only once the successor that
+    /// was told to stop has, so that systemd does not kill it mid-drain. A successor that fails meanwhile
+    /// (killed, or exiting non-zero; not one stopped gracefully) leaves nothing accepting: said loudly, the pid
+    /// file naming it removed, and this process exits with an error, so that a supervisor (systemd's
+    /// `Restart=on-failure`) starts the proxy again.
     pub fn drain(
-        &mut self,
+        self,
         workers: Vec<std::thread::JoinHandle<()>>,
         hurry: &watch::Sender<bool>,
-        pid_file: &PidFile,
     ) -> Result<(), super::ProxyError> {
+        let Control { mut signals, mut successor, pid_file, groups, handed, .. } = self;
+        drop((groups, handed));
         let mut died = None;
-        while !workers.iter().all(|w| w.is_finished()) {
-            match self.signals.next_within(Duration::from_millis(100)) {
-                Some(Signal::Stop) if !*hurry.borrow() => {
-                    tracing::warn!("stop asked for again: closing the connections still open now");
-                    let _ = hurry.send(true);
-                }
-                Some(Signal::Reload) if self.successor.is_some() => self.pass_on(libc::SIGHUP, "reload"),
-                Some(signal @ (Signal::Reload | Signal::Upgrade)) => {
-                    tracing::warn!("{signal:?} ignored: this process is finishing its requests and stopping");
-                }
-                _ => {}
+        let mut stops = 0;
+        loop {
+            let successor_stopping = stops > 0 && successor.is_some();
+            if workers.iter().all(|w| w.is_finished()) && !successor_stopping {
+                break;
             }
-            if let Some(child) = self.successor.as_mut() {
+            match signals.next_within(Duration::from_millis(100)) {
+                Some(Signal::Stop) => {
+                    stops += 1;
+                    if let Some(child) = &successor {
+                        pass_on(child, libc::SIGTERM, "stop");
+                    }
+                    if (stops > 1 || successor.is_none()) && !*hurry.borrow() {
+                        tracing::warn!("stop asked for again: closing the connections still open now");
+                        let _ = hurry.send(true);
+                    }
+                }
+                Some(signal @ (Signal::Reload | Signal::Upgrade)) => {
+                    let (number, what) =
+                        if signal == Signal::Reload { (libc::SIGHUP, "reload") } else { (libc::SIGUSR2, "upgrade") };
+                    match &successor {
+                        Some(child) => pass_on(child, number, what),
+                        None => tracing::warn!("{what} ignored: this process is finishing its requests and stopping"),
+                    }
+                }
+                None => {}
+            }
+            if let Some(child) = successor.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    let pid = child.id();
-                    tracing::error!(
-                        "upgrade: the new process (pid {pid}) exited ({status}): nothing accepts connections now"
-                    );
-                    pid_file.remove_if_naming(pid);
-                    died = Some((pid, status));
-                    self.successor = None;
+                    died = ended(child.id(), status, &pid_file);
+                    successor = None;
                 }
             }
         }
         for w in workers {
             let _ = w.join();
         }
+        // One that ended in the last turn.
+        if let Some(mut child) = successor {
+            if let Ok(Some(status)) = child.try_wait() {
+                died = ended(child.id(), status, &pid_file).or(died);
+            }
+        }
         match died {
             Some((pid, status)) => Err(super::ProxyError::SuccessorDied { pid, status }),
             None => Ok(()),
         }
-    }
-
-    fn pass_on(&self, number: i32, what: &str) {
-        let Some(successor) = &self.successor else { return };
-        tracing::info!("upgrade: a {what} sent to this process goes on to pid {}, which serves", successor.id());
-        // SAFETY: kill(2) on the child this process started and has not reaped.
-        unsafe { libc::kill(successor.id() as i32, number) };
     }
 
     /// Signals sent to this process while its successor started were meant for whichever serves: a stop or a
@@ -278,6 +298,25 @@ impl Control {
             unsafe { libc::kill(successor as i32, number) };
         }
     }
+}
+
+/// Sends `number` to the successor, which serves.
+fn pass_on(successor: &std::process::Child, number: i32, what: &str) {
+    tracing::info!("upgrade: a {what} sent to this process goes on to pid {}, which serves", successor.id());
+    // SAFETY: kill(2) on the child this process started and has not reaped.
+    unsafe { libc::kill(successor.id() as i32, number) };
+}
+
+/// The successor exited: a failure (killed, or non-zero) is returned, with the pid file that names it removed.
+fn ended(pid: u32, status: std::process::ExitStatus, pid_file: &PidFile) -> Option<(u32, std::process::ExitStatus)> {
+    // A stop someone asked of it ends it with 0: stopped, not lost.
+    if status.success() {
+        tracing::info!("upgrade: the new process (pid {pid}) stopped ({status})");
+        return None;
+    }
+    tracing::error!("upgrade: the new process (pid {pid}) exited ({status}): nothing accepts connections now");
+    pid_file.remove_if_naming(pid);
+    Some((pid, status))
 }
 
 /// A reload changes what can change in place; the rest keeps its running value, with a warning.
@@ -330,6 +369,15 @@ impl PidFile {
 }
 
 impl PidFile {
+    /// Writes this process's pid again (after a successor that failed had written its own).
+    pub fn reclaim(&self) {
+        if let Some(p) = &self.0 {
+            if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+                tracing::error!("cannot write the pid file {}: {e}", p.display());
+            }
+        }
+    }
+
     /// Removes the file if it names `pid` (a successor that died: a stale pid must not be taken for the
     /// proxy's).
     pub fn remove_if_naming(&self, pid: u32) {

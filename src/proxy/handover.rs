@@ -245,22 +245,40 @@ pub struct Handed {
 /// The path this process was started by, symlinks kept (`argv[0]`, looked up in `PATH` when it has no `/`,
 /// as a shell found it): an upgrade runs what that path names now, a symlink repointed to a new release
 /// included, as nginx re-executes `argv[0]`. `/proc/self/exe` (`current_exe`) names the file the symlink led
-/// to at the start: the old release. Read at the start, before anything could change the directory.
+/// to at the start: the old release. A relative `argv[0]` is taken from the directory as the shell named it
+/// (`$PWD`, when it is the working directory: `cd /opt/shoal/current` stays that, not the release it points
+/// to). Only a path that leads to this very binary at the start is trusted (a launcher may set `argv[0]` to
+/// anything); otherwise, or on any error, `current_exe`. Read at the start.
 pub fn started_path() -> io::Result<std::path::PathBuf> {
-    let here = std::env::current_dir()?;
-    let Some(argv0) = std::env::args_os().next().map(std::path::PathBuf::from) else {
-        return std::env::current_exe();
+    use std::os::unix::fs::MetadataExt;
+    let running = std::env::current_exe()?;
+    let Some(argv0) = std::env::args_os().next().map(std::path::PathBuf::from) else { return Ok(running) };
+    let Ok(exe) = std::fs::metadata(&running) else { return Ok(running) };
+    let same_file = |p: &Path| std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (exe.dev(), exe.ino()));
+    let found = if argv0.is_absolute() {
+        Some(argv0)
+    } else if argv0.as_os_str().as_encoded_bytes().contains(&b'/') {
+        working_directory().map(|here| here.join(&argv0))
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let here = working_directory();
+        std::env::split_paths(&path)
+            .filter_map(|dir| if dir.is_absolute() { Some(dir) } else { here.as_ref().map(|h| h.join(dir)) })
+            .map(|dir| dir.join(&argv0))
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
     };
-    if argv0.as_os_str().as_encoded_bytes().contains(&b'/') {
-        return Ok(here.join(argv0));
-    }
-    let executable = |p: &Path| {
-        std::fs::metadata(p)
-            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
-    };
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path).map(|dir| here.join(dir).join(&argv0)).find(|p| executable(p));
-    found.map_or_else(std::env::current_exe, Ok)
+    Ok(found.filter(|p| same_file(p)).unwrap_or(running))
+}
+
+/// The working directory as the shell named it (`$PWD`, if it is the working directory), else as the kernel
+/// does (symlinks resolved).
+fn working_directory() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let here = std::fs::metadata(".").ok()?;
+    let logical = std::env::var_os("PWD").map(std::path::PathBuf::from).filter(|p| {
+        p.is_absolute() && std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (here.dev(), here.ino()))
+    });
+    logical.or_else(|| std::env::current_dir().ok())
 }
 
 /// Starts `exe` with this process's arguments and environment, the `sockets` and what is `carried`; returns

@@ -28,12 +28,15 @@ pub struct Group {
 }
 
 /// Binds the sockets of one address, one per thread (SO_REUSEPORT groups them, a port of 0 is chosen once), or
-/// takes those a previous process handed over. Returns the group and what each thread accepts on.
+/// takes those a previous process handed over. Returns the group and what each thread accepts on. Unless
+/// `own` (this process listens there already: a reload moving an address between plain and TLS), another
+/// process's listener on the address is refused rather than joined.
 pub fn bind_group(
     configured: SocketAddr,
     tls: bool,
     threads: usize,
     inherited: &mut Inherited,
+    own: bool,
 ) -> io::Result<(Group, Vec<Vec<Listening>>)> {
     let kind = if tls { Kind::Tls } else { Kind::Plain };
     let mut sockets: Vec<std::net::TcpListener> =
@@ -42,6 +45,9 @@ pub fn bind_group(
         s.set_nonblocking(true)?;
     }
     if sockets.is_empty() {
+        if !own && configured.port() != 0 {
+            refuse_if_taken(configured)?;
+        }
         sockets.push(bind_one(configured)?);
     }
     let bound = sockets[0].local_addr()?;
@@ -63,6 +69,25 @@ pub fn bind_single(kind: Kind, addr: SocketAddr, inherited: &mut Inherited) -> i
     match inherited.take(kind, &addr.to_string()).pop() {
         Some(fd) => Ok(std::net::TcpListener::from(fd)),
         None => std::net::TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}"))),
+    }
+}
+
+/// SO_REUSEPORT lets any process of the same user join a listening group and take its share of the
+/// connections: a second proxy started by mistake would serve half the clients under its own configuration,
+/// and reset those queued on its sockets when it stops. A socket without it cannot bind beside a listener
+/// (SO_REUSEADDR lets it past connections in TIME_WAIT only), so it tells whether one is there.
+fn refuse_if_taken(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "bind {addr}: another process listens there (a shoal already running? `kill -USR2` replaces one \
+                 without refusing a connection)"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

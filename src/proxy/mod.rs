@@ -134,8 +134,8 @@ fn start_tls(paths: &[PathBuf]) -> Result<Arc<rustls::ServerConfig>, tls::TlsErr
 }
 
 /// Waits (at most a few seconds) until `n` members are routable: a successor must route to its predecessor's
-/// members, health known, before it takes the clients. Static servers do not count: they start UP here,
-/// whatever the predecessor's checks found.
+/// members, health known, before it takes the clients. Static servers do not count: they start as the
+/// predecessor's checks left them.
 fn wait_for_members(publisher: &parking_lot::Mutex<Publisher>, n: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while publisher.lock().routable_members().len() < n {
@@ -176,7 +176,8 @@ pub fn run(
     let mut per_thread: Vec<Vec<listener::Listening>> = (0..threads).map(|_| Vec::new()).collect();
     let wanted = config.listen.iter().map(|a| (*a, false)).chain(config.tls_listen.iter().map(|a| (*a, true)));
     for (addr, tls) in wanted {
-        let (group, sockets) = listener::bind_group(addr, tls, threads, &mut inherited).map_err(ProxyError::Listen)?;
+        let (group, sockets) =
+            listener::bind_group(addr, tls, threads, &mut inherited, false).map_err(ProxyError::Listen)?;
         match tls {
             false => tracing::info!("listening on {}", group.bound),
             true => tracing::info!("accepting TLS on {}", group.bound),
@@ -326,16 +327,16 @@ pub fn run(
         signals,
         gossip,
         successor: None,
+        pid_file,
     };
     control.serve();
     let _ = stop_tx.send(true);
     cluster.leave(std::time::Duration::from_secs(1));
-    let outcome = control.drain(workers, &hurry_tx, &pid_file);
+    let outcome = control.drain(workers, &hurry_tx);
     // Bounded: a stuck stdout must not hold the exit.
     if let Some(sink) = log_flush {
         sink.flush(std::time::Duration::from_secs(1));
     }
-    drop(pid_file);
     outcome?;
     tracing::info!("stopped");
     Ok(())

@@ -843,7 +843,13 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
 
 /// The descriptors a process has open (0 once it is gone).
 pub fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(d) => d.count(),
+        // Gone: nothing open. Anything else (an undumpable proxy read by a user without CAP_SYS_PTRACE) must
+        // not read as none.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => panic!("/proc/{pid}/fd: {e}"),
+    }
 }
 
 /// A loopback port with nothing listening on it right now, for a server the test is about to start.
