@@ -387,6 +387,28 @@ fn a_reload_or_upgrade_signal_during_the_start_does_not_kill_the_proxy() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A proxy with a pid file and a request in flight that its server answers ("slow done") once released: what
+/// keeps an old process draining after an upgrade.
+struct Holding {
+    proxy: Proxy,
+    pid_file: KillFromPidFile,
+    busy: common::Wire,
+    release: std::sync::mpsc::Sender<()>,
+    _backend: Backend,
+}
+
+impl Holding {
+    fn start(binary: &BinaryCopy) -> Holding {
+        let (backend, release) = Backend::gated("slow done", "done");
+        let backend_arg = backend.arg();
+        let (proxy, pid_file) = started(binary, &["--backend", &backend_arg, "--grace", "30s", "--threads", "1"]);
+        let mut busy = common::Wire::connect(proxy.addr);
+        busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+        backend.wait_requests(1);
+        Holding { proxy, pid_file, busy, release, _backend: backend }
+    }
+}
+
 /// While the old process finishes a request after the handover, the new one dies (a release that crashes on
 /// its first real traffic): nothing accepts connections any more. The old process says so, removes the pid
 /// file that names the dead process and exits with an error once drained, so that a supervisor restarts the
@@ -394,13 +416,8 @@ fn a_reload_or_upgrade_signal_during_the_start_does_not_kill_the_proxy() {
 #[test]
 fn a_successor_dying_while_the_old_process_drains_is_an_error() {
     let binary = BinaryCopy::new("dying");
-    let (backend, release) = Backend::gated("slow done", "done");
-    let backend_arg = backend.arg();
-    let (mut proxy, pid_file) = started(&binary, &["--backend", &backend_arg, "--grace", "30s", "--threads", "1"]);
+    let Holding { mut proxy, pid_file, mut busy, release, _backend } = Holding::start(&binary);
     let (old, pid_file) = (proxy.pid(), &pid_file.0);
-    let mut busy = common::Wire::connect(proxy.addr);
-    busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
-    backend.wait_requests(1);
 
     // The new release serves, then dies a second later.
     let crashing = binary.dir.join("crashing");
@@ -428,13 +445,8 @@ fn a_successor_dying_while_the_old_process_drains_is_an_error() {
 #[test]
 fn a_stop_sent_to_the_old_process_while_it_drains_stops_the_new_one_too() {
     let binary = BinaryCopy::new("stopped");
-    let (backend, release) = Backend::gated("slow done", "done");
-    let backend_arg = backend.arg();
-    let (mut proxy, pid_file) = started(&binary, &["--backend", &backend_arg, "--grace", "30s", "--threads", "1"]);
+    let Holding { mut proxy, pid_file, mut busy, release, _backend } = Holding::start(&binary);
     let (old, pid_file) = (proxy.pid(), &pid_file.0);
-    let mut busy = common::Wire::connect(proxy.addr);
-    busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
-    backend.wait_requests(1);
     let new = upgrade(old, pid_file);
     proxy.stderr.wait_for("the old process draining", |l| l.contains("left the cluster"));
     proxy.signal(libc::SIGTERM);
