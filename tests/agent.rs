@@ -402,3 +402,33 @@ fn the_app_cannot_read_the_key_from_the_agents_environment_or_memory() {
     assert!(expected.contains(&lines.iter().map(String::as_str).collect::<Vec<_>>().as_slice()), "{lines:?}");
     proxy.stderr.wait_for("the agent joined with the key", |l| l.contains("member up: ") && !l.contains("(Proxy)"));
 }
+
+/// `--app-user` runs the app as another user, as s6-setuidgid does: its user, group and supplementary groups
+/// are the ones given (root's are dropped), it cannot read the agent's key file (which the agent could, as
+/// root), and the parent-death signal, which a change of user clears, still stops it when the agent is killed.
+#[test]
+fn the_app_runs_as_the_app_user_and_cannot_read_the_agents_key_file() {
+    let app = Backend::echo_path();
+    let key = common::keygen();
+    let proxy = Proxy::start(&["--cluster-key", &key]);
+    let key_file = common::TempFile::new("app-user-key", &key);
+    std::fs::set_permissions(&key_file.0, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let script = format!(
+        "echo \"ids $(id -u) $(id -g) $(id -G)\" >&2; \
+         cat '{}' >/dev/null 2>&1 && echo key-read >&2 || echo key-denied >&2; \
+         trap 'echo app-got-term >&2; exit 0' TERM; echo ready >&2; while :; do sleep 0.05; done",
+        key_file.0.display()
+    );
+    let args = ["--cluster-key-file", key_file.arg(), "--app-user", "65534:65534", "--", "sh", "-c", &script];
+    let mut agent = Agent::start(&app.arg(), &proxy.gossip(), &args);
+    agent.stderr.wait_for("the app ready", |l| l == "ready");
+    let lines = agent.stderr.all();
+    assert!(lines.iter().any(|l| l == "ids 65534 65534 65534"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "key-denied"), "{lines:?}");
+    proxy
+        .stderr
+        .wait_for("the agent joined with the key file", |l| l.contains("member up: ") && !l.contains("(Proxy)"));
+    agent.child.kill().unwrap();
+    let _ = agent.child.wait();
+    agent.stderr.wait_for("the orphaned app told to stop", |l| l == "app-got-term");
+}

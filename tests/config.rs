@@ -112,6 +112,23 @@ fn agent_refused(args: &[&str]) -> String {
     refused(shoal().args(base).args(args).args(["--", "true"]), args)
 }
 
+/// `--app-user` names what it cannot use: a user or group no file knows, root, or no app to run.
+#[test]
+fn an_app_user_that_cannot_be_used_is_refused_by_name() {
+    for (value, says) in [
+        ("no-such-user-here", "no user \"no-such-user-here\""),
+        ("65534:no-such-group-here", "no group \"no-such-group-here\""),
+        ("0", "as root"),
+        ("65534:", "no group"),
+    ] {
+        let err = agent_refused(&["--app-user", value]);
+        assert!(err.contains("`app-user`") && err.contains(says), "{value}: {err}");
+    }
+    let base = ["agent", "--service", "127.0.0.1:9", "--gossip", "127.0.0.1:0", "--app-user", "65534"];
+    let err = refused(shoal().args(base), &base);
+    assert!(err.contains("`app-user`: there is no app"), "{err}");
+}
+
 /// Runs `cmd` and returns its stderr once it has exited, failing if it exits 0 or still runs after `WAIT`.
 fn refused(cmd: &mut std::process::Command, args: &[&str]) -> String {
     let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();

@@ -124,6 +124,13 @@ fn compose_swap_nodes_join_in_any_order_and_leave_on_failure() {
         .unwrap();
     let err = String::from_utf8_lossy(&from_node.stderr);
     assert!(!from_node.status.success() && err.contains("refused"), "a web node reached the runtime API: {err}");
+    // The web node's app runs as nobody beside its agent (root, PID 1).
+    let top = stdout(run(Command::new("docker").args(["top", &project.container("s1"), "-o", "pid,uid,args"])));
+    let uid_of = |command: &str| {
+        let rows = top.lines().map(|l| l.split_whitespace().collect::<Vec<_>>());
+        rows.filter(|f| f.len() > 3 && f[3] == command).map(|f| f[1].to_string()).next()
+    };
+    assert_eq!((uid_of("agent"), uid_of("webapp")), (Some("0".into()), Some("65534".into())), "{top}");
 
     // A third node started by hand on the project's network, as the lab does with `docker run`.
     let s3 = format!("{}_s3_manual", project.name);

@@ -6,6 +6,7 @@ mod capacity;
 pub mod health;
 mod orphans;
 mod supervise;
+pub mod user;
 
 use std::time::Duration;
 
@@ -73,8 +74,8 @@ pub fn run(config: AgentConfig, diagnostics: Option<crate::logging::Sink>) -> st
         cluster::Takeover::default(),
     )?;
     tracing::info!("agent for {} running", config.service);
-    let mut child =
-        (!config.command.is_empty()).then(|| runtime.block_on(async { Supervisor::start(config.command.clone()) }));
+    let mut child = (!config.command.is_empty())
+        .then(|| runtime.block_on(async { Supervisor::start(config.command.clone(), config.app_user) }));
     // A local set: the check tasks are not Send, and go when the loop ends (their commands killed with them).
     // The signal that stopped the agent stops the app: SIGQUIT is nginx's graceful stop, SIGTERM its fast one.
     let stop_signal = tokio::task::LocalSet::new().block_on(&runtime, async {

@@ -22,6 +22,8 @@ pub enum Event {
 
 pub struct Supervisor {
     argv: Vec<String>,
+    /// `--app-user`: who the app runs as (the agent's own user if none).
+    user: Option<super::user::AppUser>,
     child: Option<Child>,
     /// The last run's process group, once its leader is reaped: what it left behind (a wrapper's child, the
     /// server npm started) is stopped, so that it cannot hold the port the next run needs.
@@ -35,9 +37,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn start(argv: Vec<String>) -> Supervisor {
+    pub fn start(argv: Vec<String>, user: Option<super::user::AppUser>) -> Supervisor {
         let mut s = Supervisor {
             argv,
+            user,
             child: None,
             remnants: None,
             started: Instant::now(),
@@ -71,10 +74,15 @@ impl Supervisor {
         // An agent that died before the prctl took effect sends nothing: the child then has another parent
         // already, and does not start.
         let agent = std::process::id();
-        // SAFETY: prctl and getppid are async-signal-safe and touch only the child's own attributes, and the
-        // error is built without allocating, as pre_exec requires.
+        let user = self.user;
+        // SAFETY: setgroups, setgid, setuid, prctl and getppid are async-signal-safe and touch only the child's
+        // own attributes, and the error is built without allocating, as pre_exec requires. The user first: a
+        // change of credentials clears the parent-death signal.
         unsafe {
             command.pre_exec(move || {
+                if let Some(user) = user {
+                    user.assume()?;
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

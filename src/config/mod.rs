@@ -356,6 +356,8 @@ pub struct AgentConfig {
     pub cluster: ClusterConfig,
     /// The app to supervise, if any.
     pub command: Vec<String>,
+    /// `--app-user`: who the app runs as.
+    pub app_user: Option<crate::agent::user::AppUser>,
 }
 
 impl AgentConfig {
@@ -382,6 +384,27 @@ impl AgentConfig {
         if args.agent_check.as_ref().is_some_and(|c| c.trim().is_empty()) {
             return Err(ConfigError::Field { field: "agent-check", message: "empty URL or command".into() });
         }
+        let app_user = match &args.app_user {
+            None => None,
+            Some(_) if args.command.is_empty() => {
+                return Err(ConfigError::Field {
+                    field: "app-user",
+                    message: "there is no app (nothing after --)".into(),
+                })
+            }
+            Some(text) => {
+                let user = crate::agent::user::AppUser::parse(text)
+                    .map_err(|message| ConfigError::Field { field: "app-user", message })?;
+                // SAFETY: geteuid has no preconditions.
+                if unsafe { libc::geteuid() } != 0 {
+                    return Err(ConfigError::Field {
+                        field: "app-user",
+                        message: "running the app as another user needs the agent to run as root".into(),
+                    });
+                }
+                Some(user)
+            }
+        };
         Ok(AgentConfig {
             service,
             name: node_name(&args.name)?,
@@ -401,6 +424,7 @@ impl AgentConfig {
             stop_timeout: args.stop_timeout,
             cluster: cluster_config(&args.cluster, &nowhere, &nowhere.values)?,
             command: args.command.clone(),
+            app_user,
         })
         .inspect(|c| {
             if c.service.ip().is_loopback() && !c.cluster.bind.ip().is_loopback() {
