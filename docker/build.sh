@@ -20,6 +20,8 @@ context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 cp "$TARGET_DIR/$TARGET/release/shoal" "$context/shoal"
 strip "$context/shoal"
+# Runnable by any user (an app run as another with `--app-user` runs /shoal too), whatever the umask.
+chmod 0755 "$context/shoal"
 cp "$ROOT/docker/Dockerfile" "$context/Dockerfile"
 docker build --quiet --tag "$IMAGE" "$context" >/dev/null
 echo "$IMAGE"

@@ -127,6 +127,11 @@ fn an_app_user_that_cannot_be_used_is_refused_by_name() {
     let base = ["agent", "--service", "127.0.0.1:9", "--gossip", "127.0.0.1:0", "--app-user", "65534"];
     let err = refused(shoal().args(base), &base);
     assert!(err.contains("`app-user`: there is no app"), "{err}");
+    // Root without the capabilities to change user and signal the app (a container's `cap_drop`).
+    let mut capless = std::process::Command::new("setpriv");
+    capless.args(["--bounding-set=-setuid,-kill", "--", env!("CARGO_BIN_EXE_shoal")]).args(base).args(["--", "true"]);
+    let err = refused(&mut capless, &base);
+    assert!(err.contains("`app-user`") && err.contains("CAP_KILL, CAP_SETUID") && !err.contains("SETGID"), "{err}");
 }
 
 /// Runs `cmd` and returns its stderr once it has exited, failing if it exits 0 or still runs after `WAIT`.
@@ -291,10 +296,24 @@ fn a_second_proxy_on_a_running_ones_port_is_refused() {
     let listen = running.addr.to_string();
     let args = ["proxy", "--listen", &listen, "--gossip", "127.0.0.1:0", "--admin", "off", "--runtime-api", "off"];
     let err = refused(shoal().args(args), &args);
-    assert!(err.contains(&format!("bind {listen}: another process listens there")) && err.contains("USR2"), "{err}");
+    assert!(err.contains(&format!("bind {listen}: ")) && err.contains("another process listens there"), "{err}");
+    assert!(err.contains("Address already in use") && err.contains("USR2"), "{err}");
     for _ in 0..20 {
         assert_eq!(common::get(running.addr, "/still").body_str(), "/still");
     }
+}
+
+/// The process's own addresses on one port are not another process's: `127.0.0.1:P` and the dual-stack
+/// `[::]:P` together (the probe for a second proxy refused the second of them).
+#[test]
+fn a_proxy_may_listen_on_overlapping_addresses_of_one_port() {
+    let backend = Backend::echo_path();
+    let port = common::free_port().port();
+    let (v4, any) = (format!("127.0.0.1:{port}"), format!("[::]:{port}"));
+    let proxy = Proxy::start(&["--listen", &v4, "--listen", &any, "--backend", &backend.arg(), "--threads", "1"]);
+    assert_eq!(common::get(proxy.addr, "/v4").body_str(), "/v4");
+    let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    assert_eq!(common::get(v6, "/v6").body_str(), "/v6");
 }
 
 #[test]

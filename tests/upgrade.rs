@@ -47,6 +47,20 @@ impl BinaryCopy {
     }
 }
 
+impl BinaryCopy {
+    /// A "binary" that fails once `go` exists.
+    fn install_failing_once(&self, go: &Path) {
+        let staged = self.dir.join("shoal.new");
+        let script = format!(
+            "#!/bin/sh\necho 'broken build, slowly' >&2\nwhile [ ! -e '{}' ]; do sleep 0.05; done\nexit 3\n",
+            go.display()
+        );
+        std::fs::write(&staged, script).unwrap();
+        std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::rename(&staged, &self.path).unwrap();
+    }
+}
+
 impl Drop for BinaryCopy {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -531,4 +545,25 @@ fn a_static_server_down_by_its_check_stays_down_across_an_upgrade() {
     // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrade.
     unsafe { libc::kill(new as i32, libc::SIGTERM) };
     wait_until("the new process gone", || gone(new));
+}
+
+/// A second SIGUSR2 sent while an upgrade is failing (an impatient operator, a deploy script's retry) is
+/// dropped, with a line saying so: it started a second attempt with the same broken binary at once, gossip
+/// paused again for nothing.
+#[test]
+fn an_upgrade_asked_for_during_a_failing_one_is_dropped() {
+    let binary = BinaryCopy::new("failing-twice");
+    let backend = Backend::http(|_| common::ok("served"));
+    let (proxy, _pid_file) = started(&binary, &["--backend", &backend.arg(), "--threads", "1"]);
+    let go = binary.dir.join("go");
+    binary.install_failing_once(&go);
+    proxy.signal(libc::SIGUSR2);
+    proxy.stderr.wait_for("the broken binary running", |l| l == "broken build, slowly");
+    proxy.signal(libc::SIGUSR2);
+    std::fs::write(&go, "").unwrap();
+    proxy.stderr.wait_for("the failure", |l| l.contains("upgrade failed"));
+    proxy.stderr.wait_for("the second signal dropped", |l| l.contains("came during the failed upgrade is dropped"));
+    let attempts = proxy.stderr.all().iter().filter(|l| l.contains("upgrade: starting")).count();
+    assert_eq!(attempts, 1, "{:?}", proxy.stderr.all());
+    assert_eq!(common::get(proxy.addr, "/").body_str(), "served");
 }

@@ -23,19 +23,21 @@ impl AppUser {
             None => (text, None),
         };
         let users = std::fs::read_to_string(passwd).unwrap_or_default();
-        // name:password:uid:gid:...
-        let entry = |key: &dyn Fn(&[&str]) -> bool| -> Option<(u32, u32)> {
-            users
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .filter(|f| f.len() >= 4)
-                .find(|f| key(f))
-                .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-        };
+        // (name, uid, gid) of each well-formed line (name:password:uid:gid:...).
+        let entries: Vec<(&str, u32, u32)> = users
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .filter(|f| f.len() >= 4)
+            .filter_map(|f| Some((f[0], f[2].parse().ok()?, f[3].parse().ok()?)))
+            .collect();
         let (uid, own_gid) = match user.parse::<u32>() {
-            Ok(uid) => (uid, entry(&|f| f[2] == user).map_or(uid, |(_, gid)| gid)),
+            Ok(uid) => (uid, entries.iter().find(|e| e.1 == uid).map_or(uid, |e| e.2)),
             Err(_) if user.is_empty() => return Err("no user given".into()),
-            Err(_) => entry(&|f| f[0] == user).ok_or_else(|| format!("no user {user:?} in {}", passwd.display()))?,
+            Err(_) => entries
+                .iter()
+                .find(|e| e.0 == user)
+                .map(|e| (e.1, e.2))
+                .ok_or_else(|| format!("no user {user:?} in {}", passwd.display()))?,
         };
         let gid = match wanted_group {
             None => own_gid,
@@ -70,6 +72,23 @@ impl AppUser {
     }
 }
 
+/// The capabilities `--app-user` needs that this process lacks: CAP_SETUID and CAP_SETGID to change user,
+/// CAP_KILL to signal the app's processes (forwarded signals, its stop, the parent-death signal) once they
+/// are another user's. Read from `/proc/self/status`; none missing if it cannot be read.
+pub fn missing_capabilities() -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(effective) =
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    else {
+        return Vec::new();
+    };
+    [(5, "CAP_KILL"), (6, "CAP_SETGID"), (7, "CAP_SETUID")]
+        .into_iter()
+        .filter(|&(bit, _)| effective & (1u64 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +98,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shoal-app-user-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (passwd, group) = (dir.join("passwd"), dir.join("group"));
-        std::fs::write(&passwd, "root:x:0:0::/root:/bin/sh\nnode:x:1000:1000::/home/node:/bin/sh\nodd\n").unwrap();
+        std::fs::write(&passwd, "root:x:0:0::/root:/bin/sh\nnode:x:x:1:\nnode:x:1000:1000::/home/node:/bin/sh\nodd\n")
+            .unwrap();
         std::fs::write(&group, "root:x:0:\nweb:x:33:\n").unwrap();
         let parse = |t: &str| AppUser::parse_with(t, &passwd, &group);
         assert_eq!(parse("node"), Ok(AppUser { uid: 1000, gid: 1000 }));
@@ -87,6 +107,7 @@ mod tests {
         assert_eq!(parse("1000:7"), Ok(AppUser { uid: 1000, gid: 7 }));
         assert_eq!(parse("1000"), Ok(AppUser { uid: 1000, gid: 1000 }), "the user's own group");
         assert_eq!(parse("65534"), Ok(AppUser { uid: 65534, gid: 65534 }), "a number no file knows");
+        assert_eq!(parse("01000"), Ok(AppUser { uid: 1000, gid: 1000 }), "a number is a number");
         assert!(parse("nobody").unwrap_err().contains("no user \"nobody\""));
         assert!(parse("node:nogroup").unwrap_err().contains("no group \"nogroup\""));
         assert!(parse("root").unwrap_err().contains("root"));

@@ -30,7 +30,7 @@ pub const SECRET_VARS: [&str; 2] = ["SHOAL_CLUSTER_KEY", "SHOAL_ADMIN_AUTH"];
 /// thread reads the environment. Returns what could not be done.
 pub fn guard_secrets() -> Option<String> {
     extern "C" {
-        static environ: *const *mut libc::c_char;
+        static mut environ: *const *mut libc::c_char;
     }
     for name in SECRET_VARS {
         let Ok(value) = std::env::var(name) else { continue };
@@ -40,7 +40,7 @@ pub fn guard_secrets() -> Option<String> {
         // included, has its value zeroed within its own length. Only then does set_var give the environment a
         // fresh copy, which the array entries no longer are.
         unsafe {
-            let mut entry = environ;
+            let mut entry = std::ptr::addr_of!(environ).read();
             while !entry.is_null() && !(*entry).is_null() {
                 let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
                 if text.starts_with(prefix.as_bytes()) {
@@ -395,11 +395,15 @@ impl AgentConfig {
             Some(text) => {
                 let user = crate::agent::user::AppUser::parse(text)
                     .map_err(|message| ConfigError::Field { field: "app-user", message })?;
-                // SAFETY: geteuid has no preconditions.
-                if unsafe { libc::geteuid() } != 0 {
+                // Changing user, and signalling the app's processes once they are another user's.
+                let missing = crate::agent::user::missing_capabilities();
+                if !missing.is_empty() {
                     return Err(ConfigError::Field {
                         field: "app-user",
-                        message: "running the app as another user needs the agent to run as root".into(),
+                        message: format!(
+                            "running the app as another user needs the agent to hold {} (root's, unless dropped)",
+                            missing.join(", ")
+                        ),
                     });
                 }
                 Some(user)

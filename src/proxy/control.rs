@@ -53,21 +53,34 @@ pub struct Control {
     pub successor: Option<std::process::Child>,
     /// `--pid-file`, removed once this process is done (unless a successor's pid is in it).
     pub pid_file: PidFile,
+    /// Stops asked of this process so far: the one that ended [`Control::serve`], or one that came during
+    /// the upgrade and went on to the successor, counts.
+    pub stops: u32,
 }
 
 impl Control {
     /// Serves signals until it is time to stop: SIGTERM/SIGINT, or a successful upgrade.
     pub fn serve(&mut self) {
+        let mut next = Vec::new();
         loop {
-            match self.signals.wait() {
+            let signal = if next.is_empty() { self.signals.wait() } else { next.remove(0) };
+            match signal {
                 Signal::Stop => {
                     tracing::info!("stopping: no new connections, finishing requests in flight");
+                    self.stops += 1;
                     return;
                 }
                 Signal::Reload => self.reload(),
                 Signal::Upgrade => {
                     if self.upgrade() {
                         return;
+                    }
+                    // What came during the failed attempt is acted on, but for another upgrade: it would try
+                    // the same binary again at once, pausing gossip for nothing.
+                    next = self.signals.pending();
+                    if next.contains(&Signal::Upgrade) {
+                        tracing::warn!("upgrade: a SIGUSR2 that came during the failed upgrade is dropped");
+                        next.retain(|s| *s != Signal::Upgrade);
                     }
                 }
             }
@@ -105,7 +118,8 @@ impl Control {
             if self.groups.iter().any(|g| (g.configured, g.tls) == (addr, tls)) {
                 continue;
             }
-            let own = self.groups.iter().any(|g| g.configured == addr || g.bound == addr);
+            let own = listener::overlaps(&self.groups, addr)
+                || added.iter().any(|(g, _)| listener::overlaps(std::slice::from_ref(g), addr));
             match listener::bind_group(addr, tls, new.threads, &mut Inherited::default(), own) {
                 Ok(group) => added.push(group),
                 Err(e) => return tracing::error!("configuration not reloaded, the running one stays: {e}"),
@@ -215,11 +229,11 @@ impl Control {
 
     /// Waits for the data-plane threads to finish their connections (at most `--grace`), still acting on
     /// signals. What is not needed for that is closed first: the listening sockets' last copies, so that new
-    /// clients are refused at once rather than left unanswered. Without a successor a second stop ends the
-    /// drain at once (`hurry`). After an upgrade the signals are meant for the successor, which serves
-    /// (`systemctl` signals this process, the unit's main one, until it exits): a stop, a reload and an upgrade
-    /// go on to it; a stop asked for twice hurries both; and this process exits only once the successor that
-    /// was told to stop has, so that systemd does not kill it mid-drain. A successor that fails meanwhile
+    /// clients are refused at once rather than left unanswered. A stop asked for twice (the one that began
+    /// the drain counts) ends it at once (`hurry`). After an upgrade the signals are meant for the successor,
+    /// which serves (`systemctl` signals this process, the unit's main one, until it exits): a stop, a reload
+    /// and an upgrade go on to it, and this process exits only once a successor told to stop has (within
+    /// `--grace` and 5 s more), so that systemd does not kill it mid-drain. A successor that fails meanwhile
     /// (killed, or exiting non-zero; not one stopped gracefully) leaves nothing accepting: said loudly, the pid
     /// file naming it removed, and this process exits with an error, so that a supervisor (systemd's
     /// `Restart=on-failure`) starts the proxy again.
@@ -228,13 +242,15 @@ impl Control {
         workers: Vec<std::thread::JoinHandle<()>>,
         hurry: &watch::Sender<bool>,
     ) -> Result<(), super::ProxyError> {
-        let Control { mut signals, mut successor, pid_file, groups, handed, .. } = self;
+        let Control { mut signals, mut successor, pid_file, groups, handed, mut stops, shared, .. } = self;
         drop((groups, handed));
+        let patience = shared.config.load().timeouts.grace + Duration::from_secs(5);
+        // When the successor was told to stop (before the drain, if a stop came during the upgrade).
+        let mut told = (stops > 0 && successor.is_some()).then(std::time::Instant::now);
         let mut died = None;
-        let mut stops = 0;
         loop {
-            let successor_stopping = stops > 0 && successor.is_some();
-            if workers.iter().all(|w| w.is_finished()) && !successor_stopping {
+            let waiting_for_successor = successor.is_some() && told.is_some_and(|at| at.elapsed() < patience);
+            if workers.iter().all(|w| w.is_finished()) && !waiting_for_successor {
                 break;
             }
             match signals.next_within(Duration::from_millis(100)) {
@@ -242,8 +258,9 @@ impl Control {
                     stops += 1;
                     if let Some(child) = &successor {
                         pass_on(child, libc::SIGTERM, "stop");
+                        told.get_or_insert_with(std::time::Instant::now);
                     }
-                    if (stops > 1 || successor.is_none()) && !*hurry.borrow() {
+                    if stops >= 2 && !*hurry.borrow() {
                         tracing::warn!("stop asked for again: closing the connections still open now");
                         let _ = hurry.send(true);
                     }
@@ -268,10 +285,17 @@ impl Control {
         for w in workers {
             let _ = w.join();
         }
-        // One that ended in the last turn.
         if let Some(mut child) = successor {
-            if let Ok(Some(status)) = child.try_wait() {
-                died = ended(child.id(), status, &pid_file).or(died);
+            match child.try_wait() {
+                // One that ended in the last turn.
+                Ok(Some(status)) => died = ended(child.id(), status, &pid_file).or(died),
+                _ if told.is_some() => {
+                    tracing::warn!(
+                        "upgrade: the new process (pid {}) still runs {patience:?} after its stop",
+                        child.id()
+                    )
+                }
+                _ => {}
             }
         }
         match died {
@@ -294,6 +318,9 @@ impl Control {
                 }
             };
             tracing::info!("upgrade: a {what} asked for during the upgrade goes on to pid {successor}");
+            if signal == Signal::Stop {
+                self.stops += 1;
+            }
             // SAFETY: kill(2) on the child this process started, which has just reported that it serves.
             unsafe { libc::kill(successor as i32, number) };
         }

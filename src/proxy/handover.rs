@@ -127,6 +127,11 @@ impl Inherited {
         self.fds.is_empty()
     }
 
+    /// Whether a socket configured as `addr` was handed over, of any kind.
+    pub fn holds(&self, addr: &str) -> bool {
+        self.fds.keys().any(|(_, a)| a == addr)
+    }
+
     /// The handed-over sockets of `kind` configured as `addr`.
     pub fn take(&mut self, kind: Kind, addr: &str) -> Vec<OwnedFd> {
         self.fds.remove(&(kind, addr.to_string())).unwrap_or_default()
@@ -253,7 +258,8 @@ pub fn started_path() -> io::Result<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let running = std::env::current_exe()?;
     let Some(argv0) = std::env::args_os().next().map(std::path::PathBuf::from) else { return Ok(running) };
-    let Ok(exe) = std::fs::metadata(&running) else { return Ok(running) };
+    // Through /proc: the running file even when its path has been deleted or replaced since.
+    let Ok(exe) = std::fs::metadata("/proc/self/exe") else { return Ok(running) };
     let same_file = |p: &Path| std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (exe.dev(), exe.ino()));
     let found = if argv0.is_absolute() {
         Some(argv0)
@@ -298,7 +304,11 @@ pub fn start_successor(exe: &Path, sockets: &[Handed], carried: &Carried, limit:
         sockets.iter().enumerate().map(|(i, s)| format!("{}/{}={}", s.kind.tag(), s.configured, 3 + i)).collect();
     let mut scratch = vec![0 as RawFd; sources.len()];
     let mut command = Command::new(exe);
+    // A process group of its own: a Ctrl-C at the terminal, or a signal to this process's group, reaches this
+    // process alone, which passes it on once (the successor saw a stop twice, and took the second for a
+    // hurry).
     command
+        .process_group(0)
         .args(std::env::args_os().skip(1))
         .env(INHERIT, list.join(";"))
         .env(PEERS, carried.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))

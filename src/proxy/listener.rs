@@ -72,6 +72,17 @@ pub fn bind_single(kind: Kind, addr: SocketAddr, inherited: &mut Inherited) -> i
     }
 }
 
+/// Whether one of `groups` listens where `addr` would: the same port, and the same address or a wildcard on
+/// either side (`0.0.0.0:80` and `[::]:80` meet on a dual-stack host). Such an address is this process's
+/// own to share, not another process's.
+pub fn overlaps(groups: &[Group], addr: SocketAddr) -> bool {
+    groups.iter().any(|g| {
+        [g.configured, g.bound].iter().any(|at| {
+            at.port() == addr.port() && (at.ip() == addr.ip() || at.ip().is_unspecified() || addr.ip().is_unspecified())
+        })
+    })
+}
+
 /// SO_REUSEPORT lets any process of the same user join a listening group and take its share of the
 /// connections: a second proxy started by mistake would serve half the clients under its own configuration,
 /// and reset those queued on its sockets when it stops. A socket without it cannot bind beside a listener
@@ -83,8 +94,8 @@ fn refuse_if_taken(addr: SocketAddr) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
             e.kind(),
             format!(
-                "bind {addr}: another process listens there (a shoal already running? `kill -USR2` replaces one \
-                 without refusing a connection)"
+                "bind {addr}: {e}: another process listens there (a shoal already running? `kill -USR2` replaces \
+                 one without refusing a connection)"
             ),
         )),
         _ => Ok(()),

@@ -176,8 +176,11 @@ pub fn run(
     let mut per_thread: Vec<Vec<listener::Listening>> = (0..threads).map(|_| Vec::new()).collect();
     let wanted = config.listen.iter().map(|a| (*a, false)).chain(config.tls_listen.iter().map(|a| (*a, true)));
     for (addr, tls) in wanted {
+        // Shared with a group bound here already, or handed over as the other kind (the file moved it between
+        // plain and TLS before the upgrade): this process's own.
+        let own = listener::overlaps(&groups, addr) || inherited.holds(&addr.to_string());
         let (group, sockets) =
-            listener::bind_group(addr, tls, threads, &mut inherited, false).map_err(ProxyError::Listen)?;
+            listener::bind_group(addr, tls, threads, &mut inherited, own).map_err(ProxyError::Listen)?;
         match tls {
             false => tracing::info!("listening on {}", group.bound),
             true => tracing::info!("accepting TLS on {}", group.bound),
@@ -328,6 +331,7 @@ pub fn run(
         gossip,
         successor: None,
         pid_file,
+        stops: 0,
     };
     control.serve();
     let _ = stop_tx.send(true);
