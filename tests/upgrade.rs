@@ -287,6 +287,27 @@ fn an_upgrade_leaves_the_gossip_to_the_successor() {
     wait_until("the last proxy gone", || gone(pid));
 }
 
+/// Writes at `path` a release that records its pid in `marker`, then runs shoal.
+fn marking_release(path: &Path, marker: &Path) {
+    let script =
+        format!("#!/bin/sh\necho \"$$\" > '{}'\nexec '{}' \"$@\"\n", marker.display(), env!("CARGO_BIN_EXE_shoal"));
+    std::fs::write(path, script).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Points `link` at `target` as a deploy does (a new symlink renamed over it), upgrades the proxy, and checks
+/// that the release there ran (its `marker` holds the new pid); returns that pid.
+fn repoint_and_upgrade(link: &Path, target: &Path, marker: &Path, proxy: &mut Proxy, pid_file: &Path) -> u32 {
+    let staged = link.with_extension("new");
+    std::os::unix::fs::symlink(target, &staged).unwrap();
+    std::fs::rename(&staged, link).unwrap();
+    let new = upgrade(proxy.pid(), pid_file);
+    assert!(proxy.wait_exit().success());
+    let ran = std::fs::read_to_string(marker).unwrap_or_default();
+    assert_eq!(ran.trim(), new.to_string(), "the release {} names now did not run", link.display());
+    new
+}
+
 /// Started through a symlink (`/usr/local/bin/shoal -> /opt/shoal/1.4/shoal`), the proxy upgrades to what the
 /// symlink names at the signal: a release repointed to runs. It restarted the old release before (the path
 /// was read from /proc/self/exe, which had followed the symlink at the start), saying it had upgraded. The
@@ -298,10 +319,7 @@ fn an_upgrade_runs_what_the_started_symlink_names_now_and_its_hooks_get_no_hando
     std::os::unix::fs::symlink(&binary.path, &link).unwrap();
     let marker = binary.dir.join("new-release-ran");
     let release = binary.dir.join("release-2");
-    let script =
-        format!("#!/bin/sh\necho \"$$\" > '{}'\nexec '{}' \"$@\"\n", marker.display(), env!("CARGO_BIN_EXE_shoal"));
-    std::fs::write(&release, script).unwrap();
-    std::fs::set_permissions(&release, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    marking_release(&release, &marker);
 
     let backend = Backend::http(|_| common::ok("served"));
     let pid_file = binary.dir.join("pid");
@@ -311,14 +329,7 @@ fn an_upgrade_runs_what_the_started_symlink_names_now_and_its_hooks_get_no_hando
     let mut proxy = Proxy::start_from(&link, &args, &[]);
     let first = proxy.pid();
     wait_until("the pid file", || read_pid(&pid_file) == Some(first));
-
-    let staged = binary.dir.join("current.new");
-    std::os::unix::fs::symlink(&release, &staged).unwrap();
-    std::fs::rename(&staged, &link).unwrap();
-    let second = upgrade(first, &pid_file);
-    assert!(proxy.wait_exit().success());
-    let ran = std::fs::read_to_string(&marker).unwrap_or_default();
-    assert_eq!(ran.trim(), second.to_string(), "the release the symlink names now did not run");
+    let second = repoint_and_upgrade(&link, &release, &marker, &mut proxy, &pid_file);
 
     // A member joining now runs the successor's hook.
     let _agent = Agent::start(&backend.arg(), &proxy.gossip(), &["--name", "web", "--check-path", "/"]);
@@ -337,6 +348,34 @@ fn an_upgrade_runs_what_the_started_symlink_names_now_and_its_hooks_get_no_hando
     // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrade.
     unsafe { libc::kill(second as i32, libc::SIGTERM) };
     wait_until("the successor gone", || gone(second));
+}
+
+/// Started as `./shoal` in a directory reached through a symlink (`cd /opt/shoal/current`), the proxy upgrades
+/// to what that directory names at the signal: the shell's `$PWD`, not the physical directory, which is the
+/// old release's (re-run before, through getcwd).
+#[test]
+fn an_upgrade_from_a_relative_path_follows_the_shells_directory() {
+    let binary = BinaryCopy::new("relative");
+    let (first, second) = (binary.dir.join("release-1"), binary.dir.join("release-2"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::rename(&binary.path, first.join("shoal")).unwrap();
+    let marker = binary.dir.join("release-2-ran");
+    marking_release(&second.join("shoal"), &marker);
+    let current = binary.dir.join("current");
+    std::os::unix::fs::symlink(&first, &current).unwrap();
+
+    let pid_file = binary.dir.join("pid");
+    let _cleanup = KillFromPidFile(pid_file.clone());
+    let pwd = current.to_str().unwrap();
+    let args = ["--pid-file", pid_file.to_str().unwrap(), "--threads", "1"];
+    let mut proxy = Proxy::start_in(Some(&current), Path::new("./shoal"), &args, &[("PWD", pwd)]);
+    let old = proxy.pid();
+    wait_until("the pid file", || read_pid(&pid_file) == Some(old));
+    let new = repoint_and_upgrade(&current, &second, &marker, &mut proxy, &pid_file);
+    // SAFETY: kill(2) on the proxy the pid file names, started by this test's upgrade.
+    unsafe { libc::kill(new as i32, libc::SIGTERM) };
+    wait_until("the new process gone", || gone(new));
 }
 
 /// A reload or an upgrade asked for while the proxy still loads its configuration (here: its key file is a

@@ -199,7 +199,20 @@ impl Proxy {
     /// Starts the binary at `exe` as a proxy. Unless `args` say otherwise (or a `--config` file does), it
     /// listens on an ephemeral loopback port and keeps every other socket on loopback too.
     pub fn start_from(exe: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        Proxy::start_in(None, exe, args, env)
+    }
+
+    /// The same, started in the directory `dir` (a relative `exe` is found there).
+    pub fn start_in(
+        dir: Option<&std::path::Path>,
+        exe: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let mut cmd = Command::new(exe);
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
         cmd.arg("proxy");
         if !args.contains(&"--listen") && !args.contains(&"--config") {
             cmd.args(["--listen", "127.0.0.1:0"]);
