@@ -66,6 +66,17 @@ pub enum Control {
     Upgrade,
 }
 
+impl Control {
+    /// The signal that asks another proxy process for the same, and what it is called in the log.
+    pub fn signal(self) -> (libc::c_int, &'static str) {
+        match self {
+            Control::Stop => (libc::SIGTERM, "stop"),
+            Control::Reload => (libc::SIGHUP, "reload"),
+            Control::Upgrade => (libc::SIGUSR2, "upgrade"),
+        }
+    }
+}
+
 /// SIGTERM, SIGINT, SIGHUP and SIGUSR2, installed at start and awaited by the proxy's main thread.
 pub struct ControlSignals {
     runtime: tokio::runtime::Runtime,

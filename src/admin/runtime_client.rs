@@ -23,22 +23,12 @@ pub fn run(args: &RuntimeArgs) -> Result<Vec<u8>, String> {
     let addr = connect_address(&args.api, "runtime API", "api")?;
     let fail = |e: std::io::Error| format!("runtime API at {addr}: {e}");
     // Each address the name has, in turn (`localhost` may give ::1 first, the API listening on 127.0.0.1).
-    let mut last = None;
-    let mut stream = None;
-    for target in addr.to_socket_addrs().map_err(fail)? {
-        match TcpStream::connect_timeout(&target, PATIENCE) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let mut stream = match (stream, last) {
-        (Some(s), _) => s,
-        (None, Some(e)) => return Err(fail(e)),
-        (None, None) => return Err(format!("{addr}: no address")),
-    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address");
+    let mut stream = addr
+        .to_socket_addrs()
+        .map_err(fail)?
+        .find_map(|target| TcpStream::connect_timeout(&target, PATIENCE).map_err(|e| last = e).ok())
+        .ok_or_else(|| fail(last))?;
     stream.set_read_timeout(Some(PATIENCE)).map_err(fail)?;
     stream.set_write_timeout(Some(PATIENCE)).map_err(fail)?;
     stream.write_all(format!("{line}\n").as_bytes()).map_err(fail)?;

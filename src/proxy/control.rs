@@ -257,7 +257,7 @@ impl Control {
                 Some(Signal::Stop) => {
                     stops += 1;
                     if let Some(child) = &successor {
-                        pass_on(child, libc::SIGTERM, "stop");
+                        pass_on(child.id(), Signal::Stop, "sent to this process");
                         told.get_or_insert_with(std::time::Instant::now);
                     }
                     if stops >= 2 && !*hurry.borrow() {
@@ -265,14 +265,13 @@ impl Control {
                         let _ = hurry.send(true);
                     }
                 }
-                Some(signal @ (Signal::Reload | Signal::Upgrade)) => {
-                    let (number, what) =
-                        if signal == Signal::Reload { (libc::SIGHUP, "reload") } else { (libc::SIGUSR2, "upgrade") };
-                    match &successor {
-                        Some(child) => pass_on(child, number, what),
-                        None => tracing::warn!("{what} ignored: this process is finishing its requests and stopping"),
-                    }
-                }
+                Some(signal) => match &successor {
+                    Some(child) => pass_on(child.id(), signal, "sent to this process"),
+                    None => tracing::warn!(
+                        "{} ignored: this process is finishing its requests and stopping",
+                        signal.signal().1
+                    ),
+                },
                 None => {}
             }
             if let Some(child) = successor.as_mut() {
@@ -309,29 +308,25 @@ impl Control {
     /// is dropped, with a line saying so.
     fn pass_on_signals(&mut self, successor: u32) {
         for signal in self.signals.pending() {
-            let (number, what) = match signal {
-                Signal::Stop => (libc::SIGTERM, "stop"),
-                Signal::Reload => (libc::SIGHUP, "reload"),
+            match signal {
                 Signal::Upgrade => {
-                    tracing::warn!("upgrade: a SIGUSR2 that came during this upgrade is dropped; send it again");
-                    continue;
+                    tracing::warn!("upgrade: a SIGUSR2 that came during this upgrade is dropped; send it again")
                 }
-            };
-            tracing::info!("upgrade: a {what} asked for during the upgrade goes on to pid {successor}");
-            if signal == Signal::Stop {
-                self.stops += 1;
+                Signal::Stop | Signal::Reload => {
+                    self.stops += u32::from(signal == Signal::Stop);
+                    pass_on(successor, signal, "asked for during the upgrade");
+                }
             }
-            // SAFETY: kill(2) on the child this process started, which has just reported that it serves.
-            unsafe { libc::kill(successor as i32, number) };
         }
     }
 }
 
-/// Sends `number` to the successor, which serves.
-fn pass_on(successor: &std::process::Child, number: i32, what: &str) {
-    tracing::info!("upgrade: a {what} sent to this process goes on to pid {}, which serves", successor.id());
+/// Asks the successor, which serves, for what this process was asked (`when`: how it came here).
+fn pass_on(successor: u32, asked: Signal, when: &str) {
+    let (number, what) = asked.signal();
+    tracing::info!("upgrade: a {what} {when} goes on to pid {successor}, which serves");
     // SAFETY: kill(2) on the child this process started and has not reaped.
-    unsafe { libc::kill(successor.id() as i32, number) };
+    unsafe { libc::kill(successor as i32, number) };
 }
 
 /// The successor exited: a failure (killed, or non-zero) is returned, with the pid file that names it removed.
@@ -386,17 +381,12 @@ impl PidFile {
 
     /// Writes this process's pid; a failure is logged (a process that serves goes on serving).
     pub fn write(path: Option<PathBuf>) -> PidFile {
-        if let Some(p) = &path {
-            if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-                tracing::error!("cannot write the pid file {}: {e}", p.display());
-            }
-        }
-        PidFile(path)
+        let file = PidFile(path);
+        file.reclaim();
+        file
     }
-}
 
-impl PidFile {
-    /// Writes this process's pid again (after a successor that failed had written its own).
+    /// Writes this process's pid (again, after a successor that failed had written its own).
     pub fn reclaim(&self) {
         if let Some(p) = &self.0 {
             if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {

@@ -260,7 +260,7 @@ pub fn started_path() -> io::Result<std::path::PathBuf> {
     let Some(argv0) = std::env::args_os().next().map(std::path::PathBuf::from) else { return Ok(running) };
     // Through /proc: the running file even when its path has been deleted or replaced since.
     let Ok(exe) = std::fs::metadata("/proc/self/exe") else { return Ok(running) };
-    let same_file = |p: &Path| std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (exe.dev(), exe.ino()));
+    let same_file = |p: &Path| is_file(p, &exe);
     let found = if argv0.is_absolute() {
         Some(argv0)
     } else if argv0.as_os_str().as_encoded_bytes().contains(&b'/') {
@@ -279,12 +279,16 @@ pub fn started_path() -> io::Result<std::path::PathBuf> {
 /// The working directory as the shell named it (`$PWD`, if it is the working directory), else as the kernel
 /// does (symlinks resolved).
 fn working_directory() -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::MetadataExt;
     let here = std::fs::metadata(".").ok()?;
-    let logical = std::env::var_os("PWD").map(std::path::PathBuf::from).filter(|p| {
-        p.is_absolute() && std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (here.dev(), here.ino()))
-    });
+    let logical =
+        std::env::var_os("PWD").map(std::path::PathBuf::from).filter(|p| p.is_absolute() && is_file(p, &here));
     logical.or_else(|| std::env::current_dir().ok())
+}
+
+/// Whether `path` leads to the very file `known` describes (same device and inode).
+fn is_file(path: &Path, known: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (known.dev(), known.ino()))
 }
 
 /// Starts `exe` with this process's arguments and environment, the `sockets` and what is `carried`; returns
