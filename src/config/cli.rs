@@ -203,8 +203,8 @@ pub struct AgentArgs {
     #[arg(long, env = "SHOAL_STOP_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = value::duration)]
     pub stop_timeout: Duration,
     /// Run the app as this user, `USER[:GROUP]` (numbers, or names in /etc/passwd and /etc/group), as
-    /// s6-setuidgid does: it cannot read the agent's key file or its /proc files then. Needs the agent to run
-    /// as root.
+    /// s6-setuidgid does: it cannot read the agent's key file or its /proc files then. Needs CAP_SETUID,
+    /// CAP_SETGID and CAP_KILL (root's).
     #[arg(long, env = "SHOAL_APP_USER", value_name = "USER[:GROUP]")]
     pub app_user: Option<String>,
     #[command(flatten)]
